@@ -1,0 +1,118 @@
+"""The one ``Provider`` protocol every upstream adapter implements, and the values it speaks.
+
+Adapters are thin and use the official SDKs; retries, rate limits, concurrency caps and metrics wrap a
+``Provider`` (``wrappers.py``) instead of being flags on it. Vendor exceptions never leave this package:
+they are translated into ``orchestrator.errors`` at the edge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from orchestrator.domain import ProbeStrategy
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    probe_strategies: frozenset[ProbeStrategy]
+    logprobs: bool = False
+    reasoning_visible: bool = True
+    continue_prefix: bool = False  # can continue a stored prefix after a disconnect
+    max_n: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+    estimated: bool = False  # True when counted from received deltas (e.g. after a cancel)
+
+
+@dataclass(frozen=True, slots=True)
+class TraceRequest:
+    """One trace to generate. ``prefix`` (text already generated) asks the upstream to continue."""
+
+    messages: tuple[Mapping[str, str], ...]
+    model: str
+    max_tokens: int
+    temperature: float = 0.6
+    top_p: float = 0.95
+    top_k: int | None = 20
+    seed: int | None = None
+    logprobs: bool = False
+    prefix: str = ""
+    trace_index: int = 0
+    job_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamDelta:
+    """One chunk of a streamed trace. ``tokens`` is how many tokens this chunk carries (from logprob
+    entries or the upstream's counts when available, else an estimate: see ``tokens_estimated``)."""
+
+    text: str = ""
+    reasoning: str = ""
+    tokens: int = 0
+    confidences: tuple[float, ...] = ()
+    finish_reason: str | None = None
+    usage: Usage | None = None
+    tokens_estimated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeRequest:
+    """Ask what the trace would answer if it stopped after ``prefix`` (its first ``position_tokens``)."""
+
+    trace: TraceRequest
+    prefix: str
+    position_tokens: int
+    strategy: ProbeStrategy
+    model: str | None = None
+    max_tokens: int = 50
+    suffix: str = (
+        " Considering the limited time by the user, I have to give the solution based on the"
+        " thinking directly now.\n</think>\n\n\\boxed{"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    answer: str | None
+    strategy: ProbeStrategy
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    output_tokens: int = 0
+    raw: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    id: str
+    owned_by: str = "mars"
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """An upstream LLM endpoint."""
+
+    @property
+    def name(self) -> str: ...
+
+    def capabilities(self, model: str) -> Capabilities: ...
+
+    def stream(self, request: TraceRequest) -> AbstractAsyncContextManager[AsyncIterator[StreamDelta]]:
+        """``async with provider.stream(req) as deltas: async for d in deltas: ...``; leaving the
+        block closes the HTTP connection at once (the upstream sees the disconnect)."""
+        ...
+
+    async def probe(self, request: ProbeRequest) -> ProbeResult: ...
+
+    async def models(self) -> Sequence[ModelInfo]: ...
+
+    async def aclose(self) -> None: ...

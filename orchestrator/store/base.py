@@ -1,0 +1,121 @@
+"""The one ``Store`` protocol: jobs, their traces' tokens, their events, the job queue and priors.
+
+Two implementations: ``redis.py`` (the real one; data model in ARCHITECTURE.md) and ``memory.py`` (the
+embedded default when no ``REDIS_URL`` is set). One contract test suite runs against both.
+Redis key names live in ``keys.py`` and nowhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from orchestrator.domain import JobResult, JobSpec, JobStatus
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    spec: JobSpec
+    status: JobStatus
+    created_at: float
+    updated_at: float
+    owner: str | None = None  # worker id holding the lease
+    lease_deadline: float | None = None
+    result: JobResult | None = None
+    cancel_requested: bool = False
+    attempts: int = 0
+    fingerprint: str = ""  # hash of the request: a reused job id with another request conflicts
+
+
+@dataclass(frozen=True, slots=True)
+class TokenChunk:
+    text: str
+    tokens: int
+    confidences: tuple[float, ...] = ()
+    reasoning: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One entry of a job's event stream. ``id`` is monotonic per job (the SSE ``Last-Event-ID``)."""
+
+    id: str
+    kind: str  # checkpoint | vote | stop | failure | status | trace
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class QueueMessage:
+    message_id: str
+    job_id: str
+    deliveries: int = 1
+
+
+@runtime_checkable
+class Store(Protocol):
+    # --- jobs -------------------------------------------------------------------------------
+    async def create_job(self, spec: JobSpec, fingerprint: str) -> tuple[JobRecord, bool]:
+        """Store a new job (QUEUED) and enqueue it. Returns ``(record, created)``; an existing id
+        with the same fingerprint returns the existing record and ``False``; a different fingerprint
+        raises :class:`~orchestrator.errors.JobConflict`."""
+        ...
+
+    async def get_job(self, job_id: str) -> JobRecord | None: ...
+
+    async def list_jobs(self, tenant: str, limit: int = 100) -> Sequence[JobRecord]: ...
+
+    async def set_status(self, job_id: str, status: JobStatus, **fields: Any) -> None: ...
+
+    async def store_result(self, result: JobResult) -> None:
+        """Write the result and the terminal status atomically; finished jobs expire later."""
+        ...
+
+    async def request_cancel(self, job_id: str) -> None: ...
+
+    async def count_active_jobs(self, tenant: str) -> int: ...
+
+    # --- leases -----------------------------------------------------------------------------
+    async def acquire_lease(self, job_id: str, worker_id: str, lease_ms: int) -> bool: ...
+
+    async def renew_lease(self, job_id: str, worker_id: str, lease_ms: int) -> bool: ...
+
+    async def release_lease(self, job_id: str, worker_id: str) -> None: ...
+
+    # --- traces -----------------------------------------------------------------------------
+    async def append_tokens(self, job_id: str, trace: int, chunks: Sequence[TokenChunk]) -> None: ...
+
+    async def read_trace(self, job_id: str, trace: int) -> Sequence[TokenChunk]: ...
+
+    async def trace_indices(self, job_id: str) -> Sequence[int]: ...
+
+    # --- events -----------------------------------------------------------------------------
+    async def publish(self, job_id: str, kind: str, data: Mapping[str, Any]) -> str: ...
+
+    def events(self, job_id: str, after: str | None = None, block_ms: int = 15000) -> AsyncIterator[Event]:
+        """Events after ``after`` (exclusive), waiting up to ``block_ms`` for new ones; the iterator
+        ends after the job's terminal event or when ``block_ms`` passes with nothing new."""
+        ...
+
+    # --- queue ------------------------------------------------------------------------------
+    async def enqueue(self, job_id: str) -> str: ...
+
+    async def dequeue(self, worker_id: str, block_ms: int) -> QueueMessage | None: ...
+
+    async def reclaim(self, worker_id: str, idle_ms: int) -> Sequence[QueueMessage]:
+        """Take over messages another worker left unacknowledged for ``idle_ms`` (XAUTOCLAIM)."""
+        ...
+
+    async def ack(self, message: QueueMessage) -> None: ...
+
+    async def queue_depth(self) -> int: ...
+
+    # --- priors -----------------------------------------------------------------------------
+    async def get_prior(self, model: str, task: str) -> Mapping[str, Any] | None: ...
+
+    async def put_prior(self, model: str, task: str, document: Mapping[str, Any]) -> None: ...
+
+    # --- lifecycle --------------------------------------------------------------------------
+    async def ping(self) -> bool: ...
+
+    async def aclose(self) -> None: ...

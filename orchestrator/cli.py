@@ -62,6 +62,129 @@ def eval_command(
     )
 
 
+@app.command("serve")
+def serve_command(
+    host: Annotated[
+        str | None, typer.Option(help="Address to listen on (default MARS_HOST or 127.0.0.1).")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port (default MARS_PORT or 8000; 0 picks a free one).")
+    ] = None,
+    replay: Annotated[
+        Path | None,
+        typer.Option(help="Also run a replay server on this corpus, registered as the provider `replay`."),
+    ] = None,
+    workers: Annotated[
+        bool, typer.Option("--workers/--no-workers", help="Run jobs in this process too (embedded workers).")
+    ] = True,
+) -> None:
+    """Run the API (jobs, OpenAI-compatible proxy, dashboard, metrics) with embedded workers.
+
+    Without MARS_API_KEYS it is open and listens on loopback only; it refuses a public address.
+
+    Examples:
+      mars serve
+      mars serve --replay ../shared/data/parallel-probe-qwen3-8b/aime24.json --port 8080
+      MARS_API_KEYS=team:$(openssl rand -hex 16) REDIS_URL=redis://127.0.0.1:6379/0 mars serve --host 0.0.0.0
+    """
+    import asyncio
+
+    from orchestrator.api.server import serve
+    from orchestrator.settings import load_settings
+
+    asyncio.run(serve(load_settings(), host=host, port=port, replay=replay, run_workers=workers))
+
+
+@app.command("ask")
+def ask_command(
+    question: Annotated[str, typer.Argument(help="The question to answer by early-stopped voting.")],
+    model: Annotated[str | None, typer.Option(help="Upstream model (default: the provider's first).")] = None,
+    provider: Annotated[str | None, typer.Option(help="Configured provider name.")] = None,
+    budget: Annotated[int, typer.Option(help="K: traces at most.")] = 16,
+    method: Annotated[str, typer.Option(help="Stopping rule (default: MARS).")] = "default",
+    max_tokens: Annotated[int, typer.Option(help="Token limit per trace.")] = 32768,
+    probe_interval: Annotated[int | None, typer.Option(help="Tokens between checkpoints.")] = None,
+    url: Annotated[str | None, typer.Option(help="A running MARS service (default: start one here).")] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="MARS_API_KEY", help="Key for --url.")] = None,
+    replay: Annotated[Path | None, typer.Option(help="Answer from this corpus with a replay server.")] = None,
+) -> None:
+    """Answer one question end to end, with live progress per trace and the vote shares.
+
+    Examples:
+      mars ask "What is 17 * 23?" --replay ../shared/data/parallel-probe-qwen3-8b/aime24.json
+      mars ask "Find x if 2x + 3 = 11." --provider openai --model gpt-4o-mini --budget 8
+      mars ask "..." --url http://127.0.0.1:8000 --api-key $KEY --model replay
+    """
+    import asyncio
+
+    from rich.console import Console
+
+    from orchestrator.api.ask import ask
+    from orchestrator.settings import load_settings
+
+    job = asyncio.run(
+        ask(
+            question,
+            settings=load_settings(),
+            console=Console(),
+            url=url,
+            api_key=api_key,
+            replay=replay,
+            model=model,
+            provider=provider,
+            budget=budget,
+            method=method,
+            max_tokens=max_tokens,
+            probe_interval_tokens=probe_interval,
+        )
+    )
+    if job.get("status") != "succeeded":
+        _fail(f"the job ended {job.get('status')}: {job.get('error') or job.get('stop_reason')}")
+
+
+@app.command("demo")
+def demo_command(
+    questions: Annotated[int, typer.Option(help="Questions to run through the jobs API.")] = 4,
+    budget: Annotated[int, typer.Option(help="K: traces per question.")] = 16,
+) -> None:
+    """Run a few jobs through the whole service on the packaged demo corpus (no API key, no network).
+
+    Starts a replay server and the service on loopback, sends the questions through the jobs API and
+    one through the OpenAI-compatible proxy, and prints the answers and the tokens saved.
+
+    Example: mars demo --questions 4 --budget 16
+    """
+    import asyncio
+
+    from rich.console import Console
+
+    from orchestrator.api.demo import run_demo
+
+    rows = asyncio.run(run_demo(Console(), questions=questions, budget=budget))
+    failed = [r.qid for r in rows if r.status != "succeeded"]
+    if failed:
+        _fail(f"{len(failed)} demo job(s) did not succeed: {', '.join(failed)}")
+
+
+@app.command("worker")
+def worker_command(
+    concurrency: Annotated[
+        int | None, typer.Option(help="Jobs this process runs at once (default MARS_WORKERS or 8).")
+    ] = None,
+) -> None:
+    """Run queued jobs from Redis (REDIS_URL is required). The first SIGTERM/SIGINT stops taking work and
+    lets in-flight jobs finish within MARS_SHUTDOWN_GRACE_S; a second signal hands them back at once.
+
+    Example: REDIS_URL=redis://127.0.0.1:6379/0 mars worker --concurrency 16
+    """
+    import asyncio
+
+    from orchestrator.settings import load_settings
+    from workers.process import run_worker_process
+
+    asyncio.run(run_worker_process(load_settings(), concurrency=concurrency))
+
+
 @corpus_app.command("inspect")
 def corpus_inspect(path: Annotated[Path, typer.Argument(help="Corpus file.")]) -> None:
     """Print questions, traces, token and accuracy statistics of a corpus.

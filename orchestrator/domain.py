@@ -89,6 +89,7 @@ class TraceView:
     features: tuple[float, ...] = ()
     confidence: float | None = None
     final_class: int | None = None
+    stale: bool = False  # the probe for this checkpoint timed out or failed: the previous answer stands
 
 
 @dataclass(frozen=True, slots=True)

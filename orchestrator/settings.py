@@ -7,6 +7,7 @@ Environment variables (all optional):
 
 ==================================  ===========================================================
 ``REDIS_URL``                       Redis to use; unset = the embedded in-process store
+``MARS_REDIS_PREFIX``               prefix of every Redis key (``mars``)
 ``MARS_CONFIG``                     a YAML/JSON config file with the same keys (env wins)
 ``MARS_API_KEYS``                   comma list of ``tenant:key`` (or bare ``key``) for the API
 ``MARS_HOST`` / ``MARS_PORT``       where ``mars serve`` listens (127.0.0.1 / 8000)
@@ -71,6 +72,7 @@ class ProviderConfig:
 @dataclass(frozen=True, slots=True)
 class Settings:
     redis_url: str | None = None
+    redis_prefix: str = "mars"
     api_keys: Mapping[str, str] = field(default_factory=dict, repr=False)  # sha256(key) -> tenant
     host: str = "127.0.0.1"
     port: int = 8000
@@ -210,6 +212,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     }
     return Settings(
         redis_url=get("REDIS_URL", "redis_url", None) or None,
+        redis_prefix=str(get("MARS_REDIS_PREFIX", "redis_prefix", "mars")),
         api_keys=_parse_api_keys(get("MARS_API_KEYS", "api_keys", None)),
         host=str(get("MARS_HOST", "host", "127.0.0.1")),
         port=int(get("MARS_PORT", "port", 8000)),

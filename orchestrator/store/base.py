@@ -7,11 +7,23 @@ Redis key names live in ``keys.py`` and nowhere else.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from orchestrator.domain import JobResult, JobSpec, JobStatus
+
+#: ``store_result`` publishes one event of this kind (``{"status": <terminal status>}``) in the same
+#: atomic write as the result; ``events()`` ends after it.
+STATUS_EVENT = "status"
+
+
+def request_fingerprint(spec: JobSpec) -> str:
+    """A stable hash of everything a job asks for (job id included): the idempotency key's partner."""
+    canonical = json.dumps(spec.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +85,10 @@ class Store(Protocol):
 
     async def request_cancel(self, job_id: str) -> None: ...
 
+    async def cancel_requested(self, job_id: str) -> bool:
+        """Cheap check the coordinator polls while a job runs (True once ``request_cancel`` ran)."""
+        ...
+
     async def count_active_jobs(self, tenant: str) -> int: ...
 
     # --- leases -----------------------------------------------------------------------------
@@ -89,6 +105,10 @@ class Store(Protocol):
 
     async def trace_indices(self, job_id: str) -> Sequence[int]: ...
 
+    async def reset_trace(self, job_id: str, trace: int) -> None:
+        """Forget a trace's stored tokens (it is restarted from scratch)."""
+        ...
+
     # --- events -----------------------------------------------------------------------------
     async def publish(self, job_id: str, kind: str, data: Mapping[str, Any]) -> str: ...
 
@@ -104,6 +124,10 @@ class Store(Protocol):
 
     async def reclaim(self, worker_id: str, idle_ms: int) -> Sequence[QueueMessage]:
         """Take over messages another worker left unacknowledged for ``idle_ms`` (XAUTOCLAIM)."""
+        ...
+
+    async def touch(self, message: QueueMessage, worker_id: str) -> None:
+        """Reset the message's idle time (the worker's heartbeat) so reclaimers leave it alone."""
         ...
 
     async def ack(self, message: QueueMessage) -> None: ...

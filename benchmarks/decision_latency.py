@@ -1,0 +1,94 @@
+"""Latency of one MARS decision (switch-model prediction included, features already in the snapshot)
+with 20 answer classes, at K = 64 and K = 512. Prints one JSON object; target: median < 1 ms at K = 512.
+
+Run: .venv/bin/python benchmarks/decision_latency.py
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import time
+
+from orchestrator.domain import Snapshot, TraceView
+from orchestrator.stopping.mars import Mars
+from orchestrator.stopping.switch_model import SwitchModel, feature_rows
+
+NUM_CLASSES = 20
+CHECKPOINT = 20
+PROBE_INTERVAL = 500
+TARGET_MS = 1.0
+
+
+def make_snapshot(k: int, rng: random.Random) -> Snapshot:
+    traces = []
+    for i in range(k):
+        # a skewed answer distribution over 20 classes, some traces silent, some finished
+        history = tuple(
+            None if rng.random() < 0.1 else min(int(rng.expovariate(0.5)), NUM_CLASSES - 1)
+            for _ in range(CHECKPOINT)
+        )
+        positions = [PROBE_INTERVAL * (t + 1) for t in range(CHECKPOINT)]
+        features = tuple(float(v) for v in feature_rows(history, positions)[-1])
+        answer = history[-1]
+        traces.append(
+            TraceView(
+                index=i,
+                answer_class=answer,
+                eligible=answer is not None,
+                finished=rng.random() < 0.1,
+                history=history,
+                features=features,
+                tokens=PROBE_INTERVAL * CHECKPOINT,
+            )
+        )
+    return Snapshot(CHECKPOINT, PROBE_INTERVAL * CHECKPOINT, tuple(traces), k, NUM_CLASSES)
+
+
+def fitted_model(rng: random.Random) -> SwitchModel:
+    rows, labels = [], []
+    for _ in range(16):
+        history = [min(int(rng.expovariate(0.5)), 5) for _ in range(40)]
+        final = history[-1]
+        rows.extend(feature_rows(history, [PROBE_INTERVAL * (t + 1) for t in range(40)]).tolist())
+        labels.extend(int(a != final) for a in history)
+    return SwitchModel.fit(rows, labels)
+
+
+def measure(rule: Mars, k: int, rng: random.Random, repeats: int = 2000) -> dict[str, float]:
+    snapshots = [make_snapshot(k, rng) for _ in range(20)]
+    for s in snapshots:  # warm-up
+        rule.decide(s)
+    samples = []
+    for r in range(repeats):
+        s = snapshots[r % len(snapshots)]
+        start = time.perf_counter_ns()
+        rule.decide(s)
+        samples.append((time.perf_counter_ns() - start) / 1e6)
+    samples.sort()
+    return {
+        "median_ms": round(statistics.median(samples), 4),
+        "p99_ms": round(samples[int(0.99 * (len(samples) - 1))], 4),
+    }
+
+
+def main() -> None:
+    rng = random.Random(0)
+    rule = Mars(gamma=0.8, use_epsilon=True, switch_model=fitted_model(rng))
+    k64 = measure(rule, 64, rng)
+    k512 = measure(rule, 512, rng)
+    print(
+        json.dumps(
+            {
+                "k64": k64,
+                "k512": k512,
+                "target": "median < 1 ms at K=512",
+                "target_met": k512["median_ms"] < TARGET_MS,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,128 @@
+"""Error responses: every error the API returns has one shape, the OpenAI one, so SDKs parse it too::
+
+    {"error": {"message": "budget: ... send budget <= 512", "type": "invalid_request_error",
+               "param": "budget", "code": "invalid_value"}}
+
+``message`` names the field and the fix. The mapping from the exception tree to HTTP statuses lives
+here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from orchestrator import errors
+from orchestrator.logs import get_logger
+
+log = get_logger(__name__)
+
+# Most specific first: the first matching class decides.
+_STATUS: tuple[tuple[type[errors.MarsError], int, str], ...] = (
+    (errors.Unauthorized, 401, "authentication_error"),
+    (errors.JobNotFound, 404, "not_found_error"),
+    (errors.JobConflict, 409, "conflict_error"),
+    (errors.LimitExceeded, 429, "rate_limit_error"),
+    (errors.InvalidRequest, 422, "invalid_request_error"),
+    (errors.UnknownProvider, 422, "invalid_request_error"),
+    (errors.UnknownModel, 422, "invalid_request_error"),
+    (errors.UnsupportedCapability, 422, "invalid_request_error"),
+    (errors.CorpusFormatError, 422, "invalid_request_error"),
+    (errors.StoreUnavailable, 503, "service_unavailable"),
+    (errors.UpstreamTimeout, 504, "upstream_timeout"),
+    (errors.UpstreamError, 502, "upstream_error"),
+    (errors.CallerError, 400, "invalid_request_error"),
+    (errors.MarsError, 500, "server_error"),
+)
+
+_PARAM_FOR: dict[type[errors.MarsError], str] = {
+    errors.UnknownProvider: "provider",
+    errors.UnknownModel: "model",
+}
+
+
+def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def status_for(exc: errors.MarsError) -> tuple[int, str]:
+    if isinstance(exc, errors.UpstreamRejected):
+        return exc.status, "upstream_rejected"
+    for cls, status, type_ in _STATUS:
+        if isinstance(exc, cls):
+            return status, type_
+    return 500, "server_error"  # pragma: no cover - MarsError is the last row
+
+
+def mars_error_response(exc: errors.MarsError) -> JSONResponse:
+    status, type_ = status_for(exc)
+    param = getattr(exc, "field", None) or _PARAM_FOR.get(type(exc))
+    headers = {"www-authenticate": "Bearer"} if status == 401 else None
+    if status >= 500:
+        log.warning("request failed", error=type(exc).__name__, message=str(exc))
+    return JSONResponse(
+        error_body(str(exc), type_, param, type(exc).__name__), status_code=status, headers=headers
+    )
+
+
+def describe_validation(problems: Sequence[Any]) -> tuple[str, str | None]:
+    """One readable line for pydantic's error list: each problem as ``field: what is wrong``."""
+    parts: list[str] = []
+    first_field: str | None = None
+    for problem in problems[:5]:
+        loc = [str(x) for x in problem.get("loc", ()) if x not in ("body", "query", "path", "header")]
+        field = ".".join(loc) or "body"
+        first_field = first_field or field
+        msg = str(problem.get("msg", "invalid"))
+        if problem.get("type") == "missing":
+            msg = "required; add it to the request"
+        elif problem.get("type") == "extra_forbidden":
+            msg = "not a known field; remove it or check its spelling"
+        elif problem.get("type") == "json_invalid":
+            msg = "the body is not valid JSON; send a JSON object"
+        parts.append(f"{field}: {msg}")
+    if len(problems) > 5:
+        parts.append(f"... and {len(problems) - 5} more")
+    return "; ".join(parts) or "invalid request", first_field
+
+
+def install(app: FastAPI) -> None:
+    async def on_mars_error(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, errors.MarsError)
+        return mars_error_response(exc)
+
+    async def on_validation(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        message, field = describe_validation(exc.errors())
+        body = error_body(message, "invalid_request_error", field, "validation_error")
+        body["detail"] = _jsonable(exc.errors())
+        return JSONResponse(body, status_code=422)
+
+    async def on_http(_request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        type_ = {404: "not_found_error", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse(
+            error_body(str(exc.detail), type_), status_code=exc.status_code, headers=exc.headers
+        )
+
+    app.add_exception_handler(errors.MarsError, on_mars_error)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+
+
+def _jsonable(problems: Sequence[Any]) -> list[dict[str, Any]]:
+    out = []
+    for p in problems:
+        out.append(
+            {
+                "loc": [x if isinstance(x, int | str) else str(x) for x in p.get("loc", ())],
+                "msg": str(p.get("msg", "")),
+                "type": str(p.get("type", "")),
+            }
+        )
+    return out

@@ -1,0 +1,136 @@
+"""The terminal view of one live job (``mars ask``): a progress bar per trace, the vote shares, and at the
+end the answer and the savings. It is fed the job's SSE events; it renders, it never decides.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.panel import Panel
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from orchestrator.api.client import SseEvent
+
+_STATE_STYLE = {
+    "running": "cyan",
+    "finished": "green",
+    "cancelled": "grey50",
+    "pruned": "red",
+    "failed": "red",
+}
+MAX_TRACE_ROWS = 32
+
+
+@dataclass
+class _Trace:
+    tokens: int = 0
+    state: str = "running"
+    answer: str | None = None
+
+
+@dataclass
+class LiveJob:
+    job_id: str
+    budget: int
+    max_tokens: int
+    traces: dict[int, _Trace] = field(default_factory=dict)
+    counts: dict[str, float] = field(default_factory=dict)
+    leader: str | None = None
+    margin: float = 0.0
+    threshold: float | None = None
+    checkpoint: int = 0
+    position_tokens: int = 0
+    status: str = "queued"
+    stop: dict[str, Any] = field(default_factory=dict)
+
+    def apply(self, event: SseEvent) -> None:
+        data = event.data if isinstance(event.data, dict) else {}
+        if event.event == "trace":
+            for t in data.get("traces") or []:
+                trace = self.traces.setdefault(int(t["index"]), _Trace())
+                trace.tokens = int(t.get("tokens") or trace.tokens)
+                trace.state = str(t.get("state") or trace.state)
+                trace.answer = t.get("answer") or trace.answer
+        elif event.event == "checkpoint":
+            self.checkpoint = int(data.get("checkpoint") or self.checkpoint)
+            self.position_tokens = int(data.get("position_tokens") or self.position_tokens)
+            for trace in self.traces.values():
+                if trace.state == "running":
+                    trace.tokens = max(trace.tokens, self.position_tokens)
+        elif event.event == "vote":
+            self.counts = {str(k): float(v) for k, v in (data.get("counts") or {}).items()}
+            self.leader = data.get("leader")
+            self.margin = float(data.get("margin") or 0.0)
+            threshold = data.get("threshold")
+            self.threshold = None if threshold is None else float(threshold)
+        elif event.event == "stop":
+            self.stop = data
+        elif event.event == "status":
+            self.status = str(data.get("status") or self.status)
+
+    def render(self) -> RenderableType:
+        traces = Table(
+            title=f"job {self.job_id} · {self.status} · checkpoint {self.checkpoint}", expand=False
+        )
+        traces.add_column("trace", justify="right")
+        traces.add_column("progress")
+        traces.add_column("tokens", justify="right")
+        traces.add_column("state")
+        traces.add_column("answer")
+        scale = max([self.max_tokens // 4, *(t.tokens for t in self.traces.values())], default=1)
+        shown = sorted(self.traces.items())[:MAX_TRACE_ROWS]
+        for index, t in shown:
+            traces.add_row(
+                str(index),
+                ProgressBar(
+                    total=scale,
+                    completed=t.tokens,
+                    width=30,
+                    complete_style=_STATE_STYLE.get(t.state, "cyan"),
+                ),
+                f"{t.tokens:,}",
+                Text(t.state, style=_STATE_STYLE.get(t.state, "")),
+                t.answer or "",
+            )
+        if len(self.traces) > MAX_TRACE_ROWS:
+            traces.add_row("…", Text(f"{len(self.traces) - MAX_TRACE_ROWS} more traces"), "", "", "")
+        return Group(traces, self.votes_table())
+
+    def votes_table(self) -> Table:
+        table = Table(title="vote shares")
+        table.add_column("answer")
+        table.add_column("share")
+        table.add_column("traces", justify="right")
+        total = sum(self.counts.values()) or 1.0
+        for answer, count in sorted(self.counts.items(), key=lambda kv: -kv[1]):
+            table.add_row(
+                Text(answer, style="bold" if answer == self.leader else ""),
+                ProgressBar(total=total, completed=count, width=30),
+                f"{count:g}",
+            )
+        threshold = "–" if self.threshold is None else f"{self.threshold:g}"
+        table.caption = f"leader {self.leader or '–'} · margin {self.margin:g} · threshold {threshold}"
+        return table
+
+
+def summary(job: dict[str, Any]) -> Panel:
+    """The answer and the savings of a finished job."""
+    acc = job.get("accounting") or {}
+    lines = [
+        Text.assemble(("answer  ", "bold"), (str(job.get("answer")), "bold green")),
+        Text(f"status  {job.get('status')} · reason {job.get('stop_reason') or job.get('error') or '–'}"),
+        Text(
+            f"stopped at checkpoint {job.get('stop_checkpoint')} · probe strategy {job.get('probe_strategy')}"
+        ),
+        Text(
+            f"tokens  spent {acc.get('total_tokens', 0):,} · full budget ≈ {acc.get('full_budget_estimate_tokens', 0):,}"
+            f" · saved {acc.get('saved_tokens', 0):,} ({100 * float(acc.get('saved_fraction') or 0):.1f}%)"
+        ),
+    ]
+    if acc.get("cost_usd"):
+        lines.append(Text(f"money   spent ${acc['cost_usd']:.4f} · saved ${acc.get('saved_usd', 0):.4f}"))
+    return Panel(Group(*lines), title="decision", expand=False)

@@ -1,0 +1,414 @@
+"""The OpenAI-compatible proxy: ``POST /v1/chat/completions`` and ``GET /v1/models``.
+
+Two modes, chosen per request:
+
+* **pass-through** (a plain request): the body goes to the configured upstream byte for byte and the
+  answer comes back unchanged, streamed chunk by chunk when ``stream`` is set.
+* **vote** (body field ``"mars": {...}``, or a model named ``mars/<upstream-model>``): the request
+  becomes a job (``jobs.submit``), and the answer is a standard chat completion whose content is the
+  voted answer (a finished supporting trace's text when one exists), whose ``usage`` counts every token
+  really spent (traces, probes, warmup), plus a ``mars`` object with the votes, the stop and the savings.
+  With ``stream: true``: progress as SSE comments, then the answer as chunks, then usage when asked.
+
+Which upstream: ``mars.provider``, else the ``x-mars-provider`` header, else the default provider.
+A client that disconnects cancels its job (vote mode) or closes the upstream stream (pass-through).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Mapping
+from typing import Annotated, Any, TypeVar
+
+import anyio
+import httpx
+from fastapi import APIRouter, Depends, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sse_starlette import EventSourceResponse, ServerSentEvent
+
+from orchestrator.api.auth import tenant
+from orchestrator.api.events import follow
+from orchestrator.api.handlers import mars_error_response
+from orchestrator.api.jobs import submit
+from orchestrator.api.schemas import JobCreate, ProbeOptions, Strict, resolve_provider
+from orchestrator.api.services import Services, services
+from orchestrator.domain import JobResult, JobStatus, WarmupMode
+from orchestrator.errors import (
+    InvalidRequest,
+    MarsError,
+    UpstreamConnectionError,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from orchestrator.logs import get_logger
+from orchestrator.store.base import JobRecord
+
+log = get_logger(__name__)
+router = APIRouter(tags=["openai-compatible proxy"])
+T = TypeVar("T")
+
+MARS_MODEL_PREFIX = "mars/"
+OPENAI_WIRE_KINDS = frozenset({"openai_compat", "openai", "deepseek", "replay"})
+ANSWER_CHUNK_CHARS = 48
+_UPSTREAM_HEADERS = ("content-type", "x-request-id", "openai-processing-ms")
+
+
+class MarsOptions(Strict):
+    """The ``mars`` field of a chat completion request: how to vote and when to stop."""
+
+    budget: int = Field(default=64, ge=1, le=4096)
+    method: str = Field(default="default", min_length=1, max_length=64)
+    method_params: dict[str, float | int | bool | str] = Field(default_factory=dict, max_length=64)
+    probe: ProbeOptions = Field(default_factory=ProbeOptions)
+    warmup: WarmupMode = WarmupMode.PRIOR
+    warmup_traces: int = Field(default=16, ge=0, le=4096)
+    provider: str | None = Field(default=None, max_length=100)
+    task: str = Field(default="math", min_length=1, max_length=64)
+    job_id: str | None = Field(default=None, max_length=128)
+
+
+class ChatRequest(BaseModel):
+    """The fields the proxy reads; every other OpenAI field is passed through as sent."""
+
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+
+    model: str = Field(min_length=1, max_length=200)
+    messages: list[dict[str, Any]] = Field(min_length=1, max_length=1024)
+    stream: bool = False
+    mars: MarsOptions | None = None
+
+
+class _ClientGone(Exception):
+    """The HTTP client disconnected before the answer was ready."""
+
+
+# --- routes --------------------------------------------------------------------------------------
+
+
+@router.post(
+    "/v1/chat/completions", summary="OpenAI chat completions: pass-through, or an early-stopped vote"
+)
+async def chat_completions(
+    body: ChatRequest,
+    request: Request,
+    svc: Annotated[Services, Depends(services)],
+    tenant_name: Annotated[str, Depends(tenant)],
+) -> Response:
+    if body.mars is not None or body.model.startswith(MARS_MODEL_PREFIX):
+        svc.metrics.proxy_requests.labels("vote").inc()
+        return await _vote(body, request, svc, tenant_name)
+    svc.metrics.proxy_requests.labels("passthrough").inc()
+    provider = resolve_provider(svc.settings, request.headers.get("x-mars-provider"), field="x-mars-provider")
+    return await _pass_through(provider, await request.body(), body.stream, request, svc)
+
+
+@router.get("/v1/models", summary="Upstream models, each also offered as mars/<model>")
+async def list_models(
+    request: Request,
+    svc: Annotated[Services, Depends(services)],
+    _tenant: Annotated[str, Depends(tenant)],
+) -> dict[str, Any]:
+    name = resolve_provider(svc.settings, request.headers.get("x-mars-provider"), field="x-mars-provider")
+    provider = svc.providers.get(name)
+    infos = list(await provider.models()) if provider is not None else []
+    configured = svc.settings.providers[name].models
+    ids = [m.id for m in infos] or list(configured)
+    data = []
+    for model_id in ids:
+        for shown in (model_id, MARS_MODEL_PREFIX + model_id):
+            data.append({"id": shown, "object": "model", "created": 0, "owned_by": name})
+    return {"object": "list", "data": data}
+
+
+# --- pass-through ---------------------------------------------------------------------------------
+
+
+async def _pass_through(provider: str, raw: bytes, stream: bool, request: Request, svc: Services) -> Response:
+    config = svc.settings.providers[provider]
+    if config.kind not in OPENAI_WIRE_KINDS:
+        raise InvalidRequest(
+            f"x-mars-provider: provider {provider!r} ({config.kind}) does not speak the OpenAI wire format; "
+            "choose an OpenAI-compatible provider",
+            field="x-mars-provider",
+        )
+    url = config.base_url.rstrip("/") + "/chat/completions"
+    headers = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
+    if config.api_key:
+        headers["authorization"] = f"Bearer {config.api_key}"
+    upstream_request = svc.http.build_request("POST", url, content=raw, headers=headers)
+    try:
+        upstream = await _until_disconnect(request, svc.http.send(upstream_request, stream=True))
+    except httpx.HTTPError as exc:
+        raise _translate(exc, svc) from exc
+    except _ClientGone:
+        return Response(status_code=499)
+    kept = {k: v for k, v in upstream.headers.items() if k.lower() in _UPSTREAM_HEADERS}
+    if not stream or upstream.status_code >= 400:
+        try:
+            content = await upstream.aread()
+        except httpx.HTTPError as exc:
+            raise _translate(exc, svc) from exc
+        finally:
+            await upstream.aclose()
+        return Response(content, status_code=upstream.status_code, headers=kept)
+
+    async def relay() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in upstream.aiter_raw():
+                yield chunk
+        except httpx.HTTPError as exc:
+            svc.metrics.upstream_errors.labels(type(exc).__name__).inc()
+            log.warning("pass-through stream broke", error=type(exc).__name__)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await upstream.aclose()  # a client that left closes the upstream stream too
+
+    return StreamingResponse(relay(), status_code=upstream.status_code, headers=kept)
+
+
+def _translate(exc: httpx.HTTPError, svc: Services) -> UpstreamError:
+    svc.metrics.upstream_errors.labels(type(exc).__name__).inc()
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamTimeout("the upstream did not answer in time; retry later")
+    return UpstreamConnectionError(f"cannot reach the upstream ({type(exc).__name__}); check its base URL")
+
+
+# --- vote mode ------------------------------------------------------------------------------------
+
+
+async def _vote(body: ChatRequest, request: Request, svc: Services, tenant_name: str) -> Response:
+    from orchestrator.api.schemas import to_job_spec
+
+    options = body.mars or MarsOptions()
+    model = body.model.removeprefix(MARS_MODEL_PREFIX)
+    extra = body.model_extra or {}
+    provider = options.provider or request.headers.get("x-mars-provider")
+    try:
+        job = JobCreate.model_validate(
+            {
+                "messages": [_flatten(i, m) for i, m in enumerate(body.messages)],
+                "provider": provider,
+                "model": model,
+                "budget": options.budget,
+                "method": options.method,
+                "method_params": options.method_params,
+                "probe": options.probe,
+                "warmup": options.warmup,
+                "warmup_traces": options.warmup_traces,
+                "sampling": _sampling(extra),
+                "max_tokens": extra.get("max_completion_tokens") or extra.get("max_tokens") or 32768,
+                "task": options.task,
+                "job_id": options.job_id,
+            }
+        )
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
+    spec = to_job_spec(job, svc.settings, tenant_name)
+    await submit(svc, spec)
+    include_usage = bool((extra.get("stream_options") or {}).get("include_usage"))
+    if body.stream:
+        return _vote_stream(spec.job_id, body.model, include_usage, svc)
+    try:
+        record = await _until_disconnect(request, _finished(svc, spec.job_id))
+    except _ClientGone:
+        await _cancel(svc, spec.job_id, "proxy client disconnected")
+        return Response(status_code=499)
+    result = _result_or_error(record)
+    if isinstance(result, Response):
+        return result
+    return JSONResponse(completion(result, body.model, spec.budget))
+
+
+def _vote_stream(job_id: str, model: str, include_usage: bool, svc: Services) -> EventSourceResponse:
+    async def stream() -> AsyncIterator[ServerSentEvent]:
+        finished = False
+        try:
+            async for event in follow(svc.store, job_id, None, block_ms=int(svc.sse_ping_s * 1000)):
+                yield ServerSentEvent(
+                    comment=f"mars {event.kind} {json.dumps(dict(event.data), separators=(',', ':'))}"
+                )
+            record = await svc.store.get_job(job_id)
+            finished = True
+            result = _result_or_error(record)
+            if isinstance(result, Response):
+                yield ServerSentEvent(data=bytes(result.body).decode())
+            else:
+                for chunk in completion_chunks(result, model, job_id, include_usage):
+                    yield ServerSentEvent(data=json.dumps(chunk, separators=(",", ":")))
+            yield ServerSentEvent(data="[DONE]")
+        finally:
+            if not finished:
+                with anyio.CancelScope(shield=True):
+                    await _cancel(svc, job_id, "proxy stream client disconnected")
+
+    return EventSourceResponse(stream(), ping=svc.sse_ping_s, headers={"cache-control": "no-store"})
+
+
+async def _finished(svc: Services, job_id: str) -> JobRecord | None:
+    async for _event in follow(svc.store, job_id, None, block_ms=int(svc.sse_ping_s * 1000)):
+        pass
+    return await svc.store.get_job(job_id)
+
+
+async def _cancel(svc: Services, job_id: str, why: str) -> None:
+    try:
+        await svc.store.request_cancel(job_id)
+    except MarsError as exc:
+        log.warning("cancel after disconnect failed", job_id=job_id, error=str(exc))
+        return
+    svc.metrics.cancels.labels("proxy").inc()
+    log.info("job cancelled", job_id=job_id, reason=why)
+
+
+def _result_or_error(record: JobRecord | None) -> JobResult | Response:
+    if record is None or record.result is None:
+        return mars_error_response(
+            UpstreamConnectionError("the job ended without a result; retry the request")
+        )
+    result = record.result
+    if result.status is not JobStatus.SUCCEEDED:
+        why = result.error or result.stop_reason or result.status.value
+        return mars_error_response(UpstreamConnectionError(f"the job {result.status.value}: {why}"))
+    return result
+
+
+# --- building completions -------------------------------------------------------------------------
+
+
+def usage(result: JobResult) -> dict[str, Any]:
+    """Every token really spent, in OpenAI's terms: ``prompt_tokens`` are the trace prompts plus all
+    probe input (``cached_tokens`` of it were cache hits), ``completion_tokens`` everything generated
+    (traces up to and past the stop, warmup, shadow and restarted attempts, probe answers). So
+    ``total_tokens`` is the accounting's ``total_tokens`` (which leaves cache hits out) plus the hits."""
+    acc = result.accounting
+    prompt = acc.prompt_tokens + acc.probe_input_tokens
+    uncached_probe_input = acc.probe_input_tokens - acc.probe_cached_tokens
+    completion_tokens = max(0, acc.total_tokens - acc.prompt_tokens - uncached_probe_input)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": acc.probe_cached_tokens},
+    }
+
+
+def mars_summary(result: JobResult, budget: int) -> dict[str, Any]:
+    acc = result.accounting
+    return {
+        "job_id": result.job_id,
+        "answer": result.answer,
+        "votes": dict(result.votes),
+        "stop_checkpoint": result.stop_checkpoint,
+        "stop_position_tokens": result.stop_position_tokens,
+        "reason": result.stop_reason,
+        "method": result.method,
+        "probe_strategy": result.probe_strategy,
+        "budget": budget,
+        "traces": len(result.traces),
+        "tokens_spent": acc.total_tokens,
+        "tokens_saved": acc.saved_tokens,
+        "saved_fraction": acc.saved_fraction,
+        "usd_spent": acc.cost_usd,
+        "usd_saved": acc.saved_usd,
+        "full_budget_estimate_tokens": acc.full_budget_estimate_tokens,
+        "usage_estimated": acc.estimated,
+        "accounting": acc.to_dict(),
+        "notes": list(result.notes),
+    }
+
+
+def answer_text(result: JobResult) -> str:
+    return result.supporting_text or result.answer or ""
+
+
+def completion(result: JobResult, model: str, budget: int) -> dict[str, Any]:
+    return {
+        "id": f"chatcmpl-mars-{result.job_id}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer_text(result)},
+                "finish_reason": "stop",
+                "logprobs": None,
+            }
+        ],
+        "usage": usage(result),
+        "mars": mars_summary(result, budget),
+    }
+
+
+def completion_chunks(
+    result: JobResult, model: str, job_id: str, include_usage: bool
+) -> list[dict[str, Any]]:
+    base = {
+        "id": f"chatcmpl-mars-{job_id}",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+    }
+    text = answer_text(result)
+    deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
+    deltas += [{"content": text[i : i + ANSWER_CHUNK_CHARS]} for i in range(0, len(text), ANSWER_CHUNK_CHARS)]
+    chunks = [{**base, "choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]
+    chunks.append(
+        {
+            **base,
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+            "mars": mars_summary(result, 0),
+        }
+    )
+    if include_usage:
+        chunks.append({**base, "choices": [], "usage": usage(result)})
+    return chunks
+
+
+# --- helpers --------------------------------------------------------------------------------------
+
+
+def _flatten(index: int, message: Mapping[str, Any]) -> dict[str, str]:
+    """An OpenAI message as ``{role, content}`` text (content parts of type text are joined)."""
+    content = message.get("content")
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if not isinstance(part, Mapping) or part.get("type") != "text":
+                raise InvalidRequest(
+                    f"messages.{index}.content: only text parts can be voted on; send text content",
+                    field=f"messages.{index}.content",
+                )
+            texts.append(str(part.get("text", "")))
+        content = "".join(texts)
+    return {"role": message.get("role"), "content": content}  # type: ignore[dict-item]
+
+
+def _sampling(extra: Mapping[str, Any]) -> dict[str, Any]:
+    keys = ("temperature", "top_p", "top_k", "seed")
+    return {k: extra[k] for k in keys if extra.get(k) is not None}
+
+
+async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work``; if the client disconnects first, cancel it and raise :class:`_ClientGone`."""
+
+    async def watch() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientGone
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            watcher = group.create_task(watch())
+            result = await work
+            watcher.cancel()
+    except BaseExceptionGroup as group_error:
+        if group_error.subgroup(_ClientGone) is not None:
+            raise _ClientGone from None
+        raise
+    return result

@@ -1,0 +1,130 @@
+"""Running the service on a real socket: ``mars serve``, ``mars ask``, ``mars demo`` and live tests.
+
+:func:`running_service` runs the app under uvicorn in the current event loop until the block exits
+(or until the server stops by itself, e.g. on SIGINT, for ``mars serve``). :func:`with_replay` starts
+an embedded replay server and registers it as the provider ``replay``, so the whole service runs with
+no upstream key. :func:`check_bind` holds the rule "no API keys, loopback only".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+
+from orchestrator.api.app import create_app
+from orchestrator.errors import InvalidRequest
+from orchestrator.logs import get_logger
+from orchestrator.providers.base import Provider
+from orchestrator.replay.corpus import Corpus
+from orchestrator.settings import ProviderConfig, Settings
+from orchestrator.store.base import Store
+
+log = get_logger(__name__)
+REPLAY_PROVIDER = "replay"
+_STARTUP_TIMEOUT_S = 30.0
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(settings: Settings, host: str) -> None:
+    """Without API keys the API is open, so it may only listen on loopback."""
+    if not settings.api_keys and not is_loopback(host):
+        raise InvalidRequest(
+            f"refusing to listen on {host} without API keys: anyone who can reach it could run jobs on "
+            "your upstream accounts; set MARS_API_KEYS (tenant:key,...) or bind to 127.0.0.1",
+            field="MARS_API_KEYS",
+        )
+
+
+@dataclass(slots=True)
+class RunningService:
+    url: str
+    server: uvicorn.Server
+    task: asyncio.Task[None]
+
+    async def wait(self) -> None:
+        """Until the server stops by itself (SIGINT/SIGTERM for ``mars serve``)."""
+        await asyncio.shield(self.task)
+
+
+@asynccontextmanager
+async def running_service(
+    settings: Settings,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    store: Store | None = None,
+    providers: Mapping[str, Provider] | None = None,
+    run_workers: bool = True,
+    sse_ping_s: float = 15.0,
+) -> AsyncIterator[RunningService]:
+    """The app on a real uvicorn socket in this event loop; port 0 picks a free one."""
+    check_bind(settings, host)
+    app = create_app(settings, store, providers=providers, run_workers=run_workers, sse_ping_s=sse_ping_s)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+        timeout_keep_alive=30,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(), name="uvicorn")
+    try:
+        async with asyncio.timeout(_STARTUP_TIMEOUT_S):
+            while not server.started:
+                if task.done():
+                    task.result()  # the lifespan's own error, if it had one
+                    raise InvalidRequest(
+                        f"the service could not start on {host}:{port} (is the port in use?)", field="--port"
+                    )
+                await asyncio.sleep(0.01)
+        bound = server.servers[0].sockets[0].getsockname()[1]
+        shown = f"[{host}]" if ":" in host else host
+        yield RunningService(url=f"http://{shown}:{bound}", server=server, task=task)
+    finally:
+        server.should_exit = True
+        try:
+            async with asyncio.timeout(settings.shutdown_grace_s + 5):
+                await task
+        except TimeoutError:
+            server.force_exit = True
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+
+
+@asynccontextmanager
+async def with_replay(settings: Settings, corpus: Corpus, **options: Any) -> AsyncIterator[Settings]:
+    """Start a replay server on ``corpus`` (127.0.0.1, free port) and yield settings in which it is
+    the provider ``replay`` (and the default provider unless one is set)."""
+    from orchestrator.replay.server import running_replay_server
+
+    async with running_replay_server(corpus, **options) as url:
+        config = ProviderConfig(
+            name=REPLAY_PROVIDER,
+            kind="replay",
+            base_url=f"{url}/v1",
+            models=tuple(url.server.options.models),
+        )
+        log.info("replay server started", url=str(url), corpus=corpus.name)
+        yield settings.with_overrides(
+            providers={**settings.providers, REPLAY_PROVIDER: config},
+            default_provider=settings.default_provider or REPLAY_PROVIDER,
+        )

@@ -1,0 +1,200 @@
+// One job, live: reads GET /v1/jobs/{id} once, then follows its SSE feed. Draws the vote share of each
+// answer class over checkpoints (hand-written SVG), the margin against the rule's threshold, each
+// trace's progress, and the decision when it comes.
+"use strict";
+
+(() => {
+  const jobId = decodeURIComponent(location.pathname.split("/").pop());
+  const COLORS = ["#2f5fd0", "#d0682f", "#1f8a4c", "#9b2fd0", "#b3261e", "#2fa7d0", "#c9a21d", "#555"];
+  const state = { history: [], traces: new Map(), classes: [], maxTokens: 1, events: 0, done: false, threshold: null };
+  const $ = (id) => document.getElementById(id);
+  $("job-id").textContent = jobId;
+
+  function color(label) {
+    let i = state.classes.indexOf(label);
+    if (i < 0) { state.classes.push(label); i = state.classes.length - 1; }
+    return COLORS[i % COLORS.length];
+  }
+
+  function setStatus(status) {
+    const node = $("status");
+    node.textContent = status;
+    node.className = "status " + status;
+    document.body.dataset.status = status;
+  }
+
+  function recordVote(data) {
+    const counts = data.counts || data.votes;
+    if (!counts) return;
+    const checkpoint = data.checkpoint !== undefined ? data.checkpoint : state.history.length + 1;
+    const last = state.history[state.history.length - 1];
+    if (last && last.checkpoint === checkpoint) last.counts = counts;
+    else state.history.push({ checkpoint, counts });
+    const ordered = Object.values(counts).map(Number).sort((a, b) => b - a);
+    const margin = data.margin !== undefined ? Number(data.margin) : (ordered[0] || 0) - (ordered[1] || 0);
+    if (data.threshold !== undefined && data.threshold !== null) state.threshold = Number(data.threshold);
+    let leader = data.leader;
+    if (leader === undefined || leader === null) {
+      leader = Object.keys(counts).reduce((a, b) => (counts[a] >= counts[b] ? a : b), null);
+    }
+    $("checkpoint").textContent = checkpoint;
+    $("leader").textContent = leader === null ? "–" : leader;
+    $("margin").textContent = Mars.fmt(margin);
+    $("threshold").textContent = state.threshold === null ? "–" : Mars.fmt(state.threshold);
+    const scale = Math.max(state.threshold || 0, margin, 1) * 1.2;
+    document.querySelector("#margin-meter .fill").style.width = (100 * margin / scale) + "%";
+    const mark = document.querySelector("#margin-meter .mark");
+    mark.style.display = state.threshold === null ? "none" : "block";
+    if (state.threshold !== null) mark.style.left = (100 * state.threshold / scale) + "%";
+    if (Array.isArray(data.traces)) data.traces.forEach(updateTrace);
+    drawChart();
+  }
+
+  function drawChart() {
+    const svg = $("chart");
+    const W = 700, H = 260, L = 40, R = 10, T = 10, B = 30;
+    const ns = "http://www.w3.org/2000/svg";
+    svg.replaceChildren();
+    const mk = (tag, attrs, text) => {
+      const n = document.createElementNS(ns, tag);
+      for (const [k, v] of Object.entries(attrs)) n.setAttribute(k, v);
+      if (text !== undefined) n.textContent = text;
+      svg.appendChild(n);
+      return n;
+    };
+    for (const f of [0, 0.5, 1]) {
+      const y = T + (1 - f) * (H - T - B);
+      mk("line", { x1: L, x2: W - R, y1: y, y2: y, stroke: "#e2e6ea" });
+      mk("text", { x: 4, y: y + 4 }, Math.round(f * 100) + "%");
+    }
+    const n = state.history.length;
+    if (n === 0) return;
+    const x = (i) => L + (n === 1 ? 0.5 : i / (n - 1)) * (W - L - R);
+    const y = (share) => T + (1 - share) * (H - T - B);
+    const labels = new Set();
+    state.history.forEach((h) => Object.keys(h.counts).forEach((k) => labels.add(k)));
+    const legend = $("legend");
+    legend.replaceChildren();
+    for (const label of labels) {
+      const points = state.history.map((h, i) => {
+        const total = Object.values(h.counts).reduce((a, b) => a + Number(b), 0) || 1;
+        return x(i).toFixed(1) + "," + y(Number(h.counts[label] || 0) / total).toFixed(1);
+      });
+      const c = color(label);
+      mk("polyline", { points: points.join(" "), fill: "none", stroke: c, "stroke-width": 2, "data-class": label });
+      const item = Mars.el("span");
+      const swatch = Mars.el("i");
+      swatch.style.background = c;
+      item.appendChild(swatch);
+      item.appendChild(document.createTextNode(label));
+      legend.appendChild(item);
+    }
+    mk("text", { x: L, y: H - 8 }, "checkpoint " + state.history[0].checkpoint);
+    mk("text", { x: W - R - 90, y: H - 8 }, "checkpoint " + state.history[n - 1].checkpoint);
+  }
+
+  function updateTrace(t) {
+    if (t.index === undefined) return;
+    const prev = state.traces.get(t.index) || { tokens: 0, status: "running", answer: null };
+    const next = Object.assign(prev, t);
+    state.traces.set(t.index, next);
+    state.maxTokens = Math.max(state.maxTokens, Number(next.tokens) || 0);
+    let node = document.querySelector('.trace[data-index="' + t.index + '"]');
+    if (!node) {
+      node = Mars.el("div", { class: "trace", "data-index": t.index });
+      node.appendChild(Mars.el("div", { class: "label" }));
+      const bar = Mars.el("div", { class: "bar" });
+      bar.appendChild(Mars.el("span"));
+      node.appendChild(bar);
+      const box = $("traces");
+      const after = [...box.children].find((c) => Number(c.dataset.index) > t.index);
+      box.insertBefore(node, after || null);
+    }
+    node.className = "trace " + (next.status || "running");
+    node.querySelector(".label").textContent =
+      "#" + t.index + " " + Mars.fmt(next.tokens) + " tok" + (next.answer ? " → " + next.answer : "");
+    $("trace-count").textContent = "(" + state.traces.size + ")";
+    for (const other of document.querySelectorAll(".trace")) {
+      const tr = state.traces.get(Number(other.dataset.index));
+      other.querySelector(".bar > span").style.width = (100 * (Number(tr.tokens) || 0) / state.maxTokens) + "%";
+    }
+  }
+
+  function showResult(job) {
+    setStatus(job.status);
+    $("spec").textContent = "provider " + job.provider + " · model " + job.model + " · K = " + job.budget + " · method " + job.method;
+    if (job.vote) recordVote(job.vote);
+    if (Array.isArray(job.traces)) job.traces.forEach(updateTrace);
+    if (["succeeded", "failed", "cancelled"].includes(job.status)) {
+      state.done = true;
+      $("answer").textContent = job.answer === null ? "–" : job.answer;
+      $("reason").textContent = job.stop_reason || job.error || "–";
+      $("stop-checkpoint").textContent = job.stop_checkpoint === null ? "–" : job.stop_checkpoint;
+      const decision = $("decision");
+      decision.replaceChildren();
+      if (job.status === "succeeded") {
+        decision.appendChild(document.createTextNode("Answer "));
+        decision.appendChild(Mars.el("strong", { id: "final-answer" }, job.answer === null ? "none" : job.answer));
+      } else {
+        decision.appendChild(Mars.el("strong", { id: "final-answer", class: "status " + job.status }, job.status));
+      }
+      const a = job.accounting;
+      if (a) {
+        $("savings").textContent = "tokens spent " + Mars.fmt(a.total_tokens) + " · saved " + Mars.fmt(a.saved_tokens) +
+          " (" + (100 * (a.saved_fraction || 0)).toFixed(1) + "%) versus the full budget" +
+          (a.saved_usd ? " · $" + a.saved_usd.toFixed(4) + " saved" : "");
+      }
+    }
+  }
+
+  function log(ev) {
+    state.events += 1;
+    $("event-count").textContent = state.events;
+    const line = Mars.el("div", { "data-kind": ev.event }, ev.event + " " + ev.data);
+    $("log").prepend(line);
+  }
+
+  function onEvent(ev) {
+    log(ev);
+    let data = {};
+    try { data = JSON.parse(ev.data); } catch (err) { return; }
+    if (ev.event === "vote") recordVote(data);
+    else if (ev.event === "trace") {
+      (Array.isArray(data.traces) ? data.traces : [data]).forEach((t) =>
+        updateTrace({ index: t.index, tokens: t.tokens, status: t.state || t.status, answer: t.answer }));
+    } else if (ev.event === "checkpoint") {
+      // Every running trace has passed this position: move its bar (tokens are not sent per chunk).
+      $("checkpoint").textContent = data.checkpoint;
+      for (const [index, t] of state.traces) {
+        if ((t.status || "running") === "running" && Number(data.position_tokens) > Number(t.tokens || 0)) {
+          updateTrace({ index, tokens: Number(data.position_tokens) });
+        }
+      }
+    }
+    else if (ev.event === "stop") {
+      if (data.answer !== undefined) $("answer").textContent = data.answer === null ? "–" : data.answer;
+      if (data.reason) $("reason").textContent = data.reason;
+      if (data.checkpoint !== undefined) $("stop-checkpoint").textContent = data.checkpoint;
+      if (data.counts || data.votes) recordVote(data);
+    } else if (ev.event === "failure") {
+      const box = $("decision");
+      box.appendChild(Mars.el("div", { class: "muted" }, "failure: " + (data.message || data.error || ev.data)));
+    } else if (ev.event === "status") {
+      setStatus(data.status);
+    }
+  }
+
+  async function start() {
+    try {
+      const job = await Mars.getJSON("/v1/jobs/" + encodeURIComponent(jobId), start);
+      showResult(job);
+      // Even a finished job is followed: its event log draws the chart; the feed closes at its end.
+      await Mars.follow("/v1/jobs/" + encodeURIComponent(jobId) + "/events", onEvent);
+      showResult(await Mars.getJSON("/v1/jobs/" + encodeURIComponent(jobId), start));
+    } catch (err) {
+      $("decision").textContent = String(err.message || err);
+    }
+  }
+
+  start();
+})();

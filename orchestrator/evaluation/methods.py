@@ -1,0 +1,147 @@
+"""The methods ``mars eval`` knows, and how each one is set up for one run.
+
+A method is a rule from the live registry (:mod:`orchestrator.stopping.registry`) plus what the
+evaluator must prepare for it: a switch model fitted on the run's warmup traces (``mars``,
+``mars-cal``), a prior model learned on *other* questions (``mars-prior`` and the improved variants),
+oracle switch probabilities (``mars-oracle``; diagnostics only). ``default`` is exactly the registry's
+``default`` entry: what the live service runs when a job names no method.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from orchestrator.evaluation.simulate import QuestionTimeline
+from orchestrator.stopping.base import StoppingRule
+from orchestrator.stopping.gamma import WarmupTrace, calibrate_gamma
+from orchestrator.stopping.mars import Mars
+from orchestrator.stopping.switch_model import SwitchModel
+
+
+@dataclass(frozen=True, slots=True)
+class MethodContext:
+    """What a method may look at when it is set up for one run (never the voting traces' future)."""
+
+    timeline: QuestionTimeline
+    voting: tuple[int, ...]
+    warmup: tuple[int, ...]
+    priors: Mapping[str, object]
+
+
+@dataclass(frozen=True, slots=True)
+class MethodSpec:
+    name: str
+    build: Callable[[MethodContext], StoppingRule]
+    sequential_warmup: bool = False  # W warmup traces run to completion first (charged)
+    oracle: bool = False  # the snapshot carries final classes (diagnostics only)
+    weights: Callable[[MethodContext], Sequence[float]] | None = None
+    needs_confidences: bool = False
+    description: str = ""
+
+
+# --- warmup fits, cached per run (mars and mars-cal share one) --------------------------------
+
+_FITS: OrderedDict[tuple[str, tuple[int, ...]], tuple[SwitchModel, float]] = OrderedDict()
+
+
+def warmup_rows(tl: QuestionTimeline, indices: Sequence[int]) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """Training rows of complete traces: features and labels at every checkpoint up to the finish."""
+    xs, ys = [], []
+    for i in indices:
+        tr = tl.traces[i]
+        upto = tr.finish_checkpoint
+        xs.append(tr.features[:upto])
+        ys.append(np.fromiter((int(c != tr.final_class) for c in tr.classes[:upto]), np.int64, upto))
+    width = tl.traces[0].features.shape[1]
+    x = np.concatenate(xs) if xs else np.empty((0, width))
+    y = np.concatenate(ys) if ys else np.empty(0, dtype=np.int64)
+    return x, y
+
+
+def _warmup_fit(ctx: MethodContext) -> tuple[SwitchModel, float]:
+    """Switch model and calibrated γ from the run's warmup traces (STOPPING.md §3, §4)."""
+    key = (ctx.timeline.qid, ctx.warmup)
+    hit = _FITS.get(key)
+    if hit is not None:
+        return hit
+    x, y = warmup_rows(ctx.timeline, ctx.warmup)
+    model = SwitchModel.fit(x, y)
+    traces = [
+        WarmupTrace(tuple(tr.classes[: tr.finish_checkpoint - 1]), tr.final_class)
+        for tr in (ctx.timeline.traces[i] for i in ctx.warmup)
+    ]
+    gamma = calibrate_gamma(traces).gamma
+    _FITS[key] = (model, gamma)
+    if len(_FITS) > 64:
+        _FITS.popitem(last=False)
+    return model, gamma
+
+
+def _registry(name: str, **params: object) -> Callable[[MethodContext], StoppingRule]:
+    def build(_: MethodContext) -> StoppingRule:
+        from orchestrator.stopping.registry import build_rule
+
+        return build_rule(name, **params)
+
+    return build
+
+
+def _prior(ctx: MethodContext, key: str) -> SwitchModel:
+    model = ctx.priors.get(key)
+    if not isinstance(model, SwitchModel):
+        raise KeyError(f"no prior switch model {key!r} was prepared for this run")
+    return model
+
+
+SPECS: dict[str, MethodSpec] = {
+    spec.name: spec
+    for spec in (
+        MethodSpec("sc", _registry("sc"), description="self-consistency: never stop"),
+        MethodSpec("consensus", _registry("consensus"), description="leader holds ≥ 95% of the votes"),
+        MethodSpec("esc", _registry("esc"), description="windows of 8 until one is unanimous"),
+        MethodSpec("asc", _registry("asc"), description="Beta posterior of the leader > 0.95"),
+        MethodSpec("sac", _registry("sac"), description="per trace: 14 identical probes"),
+        MethodSpec("parallel-probe", _registry("parallel_probe"), description="Parallel-Probe"),
+        MethodSpec(
+            "mars",
+            lambda ctx: Mars(switch_model=_warmup_fit(ctx)[0], gamma=1.0),
+            sequential_warmup=True,
+            description="MARS, q fitted on 16 sequential warmup traces, γ = 1",
+        ),
+        MethodSpec(
+            "mars-cal",
+            lambda ctx: Mars(switch_model=_warmup_fit(ctx)[0], gamma=_warmup_fit(ctx)[1]),
+            sequential_warmup=True,
+            description="MARS, q and γ calibrated on 16 sequential warmup traces (the paper)",
+        ),
+        MethodSpec(
+            "mars-oracle",
+            lambda ctx: Mars(q_source="oracle", gamma=1.0),
+            oracle=True,
+            description="MARS with oracle q (uses the future; diagnostics)",
+        ),
+        MethodSpec(
+            "mars-prior",
+            lambda ctx: Mars(switch_model=_prior(ctx, "mars-prior"), gamma=1.0),
+            description="MARS, q from a prior learned on other questions, γ = 1, no warmup",
+        ),
+        MethodSpec("hindsight", _registry("sc"), description="the limit (uses the future)"),
+        MethodSpec("default", _registry("default"), description="what the live service runs"),
+    )
+}
+
+
+def method_spec(name: str) -> MethodSpec:
+    try:
+        return SPECS[name]
+    except KeyError:
+        raise KeyError(f"unknown method {name!r}; known: {', '.join(SPECS)}") from None
+
+
+def known_methods() -> tuple[str, ...]:
+    return tuple(SPECS)

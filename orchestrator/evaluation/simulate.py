@@ -1,0 +1,287 @@
+"""Drive any :class:`StoppingRule` over one question's recorded traces, checkpoint by checkpoint.
+
+The simulator builds the same :class:`Snapshot` the live coordinator builds (ARCHITECTURE.md, data
+flow step 6; STOPPING.md §1, §10): at checkpoint t (position ``p_t = t * interval``) every started,
+unpruned trace shows its probe answer at ``p_t`` while running, its final answer once finished
+(``total_tokens <= p_t``), ``None`` when nothing could be extracted; its history of answer classes at
+every checkpoint so far; its switch features (:func:`orchestrator.stopping.switch_model.feature_rows`,
+the function the coordinator calls); its token count ``min(total, p_t)``. The rule's ``Decision.state``
+comes back as ``Snapshot.rule_state``; ``Decision.prune`` freezes traces where they are; wave methods
+(``needs_probes`` false and ``initial_traces < budget``) run their launched traces to completion and
+ask for more with ``Decision.launch``.
+
+Everything that depends only on the question (not on the permutation) is computed once in
+:class:`TraceTimeline`: the class at every grid checkpoint, the feature rows, the probe output tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from orchestrator.domain import Decision, Snapshot, TraceView, majority
+from orchestrator.evaluation.prepared import PreparedQuestion
+from orchestrator.stopping.base import StoppingRule
+from orchestrator.stopping.switch_model import feature_rows
+
+PROBE_CLOSE_TOKENS = 1  # the closing brace the probe completion ends with
+PROBE_NO_ANSWER_TOKENS = 50  # a probe that closed nothing ran to its max_tokens (STOPPING.md §9)
+PROBE_SUFFIX_TOKENS = 34  # the reference answer-forcing suffix, estimated (probe input view)
+
+
+@dataclass(frozen=True, slots=True)
+class TraceTimeline:
+    """One trace on the global checkpoint grid of a question (index t-1 = checkpoint t)."""
+
+    classes: tuple[int | None, ...]  # answer class the trace shows at each checkpoint
+    finish_checkpoint: int  # first checkpoint at which the trace is finished
+    total_tokens: int
+    final_class: int | None
+    features: npt.NDArray[np.float64]  # one row per checkpoint
+    probe_output_tokens: tuple[int, ...]  # output tokens of the probe at each checkpoint (0 when done)
+    confidences: tuple[float | None, ...]  # trailing-window confidence at each checkpoint (or None)
+
+
+@dataclass(frozen=True, slots=True)
+class QuestionTimeline:
+    qid: str
+    interval_tokens: int
+    checkpoints: int  # number of grid checkpoints until every trace has finished
+    traces: tuple[TraceTimeline, ...]
+    gold_class: int | None
+    answers: tuple[str, ...]
+
+
+def _trailing_confidence(confs: Sequence[float], upto: int, window: int = 2048) -> float | None:
+    if upto <= 0 or not confs:
+        return None
+    upto = min(upto, len(confs))
+    lo = max(0, upto - window)
+    return float(np.mean(confs[lo:upto]))
+
+
+def timeline(
+    q: PreparedQuestion,
+    interval_tokens: int | None = None,
+    probe_tokens: Sequence[Sequence[int]] | None = None,
+) -> QuestionTimeline:
+    """Put every trace of ``q`` on the checkpoint grid (once per question)."""
+    interval = interval_tokens or q.probe_interval_tokens
+    n_cp = max(1, max(math.ceil(t.total_tokens / interval) for t in q.traces))
+    traces = []
+    for j, t in enumerate(q.traces):
+        positions = [interval * (k + 1) for k in range(n_cp)]
+        classes = tuple(t.class_at(p) for p in positions)
+        finish = max(1, math.ceil(t.total_tokens / interval))
+        confs: tuple[float | None, ...]
+        if t.confidences is not None:
+            c = t.confidences
+            confs = tuple(
+                float(np.mean(c)) if p >= t.total_tokens and c else _trailing_confidence(c, p)
+                for p in positions
+            )
+            filled = [0.0 if v is None else v for v in confs]
+            feats = feature_rows(classes, positions, filled)
+        else:
+            confs = (None,) * n_cp
+            feats = feature_rows(classes, positions)
+        if probe_tokens is not None:
+            raw = probe_tokens[j]
+            per_cp = []
+            for k, p in enumerate(positions):
+                if k + 1 >= finish:
+                    per_cp.append(0)
+                    continue
+                idx = sum(1 for pos in t.positions if pos <= p) - 1
+                per_cp.append(raw[idx] if 0 <= idx < len(raw) else PROBE_NO_ANSWER_TOKENS)
+            ptoks = tuple(per_cp)
+        else:
+            ptoks = tuple(0 if k + 1 >= finish else 2 for k in range(n_cp))
+        traces.append(TraceTimeline(classes, finish, t.total_tokens, t.final_class, feats, ptoks, confs))
+    return QuestionTimeline(q.qid, interval, n_cp, tuple(traces), q.gold_class, q.answers)
+
+
+@dataclass(frozen=True, slots=True)
+class SimRun:
+    """What one rule did on one run (one permutation of one question)."""
+
+    answer: int | None
+    stopped: bool  # the rule fired (False: budget exhausted, vote over what is left)
+    stop_checkpoint: int  # checkpoint of the decision (0 for wave methods)
+    generated_tokens: int  # tokens of the voting traces up to the stop
+    seq_tokens: int  # latency proxy: the longest single trace (wave methods: sum over waves)
+    probe_calls: int
+    probe_output_tokens: int
+    probe_input_tokens: int
+    traces_started: int
+    reason: str = ""
+
+
+def simulate(
+    rule: StoppingRule,
+    tl: QuestionTimeline,
+    voting: Sequence[int],
+    *,
+    warmup_answer_class: int | None = None,
+    num_classes: int | None = None,
+    weights: Sequence[float] | None = None,
+    eligible: Sequence[bool] | None = None,
+    oracle: bool = False,
+) -> SimRun:
+    """Run ``rule`` on the traces ``voting`` (in slot order) of question ``tl``."""
+    budget = len(voting)
+    if not rule.needs_probes and rule.initial_traces(budget) < budget:
+        return _simulate_waves(rule, tl, voting, num_classes=num_classes)
+    slots = [tl.traces[i] for i in voting]
+    n = len(slots)
+    k_classes = num_classes if num_classes is not None else budget
+    w = list(weights) if weights is not None else [1.0] * n
+    ok = list(eligible) if eligible is not None else [True] * n
+    pruned_at = [0] * n  # checkpoint at which a trace was pruned (0 = not pruned)
+    probe_calls = probe_out = probe_in = 0
+    state: object = None
+    last_cp = max(t.finish_checkpoint for t in slots)
+    decision: Decision | None = None
+    needs_probes = rule.needs_probes
+    cp = 0
+    for cp in range(1, last_cp + 1):
+        position = cp * tl.interval_tokens
+        views = []
+        for s, tr in enumerate(slots):
+            frozen = pruned_at[s]
+            at = frozen or cp
+            finished = tr.finish_checkpoint <= at
+            if not frozen and not finished and needs_probes:
+                probe_calls += 1
+                probe_out += tr.probe_output_tokens[cp - 1] + PROBE_CLOSE_TOKENS
+                probe_in += position + PROBE_SUFFIX_TOKENS
+            shown = tr.classes[at - 1] if (finished or needs_probes) else None
+            views.append(
+                TraceView(
+                    index=s,
+                    answer_class=shown,
+                    weight=w[s],
+                    eligible=ok[s],
+                    finished=finished,
+                    pruned=bool(frozen),
+                    tokens=min(tr.total_tokens, at * tl.interval_tokens),
+                    history=tr.classes[:at] if needs_probes else (),
+                    features=tuple(tr.features[at - 1]) if needs_probes else (),
+                    confidence=tr.confidences[at - 1],
+                    final_class=tr.final_class if oracle else None,
+                )
+            )
+        snapshot = Snapshot(
+            checkpoint=cp,
+            position_tokens=position,
+            traces=tuple(views),
+            budget=budget,
+            num_classes=k_classes,
+            probe_interval_tokens=tl.interval_tokens,
+            warmup_answer_class=warmup_answer_class,
+            rule_state=state,
+        )
+        decision = rule.decide(snapshot)
+        state = decision.state
+        for s in decision.prune:
+            if 0 <= s < n and not pruned_at[s] and slots[s].finish_checkpoint > cp:
+                pruned_at[s] = cp
+        if decision.stop:
+            break
+        if all(pruned_at[s] or slots[s].finish_checkpoint <= cp for s in range(n)):
+            break
+    assert decision is not None
+    stop_cp = cp
+    spent = [
+        min(tr.total_tokens, (pruned_at[s] or stop_cp) * tl.interval_tokens) for s, tr in enumerate(slots)
+    ]
+    if decision.stop:
+        answer = decision.answer_class
+    else:  # budget exhausted without a stop: vote over the final answers of what is left
+        live = [s for s in range(n) if not pruned_at[s] and ok[s]]
+        answer = majority([slots[s].final_class for s in live], [w[s] for s in live])
+    return SimRun(
+        answer=answer,
+        stopped=decision.stop,
+        stop_checkpoint=stop_cp,
+        generated_tokens=sum(spent),
+        seq_tokens=max(spent),
+        probe_calls=probe_calls,
+        probe_output_tokens=probe_out,
+        probe_input_tokens=probe_in,
+        traces_started=n,
+        reason=decision.reason,
+    )
+
+
+def _simulate_waves(
+    rule: StoppingRule, tl: QuestionTimeline, voting: Sequence[int], *, num_classes: int | None
+) -> SimRun:
+    """Wave methods: launched traces run to completion; the rule sees only finished traces."""
+    budget = len(voting)
+    started = min(rule.initial_traces(budget), budget)
+    waves: list[int] = []
+    state: object = None
+    decision: Decision | None = None
+    wave_start = 0
+    while True:
+        waves.append(max(tl.traces[i].total_tokens for i in voting[wave_start:started]))
+        views = tuple(
+            TraceView(
+                index=s,
+                answer_class=tl.traces[i].final_class if s < started else None,
+                finished=s < started,
+                started=s < started,
+                tokens=tl.traces[i].total_tokens if s < started else 0,
+            )
+            for s, i in enumerate(voting)
+        )
+        snapshot = Snapshot(
+            checkpoint=0,
+            position_tokens=0,
+            traces=views,
+            budget=budget,
+            num_classes=num_classes if num_classes is not None else budget,
+            probe_interval_tokens=tl.interval_tokens,
+            rule_state=state,
+        )
+        decision = rule.decide(snapshot)
+        state = decision.state
+        if decision.stop or decision.launch <= 0 or started >= budget:
+            break
+        wave_start, started = started, min(budget, started + decision.launch)
+    finals = [tl.traces[i].final_class for i in voting[:started]]
+    answer = decision.answer_class if decision.stop else majority(finals)
+    return SimRun(
+        answer=answer,
+        stopped=decision.stop,
+        stop_checkpoint=0,
+        generated_tokens=sum(tl.traces[i].total_tokens for i in voting[:started]),
+        seq_tokens=sum(waves),
+        probe_calls=0,
+        probe_output_tokens=0,
+        probe_input_tokens=0,
+        traces_started=started,
+        reason=decision.reason,
+    )
+
+
+def leader_trajectory(tl: QuestionTimeline, voting: Sequence[int]) -> list[int | None]:
+    """The plain snapshot leader at every checkpoint (ties: first in slot order)."""
+    slots = [tl.traces[i] for i in voting]
+    last = max(t.finish_checkpoint for t in slots)
+    return [majority([t.classes[cp - 1] for t in slots]) for cp in range(1, last + 1)]
+
+
+def hindsight_checkpoint(trajectory: Sequence[int | None], full_answer: int | None) -> int:
+    """The first checkpoint after which the leader never changes and equals the full-budget answer."""
+    cp = len(trajectory)
+    for k in range(len(trajectory) - 1, -1, -1):
+        if trajectory[k] != full_answer:
+            break
+        cp = k + 1
+    return cp

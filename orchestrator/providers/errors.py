@@ -1,0 +1,112 @@
+"""Translation of vendor exceptions (openai, anthropic, httpx2) into ``orchestrator.errors``.
+
+This is the edge: adapters call :func:`translate` in their ``except`` clauses and ``raise ... from exc``.
+Status mapping: 429 → ``RateLimited``, 529 or an ``overloaded_error`` → ``Overloaded``, other 5xx →
+``UpstreamServerError``, 404 → ``UnknownModel``, 401/403 and other 4xx → ``UpstreamRejected``. The server's
+``retry-after-ms`` hint wins over ``retry-after`` (seconds or an HTTP date).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import json
+import time
+from collections.abc import Mapping
+
+import anthropic
+import httpx2
+import openai
+
+from orchestrator import errors
+
+
+def retry_after_s(headers: Mapping[str, str] | None, *, now_s: float | None = None) -> float | None:
+    """The server's retry hint in seconds: ``retry-after-ms`` first, then ``retry-after``."""
+    if not headers:
+        return None
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms:
+        try:
+            return max(0.0, float(raw_ms) / 1000.0)
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now_s is None else now_s))
+
+
+def _message_of(body: object, fallback: str) -> str:
+    if isinstance(body, Mapping):
+        err = body.get("error", body)
+        if isinstance(err, Mapping) and isinstance(err.get("message"), str):
+            return str(err["message"])
+        if isinstance(body.get("message"), str):
+            return str(body["message"])
+    if isinstance(body, str | bytes) and body:
+        return body.decode(errors="replace") if isinstance(body, bytes) else body
+    return fallback
+
+
+def _is_overloaded(body: object) -> bool:
+    if isinstance(body, Mapping):
+        err = body.get("error", body)
+        return isinstance(err, Mapping) and err.get("type") == "overloaded_error"
+    return False
+
+
+def status_error(
+    status: int, headers: Mapping[str, str] | None, body: object, *, where: str = "upstream"
+) -> errors.MarsError:
+    """The project error for an HTTP error status (``body`` is the decoded JSON, text or bytes)."""
+    if isinstance(body, bytes | str):
+        with contextlib.suppress(ValueError, UnicodeDecodeError):
+            body = json.loads(body)
+    message = f"{where}: HTTP {status}: {_message_of(body, 'no message')}"
+    hint = retry_after_s(headers)
+    if status == 429:
+        return errors.RateLimited(message, status=status, retry_after_s=hint)
+    if status == 529 or _is_overloaded(body):
+        return errors.Overloaded(message, status=status, retry_after_s=hint)
+    if status >= 500:
+        return errors.UpstreamServerError(message, status=status, retry_after_s=hint)
+    if status == 404:
+        return errors.UnknownModel(message)
+    return errors.UpstreamRejected(message, status=status)
+
+
+def stream_error_event(body: object, *, where: str = "upstream") -> errors.MarsError:
+    """An ``error`` event inside an otherwise successful stream (e.g. Anthropic ``overloaded_error``)."""
+    if _is_overloaded(body):
+        return errors.Overloaded(f"{where}: {_message_of(body, 'overloaded')}", status=529)
+    return errors.UpstreamServerError(f"{where}: {_message_of(body, 'error event')}", status=500)
+
+
+def translate(exc: BaseException, *, where: str = "upstream") -> errors.MarsError:
+    """Map any vendor or transport exception to the project's tree (``MarsError`` passes through)."""
+    if isinstance(exc, errors.MarsError):
+        return exc
+    if isinstance(exc, openai.APIStatusError | anthropic.APIStatusError):
+        headers = dict(exc.response.headers.items())
+        return status_error(exc.status_code, headers, exc.body, where=where)
+    if isinstance(exc, openai.APITimeoutError | anthropic.APITimeoutError | httpx2.TimeoutException):
+        return errors.UpstreamTimeout(f"{where}: timed out ({exc.__class__.__name__})")
+    if isinstance(exc, openai.APIConnectionError | anthropic.APIConnectionError | httpx2.TransportError):
+        return errors.UpstreamConnectionError(f"{where}: connection failed: {exc!r}")
+    if isinstance(exc, openai.APIResponseValidationError | anthropic.APIResponseValidationError):
+        return errors.MalformedStream(f"{where}: response did not validate: {exc}")
+    if isinstance(exc, openai.APIError | anthropic.APIError):
+        # An ``error`` payload inside a 200 stream; the SDK gives no status.
+        return stream_error_event(exc.body, where=where)
+    if isinstance(exc, ValueError):
+        return errors.MalformedStream(f"{where}: malformed response: {exc}")
+    return errors.UpstreamError(f"{where}: {exc!r}")

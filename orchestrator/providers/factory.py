@@ -1,0 +1,87 @@
+"""Build a wrapped ``Provider`` from ``ProviderConfig``: adapter, then rate limits, then retries.
+
+Kinds: ``openai_compat`` (vLLM, SGLang, Together), ``openai``, ``anthropic``, ``deepseek`` and
+``replay`` (``openai_compat`` pointed at our replay server: ``base_url`` is the server root or its
+``/v1``). A configured probe strategy that a configured model cannot do fails here, before any job runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from orchestrator.domain import ProbeStrategy
+from orchestrator.errors import InvalidRequest, UnsupportedCapability
+from orchestrator.providers.anthropic import AnthropicProvider
+from orchestrator.providers.base import Provider
+from orchestrator.providers.deepseek import DeepSeekProvider
+from orchestrator.providers.openai import OpenAIProvider
+from orchestrator.providers.openai_compat import CompatOptions, OpenAICompatProvider, Timeouts
+from orchestrator.providers.wrappers import (
+    RateLimitedProvider,
+    RateLimits,
+    RedisBuckets,
+    RetryingProvider,
+    RetryPolicy,
+)
+from orchestrator.settings import ProviderConfig
+
+
+def build_adapter(config: ProviderConfig, *, compat_options: CompatOptions | None = None) -> Provider:
+    """The bare adapter (no retries, no limits)."""
+    timeouts = Timeouts(stall_s=config.stall_timeout_s, request_s=config.timeout_s)
+    connections = max(64, config.max_concurrent_streams * 2)
+    common: dict[str, Any] = {
+        "name": config.name,
+        "api_key": config.api_key,
+        "timeouts": timeouts,
+        "probe_model": config.probe_model,
+        "max_connections": connections,
+    }
+    if config.kind in {"openai_compat", "replay"}:
+        base = config.base_url.rstrip("/")
+        if config.kind == "replay" and not base.endswith("/v1"):
+            base += "/v1"
+        if not base:
+            raise InvalidRequest(f"provider {config.name!r}: base_url is required", field="base_url")
+        return OpenAICompatProvider(base_url=base, options=compat_options, **common)
+    if config.kind == "openai":
+        return OpenAIProvider(base_url=config.base_url, **common)
+    if config.kind == "anthropic":
+        return AnthropicProvider(base_url=config.base_url, **common)
+    if config.kind == "deepseek":
+        return DeepSeekProvider(base_url=config.base_url, **common)
+    raise InvalidRequest(f"provider {config.name!r}: unknown kind {config.kind!r}", field="kind")
+
+
+def build_provider(
+    config: ProviderConfig,
+    *,
+    redis: Any | None = None,
+    retry: RetryPolicy | None = None,
+    compat_options: CompatOptions | None = None,
+) -> Provider:
+    """Adapter wrapped in rate limits (shared through ``redis`` when given) and one retry layer."""
+    adapter = build_adapter(config, compat_options=compat_options)
+    if config.probe_strategy:
+        try:
+            strategy = ProbeStrategy(config.probe_strategy)
+        except ValueError:
+            raise InvalidRequest(
+                f"provider {config.name!r}: unknown probe strategy {config.probe_strategy!r}",
+                field="probe_strategy",
+            ) from None
+        for model in config.models:
+            allowed = adapter.capabilities(model).probe_strategies
+            if strategy is not ProbeStrategy.NONE and strategy not in allowed:
+                raise UnsupportedCapability(
+                    f"provider {config.name!r} ({config.kind}), model {model!r}: probe strategy "
+                    f"{strategy.value!r} unavailable (available: {', '.join(sorted(s.value for s in allowed))})"
+                )
+    limits = RateLimits(
+        requests_per_minute=config.requests_per_minute,
+        tokens_per_minute=config.tokens_per_minute,
+        max_concurrent_streams=config.max_concurrent_streams,
+    )
+    limited = RateLimitedProvider(adapter, limits, shared=RedisBuckets(redis) if redis is not None else None)
+    policy = retry or RetryPolicy(max_attempts=config.max_retries + 1)
+    return RetryingProvider(limited, policy)

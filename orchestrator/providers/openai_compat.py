@@ -1,0 +1,419 @@
+"""OpenAI-compatible servers (vLLM, SGLang, Together, our replay server).
+
+Streams are read on the hot path straight from ``httpx2`` (``sse.py``); probes, model lists and every
+other request go through the official ``openai`` SDK, built with ``max_retries=0`` (``wrappers.py`` owns
+retries) and explicit timeouts (the read timeout is the stall timeout).
+
+Token counts of a streamed chunk, best first: the number of ``logprobs.content`` entries (one per
+token, when logprobs were asked); the growth of ``usage.completion_tokens`` in that chunk (vLLM's
+``stream_options.continuous_usage_stats``, which we ask for); else the offline estimate
+(``tokens.py``), flagged ``tokens_estimated``. Per-token confidence is minus the mean of the top-20
+log-probabilities of that step. The final delta carries ``usage``; when the upstream sent none (the
+stream ended early) it is an estimate flagged ``estimated``.
+
+Probes (strategy ``continue``): the trace prefix is continued with the answer-forcing suffix, either in
+chat (a final assistant message with ``continue_final_message: true, add_generation_prompt: false``) or
+on raw ``/v1/completions`` with a client-side chat template (the precise path when a reasoning parser
+would split a prefix that ends inside ``<think>``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx2
+import openai
+
+from orchestrator.domain import ProbeStrategy
+from orchestrator.errors import UnsupportedCapability
+from orchestrator.providers.base import (
+    Capabilities,
+    ModelInfo,
+    ProbeRequest,
+    ProbeResult,
+    StreamDelta,
+    TraceRequest,
+    Usage,
+)
+from orchestrator.providers.errors import status_error, stream_error_event, translate
+from orchestrator.providers.extract import extract_probe, last_boxed, probe_answer
+from orchestrator.providers.sse import iter_events
+from orchestrator.providers.tokens import estimate_messages_tokens, estimate_tokens
+
+
+def chatml_template(messages: Sequence[Mapping[str, str]]) -> str:
+    """The ChatML template (Qwen, many open models) with the assistant turn opened."""
+    parts = [f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages]
+    return "".join(parts) + "<|im_start|>assistant\n"
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Timeouts as data. ``stall_s`` is the longest silence tolerated inside a stream."""
+
+    connect_s: float = 10.0
+    stall_s: float = 60.0
+    write_s: float = 30.0
+    pool_s: float = 30.0
+    request_s: float = 600.0  # whole non-streaming request (probes, model lists)
+
+    def httpx(self) -> httpx2.Timeout:
+        return httpx2.Timeout(connect=self.connect_s, read=self.stall_s, write=self.write_s, pool=self.pool_s)
+
+
+@dataclass(frozen=True, slots=True)
+class CompatOptions:
+    probe_via: Literal["chat", "completions"] = "chat"
+    think_open: str = "<think>\n"  # prepended to a continued prefix (reasoning models)
+    continuous_usage: bool = True  # ask for per-chunk usage (vLLM, SGLang)
+    top_logprobs: int = 20
+    send_top_k: bool = True
+    chat_template: Callable[[Sequence[Mapping[str, str]]], str] = chatml_template
+    probe_temperature: float = 0.6
+    probe_top_p: float = 0.95
+    probe_top_k: int | None = 20
+
+
+class _Tally:
+    """Counts what a stream delivered, for the final (possibly estimated) usage."""
+
+    __slots__ = ("completion", "estimated", "last_usage_tokens")
+
+    def __init__(self) -> None:
+        self.completion = 0
+        self.last_usage_tokens = 0
+        self.estimated = False
+
+
+class OpenAICompatProvider:
+    """A vLLM/SGLang/Together-style server; also the base of ``openai.py`` and ``deepseek.py``."""
+
+    kind = "openai_compat"
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        base_url: str,
+        api_key: str | None = None,
+        timeouts: Timeouts | None = None,
+        options: CompatOptions | None = None,
+        max_connections: int = 1024,
+        probe_model: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self._name = name
+        self._base_url = base_url.rstrip("/")
+        self._timeouts = timeouts or Timeouts()
+        self.options = options or CompatOptions()
+        self.probe_model = probe_model
+        self._headers = {"Content-Type": "application/json", **(headers or {})}
+        if api_key:
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=128)
+        self._http = httpx2.AsyncClient(timeout=self._timeouts.httpx(), limits=limits)
+        self._sdk = openai.AsyncOpenAI(
+            api_key=api_key or "EMPTY",
+            base_url=self._base_url,
+            max_retries=0,
+            timeout=httpx2.Timeout(self._timeouts.request_s, connect=self._timeouts.connect_s),
+            http_client=self._http,
+            default_headers=dict(headers or {}),
+        )
+
+    # --- Provider protocol ---------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def capabilities(self, model: str) -> Capabilities:
+        return Capabilities(
+            probe_strategies=frozenset(
+                {ProbeStrategy.CONTINUE, ProbeStrategy.REPROMPT, ProbeStrategy.EXTRACT}
+            ),
+            logprobs=True,
+            reasoning_visible=True,
+            continue_prefix=True,
+        )
+
+    def stream(self, request: TraceRequest) -> AbstractAsyncContextManager[AsyncIterator[StreamDelta]]:
+        return self._stream(request)
+
+    async def probe(self, request: ProbeRequest) -> ProbeResult:
+        self._check_strategy(request)
+        if request.strategy is ProbeStrategy.EXTRACT:
+            return extract_probe(request)
+        try:
+            return await self._probe(request)
+        except Exception as exc:
+            raise translate(exc, where=self._name) from exc
+
+    async def models(self) -> Sequence[ModelInfo]:
+        try:
+            page = await self._sdk.models.list()
+        except Exception as exc:
+            raise translate(exc, where=self._name) from exc
+        return [ModelInfo(id=m.id, owned_by=m.owned_by or self._name) async for m in page]
+
+    async def aclose(self) -> None:
+        await self._sdk.close()
+        await self._http.aclose()
+
+    # --- hooks for subclasses ------------------------------------------------------------------
+
+    def _check_strategy(self, request: ProbeRequest) -> None:
+        allowed = self.capabilities(request.model or request.trace.model).probe_strategies
+        if request.strategy not in allowed:
+            raise UnsupportedCapability(
+                f"{self._name}: probe strategy {request.strategy.value!r} is not available "
+                f"(available: {', '.join(sorted(s.value for s in allowed))})"
+            )
+
+    def _check_trace(self, request: TraceRequest) -> None:
+        if request.logprobs and not self.capabilities(request.model).logprobs:
+            raise UnsupportedCapability(f"{self._name}: model {request.model!r} returns no logprobs")
+
+    def _trace_body(self, request: TraceRequest) -> dict[str, Any]:
+        messages: list[dict[str, Any]] = [dict(m) for m in request.messages]
+        body: dict[str, Any] = {
+            "model": request.model,
+            "messages": messages,
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if self.options.continuous_usage:
+            body["stream_options"]["continuous_usage_stats"] = True
+        if self.options.send_top_k and request.top_k is not None:
+            body["top_k"] = request.top_k
+        if request.seed is not None:
+            body["seed"] = request.seed
+        if request.logprobs:
+            body["logprobs"] = True
+            body["top_logprobs"] = self.options.top_logprobs
+        if request.prefix:
+            messages.append({"role": "assistant", "content": self.options.think_open + request.prefix})
+            body["continue_final_message"] = True
+            body["add_generation_prompt"] = False
+        return body
+
+    def _trace_headers(self, request: TraceRequest) -> dict[str, str]:
+        # Harmless to real servers; lets the replay server pin a job's i-th trace (end-to-end check).
+        headers = dict(self._headers)
+        headers["X-Mars-Trace-Index"] = str(request.trace_index)
+        if request.job_id:
+            headers["X-Mars-Job-Id"] = request.job_id
+        return headers
+
+    # --- streaming -----------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _stream(self, request: TraceRequest) -> AsyncIterator[AsyncIterator[StreamDelta]]:
+        self._check_trace(request)
+        body = json.dumps(self._trace_body(request)).encode()
+        try:
+            http_request = self._http.build_request(
+                "POST",
+                f"{self._base_url}/chat/completions",
+                content=body,
+                headers=self._trace_headers(request),
+            )
+            response = await self._http.send(http_request, stream=True)
+        except Exception as exc:
+            raise translate(exc, where=self._name) from exc
+        try:
+            if response.status_code >= 400:
+                payload = await response.aread()
+                raise status_error(
+                    response.status_code, dict(response.headers.items()), payload, where=self._name
+                )
+            deltas = self._deltas(response, request)
+            try:
+                yield deltas
+            finally:
+                await deltas.aclose()
+        finally:
+            # Closing an unfinished response drops the connection: the upstream sees the disconnect.
+            await response.aclose()
+
+    async def _deltas(
+        self, response: httpx2.Response, request: TraceRequest
+    ) -> AsyncGenerator[StreamDelta, None]:
+        tally = _Tally()
+        final_usage = False
+        try:
+            async for _event, data in iter_events(response.aiter_raw()):
+                if data == b"[DONE]":
+                    break
+                try:
+                    obj = json.loads(data)
+                except ValueError as exc:
+                    raise translate(exc, where=self._name) from exc
+                if "error" in obj and not obj.get("choices"):
+                    raise stream_error_event(obj, where=self._name)
+                delta = self._delta(obj, tally)
+                if delta is not None:
+                    final_usage = final_usage or (delta.usage is not None and not delta.usage.estimated)
+                    yield delta
+        except Exception as exc:
+            raise translate(exc, where=self._name) from exc
+        if not final_usage:
+            yield StreamDelta(
+                usage=Usage(
+                    prompt_tokens=estimate_messages_tokens(list(request.messages)),
+                    completion_tokens=tally.completion,
+                    estimated=True,
+                ),
+                tokens_estimated=tally.estimated,
+            )
+
+    def _delta(self, obj: dict[str, Any], tally: _Tally) -> StreamDelta | None:
+        usage = obj.get("usage")
+        choices = obj.get("choices")
+        if not choices:
+            if not usage:
+                return None
+            return StreamDelta(usage=_usage(usage), tokens_estimated=tally.estimated)
+        choice = choices[0]
+        d = choice.get("delta") or {}
+        text = d.get("content") or ""
+        reasoning = d.get("reasoning_content") or d.get("reasoning") or ""
+        finish = choice.get("finish_reason")
+        confidences: tuple[float, ...] = ()
+        estimated = False
+        lp = choice.get("logprobs")
+        entries = lp.get("content") if lp else None
+        if entries:
+            tokens = len(entries)
+            confidences = tuple(_confidence(e) for e in entries)
+        elif usage and "completion_tokens" in usage:
+            tokens = int(usage["completion_tokens"]) - tally.last_usage_tokens
+        else:
+            tokens = estimate_tokens(reasoning) + estimate_tokens(text)
+            estimated = True
+        if usage and "completion_tokens" in usage:
+            tally.last_usage_tokens = int(usage["completion_tokens"])
+        if not (text or reasoning or tokens or finish):
+            return None
+        tally.completion += tokens
+        tally.estimated = tally.estimated or estimated
+        return StreamDelta(
+            text=text,
+            reasoning=reasoning,
+            tokens=tokens,
+            confidences=confidences,
+            finish_reason=finish,
+            tokens_estimated=estimated,
+        )
+
+    # --- probes --------------------------------------------------------------------------------
+
+    async def _probe(self, request: ProbeRequest) -> ProbeResult:
+        if request.strategy is ProbeStrategy.REPROMPT:
+            return await self._probe_reprompt(request)
+        return await self._probe_continue(request)
+
+    async def _probe_reprompt(self, request: ProbeRequest) -> ProbeResult:
+        model = request.model or self.probe_model or request.trace.model
+        chat = await self._sdk.chat.completions.create(
+            model=model,
+            messages=reprompt_messages(request),  # type: ignore[arg-type]  # plain dicts are valid params
+            max_tokens=max(request.max_tokens, 16),
+            temperature=0.0,
+        )
+        text = (chat.choices[0].message.content or "") if chat.choices else ""
+        return probe_result(text, request, chat.usage, answer=last_boxed(text))
+
+    async def _probe_continue(self, request: ProbeRequest) -> ProbeResult:
+        model = request.model or self.probe_model or request.trace.model
+        extra: dict[str, Any] = {}
+        if self.options.probe_top_k is not None and self.options.send_top_k:
+            extra["top_k"] = self.options.probe_top_k
+        forced = self.options.think_open + request.prefix + request.suffix
+        if self.options.probe_via == "completions":
+            prompt = self.options.chat_template(list(request.trace.messages)) + forced
+            completion = await self._sdk.completions.create(
+                model=model,
+                prompt=prompt,
+                max_tokens=request.max_tokens,
+                temperature=self.options.probe_temperature,
+                top_p=self.options.probe_top_p,
+                extra_body=extra,
+            )
+            text = completion.choices[0].text if completion.choices else ""
+            usage = completion.usage
+        else:
+            messages: list[Any] = [dict(m) for m in request.trace.messages]
+            messages.append({"role": "assistant", "content": forced})
+            extra.update({"continue_final_message": True, "add_generation_prompt": False})
+            chat = await self._sdk.chat.completions.create(
+                model=model,
+                messages=messages,
+                max_tokens=request.max_tokens,
+                temperature=self.options.probe_temperature,
+                top_p=self.options.probe_top_p,
+                extra_body=extra,
+            )
+            text = (chat.choices[0].message.content or "") if chat.choices else ""
+            usage = chat.usage
+        return probe_result(text, request, usage)
+
+
+REPROMPT_SYSTEM = (
+    "You read a partial chain of reasoning for a problem. Say which final answer the reasoning would give "
+    "if it had to stop exactly where it is cut off. Reply with only \\boxed{answer}; if it has no answer "
+    "yet, reply \\boxed{}."
+)
+# The replay server recognises a probe by these markers (``replay/catalog.py``): keep them in sync.
+REPROMPT_USER = (
+    "Problem:\n{question}\n\nPartial reasoning:\n<partial_reasoning>\n{prefix}\n</partial_reasoning>"
+)
+
+
+def reprompt_messages(request: ProbeRequest) -> list[dict[str, str]]:
+    """The ``reprompt`` probe: a (cheap) model reads the partial trace. The partial trace comes last
+    so that consecutive probes of one trace share a cacheable prefix."""
+    question = next((m["content"] for m in reversed(request.trace.messages) if m.get("role") == "user"), "")
+    return [
+        {"role": "system", "content": REPROMPT_SYSTEM},
+        {"role": "user", "content": REPROMPT_USER.format(question=question, prefix=request.prefix)},
+    ]
+
+
+def probe_result(text: str, request: ProbeRequest, usage: Any, *, answer: str | None = None) -> ProbeResult:
+    cached = 0
+    if usage is not None and usage.prompt_tokens_details is not None:
+        cached = usage.prompt_tokens_details.cached_tokens or 0
+    return ProbeResult(
+        answer=probe_answer(text, request.suffix) if answer is None else answer,
+        strategy=request.strategy,
+        input_tokens=usage.prompt_tokens if usage is not None else 0,
+        cached_tokens=cached,
+        output_tokens=usage.completion_tokens if usage is not None else estimate_tokens(text),
+        raw=text,
+    )
+
+
+def _confidence(entry: Mapping[str, Any]) -> float:
+    top = entry.get("top_logprobs") or ()
+    if not top:
+        return -float(entry.get("logprob", 0.0))
+    return -sum(float(t["logprob"]) for t in top) / len(top)
+
+
+def _usage(usage: Mapping[str, Any]) -> Usage:
+    prompt_details = usage.get("prompt_tokens_details") or {}
+    completion_details = usage.get("completion_tokens_details") or {}
+    return Usage(
+        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        cached_tokens=int(prompt_details.get("cached_tokens") or 0),
+        completion_tokens=int(usage.get("completion_tokens") or 0),
+        reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
+    )

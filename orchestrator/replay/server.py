@@ -1,0 +1,668 @@
+"""The replay server: an OpenAI- and Anthropic-compatible upstream that serves recorded traces.
+
+Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``POST /v1/messages``,
+``GET /v1/models`` (also without ``/v1`` and under ``/beta``, for DeepSeek-style base URLs), and the
+control plane ``GET /_replay/log``, ``POST /_replay/faults``, ``POST /_replay/reset``,
+``GET /_replay/health``.
+
+Sources: wire-level recordings (``recordings.py``) are tried first and replayed byte for byte; else a
+corpus (``catalog.py`` says which trace or which probe position a request is). Token accounting on the
+wire is documented in ``wire.py``; faults in ``faults.py``; the log in ``journal.py``.
+
+Timing: ``ttft_s`` before the first token, then ``tokens_per_s`` (chunk i is due at
+``t0 + ttft_s + tokens_so_far / tokens_per_s``, so pacing does not drift); ``tokens_per_s=None`` is the
+no-delay mode. Recordings replay with their recorded timing unless ``recorded_timing=False``.
+
+Client disconnects are watched for concurrently with sending, so a disconnect is seen (and logged with
+its time) at once even while a stream is paced or stalled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from orchestrator.providers.tokens import estimate_messages_tokens, estimate_tokens
+from orchestrator.replay.catalog import Catalog, PrefixMatch, TraceMatch
+from orchestrator.replay.corpus import NO_ANSWER, Corpus
+from orchestrator.replay.faults import Fault, FaultKind, FaultPlan
+from orchestrator.replay.journal import Journal
+from orchestrator.replay.recordings import HOP_HEADERS, Exchange, Recordings
+from orchestrator.replay.wire import (
+    ChatOptions,
+    Reply,
+    anthropic_error,
+    chat_body,
+    chat_stream,
+    completion_body,
+    completion_stream,
+    messages_body,
+    messages_stream,
+    openai_error,
+)
+
+log = logging.getLogger("mars.replay")
+FINAL_SENTENCE_TOKENS = 8  # the synthetic "Therefore, the final answer is \boxed{x}." (synthetic.py)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayOptions:
+    seed: int = 0
+    chunk_tokens: int = 4
+    tokens_per_s: float | None = None  # None: no delay
+    ttft_s: float = 0.0
+    faults: str = ""
+    reasoning_field: str | None = None  # "reasoning_content" | "reasoning": trace text goes there
+    recorded_timing: bool = True
+    models: tuple[str, ...] = ("replay",)
+    reject_prefill_models: tuple[str, ...] = ()  # Anthropic models that answer a prefill with 400
+
+
+class _Abort(Exception):
+    """Raised inside a response to drop the connection (the ``disconnect`` fault)."""
+
+
+class _QuietAbort(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, _Abort)
+
+
+@dataclass(frozen=True, slots=True)
+class _Chunk:
+    tokens: int
+    data: bytes
+    at_s: float | None = None  # recorded offset from the start
+
+
+class _StreamResponse(Response):
+    """Sends chunks with pacing and faults while watching for the client's disconnect."""
+
+    def __init__(
+        self,
+        server: ReplayServer,
+        request_id: str,
+        chunks: Iterator[_Chunk],
+        *,
+        status: int = 200,
+        headers: Mapping[str, str] | None = None,
+        fault: Fault | None = None,
+        paced: bool = True,
+        error_event: bytes = b"",
+    ) -> None:
+        # Not Response.__init__: it would add ``content-length: 0`` for an empty body.
+        self.status_code = status
+        self.background = None
+        self.raw_headers = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+        self._server = server
+        self._rid = request_id
+        self._chunks = chunks
+        self._fault = fault
+        self._paced = paced
+        self._error_event = error_event
+        self.sent_tokens = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        pump = asyncio.ensure_future(self._pump(send))
+        watch = asyncio.ensure_future(_wait_disconnect(receive))
+        try:
+            await asyncio.wait({pump, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not pump.done():
+                self._server.journal.record("disconnect", request_id=self._rid, tokens_sent=self.sent_tokens)
+                pump.cancel()
+            watch.cancel()
+            with suppress(asyncio.CancelledError):
+                await watch
+            with suppress(asyncio.CancelledError):
+                await pump  # re-raises _Abort: uvicorn then drops the connection
+
+    async def _pump(self, send: Send) -> None:
+        opts = self._server.options
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        fault = self._fault
+        chunks = list(self._chunks) if fault is not None else self._chunks
+        last = len(chunks) - 1 if isinstance(chunks, list) else -1
+        for i, chunk in enumerate(chunks):
+            if fault is not None and (
+                (chunk.tokens > 0 and self.sent_tokens >= fault.after_tokens) or i == last
+            ):
+                await self._inject(fault, send)
+                return
+            if self._paced and chunk.at_s is not None:
+                await _sleep_until(loop, t0 + chunk.at_s)
+            elif self._paced and opts.tokens_per_s and chunk.tokens > 0:
+                due = t0 + opts.ttft_s + (self.sent_tokens + chunk.tokens) / opts.tokens_per_s
+                await _sleep_until(loop, due)
+            elif i % 16 == 15:
+                await asyncio.sleep(0)  # no-delay mode: let the disconnect watcher run
+            await send({"type": "http.response.body", "body": chunk.data, "more_body": True})
+            self.sent_tokens += chunk.tokens
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        self._server.journal.record("stream_end", request_id=self._rid, tokens_sent=self.sent_tokens)
+
+    async def _inject(self, fault: Fault, send: Send) -> None:
+        self._server.journal.record(
+            "fault", request_id=self._rid, fault=fault.describe(), tokens_sent=self.sent_tokens
+        )
+        if fault.kind is FaultKind.DISCONNECT:
+            raise _Abort(f"replay fault: disconnect after {self.sent_tokens} tokens")
+        if fault.kind is FaultKind.STALL:
+            await asyncio.Event().wait()  # until the client gives up
+        data = b'data: {"choices": [ this is not json\n\n'
+        if fault.kind is FaultKind.ERROR_EVENT:
+            data = self._error_event
+        await send({"type": "http.response.body", "body": data, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _sleep_until(loop: asyncio.AbstractEventLoop, due: float) -> None:
+    delay = due - loop.time()
+    await asyncio.sleep(max(0.0, delay))
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return ""
+
+
+class ReplayServer:
+    """The replay server's state and its ASGI app (``.app``)."""
+
+    def __init__(
+        self,
+        corpus: Corpus | None = None,
+        *,
+        recordings: Sequence[Exchange] = (),
+        options: ReplayOptions | None = None,
+    ) -> None:
+        self.options = options or ReplayOptions()
+        self.corpus = corpus
+        self.catalog = Catalog(corpus, seed=self.options.seed) if corpus is not None else None
+        self.recordings = Recordings(recordings)
+        self.faults = FaultPlan(self.options.faults, seed=self.options.seed)
+        self.journal = Journal()
+        self._ids = itertools.count(1)
+        self._created = int(time.time())
+        self.app = Starlette(
+            routes=[
+                Route("/_replay/log", self._log, methods=["GET"]),
+                Route("/_replay/faults", self._set_faults, methods=["POST"]),
+                Route("/_replay/reset", self._reset, methods=["POST"]),
+                Route("/_replay/health", self._health, methods=["GET"]),
+                Route("/{path:path}", self._dispatch, methods=["GET", "POST", "PUT", "DELETE"]),
+            ]
+        )
+        logging.getLogger("uvicorn.error").addFilter(_QuietAbort())
+
+    # --- control plane -------------------------------------------------------------------------
+
+    async def _log(self, request: Request) -> Response:
+        return JSONResponse(self.journal.entries(request.query_params.get("kind")))
+
+    async def _set_faults(self, request: Request) -> Response:
+        body = await request.json()
+        self.faults.script(body.get("script") or [])
+        return JSONResponse({"ok": True})
+
+    async def _reset(self, request: Request) -> Response:
+        self.journal.clear()
+        self.faults.clear()
+        return JSONResponse({"ok": True})
+
+    async def _health(self, request: Request) -> Response:
+        return JSONResponse({"ok": True, "recordings": len(self.recordings)})
+
+    # --- API -----------------------------------------------------------------------------------
+
+    async def _dispatch(self, request: Request) -> Response:
+        raw = await request.body()
+        body: Any = None
+        if raw:
+            try:
+                import json
+
+                body = json.loads(raw)
+            except ValueError:
+                return JSONResponse(openai_error(400, "body is not JSON"), status_code=400)
+        path = "/" + request.path_params["path"]
+        rid = f"replay-{next(self._ids)}"
+        exchange = self.recordings.take(request.method, path, body)
+        fault = self.faults.next(request.headers.get("x-replay-fault"))
+        api = _normalise(path)
+        self.journal.record("request", request_id=rid, method=request.method, path=path)
+        if fault is not None and fault.kind.is_status:
+            self.journal.record("fault", request_id=rid, fault=fault.describe(), path=path)
+            return _status_fault(fault, anthropic=api == "/v1/messages")
+        if exchange is not None:
+            return self._replay_exchange(rid, exchange, fault)
+        if request.method == "GET" and api == "/v1/models":
+            models = [
+                {"id": m, "object": "model", "created": self._created, "owned_by": "mars-replay"}
+                for m in self.options.models
+            ]
+            return JSONResponse({"object": "list", "data": models})
+        if request.method != "POST" or not isinstance(body, dict):
+            return JSONResponse(openai_error(404, f"no route for {request.method} {path}"), status_code=404)
+        headers = request.headers
+        if api == "/v1/chat/completions":
+            return self._chat(rid, body, headers, fault)
+        if api == "/v1/completions":
+            return self._completion(rid, body, headers, fault)
+        if api == "/v1/messages":
+            return self._messages(rid, body, headers, fault)
+        return JSONResponse(openai_error(404, f"no route for POST {path}"), status_code=404)
+
+    def _replay_exchange(self, rid: str, ex: Exchange, fault: Fault | None) -> Response:
+        self.journal.record("recording", request_id=rid, path=ex.path)
+        headers = {k: v for k, v in ex.headers if k.lower() not in HOP_HEADERS}
+        chunks = iter(
+            [_Chunk(1, data, at if self.options.recorded_timing else None) for at, data in ex.chunks]
+        )
+        return _StreamResponse(
+            self,
+            rid,
+            chunks,
+            status=ex.status,
+            headers=headers,
+            fault=fault,
+            paced=self.options.tokens_per_s is not None or self.options.recorded_timing,
+        )
+
+    # --- choosing the reply ----------------------------------------------------------------------
+
+    def _reply(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        max_tokens: int | None,
+        headers: Mapping[str, str],
+        *,
+        extra_text: str = "",
+    ) -> Reply:
+        texts = [_content_text(m.get("content")) for m in messages]
+        prompt_tokens = estimate_messages_tokens([{"content": t} for t in texts]) + estimate_tokens(
+            extra_text
+        )
+        if self.catalog is None:
+            return _fallback(prompt_tokens, "no corpus is loaded")
+        catalog = self.catalog
+        question = catalog.question_in([*texts, extra_text])
+        match: PrefixMatch | None = None
+        last = messages[-1] if messages else {}
+        if extra_text:
+            match = catalog.find_prefix_in(extra_text, question)
+        elif last.get("role") == "assistant":
+            match = catalog.find_prefix_in(texts[-1], question)
+        else:
+            for text in texts:
+                if "<partial_reasoning>" in text or "<think>" in text:
+                    match = catalog.find_prefix_in(text, question)
+                    if match is not None:
+                        break
+        if match is not None:
+            if match.is_probe:
+                return _probe_reply(match, prompt_tokens, max_tokens)
+            return _trace_reply(
+                match.question.qid, match, match.position_tokens, prompt_tokens, max_tokens, mode="continue"
+            )
+        if last.get("role") == "assistant" or question is None:
+            return _fallback(prompt_tokens, "no corpus question or trace prefix matches this request")
+        pinned_raw = headers.get("x-mars-trace-index")
+        pinned = int(pinned_raw) if pinned_raw and pinned_raw.isdigit() else None
+        served = catalog.next_trace(question, pinned=pinned, job=headers.get("x-mars-job-id", ""))
+        return _trace_reply(question.qid, served, 0, prompt_tokens, max_tokens, mode="trace")
+
+    def _record_reply(self, rid: str, path: str, reply: Reply, fault: Fault | None) -> dict[str, str]:
+        self.journal.record("reply", request_id=rid, path=path, tokens=len(reply.tokens), **reply.meta)
+        out = {"x-request-id": rid, "x-replay-mode": str(reply.meta.get("mode", ""))}
+        if "qid" in reply.meta:
+            out["x-replay-trace"] = f"{reply.meta['qid']}/{reply.meta['trace']}"
+        return out
+
+    def _chat(
+        self, rid: str, body: dict[str, Any], headers: Mapping[str, str], fault: Fault | None
+    ) -> Response:
+        reply = self._reply(body.get("messages") or [], _max_tokens(body), headers)
+        opts = self._chat_options(rid, body)
+        out = self._record_reply(rid, "/v1/chat/completions", reply, fault)
+        if body.get("stream"):
+            chunks = (_Chunk(n, d) for n, d in chat_stream(reply, opts))
+            err = b"data: " + _json(openai_error(529, "replay fault: overloaded")) + b"\n\n"
+            return _StreamResponse(
+                self,
+                rid,
+                chunks,
+                headers={**out, "content-type": "text/event-stream"},
+                fault=fault,
+                error_event=err,
+            )
+        return self._whole(rid, chat_body(reply, opts), out, fault)
+
+    def _completion(
+        self, rid: str, body: dict[str, Any], headers: Mapping[str, str], fault: Fault | None
+    ) -> Response:
+        prompt = body.get("prompt") or ""
+        prompt = prompt if isinstance(prompt, str) else "".join(map(str, prompt))
+        reply = self._reply([], _max_tokens(body), headers, extra_text=prompt)
+        opts = self._chat_options(rid, body, completion=True)
+        out = self._record_reply(rid, "/v1/completions", reply, fault)
+        if body.get("stream"):
+            chunks = (_Chunk(n, d) for n, d in completion_stream(reply, opts))
+            err = b"data: " + _json(openai_error(529, "replay fault: overloaded")) + b"\n\n"
+            return _StreamResponse(
+                self,
+                rid,
+                chunks,
+                headers={**out, "content-type": "text/event-stream"},
+                fault=fault,
+                error_event=err,
+            )
+        return self._whole(rid, completion_body(reply, opts), out, fault)
+
+    def _messages(
+        self, rid: str, body: dict[str, Any], headers: Mapping[str, str], fault: Fault | None
+    ) -> Response:
+        model = str(body.get("model", "replay"))
+        messages = list(body.get("messages") or [])
+        system = _content_text(body.get("system") or "")
+        if system:
+            messages = [{"role": "system", "content": system}, *messages]
+        thinking = (body.get("thinking") or {}).get("type") in {"enabled", "adaptive"}
+        prefill = bool(messages) and messages[-1].get("role") == "assistant"
+        if prefill and (thinking or model in self.options.reject_prefill_models):
+            why = "with extended thinking" if thinking else "for this model"
+            msg = f"prefilling the assistant message is not supported {why}"
+            self.journal.record("rejected", request_id=rid, reason=msg)
+            return JSONResponse(anthropic_error(400, msg), status_code=400)
+        reply = self._reply(messages, _max_tokens(body), headers)
+        out = self._record_reply(rid, "/v1/messages", reply, fault)
+        if body.get("stream"):
+            chunks = (
+                _Chunk(n, d)
+                for n, d in messages_stream(
+                    reply,
+                    model=model,
+                    request_id=rid,
+                    chunk_tokens=self.options.chunk_tokens,
+                    thinking=thinking,
+                )
+            )
+            err = b"event: error\ndata: " + _json(anthropic_error(529, "replay fault: overloaded")) + b"\n\n"
+            return _StreamResponse(
+                self,
+                rid,
+                chunks,
+                headers={**out, "content-type": "text/event-stream"},
+                fault=fault,
+                error_event=err,
+            )
+        return self._whole(
+            rid, messages_body(reply, model=model, request_id=rid, thinking=thinking), out, fault
+        )
+
+    def _whole(
+        self, rid: str, payload: dict[str, Any], headers: dict[str, str], fault: Fault | None
+    ) -> Response:
+        data = _json(payload)
+        if fault is None:
+            return Response(data, headers=headers, media_type="application/json")
+        # Stream faults on a whole body: cut it in half at the fault.
+        half = len(data) // 2
+        chunks = iter([_Chunk(0, data[:half]), _Chunk(1, data[half:])])
+        headers = {**headers, "content-type": "application/json", "content-length": str(len(data))}
+        return _StreamResponse(
+            self, rid, chunks, headers=headers, fault=replace(fault, after_tokens=0), paced=False
+        )
+
+    def _chat_options(self, rid: str, body: Mapping[str, Any], *, completion: bool = False) -> ChatOptions:
+        stream_options = body.get("stream_options") or {}
+        k: int | None = None
+        if completion and body.get("logprobs") is not None:
+            k = max(1, int(body["logprobs"]))
+        elif not completion and body.get("logprobs"):
+            k = max(1, int(body.get("top_logprobs") or 1))
+        return ChatOptions(
+            model=str(body.get("model", "replay")),
+            request_id=rid,
+            created=self._created,
+            chunk_tokens=self.options.chunk_tokens,
+            logprobs_k=k,
+            include_usage=bool(stream_options.get("include_usage")),
+            continuous_usage=bool(stream_options.get("continuous_usage_stats")),
+            reasoning_field=None if completion else self.options.reasoning_field,
+        )
+
+
+def _json(payload: Any) -> bytes:
+    import json
+
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def _normalise(path: str) -> str:
+    if path.startswith("/beta"):
+        path = path[len("/beta") :]
+    return path if path.startswith("/v1/") else "/v1" + path
+
+
+def _max_tokens(body: Mapping[str, Any]) -> int | None:
+    value = body.get("max_completion_tokens") or body.get("max_tokens")
+    return int(value) if value else None
+
+
+def _status_fault(fault: Fault, *, anthropic: bool) -> Response:
+    status = fault.status
+    message = {429: "replay fault: rate limited", 529: "replay fault: overloaded"}.get(
+        status, "replay fault: server error"
+    )
+    headers: dict[str, str] = {}
+    if fault.retry_after_s is not None:
+        headers["retry-after"] = f"{fault.retry_after_s:g}"
+        headers["retry-after-ms"] = str(round(fault.retry_after_s * 1000))
+    payload = anthropic_error(status, message) if anthropic else openai_error(status, message)
+    return JSONResponse(payload, status_code=status, headers=headers)
+
+
+def _cap(tokens: tuple[str, ...], max_tokens: int | None) -> tuple[tuple[str, ...], str]:
+    if max_tokens is not None and len(tokens) > max_tokens:
+        return tokens[:max_tokens], "length"
+    return tokens, "stop"
+
+
+def _trace_reply(
+    qid: str,
+    match: TraceMatch | PrefixMatch,
+    start: int,
+    prompt_tokens: int,
+    max_tokens: int | None,
+    *,
+    mode: str,
+) -> Reply:
+    full = match.text.tokens
+    tokens, finish = _cap(full[start:], max_tokens)
+    confs = match.trace.confidences
+    confidences = (
+        list(confs[start : start + len(tokens)]) if confs is not None and len(confs) >= len(full) else None
+    )
+    meta: dict[str, Any] = {"mode": mode, "qid": qid, "trace": match.trace.index, "start_tokens": start}
+    if isinstance(match, TraceMatch):
+        meta["order_index"] = match.order_index
+    return Reply(
+        tokens=tokens,
+        reasoning_tokens=max(0, len(full) - FINAL_SENTENCE_TOKENS - start),
+        finish=finish,
+        prompt_tokens=prompt_tokens + start,
+        cached_tokens=start,
+        confidences=confidences,
+        meta=meta,
+    )
+
+
+def _probe_reply(match: PrefixMatch, prompt_tokens: int, max_tokens: int | None) -> Reply:
+    p = match.position_tokens
+    answer = match.trace.answer_at(p)
+    box_open = match.remainder.rstrip().endswith("\\boxed{")
+    if answer == NO_ANSWER:
+        full: tuple[str, ...] = ("}",) if box_open else ("I", " cannot", " tell", " yet.")
+    else:
+        full = (answer, "}") if box_open else ("The", " answer", " is", " \\boxed{", answer, "}.")
+    tokens, finish = _cap(full, max_tokens)
+    meta = {
+        "mode": "probe",
+        "qid": match.question.qid,
+        "trace": match.trace.index,
+        "position_tokens": p,
+        "answer": answer,
+    }
+    return Reply(tokens=tokens, finish=finish, prompt_tokens=prompt_tokens, cached_tokens=p, meta=meta)
+
+
+def _fallback(prompt_tokens: int, why: str) -> Reply:
+    text = f"(replay) {why}."
+    tokens = tuple(text.split(" "))
+    tokens = (tokens[0], *(" " + t for t in tokens[1:]))
+    return Reply(tokens=tokens, prompt_tokens=prompt_tokens, meta={"mode": "fallback"})
+
+
+# --- running it ------------------------------------------------------------------------------------
+
+
+class ReplayURL(str):
+    """The base URL of a running replay server (``http://127.0.0.1:PORT``), with ``.server`` (the
+    :class:`ReplayServer`: ``.journal``, ``.faults``) attached for in-process tests."""
+
+    server: ReplayServer
+
+    @property
+    def journal(self) -> Journal:
+        return self.server.journal
+
+
+def _config(app: Any, host: str, port: int) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=1,
+        timeout_keep_alive=30,
+    )
+
+
+@asynccontextmanager
+async def serving(
+    server: ReplayServer, *, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[ReplayURL]:
+    """Run ``server`` on a real uvicorn socket in this event loop until the block exits."""
+    uv = uvicorn.Server(_config(server.app, host, port))
+    task = asyncio.create_task(uv.serve())
+    try:
+        async with asyncio.timeout(10):
+            while not uv.started:
+                if task.done():
+                    task.result()
+                    raise RuntimeError("replay server exited during startup")
+                await asyncio.sleep(0.005)
+        sock = uv.servers[0].sockets[0]
+        url = ReplayURL(f"http://{host}:{sock.getsockname()[1]}")
+        url.server = server
+        yield url
+    finally:
+        uv.should_exit = True
+        try:
+            async with asyncio.timeout(5):
+                await task
+        except TimeoutError:
+            uv.force_exit = True
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+
+
+def running_replay_server(
+    corpus: Corpus | None = None,
+    *,
+    recordings: Sequence[Exchange] = (),
+    options: ReplayOptions | None = None,
+    **overrides: Any,
+) -> Any:
+    """``async with running_replay_server(corpus, tokens_per_s=None) as url:`` — a replay server on
+    127.0.0.1 with a free port; ``url.server.journal`` holds its log."""
+    opts = replace(options or ReplayOptions(), **overrides)
+    return serving(ReplayServer(corpus, recordings=recordings, options=opts))
+
+
+@asynccontextmanager
+async def replay_server_process(corpus_path: Path, *args: str) -> AsyncIterator[str]:
+    """Run ``mars replay-server`` in a child process (its CPU is not ours) and yield its URL."""
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "orchestrator.cli",
+        "replay-server",
+        "--corpus",
+        str(corpus_path),
+        "--port",
+        "0",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        async with asyncio.timeout(30):
+            while True:
+                line = (await proc.stdout.readline()).decode()
+                if not line:
+                    raise RuntimeError("replay server process exited before printing its URL")
+                if "http://" in line:
+                    yield line[line.index("http://") :].split()[0]
+                    break
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            with suppress(ProcessLookupError):
+                await proc.wait()
+
+
+async def serve_forever(server: ReplayServer, *, host: str, port: int) -> None:
+    """The ``mars replay-server`` main: print the URL, serve until interrupted."""
+    uv = uvicorn.Server(_config(server.app, host, port))
+    task = asyncio.create_task(uv.serve())
+    while not uv.started:
+        if task.done():
+            await task
+            return
+        await asyncio.sleep(0.01)
+    actual = uv.servers[0].sockets[0].getsockname()[1]
+    print(f"replay server listening on http://{host}:{actual}", flush=True)
+    await task

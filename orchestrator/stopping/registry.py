@@ -1,0 +1,80 @@
+"""Rule names -> factories (a plain dict). ``build_rule(name, **params)`` builds a rule from a job's
+``method`` and ``method_params``. ``default`` is what the live service runs when a job names no
+method: MARS with the shipped conservative settings (γ = 1, ε off, the conservative switch model)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import fields
+from typing import Any
+
+from orchestrator.stopping.asc import AdaptiveConsistency
+from orchestrator.stopping.base import StoppingRule
+from orchestrator.stopping.consensus import Consensus
+from orchestrator.stopping.deepconf import DeepConf, DeepConfMars
+from orchestrator.stopping.esc import EarlyStoppingSC
+from orchestrator.stopping.hindsight import Hindsight
+from orchestrator.stopping.mars import Mars
+from orchestrator.stopping.parallel_probe import ParallelProbe
+from orchestrator.stopping.sac import SelfAdaptiveStop
+from orchestrator.stopping.sc import SelfConsistency
+from orchestrator.stopping.switch_model import SwitchModel
+
+RuleFactory = Callable[..., StoppingRule]
+
+
+def _switch_model(value: Any) -> SwitchModel | None:
+    if value is None or isinstance(value, SwitchModel):
+        return value
+    if isinstance(value, str | bytes):
+        return SwitchModel.from_json(value)
+    if isinstance(value, Mapping):
+        return SwitchModel.from_dict(dict(value))
+    raise TypeError(
+        f"switch_model must be a SwitchModel, a JSON string or a dict, not {type(value).__name__}"
+    )
+
+
+def mars(**params: Any) -> Mars:
+    if "switch_model" in params:
+        params["switch_model"] = _switch_model(params["switch_model"])
+    return Mars(**params)
+
+
+def deepconf_mars(**params: Any) -> DeepConfMars:
+    """Flat parameters are routed by name: DeepConf's (threshold, consensus, weighting) and MARS's."""
+    dc_names = {f.name for f in fields(DeepConf)} - {"name", "needs_probes"}
+    dc = {k: params.pop(k) for k in list(params) if k in dc_names}
+    dc.setdefault("vote_on", "all")
+    return DeepConfMars(DeepConf(**dc), mars(**params))
+
+
+def default(**params: Any) -> Mars:
+    """The live service's method when a job names none."""
+    return mars(**params)
+
+
+REGISTRY: dict[str, RuleFactory] = {
+    "sc": SelfConsistency,
+    "consensus": Consensus,
+    "mars": mars,
+    "esc": EarlyStoppingSC,
+    "asc": AdaptiveConsistency,
+    "sac": SelfAdaptiveStop,
+    "parallel_probe": ParallelProbe,
+    "parallel-probe": ParallelProbe,
+    "deepconf": DeepConf,
+    "deepconf_mars": deepconf_mars,
+    "hindsight": Hindsight,
+    "default": default,
+}
+
+
+def build_rule(name: str, **params: Any) -> StoppingRule:
+    """The rule called ``name`` with ``params``; KeyError for an unknown name, TypeError for an
+    unknown parameter."""
+    try:
+        factory = REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown stopping rule {name!r}; known: {', '.join(sorted(REGISTRY))}") from None
+    return factory(**params)

@@ -1,0 +1,251 @@
+"""The OpenAI-compatible proxy on a real socket, driven by the official ``openai`` SDK (sync and async,
+streaming and not) against the replay server over HTTP: pass-through is unchanged, vote mode answers
+with the voted answer, real usage and a ``mars`` object, and a client that leaves cancels its job and
+closes every upstream stream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from orchestrator.api.runner import RunningService, running_service
+from orchestrator.replay.server import ReplayServer, running_replay_server
+from orchestrator.settings import ProviderConfig
+from tests.api.conftest import ALICE, auth, make_settings
+from tests.api.live import QUESTION, small_corpus, sse_events
+
+pytestmark = pytest.mark.timeout(60)
+MESSAGES: list[Any] = [{"role": "user", "content": QUESTION}]
+
+
+@dataclass
+class Stack:
+    service: RunningService
+    replay: ReplayServer
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.service.url}/v1"
+
+
+@asynccontextmanager
+async def stack(tokens_per_s: float | None = 4000.0, traces: int = 8) -> AsyncIterator[Stack]:
+    """A replay server (the upstream, over HTTP) and the service with embedded workers, both on loopback."""
+    corpus = small_corpus(traces=traces, total_tokens=1200)
+    async with running_replay_server(corpus, tokens_per_s=tokens_per_s) as url:
+        replay = ProviderConfig(name="replay", kind="replay", base_url=f"{url}/v1", models=("replay",))
+        settings = make_settings(providers={"replay": replay})
+        async with running_service(settings, sse_ping_s=0.5) as service:
+            yield Stack(service, url.server)
+
+
+def requests_to(replay: ReplayServer, path: str = "/v1/chat/completions") -> list[dict[str, Any]]:
+    return [e for e in replay.journal.entries("request") if e.get("path") == path]
+
+
+async def test_models_lists_upstream_and_mars_variants() -> None:
+    """GET /v1/models shows each upstream model and its mars/ twin."""
+    async with stack() as s, openai.AsyncOpenAI(base_url=s.base_url, api_key=ALICE, max_retries=0) as sdk:
+        ids = [m.id async for m in sdk.models.list()]
+    assert "replay" in ids
+    assert "mars/replay" in ids
+
+
+async def test_plain_request_passes_through_unchanged_sync_sdk() -> None:
+    """A plain request reaches the upstream once and its answer comes back as the upstream sent it."""
+    async with stack(tokens_per_s=None) as s:
+
+        def call() -> Any:
+            with openai.OpenAI(base_url=s.base_url, api_key=ALICE, max_retries=0) as sdk:
+                return sdk.chat.completions.create(model="replay", messages=MESSAGES, max_tokens=2000)
+
+        reply = await asyncio.to_thread(call)
+        upstream = requests_to(s.replay)
+    assert len(upstream) == 1
+    assert reply.model == "replay"
+    content = reply.choices[0].message.content or ""
+    assert "\\boxed{4" in content
+    assert reply.usage is not None
+    assert reply.usage.completion_tokens == 1200
+    assert "mars" not in (reply.model_extra or {})
+
+
+async def test_plain_stream_passes_through_chunk_by_chunk_async_sdk() -> None:
+    """Streaming pass-through relays every chunk as it comes, usage chunk included."""
+    async with (
+        stack(tokens_per_s=4000) as s,
+        openai.AsyncOpenAI(base_url=s.base_url, api_key=ALICE, max_retries=0) as sdk,
+    ):
+        stream = await sdk.chat.completions.create(
+            model="replay",
+            messages=MESSAGES,
+            max_tokens=2000,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = [chunk async for chunk in stream]
+        ended = s.replay.journal.entries("stream_end")
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert len(chunks) > 100  # 1200 tokens in chunks of 4: relayed, not re-chunked
+    assert "\\boxed{4" in text
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == 1200
+    assert len(ended) == 1
+
+
+async def test_vote_request_answers_with_votes_usage_and_savings() -> None:
+    """`mars/<model>` runs a job: the voted answer, usage equal to the job's real spend, a mars object."""
+    async with stack() as s, openai.AsyncOpenAI(base_url=s.base_url, api_key=ALICE, max_retries=0) as sdk:
+        reply = await sdk.chat.completions.create(
+            model="mars/replay",
+            messages=MESSAGES,
+            max_tokens=4096,
+            extra_body={"mars": {"budget": 8, "probe": {"interval_tokens": 100}}},
+        )
+        mars = (reply.model_extra or {})["mars"]
+        async with httpx.AsyncClient(base_url=s.service.url) as http:
+            job = (await http.get(f"/v1/jobs/{mars['job_id']}", headers=auth(ALICE))).json()
+        trace_requests = requests_to(s.replay)
+    assert reply.model == "mars/replay"
+    assert reply.choices[0].finish_reason == "stop"
+    assert mars["answer"] == "42"
+    assert "42" in (reply.choices[0].message.content or "")
+    assert mars["votes"]["42"] > mars["votes"].get("41", 0)
+    assert mars["budget"] == 8
+    assert mars["reason"]
+    assert mars["probe_strategy"]
+    assert job["status"] == "succeeded"
+    assert reply.usage is not None
+    acc = job["accounting"]
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
+    assert reply.usage.prompt_tokens == acc["prompt_tokens"] + acc["probe_input_tokens"]
+    assert reply.usage.prompt_tokens_details is not None
+    assert reply.usage.prompt_tokens_details.cached_tokens == acc["probe_cached_tokens"]
+    assert reply.usage.total_tokens == acc["total_tokens"] + acc["probe_cached_tokens"]
+    assert reply.usage.completion_tokens >= acc["generated_tokens"] + acc["probe_output_tokens"]
+    assert mars["tokens_spent"] == acc["total_tokens"]
+    assert mars["tokens_saved"] == job["accounting"]["saved_tokens"]
+    assert len(trace_requests) >= 8  # the traces and the probes went upstream over HTTP
+
+
+async def test_vote_stream_sends_progress_comments_then_the_answer_sync_sdk() -> None:
+    """With stream: true the SDK sees answer chunks then usage; raw SSE shows progress comments first."""
+    async with stack() as s:
+
+        def call() -> list[Any]:
+            with openai.OpenAI(base_url=s.base_url, api_key=ALICE, max_retries=0) as sdk:
+                stream = sdk.chat.completions.create(
+                    model="replay",
+                    messages=MESSAGES,
+                    max_tokens=4096,
+                    stream=True,
+                    stream_options={"include_usage": True},
+                    extra_body={"mars": {"budget": 8, "probe": {"interval_tokens": 100}}},
+                )
+                return list(stream)
+
+        chunks = await asyncio.to_thread(call)
+        comments: list[str] = []
+        data: list[str] = []
+        async with (
+            httpx.AsyncClient(base_url=s.service.url, timeout=30) as http,
+            http.stream(
+                "POST",
+                "/v1/chat/completions",
+                headers=auth(ALICE),
+                json={"model": "mars/replay", "messages": MESSAGES, "stream": True, "max_tokens": 4096},
+            ) as resp,
+        ):
+            async for ev in sse_events(resp, comments):
+                data.append(ev.data)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert "42" in text
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.total_tokens > 0
+    assert any(c.choices and c.choices[0].finish_reason == "stop" for c in chunks)
+    assert any(c.startswith("mars vote ") for c in comments)
+    assert data[-1] == "[DONE]"
+    assert all(json.loads(d)["object"] == "chat.completion.chunk" for d in data[:-1])
+
+
+async def test_vote_errors_use_the_openai_error_shape() -> None:
+    """A bad mars option is a 422 the SDK raises with the field named."""
+    async with stack() as s, openai.AsyncOpenAI(base_url=s.base_url, api_key=ALICE, max_retries=0) as sdk:
+        with pytest.raises(openai.UnprocessableEntityError) as caught:
+            await sdk.chat.completions.create(
+                model="mars/replay", messages=MESSAGES, extra_body={"mars": {"budget": 100000}}
+            )
+    assert "budget" in str(caught.value)
+
+
+async def _wait_for(predicate: Any, timeout_s: float = 10.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not await predicate():
+            await asyncio.sleep(0.05)
+
+
+async def _latest_job(http: httpx.AsyncClient) -> dict[str, Any]:
+    jobs = (await http.get("/v1/jobs", headers=auth(ALICE))).json()["jobs"]
+    assert jobs
+    return dict(jobs[0])
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_client_disconnect_cancels_job_and_closes_upstream(stream: bool) -> None:
+    """A client that leaves mid-job (streaming or not) cancels the job; every upstream stream closes."""
+    async with stack(tokens_per_s=100) as s, httpx.AsyncClient(base_url=s.service.url, timeout=30) as http:
+        body = {
+            "model": "mars/replay",
+            "messages": MESSAGES,
+            "stream": stream,
+            "max_tokens": 4096,
+            "mars": {"budget": 8, "probe": {"interval_tokens": 100}},
+        }
+
+        async def client() -> None:
+            async with http.stream("POST", "/v1/chat/completions", headers=auth(ALICE), json=body) as resp:
+                await resp.aread()
+
+        task = asyncio.create_task(client())
+
+        async def streams_open() -> bool:
+            return len(requests_to(s.replay)) >= 8
+
+        await _wait_for(streams_open)
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+        async def cancelled() -> bool:
+            return (await _latest_job(http))["status"] == "cancelled"
+
+        await _wait_for(cancelled)
+        job = await _latest_job(http)
+        disconnects = s.replay.journal.entries("disconnect")
+        ended = s.replay.journal.entries("stream_end")
+    assert job["cancel_requested"] is True
+    assert len(disconnects) >= 8 - len(ended)
+    assert len(disconnects) >= 1
+    assert all(e["tokens_sent"] < 1200 for e in disconnects)
+
+
+async def test_pass_through_stream_disconnect_closes_the_upstream_stream() -> None:
+    """A pass-through streaming client that leaves closes the upstream stream at once."""
+    async with stack(tokens_per_s=100) as s, httpx.AsyncClient(base_url=s.service.url, timeout=30) as http:
+        body = {"model": "replay", "messages": MESSAGES, "stream": True, "max_tokens": 2000}
+        async with http.stream("POST", "/v1/chat/completions", headers=auth(ALICE), json=body) as resp:
+            async for _line in resp.aiter_lines():
+                break
+        async with asyncio.timeout(5):
+            (entry,) = await s.replay.journal.wait_for("disconnect")
+    assert entry["tokens_sent"] < 1200

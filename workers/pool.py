@@ -1,0 +1,207 @@
+"""A pool running up to N jobs at once from the store's queue; embedded by ``mars serve``, run alone by
+``mars worker``.
+
+::
+
+    async with WorkerPool(settings, store, providers, concurrency=8) as pool:
+        ...                      # jobs submitted to the store are run here
+        await pool.drain(grace_s=30)   # optional: stop taking work, finish or hand back in-flight jobs
+
+``run_worker_pool(settings, store, providers)`` is the same as an async context manager function.
+Leaving the block drains with ``settings.shutdown_grace_s``. One consumer loop takes messages
+(``Store.dequeue``) while a slot is free; a reclaimer takes over messages other workers left
+unacknowledged for longer than a lease (``Store.reclaim``, XAUTOCLAIM on Redis). Every job runs in the
+pool's task group; ``alive()`` and ``in_flight()`` feed the health and metrics endpoints.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from types import TracebackType
+
+from orchestrator.coordinator import CoordinatorConfig
+from orchestrator.errors import StoreUnavailable
+from orchestrator.logs import get_logger
+from orchestrator.providers.base import Provider
+from orchestrator.settings import Settings
+from orchestrator.store.base import QueueMessage, Store
+from workers.worker import JobHandler, WorkerConfig
+
+log = get_logger(__name__)
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class WorkerPool:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        providers: Mapping[str, Provider],
+        *,
+        concurrency: int | None = None,
+        worker_id: str | None = None,
+        coordinator_config: CoordinatorConfig | None = None,
+        poll_ms: int = 500,
+        reclaim_interval_s: float | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.worker_id = worker_id or new_worker_id()
+        self.concurrency = max(1, concurrency or settings.worker_concurrency)
+        self.handler = JobHandler(
+            store,
+            providers,
+            WorkerConfig.from_settings(settings, self.worker_id),
+            settings=settings,
+            coordinator_config=coordinator_config,
+        )
+        self.poll_ms = poll_ms
+        self.reclaim_interval_s = reclaim_interval_s or max(0.05, settings.lease_ms / 2000)
+        self._slots = asyncio.Semaphore(self.concurrency)
+        self._accepting = asyncio.Event()
+        self._running = 0
+        self._jobs_done = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._main: asyncio.Task[None] | None = None
+        self._jobs: asyncio.TaskGroup | None = None
+
+    # --- health -------------------------------------------------------------------------------
+    def alive(self) -> bool:
+        return self._main is not None and not self._main.done()
+
+    def in_flight(self) -> int:
+        return self._running
+
+    @property
+    def jobs_done(self) -> int:
+        return self._jobs_done
+
+    # --- lifecycle ----------------------------------------------------------------------------
+    async def __aenter__(self) -> WorkerPool:
+        self._accepting.set()
+        self._main = asyncio.create_task(self._serve(), name=f"worker-pool-{self.worker_id}")
+        log.info("worker pool started", worker_id=self.worker_id, concurrency=self.concurrency)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.drain(self.settings.shutdown_grace_s)
+
+    async def drain(self, grace_s: float) -> None:
+        """Stop taking work; let in-flight jobs finish for ``grace_s``, then hand the rest back."""
+        self._accepting.clear()
+        main = self._main
+        if main is None or main.done():
+            return
+        if self._running:
+            log.info("draining", worker_id=self.worker_id, in_flight=self._running, grace_s=grace_s)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace_s):
+                    await self._idle.wait()
+        # Cancelling the pool's task group hands every job still running back: each handler releases
+        # its lease and leaves the message for another worker, which resumes from the stored tokens.
+        main.cancel()
+        try:
+            await main
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+        log.info("worker pool stopped", worker_id=self.worker_id, jobs_done=self._jobs_done)
+
+    async def abort(self) -> None:
+        """Second signal: hand every job back now."""
+        await self.drain(0.0)
+
+    # --- the loops ----------------------------------------------------------------------------
+    async def _serve(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            self._jobs = tg
+            tg.create_task(self._reclaim_loop())
+            await self._consume()
+
+    async def _consume(self) -> None:
+        while True:
+            await self._accepting.wait()
+            await self._slots.acquire()
+            try:
+                message = await self.store.dequeue(self.handler.config.worker_id, self.poll_ms)
+            except StoreUnavailable as exc:
+                self._slots.release()
+                log.warning("queue unavailable", error=str(exc))
+                await asyncio.sleep(min(1.0, self.poll_ms / 1000))
+                continue
+            except BaseException:
+                self._slots.release()
+                raise
+            if message is None or not self._accepting.is_set():
+                self._slots.release()  # a message taken while draining stays pending for others
+                continue
+            self._start(message)
+
+    async def _reclaim_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.reclaim_interval_s)
+            if not self._accepting.is_set() or self._slots.locked():
+                continue
+            try:
+                messages = await self.store.reclaim(self.handler.config.worker_id, self.settings.lease_ms)
+            except StoreUnavailable:
+                continue
+            for message in messages:
+                await self._slots.acquire()
+                log.info("reclaimed job", job_id=message.job_id, deliveries=message.deliveries)
+                self._start(message)
+
+    def _start(self, message: QueueMessage) -> None:
+        assert self._jobs is not None
+        self._running += 1
+        self._idle.clear()
+        self._jobs.create_task(self._run(message), name=f"job-{message.job_id}")
+
+    async def _run(self, message: QueueMessage) -> None:
+        try:
+            await self.handler.handle(message)
+            self._jobs_done += 1
+        except StoreUnavailable as exc:
+            log.warning("job left for reclaim", job_id=message.job_id, error=str(exc))
+        except Exception:  # one bad job must not take the pool down; its message is reclaimed later
+            log.exception("job handler failed", job_id=message.job_id)
+        finally:
+            self._running -= 1
+            if not self._running:
+                self._idle.set()
+            self._slots.release()
+
+
+@asynccontextmanager
+async def run_worker_pool(
+    settings: Settings,
+    store: Store,
+    providers: Mapping[str, Provider],
+    *,
+    concurrency: int | None = None,
+    worker_id: str | None = None,
+    coordinator_config: CoordinatorConfig | None = None,
+) -> AsyncIterator[WorkerPool]:
+    pool = WorkerPool(
+        settings,
+        store,
+        providers,
+        concurrency=concurrency,
+        worker_id=worker_id,
+        coordinator_config=coordinator_config,
+    )
+    async with pool:
+        yield pool

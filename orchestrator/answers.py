@@ -14,20 +14,28 @@ Equivalence
     comparison decide most pairs in-process; the rest go to ``math-verify``, which runs in a child
     process (:class:`MathVerifier`) with its own signal-based timeouts disabled and our time limit
     applied from outside: a pair that outlasts the limit kills the child and counts as "not
-    equivalent". Results are cached in an LRU keyed on the normalised pair.
+    equivalent" (a string that does so twice is refused at once from then on). Inside the child each
+    string is parsed once and closed-form numbers are compared by value before ``verify`` is tried.
+    Results are cached in an LRU keyed on the normalised pair. :func:`group_answers` groups a whole
+    list in one call.
 """
 
 from __future__ import annotations
 
 import atexit
-import multiprocessing
+import json
+import os
 import re
+import select
+import subprocess
+import sys
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any, Literal
 
 from orchestrator.replay.corpus import NO_ANSWER
@@ -213,42 +221,77 @@ def quick_equivalent(a: str, b: str) -> bool | None:
 # --- math-verify in a child process --------------------------------------------------------------
 
 
-def _serve(conn: Connection) -> None:  # pragma: no cover - runs in the child process
-    """Child loop: receive a list of pairs, answer one bool per pair, in order."""
+def serve_stdio() -> None:  # pragma: no cover - runs in the child process
+    """Child loop: read one JSON list of pairs per line on stdin, write one verdict line ("1"/"0")
+    per pair on stdout, in order.
+
+    Each string is parsed once. Two closed-form numbers are compared by value first: clearly equal
+    (relative 1e-12) or clearly different (relative 1e-6, math-verify's own rounding scale) decides
+    at once; only the rest, and anything symbolic, goes through ``verify`` (which can take a second on
+    an integer against a surd)."""
     import logging
 
     logging.disable(logging.WARNING)  # math-verify warns that its timeouts are off: we know
+    import sympy
     from math_verify import parse, verify
 
-    parsed: dict[str, Any] = {}
+    parsed: dict[str, tuple[Any, complex | None]] = {}
 
-    def parse_cached(s: str) -> Any:
+    def load(s: str) -> tuple[Any, complex | None]:
         if s not in parsed:
             if len(parsed) > 100_000:
                 parsed.clear()
-            parsed[s] = parse(f"${s}$", parsing_timeout=None)
+            items = parse(f"${s}$", parsing_timeout=None)
+            value = None
+            for item in items:
+                if isinstance(item, sympy.Expr) and not item.free_symbols:
+                    try:
+                        value = complex(item.evalf(30))
+                    except Exception:
+                        value = None
+                    break
+            parsed[s] = (items, value)
         return parsed[s]
 
-    while True:
-        try:
-            pairs = conn.recv()
-        except EOFError:
-            return
-        for a, b in pairs:
+    def same(a: str, b: str) -> bool:
+        (pa, va), (pb, vb) = load(a), load(b)
+        if not pa or not pb:
+            return False
+        if va is not None and vb is not None:
+            scale = max(1.0, abs(va), abs(vb))
+            gap = abs(va - vb)
+            if gap <= 1e-12 * scale:
+                return True
+            if gap > 1e-6 * scale:
+                return False
+        return bool(verify(pa, pb, timeout_seconds=None))
+
+    out = sys.stdout
+    for line in sys.stdin:
+        for a, b in json.loads(line):
             try:
-                pa, pb = parse_cached(a), parse_cached(b)
-                result = bool(pa) and bool(pb) and bool(verify(pa, pb, timeout_seconds=None))
+                result = same(a, b)
             except Exception:
                 result = False
-            conn.send(result)
+            out.write("1\n" if result else "0\n")
+            out.flush()
+
+
+# The child is a plain ``python -c`` subprocess rather than a multiprocessing worker: spawn and
+# forkserver re-import the parent's __main__ (breaking unguarded scripts), and fork is unsafe once
+# threads exist. The package root goes on the child's sys.path so a source checkout works too.
+_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+_CHILD_CODE = f"import sys; sys.path.insert(0, {_PACKAGE_ROOT!r}); from orchestrator.answers import serve_stdio; serve_stdio()"
+_STARTUP_GRACE_S = 30.0  # a fresh child imports sympy and math-verify before its first answer
 
 
 class MathVerifier:
     """``math-verify`` behind a process boundary, a time limit per pair and an LRU cache.
 
-    One long-lived child (spawned on first use) does the work. A pair that takes longer than
+    One long-lived child process (started on first use) does the work. A pair that takes longer than
     ``timeout_s`` gets the child killed (math-verify on a pathological input may never return) and
-    counts as not equivalent; the next call spawns a fresh child. Thread-safe.
+    counts as not equivalent; so does a child that dies. The next call starts a fresh child.
+    Thread-safe; a context manager (``close`` ends the child).
     """
 
     def __init__(self, *, timeout_s: float = 5.0, cache_size: int = 100_000) -> None:
@@ -256,10 +299,11 @@ class MathVerifier:
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[str, str], bool] = OrderedDict()
         self._lock = threading.Lock()
-        self._ctx = multiprocessing.get_context("spawn")  # fork is unsafe with threads
-        self._proc: Any = None
-        self._conn: Connection | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._buffer = b""
         self.timeouts = 0  # pairs that outlasted the limit (each cost a child restart)
+        self._strikes: dict[str, int] = {}  # timeouts per string; two make it pathological
+        self.failures = 0  # pairs whose child died under them
         self.cache_hits = 0
         self.child_starts = 0
 
@@ -274,25 +318,30 @@ class MathVerifier:
             self._kill()
 
     def _kill(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-        if self._proc is not None:
-            if self._proc.is_alive():
-                self._proc.kill()
-            self._proc.join(timeout=5)
-            self._proc = None
+        proc, self._proc = self._proc, None
+        self._buffer = b""
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                stream.close()
 
-    def _child(self) -> Connection:
-        if self._conn is None or self._proc is None or not self._proc.is_alive():
-            self._kill()
-            parent, child = self._ctx.Pipe()
-            self._proc = self._ctx.Process(target=_serve, args=(child,), daemon=True, name="math-verify")
-            self._proc.start()
-            self.child_starts += 1
-            child.close()
-            self._conn = parent
-        return self._conn
+    def _child(self) -> tuple[subprocess.Popen[bytes], bool]:
+        """The running child and whether it was just started."""
+        if self._proc is not None and self._proc.poll() is None:
+            return self._proc, False
+        self._kill()
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", _CHILD_CODE],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        self.child_starts += 1
+        return self._proc, True
 
     def equivalent(self, a: str, b: str) -> bool:
         """math-verify's verdict on two normalised answers (symmetric by construction)."""
@@ -303,41 +352,74 @@ class MathVerifier:
         keys = [(a, b) if a <= b else (b, a) for a, b in pairs]
         with self._lock:
             results: dict[tuple[str, str], bool] = {}
-            todo: list[tuple[str, str]] = []
+            todo: dict[tuple[str, str], None] = {}  # ordered set
             for key in keys:
                 if key in self._cache:
                     self.cache_hits += 1
                     self._cache.move_to_end(key)
                     results[key] = self._cache[key]
-                elif key not in results and key not in todo:
-                    todo.append(key)
-            while todo:
-                done = self._run(todo)
-                for key, value in zip(todo, done, strict=False):
+                else:
+                    todo[key] = None
+            pending = []
+            for key in todo:
+                if self._pathological(key):
+                    results[key] = False  # not cached: the verdict is ours, not math-verify's
+                else:
+                    pending.append(key)
+            while pending:
+                done = self._run(pending)
+                for key, value in zip(pending, done, strict=False):
                     results[key] = value
                     self._remember(key, value)
-                todo = todo[len(done) :]
+                pending = pending[len(done) :]
             return [results[key] for key in keys]
 
     def _run(self, todo: list[tuple[str, str]]) -> list[bool]:
-        """Send ``todo`` to the child and read verdicts until one times out (that one is False and
-        the child is killed); returns the verdicts read, at least one."""
-        fresh = self._conn is None
-        conn = self._child()
-        conn.send(todo)
-        # A fresh child first imports math-verify and sympy: its first answer gets extra time.
-        first_wait = self.timeout_s + (30.0 if fresh else 0.0)
+        """Send ``todo`` to the child and read verdicts until one times out or the child dies (that
+        pair is False and the child is gone); returns the verdicts read, at least one."""
+        proc, fresh = self._child()
+        assert proc.stdin is not None
+        assert proc.stdout is not None
         out: list[bool] = []
-        for i in range(len(todo)):
-            if conn.poll(first_wait if i == 0 else self.timeout_s):
-                out.append(bool(conn.recv()))
-                first_wait = self.timeout_s
-            else:
-                self.timeouts += 1
-                self._kill()
-                out.append(False)
-                break
+        try:
+            proc.stdin.write(json.dumps(todo).encode() + b"\n")
+            proc.stdin.flush()
+            fd = proc.stdout.fileno()
+            for i in range(len(todo)):
+                limit = self.timeout_s + (_STARTUP_GRACE_S if fresh and i == 0 else 0.0)
+                line = self._read_line(fd, time.monotonic() + limit)
+                if line is None:
+                    self.timeouts += 1
+                    for text in todo[i]:
+                        self._strikes[text] = self._strikes.get(text, 0) + 1
+                    self._kill()
+                    out.append(False)
+                    break
+                out.append(line == b"1")
+        except (BrokenPipeError, ConnectionError, EOFError):
+            self.failures += 1
+            self._kill()
+            out.append(False)
         return out
+
+    def _pathological(self, key: tuple[str, str]) -> bool:
+        """A string that already timed out twice is not sent again: each retry would cost a full
+        time limit and a child restart."""
+        return any(self._strikes.get(text, 0) >= 2 for text in key)
+
+    def _read_line(self, fd: int, deadline: float) -> bytes | None:
+        """One line from the child's stdout before ``deadline`` (None on timeout); EOFError when the
+        child closed its end."""
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                return None
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise EOFError("math-verify child exited")
+            self._buffer += chunk
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line
 
     def _remember(self, key: tuple[str, str], value: bool) -> None:
         self._cache[key] = value

@@ -185,6 +185,93 @@ def worker_command(
     asyncio.run(run_worker_process(load_settings(), concurrency=concurrency))
 
 
+@app.command("replay-server")
+def replay_server_command(
+    corpus: Annotated[
+        Path | None,
+        typer.Option(help="Trace corpus (any importer's format). Default: the packaged demo corpus."),
+    ] = None,
+    recording: Annotated[
+        list[Path] | None,
+        typer.Option(help="Wire-level recording from `mars record` (repeatable; tried first)."),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0 = any free port).")] = 8400,
+    speed: Annotated[float | None, typer.Option(help="Tokens per second per stream.")] = None,
+    no_delay: Annotated[
+        bool, typer.Option("--no-delay", help="Send as fast as possible (the default).")
+    ] = False,
+    ttft: Annotated[float, typer.Option(help="Seconds before the first token.")] = 0.0,
+    chunk_tokens: Annotated[int, typer.Option(help="Tokens per streamed chunk.")] = 4,
+    faults: Annotated[str, typer.Option(help='Fault rates, e.g. "429:0.5@0.1,disconnect:200@0.02".')] = "",
+    seed: Annotated[
+        int, typer.Option(help="Seed of the trace order (= mars eval repetition r) and faults.")
+    ] = 0,
+    reasoning_field: Annotated[
+        str | None, typer.Option(help="Send trace text as `reasoning_content` or `reasoning` deltas.")
+    ] = None,
+) -> None:
+    """Serve recorded traces over the OpenAI and Anthropic wire formats, with timing and faults.
+
+    Examples:
+
+      mars replay-server --no-delay
+
+      mars replay-server --corpus ../shared/data/parallel-probe-qwen3-8b/aime24.json --speed 60 --ttft 0.4
+
+      mars replay-server --recording rec.jsonl --faults "429:1@0.05,stall:300@0.01" --seed 7
+    """
+    import asyncio
+
+    from orchestrator.replay.demo_generator import packaged_demo_path
+    from orchestrator.replay.importers import load_corpus
+    from orchestrator.replay.recordings import load_recording
+    from orchestrator.replay.server import ReplayOptions, ReplayServer, serve_forever
+
+    if speed is not None and no_delay:
+        _fail("--speed and --no-delay exclude each other")
+    if speed is not None and speed <= 0:
+        _fail("--speed must be positive")
+    exchanges = [ex for path in recording or [] for ex in load_recording(path)]
+    source = corpus if corpus is not None else (None if exchanges else packaged_demo_path())
+    loaded = load_corpus(source) if source is not None else None
+    options = ReplayOptions(
+        seed=seed,
+        chunk_tokens=chunk_tokens,
+        tokens_per_s=speed,
+        ttft_s=ttft,
+        faults=faults,
+        reasoning_field=reasoning_field,
+        recorded_timing=not no_delay,
+    )
+    server = ReplayServer(loaded, recordings=exchanges, options=options)
+    asyncio.run(serve_forever(server.app, host=host, port=port))
+
+
+@app.command("record")
+def record_command(
+    upstream: Annotated[
+        str, typer.Option(help="Base URL of the real endpoint, e.g. https://api.openai.com.")
+    ],
+    out: Annotated[Path, typer.Option(help="JSONL recording to append to.")],
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port of the recording proxy.")] = 8401,
+) -> None:
+    """Record exchanges with a real endpoint through a pass-through proxy (keys are redacted in the file).
+
+    Point your client at the proxy instead of the endpoint, then replay the file with
+    `mars replay-server --recording FILE`.
+
+    Example: mars record --upstream https://api.openai.com --out rec.jsonl --port 8401
+      then: OPENAI_BASE_URL=http://127.0.0.1:8401/v1 python my_script.py
+    """
+    import asyncio
+
+    from orchestrator.replay.recorder import record_forever
+
+    asyncio.run(record_forever(upstream, out, host=host, port=port))
+
+
 @corpus_app.command("inspect")
 def corpus_inspect(path: Annotated[Path, typer.Argument(help="Corpus file.")]) -> None:
     """Print questions, traces, token and accuracy statistics of a corpus.

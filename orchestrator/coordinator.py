@@ -194,6 +194,7 @@ class _JobRun:
         self.notes: list[str] = []
         self.tg: asyncio.TaskGroup | None = None
         self.last_votes: dict[str, float] = {}
+        self.stop_decision: tuple[StoppingRule, Snapshot, Decision] | None = None
         self.started = time.monotonic()
 
     # --- the run ------------------------------------------------------------------------------
@@ -620,11 +621,9 @@ class _JobRun:
             )
             decision = rule.decide(snapshot)
             self.rule_state = decision.state
-            pruned = self._prune(book, snapshot, decision)
-            launched = self._launch(decision.launch) if decision.launch > 0 else []
-            await self._publish_decision(rule, snapshot, decision, pruned, len(launched))
-            if decision.stop:
+            if decision.stop:  # cancel first: the vote event is published once the cancels are issued
                 self.stop_snapshot = snapshot
+                self.stop_decision = (rule, snapshot, decision)
                 return _Outcome(
                     JobStatus.SUCCEEDED,
                     decision.reason or rule.name,
@@ -632,6 +631,9 @@ class _JobRun:
                     t,
                     snapshot.position_tokens,
                 )
+            pruned = self._prune(book, snapshot, decision)
+            launched = self._launch(decision.launch) if decision.launch > 0 else []
+            await self._publish_decision(rule, snapshot, decision, pruned, len(launched))
             if not book.any_running_at(t) and not any(x.status is TraceStatus.PENDING for x in self.voting):
                 self.stop_snapshot = snapshot
                 return self._exhausted(t)
@@ -644,11 +646,12 @@ class _JobRun:
         snapshot = book.wave_snapshot(budget=self.spec.budget, rule_state=self.rule_state)
         decision = rule.decide(snapshot)
         self.rule_state = decision.state
-        launched = self._launch(decision.launch) if decision.launch > 0 and not decision.stop else []
-        await self._publish_decision(rule, snapshot, decision, [], len(launched))
         if decision.stop:
             self.stop_snapshot = snapshot
+            self.stop_decision = (rule, snapshot, decision)
             return _Outcome(JobStatus.SUCCEEDED, decision.reason or rule.name, decision.answer_class, 0, 0)
+        launched = self._launch(decision.launch) if decision.launch > 0 else []
+        await self._publish_decision(rule, snapshot, decision, [], len(launched))
         if launched:
             return None
         self.stop_snapshot = snapshot
@@ -755,6 +758,8 @@ class _JobRun:
                 trace.task.cancel()
         for trace in shadows:
             trace.shadow = True
+        if self.stop_decision is not None:
+            await self._publish_decision(*self.stop_decision, [], 0)
         tasks = [t.task for t in victims if t.task is not None]
         if tasks:
             await asyncio.wait(tasks)

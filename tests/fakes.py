@@ -10,7 +10,7 @@ ever open at once, every stream closed early, and every request it received.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -173,3 +173,15 @@ def uniform(
 ) -> dict[int, Script]:
     """K identical scripts (a convenient base to override per index)."""
     return {i: Script(total, final, tuple(answers), interval, delay_s) for i in range(k)}
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[bool] | bool], *, timeout_s: float = 10.0, every_s: float = 0.01
+) -> None:
+    """Poll ``check`` until it holds (bounded: fails the test after ``timeout_s``)."""
+    for _ in range(max(1, int(timeout_s / every_s))):
+        outcome = check()
+        if outcome if isinstance(outcome, bool) else await outcome:
+            return
+        await asyncio.sleep(every_s)
+    raise AssertionError(f"condition not met within {timeout_s} s")

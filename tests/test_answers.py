@@ -136,12 +136,25 @@ def test_required_groupings(verifier: MathVerifier) -> None:
 def test_math_verify_decides_symbolic_pairs(verifier: MathVerifier) -> None:
     """Pairs the fast path cannot decide go to math-verify in the child process."""
     grouper = AnswerGrouper(verifier=verifier)
-    assert grouper.classify_many(["x+1", "1+x", r"\sqrt{2}/2", r"\frac{1}{\sqrt{2}}", "x-1"]) == [0, 0, 1, 1, 2]
+    assert grouper.classify_many(["x+1", "1+x", r"\sqrt{2}/2", r"\frac{1}{\sqrt{2}}", "x-1"]) == [
+        0,
+        0,
+        1,
+        1,
+        2,
+    ]
 
 
 def test_plain_mode_is_string_normalisation() -> None:
     """Plain mode (non-math tasks) groups by normalised text only, never by value."""
-    assert group_answers(["Paris", " paris. ", "PARIS", "Lyon", "0.5", "1/2"], mode="plain") == [0, 0, 0, 1, 2, 3]
+    assert group_answers(["Paris", " paris. ", "PARIS", "Lyon", "0.5", "1/2"], mode="plain") == [
+        0,
+        0,
+        0,
+        1,
+        2,
+        3,
+    ]
 
 
 class _ScriptedVerifier(MathVerifier):
@@ -177,15 +190,23 @@ def test_repeated_strings_skip_comparisons() -> None:
 
 
 def test_pathological_input_is_not_equivalent_within_the_limit() -> None:
-    """A pair math-verify cannot finish is 'not equivalent' after our limit; the verifier recovers."""
+    """A pair math-verify cannot finish is 'not equivalent' after our limit; the verifier recovers,
+    and a string that timed out twice is refused at once afterwards."""
+    tower = r"10^{10^{10^{10}}}"
     with MathVerifier(timeout_s=1.0) as v:
         assert v.equivalent("x+1", "1+x")  # child started and warm
         start = time.monotonic()
-        assert v.equivalent(r"10^{10^{10^{10}}}", "1") is False
+        assert v.equivalent(tower, "x") is False
         assert time.monotonic() - start < 5.0
         assert v.timeouts == 1
         assert v.equivalent("x+2", "2+x")  # a fresh child answers
         assert v.child_starts == 2
+        assert v.equivalent(tower, "y") is False
+        assert v.timeouts == 2
+        start = time.monotonic()
+        assert v.equivalent(tower, "z") is False  # refused without a round trip
+        assert time.monotonic() - start < 0.1
+        assert v.timeouts == 2
 
 
 def test_results_are_cached(verifier: MathVerifier) -> None:

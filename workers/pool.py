@@ -67,9 +67,9 @@ class WorkerPool:
         self.poll_ms = poll_ms
         self.reclaim_interval_s = reclaim_interval_s or max(0.05, settings.lease_ms / 2000)
         self._slots = asyncio.Semaphore(self.concurrency)
-        self._accepting = asyncio.Event()
         self._running = 0
         self._jobs_done = 0
+        self._closing = False
         self._idle = asyncio.Event()
         self._idle.set()
         self._main: asyncio.Task[None] | None = None
@@ -88,7 +88,6 @@ class WorkerPool:
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def __aenter__(self) -> WorkerPool:
-        self._accepting.set()
         self._main = asyncio.create_task(self._serve(), name=f"worker-pool-{self.worker_id}")
         log.info("worker pool started", worker_id=self.worker_id, concurrency=self.concurrency)
         return self
@@ -100,7 +99,7 @@ class WorkerPool:
 
     async def drain(self, grace_s: float) -> None:
         """Stop taking work; let in-flight jobs finish for ``grace_s``, then hand the rest back."""
-        self._accepting.clear()
+        self._closing = True
         main = self._main
         if main is None or main.done():
             return
@@ -132,8 +131,7 @@ class WorkerPool:
             await self._consume()
 
     async def _consume(self) -> None:
-        while True:
-            await self._accepting.wait()
+        while not self._closing:
             await self._slots.acquire()
             try:
                 message = await self.store.dequeue(self.handler.config.worker_id, self.poll_ms)
@@ -145,15 +143,15 @@ class WorkerPool:
             except BaseException:
                 self._slots.release()
                 raise
-            if message is None or not self._accepting.is_set():
+            if message is None or self._closing:
                 self._slots.release()  # a message taken while draining stays pending for others
                 continue
             self._start(message)
 
     async def _reclaim_loop(self) -> None:
-        while True:
+        while not self._closing:
             await asyncio.sleep(self.reclaim_interval_s)
-            if not self._accepting.is_set() or self._slots.locked():
+            if self._closing or self._slots.locked():
                 continue
             try:
                 messages = await self.store.reclaim(self.handler.config.worker_id, self.settings.lease_ms)

@@ -23,7 +23,6 @@ from orchestrator.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from orchestrator.api.services import Services
 from orchestrator.logs import get_logger
 from orchestrator.providers.base import Provider
-from orchestrator.providers.factory import build_provider
 from orchestrator.settings import Settings
 from orchestrator.store.base import Store
 from orchestrator.store.factory import open_store
@@ -99,6 +98,9 @@ def create_app(
 @asynccontextmanager
 async def open_providers(settings: Settings) -> AsyncIterator[Mapping[str, Provider]]:
     """One provider per configured upstream, closed when the block ends."""
+    # Imported here: the vendor SDKs take seconds to import and many app users pass providers in.
+    from orchestrator.providers.factory import build_provider
+
     built: dict[str, Provider] = {}
     try:
         for name, config in settings.providers.items():

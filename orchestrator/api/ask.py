@@ -18,6 +18,7 @@ from orchestrator.api.client import JobsClient
 from orchestrator.api.progress import LiveJob, summary
 from orchestrator.api.runner import running_service, with_replay
 from orchestrator.errors import InvalidRequest
+from orchestrator.logs import configure_logging
 from orchestrator.settings import Settings
 
 
@@ -49,6 +50,8 @@ async def ask(
     max_tokens: int = 32768,
     probe_interval_tokens: int | None = None,
 ) -> dict[str, Any]:
+    if settings.log_format is None:  # the live view is the output; keep the log to warnings
+        configure_logging(settings.with_overrides(log_level="warning"))
     async with AsyncExitStack() as stack:
         if url is None:
             if replay is not None:

@@ -34,7 +34,7 @@ from orchestrator.api.auth import tenant
 from orchestrator.api.events import follow
 from orchestrator.api.handlers import mars_error_response
 from orchestrator.api.jobs import submit
-from orchestrator.api.schemas import JobCreate, ProbeOptions, Strict, resolve_provider
+from orchestrator.api.schemas import JobCreate, ProbeOptions, Strict, resolve_provider, to_job_spec
 from orchestrator.api.services import Services, services
 from orchestrator.domain import JobResult, JobStatus, WarmupMode
 from orchestrator.errors import (
@@ -181,8 +181,6 @@ def _translate(exc: httpx.HTTPError, svc: Services) -> UpstreamError:
 
 
 async def _vote(body: ChatRequest, request: Request, svc: Services, tenant_name: str) -> Response:
-    from orchestrator.api.schemas import to_job_spec
-
     options = body.mars or MarsOptions()
     model = body.model.removeprefix(MARS_MODEL_PREFIX)
     extra = body.model_extra or {}

@@ -24,6 +24,11 @@ async def serve(
     host = host or settings.host
     port = settings.port if port is None else port
     check_bind(settings, host)  # before anything starts
+    corpus = None
+    if replay is not None:
+        from orchestrator.replay.importers import load_corpus
+
+        corpus = load_corpus(replay)
     if not settings.api_keys:
         log.warning(
             "no API keys configured: the API is open and listens on loopback only",
@@ -31,10 +36,8 @@ async def serve(
             hint="set MARS_API_KEYS=tenant:key to serve other machines",
         )
     async with AsyncExitStack() as stack:
-        if replay is not None:
-            from orchestrator.replay.importers import load_corpus
-
-            settings = await stack.enter_async_context(with_replay(settings, load_corpus(replay)))
+        if corpus is not None:
+            settings = await stack.enter_async_context(with_replay(settings, corpus))
         service = await stack.enter_async_context(
             running_service(settings, host=host, port=port, run_workers=run_workers)
         )

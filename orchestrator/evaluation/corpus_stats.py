@@ -76,7 +76,10 @@ def inspect_corpus(path: Path, console: Console | None = None) -> CorpusStats:
         ("questions", f"{s.questions}"),
         ("traces", f"{s.traces} ({s.traces_per_question_min}–{s.traces_per_question_max} per question)"),
         ("probe interval (tokens)", ", ".join(map(str, s.probe_interval_tokens))),
-        ("tokens per trace", f"mean {s.tokens_mean:,.0f} · median {s.tokens_median:,.0f} · max {s.tokens_max:,}"),
+        (
+            "tokens per trace",
+            f"mean {s.tokens_mean:,.0f} · median {s.tokens_median:,.0f} · max {s.tokens_max:,}",
+        ),
         ("checkpoints per trace", f"{s.checkpoints_mean:.1f}"),
         ("trace accuracy (exact)", f"{s.trace_accuracy:.2f}%"),
         ("majority accuracy, all traces (exact)", f"{s.majority_accuracy:.2f}%"),

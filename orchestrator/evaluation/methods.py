@@ -49,15 +49,17 @@ class MethodSpec:
 _FITS: OrderedDict[tuple[str, tuple[int, ...]], tuple[SwitchModel, float]] = OrderedDict()
 
 
-def warmup_rows(tl: QuestionTimeline, indices: Sequence[int]) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+def warmup_rows(
+    tl: QuestionTimeline, indices: Sequence[int]
+) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
     """Training rows of complete traces: features and labels at every checkpoint up to the finish."""
     xs, ys = [], []
     for i in indices:
         tr = tl.traces[i]
         upto = tr.finish_checkpoint
-        xs.append(tr.features[:upto])
+        xs.append(np.asarray(tr.features[:upto], dtype=np.float64))
         ys.append(np.fromiter((int(c != tr.final_class) for c in tr.classes[:upto]), np.int64, upto))
-    width = tl.traces[0].features.shape[1]
+    width = len(tl.traces[0].features[0])
     x = np.concatenate(xs) if xs else np.empty((0, width))
     y = np.concatenate(ys) if ys else np.empty(0, dtype=np.int64)
     return x, y
@@ -129,6 +131,11 @@ SPECS: dict[str, MethodSpec] = {
             "mars-prior",
             lambda ctx: Mars(switch_model=_prior(ctx, "mars-prior"), gamma=1.0),
             description="MARS, q from a prior learned on other questions, γ = 1, no warmup",
+        ),
+        MethodSpec(
+            "mars-prior-lodo",
+            lambda ctx: Mars(switch_model=_prior(ctx, "mars-prior-lodo"), gamma=1.0),
+            description="as mars-prior, the prior trained on the other dataset(s) only",
         ),
         MethodSpec("hindsight", _registry("sc"), description="the limit (uses the future)"),
         MethodSpec("default", _registry("default"), description="what the live service runs"),

@@ -19,8 +19,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from orchestrator.answers import AnswerGrouper, answer_or_none
+from orchestrator.answers import answer_or_none
 from orchestrator.domain import majority
+from orchestrator.evaluation.grouping import answer_keys, group_by_keys
 from orchestrator.evaluation.methods import MethodContext, MethodSpec, method_spec
 from orchestrator.evaluation.prepared import prepare
 from orchestrator.evaluation.protocol_pp import permutation
@@ -34,7 +35,7 @@ from orchestrator.evaluation.simulate import (
     timeline,
 )
 from orchestrator.providers.tokens import estimate_tokens
-from orchestrator.replay.corpus import CorpusQuestion
+from orchestrator.replay.corpus import Corpus, CorpusQuestion
 
 WARMUP_TRACES = 16
 
@@ -175,13 +176,17 @@ def _hindsight(ctx: MethodContext, hq: HonestQuestion, full: int | None) -> RunR
 def honest_question(
     question: CorpusQuestion,
     interval_tokens: int | None = None,
-    grouper: AnswerGrouper | None = None,
+    keys: Mapping[str, str | None] | None = None,
 ) -> HonestQuestion:
-    """Group the question's answers by equivalence (math-verify) once and lay its traces on the grid."""
-    grouper = grouper or AnswerGrouper("math")
+    """Group the question's answers by equivalence once and lay its traces on the checkpoint grid.
+    ``keys`` maps each answer string to its equivalence key (:func:`grouping.answer_keys`)."""
+    if keys is None:
+        strings = {a for t in question.traces for a in (*t.checkpoint_answers, t.final_answer)}
+        keys = answer_keys([*strings, question.gold_answer], workers=1)
+    known = keys
 
     def classes(strings: Sequence[str]) -> list[int | None]:
-        return grouper.classify_many([answer_or_none(s) for s in strings])
+        return group_by_keys([known[s] for s in strings])
 
     prepared = prepare(question, classes)
     probe_tokens = [
@@ -193,3 +198,14 @@ def honest_question(
     ]
     tl = timeline(prepared, interval_tokens, probe_tokens)
     return HonestQuestion(tl, question.gold_answer, prepared.answers)
+
+
+def corpus_strings(corpus: Corpus) -> list[str]:
+    """Every distinct answer string of a corpus (gold answers included)."""
+    out: set[str] = set()
+    for q in corpus.questions:
+        out.add(q.gold_answer)
+        for t in q.traces:
+            out.update(t.checkpoint_answers)
+            out.add(t.final_answer)
+    return sorted(out)

@@ -30,7 +30,9 @@ import numpy as np
 
 from orchestrator.domain import majority
 from orchestrator.evaluation.prepared import PreparedQuestion, PreparedTrace, prepare
+from orchestrator.evaluation.simulate import QuestionTimeline, TraceTimeline, simulate
 from orchestrator.replay.corpus import Corpus
+from orchestrator.stopping.base import StoppingRule
 
 PP_METHODS = ("sc", "esc", "asc", "sac", "parallel-probe")
 
@@ -43,6 +45,7 @@ class RunOutcome:
     cost: int
     seq_cost: int
     stop_step: int = 0
+    probe_reads: int = 0  # probe reads (the final read of a trace is not a probe)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +134,11 @@ def run_asc(q: PreparedQuestion, order: Sequence[int], p: PPParams) -> RunOutcom
 
 def sac_trace(trace: PreparedTrace, interval: int, streak_needed: int) -> tuple[int | None, int]:
     """One trace probed until ``streak_needed`` identical consecutive reads: (answer, charge)."""
+    answer, charge, _ = _sac_reads(trace, interval, streak_needed)
+    return answer, charge
+
+
+def _sac_reads(trace: PreparedTrace, interval: int, streak_needed: int) -> tuple[int | None, int, int]:
     answer, charge, finished = _read(trace, 0, interval)
     reads, streak, last = 1, 1, answer
     while not finished:
@@ -141,13 +149,14 @@ def sac_trace(trace: PreparedTrace, interval: int, streak_needed: int) -> tuple[
         last = answer
         if streak >= streak_needed:
             break
-    return answer, charge
+    return answer, charge, min(reads, len(trace.checkpoint_classes))
 
 
 def run_sac(q: PreparedQuestion, order: Sequence[int], p: PPParams) -> RunOutcome:
-    outcomes = [sac_trace(q.traces[i], q.probe_interval_tokens, p.sac_streak) for i in order[: p.budget]]
-    charges = [c for _, c in outcomes]
-    return RunOutcome(majority([a for a, _ in outcomes]), sum(charges), max(charges))
+    outcomes = [_sac_reads(q.traces[i], q.probe_interval_tokens, p.sac_streak) for i in order[: p.budget]]
+    charges = [c for _, c, _ in outcomes]
+    reads = sum(r for _, _, r in outcomes)
+    return RunOutcome(majority([a for a, _, _ in outcomes]), sum(charges), max(charges), 0, reads)
 
 
 # --- Parallel-Probe ---------------------------------------------------------------------------
@@ -195,11 +204,15 @@ def run_parallel_probe(q: PreparedQuestion, order: Sequence[int], p: PPParams) -
         stable = stable + 1 if winner == prev_winner else 0
         prev_winner = winner
         if stable >= p.pp_stable_steps:
-            return RunOutcome(winner, sum(charge), max(charge), step + 1)
+            return RunOutcome(winner, sum(charge), max(charge), step + 1, _probe_reads(slots, reads))
         if all(finished[s] or pruned[s] for s in range(n)):
             break
         step += 1
-    return RunOutcome(prev_winner, sum(charge), max(charge), step + 1)
+    return RunOutcome(prev_winner, sum(charge), max(charge), step + 1, _probe_reads(slots, reads))
+
+
+def _probe_reads(slots: Sequence[PreparedTrace], reads: Sequence[int]) -> int:
+    return sum(min(r, len(t.checkpoint_classes)) for t, r in zip(slots, reads, strict=True))
 
 
 RUNNERS = {
@@ -224,10 +237,17 @@ class PPResult:
     accuracy_raw: float
     cost_raw: float
     seq_cost_raw: float
+    agreement: float = 100.0  # percent of runs equal to the full-budget vote of the same traces
+    probe_reads: float = 0.0  # mean probe reads per question
 
 
-def aggregate(per_rep: Sequence[Sequence[RunOutcome]], gold: Sequence[int | None]) -> PPResult:
-    """Average the way the authors do: per repetition over questions, then over repetitions."""
+def aggregate(
+    per_rep: Sequence[Sequence[RunOutcome]],
+    gold: Sequence[int | None],
+    full: Sequence[Sequence[int | None]] | None = None,
+) -> PPResult:
+    """Average the way the authors do: per repetition over questions, then over repetitions.
+    ``full[r][i]`` is the full-budget vote of repetition r on question i (for agreement)."""
     accs: list[float] = []
     costs: list[float] = []
     seqs: list[float] = []
@@ -242,7 +262,17 @@ def aggregate(per_rep: Sequence[Sequence[RunOutcome]], gold: Sequence[int | None
     acc = np.float64(100) * np.mean(accs)
     cost = sum(costs) / len(costs)
     seq = sum(seqs) / len(seqs)
-    return PPResult(float(round(acc, 2)), int(cost), int(seq), float(acc), cost, seq)
+    runs = [o for outcomes in per_rep for o in outcomes]
+    agree = 100.0
+    if full is not None:
+        pairs = [
+            (o.answer, f)
+            for outs, fs in zip(per_rep, full, strict=True)
+            for o, f in zip(outs, fs, strict=True)
+        ]
+        agree = 100.0 * sum(a == f for a, f in pairs) / max(len(pairs), 1)
+    reads = sum(o.probe_reads for o in runs) / max(len(runs), 1)
+    return PPResult(float(round(acc, 2)), int(cost), int(seq), float(acc), cost, seq, agree, reads)
 
 
 def evaluate_pp(
@@ -255,13 +285,70 @@ def evaluate_pp(
     """Run Protocol A for ``methods`` on every question of ``corpus``; one result per method."""
     questions = [prepare(q) for q in corpus.questions]
     gold = [q.gold_class for q in questions]
+    orders = [[permutation(r, len(q.traces)) for q in questions] for r in range(repetitions)]
+    full = [[run_sc(q, o, params).answer for q, o in zip(questions, os, strict=True)] for os in orders]
     out: dict[str, PPResult] = {}
     for method in methods:
         run = RUNNERS[method]
         per_rep = []
-        for r in range(repetitions):
-            per_rep.append([run(q, permutation(r, len(q.traces)), params) for q in questions])
+        for os in orders:
+            per_rep.append([run(q, o, params) for q, o in zip(questions, os, strict=True)])
             if on_progress is not None:
                 on_progress(1)
-        out[method] = aggregate(per_rep, gold)
+        out[method] = aggregate(per_rep, gold, full)
     return out
+
+
+# --- the shared rules under Protocol A's charging ---------------------------------------------
+
+
+def pp_timeline(q: PreparedQuestion) -> QuestionTimeline:
+    """The question as Protocol A reads it: read k (k <= L) shows probe k, read L + 1 shows the final
+    answer and finishes the trace, whatever its real length."""
+    last = max(len(t.checkpoint_classes) for t in q.traces) + 1
+    traces = []
+    for t in q.traces:
+        n_probes = len(t.checkpoint_classes)
+        classes = tuple(t.checkpoint_classes[k] if k < n_probes else t.final_class for k in range(last))
+        traces.append(
+            TraceTimeline(
+                classes=classes,
+                finish_checkpoint=n_probes + 1,
+                total_tokens=t.total_tokens,
+                final_class=t.final_class,
+                features=((),) * last,
+                probe_output_tokens=(0,) * last,
+                confidences=(None,) * last,
+            )
+        )
+    return QuestionTimeline(q.qid, q.probe_interval_tokens, last, tuple(traces), q.gold_class, q.answers)
+
+
+def _charge(trace: PreparedTrace, reads: int, interval: int) -> int:
+    n_probes = len(trace.checkpoint_classes)
+    done = max(0, trace.total_tokens - interval * n_probes) if reads > n_probes else 0
+    return interval * min(reads, n_probes) + done
+
+
+def rule_runner(rule: StoppingRule) -> Callable[[PreparedQuestion, Sequence[int], PPParams], RunOutcome]:
+    """A Protocol A runner whose decisions come from a shared stopping rule (per-checkpoint rules
+    only: every running, unpruned trace is read once per checkpoint)."""
+    timelines: dict[str, QuestionTimeline] = {}
+
+    def run(q: PreparedQuestion, order: Sequence[int], p: PPParams) -> RunOutcome:
+        tl = timelines.get(q.qid)
+        if tl is None:
+            tl = timelines[q.qid] = pp_timeline(q)
+        voting = order[: p.budget]
+        sim = simulate(rule, tl, voting)
+        charges = [
+            _charge(q.traces[i], reads, q.probe_interval_tokens)
+            for i, reads in zip(voting, sim.slot_checkpoints, strict=True)
+        ]
+        reads = sum(
+            min(c, len(q.traces[i].checkpoint_classes))
+            for i, c in zip(voting, sim.slot_checkpoints, strict=True)
+        )
+        return RunOutcome(sim.answer, sum(charges), max(charges), sim.stop_checkpoint, reads)
+
+    return run

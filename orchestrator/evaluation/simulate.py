@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 
 from orchestrator.domain import Decision, Snapshot, TraceView, majority
 from orchestrator.evaluation.prepared import PreparedQuestion
@@ -41,7 +40,7 @@ class TraceTimeline:
     finish_checkpoint: int  # first checkpoint at which the trace is finished
     total_tokens: int
     final_class: int | None
-    features: npt.NDArray[np.float64]  # one row per checkpoint
+    features: tuple[tuple[float, ...], ...]  # one row per checkpoint
     probe_output_tokens: tuple[int, ...]  # output tokens of the probe at each checkpoint (0 when done)
     confidences: tuple[float | None, ...]  # trailing-window confidence at each checkpoint (or None)
 
@@ -101,8 +100,12 @@ def timeline(
             ptoks = tuple(per_cp)
         else:
             ptoks = tuple(0 if k + 1 >= finish else 2 for k in range(n_cp))
-        traces.append(TraceTimeline(classes, finish, t.total_tokens, t.final_class, feats, ptoks, confs))
+        rows = tuple(tuple(float(v) for v in row) for row in feats)
+        traces.append(TraceTimeline(classes, finish, t.total_tokens, t.final_class, rows, ptoks, confs))
     return QuestionTimeline(q.qid, interval, n_cp, tuple(traces), q.gold_class, q.answers)
+
+
+ViewCache = dict[tuple[int, int, bool, bool, bool], TraceView]
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +122,7 @@ class SimRun:
     probe_input_tokens: int
     traces_started: int
     reason: str = ""
+    slot_checkpoints: tuple[int, ...] = ()  # per slot: the last checkpoint it was read at
 
 
 def simulate(
@@ -131,8 +135,15 @@ def simulate(
     weights: Sequence[float] | None = None,
     eligible: Sequence[bool] | None = None,
     oracle: bool = False,
+    cache: ViewCache | None = None,
 ) -> SimRun:
-    """Run ``rule`` on the traces ``voting`` (in slot order) of question ``tl``."""
+    """Run ``rule`` on the traces ``voting`` (in slot order) of question ``tl``.
+
+    ``cache`` shares trace views between rules run on the same ``voting`` order with default
+    weights and eligibility (views are immutable, so sharing is safe); pass a fresh dict per order.
+    """
+    if weights is not None or eligible is not None:
+        cache = None
     budget = len(voting)
     if not rule.needs_probes and rule.initial_traces(budget) < budget:
         return _simulate_waves(rule, tl, voting, num_classes=num_classes)
@@ -148,33 +159,41 @@ def simulate(
     decision: Decision | None = None
     needs_probes = rule.needs_probes
     cp = 0
-    for cp in range(1, last_cp + 1):
+    # One checkpoint past the last finish, so a rule that pruned the last running traces sees the
+    # exhausted snapshot and names its answer.
+    finishing = {t.finish_checkpoint for t in slots}
+    for cp in range(1, last_cp + 2):
+        if not needs_probes and cp not in finishing and cp <= last_cp:
+            continue  # a rule without probes sees nothing new until a trace finishes
         position = cp * tl.interval_tokens
         views = []
         for s, tr in enumerate(slots):
             frozen = pruned_at[s]
-            at = frozen or cp
+            at = frozen or min(cp, len(tr.classes))
             finished = tr.finish_checkpoint <= at
             if not frozen and not finished and needs_probes:
                 probe_calls += 1
                 probe_out += tr.probe_output_tokens[cp - 1] + PROBE_CLOSE_TOKENS
                 probe_in += position + PROBE_SUFFIX_TOKENS
-            shown = tr.classes[at - 1] if (finished or needs_probes) else None
-            views.append(
-                TraceView(
+            key = (s, at, bool(frozen), needs_probes, oracle)
+            view = cache.get(key) if cache is not None else None
+            if view is None:
+                view = TraceView(
                     index=s,
-                    answer_class=shown,
+                    answer_class=tr.classes[at - 1] if (finished or needs_probes) else None,
                     weight=w[s],
                     eligible=ok[s],
                     finished=finished,
                     pruned=bool(frozen),
                     tokens=min(tr.total_tokens, at * tl.interval_tokens),
                     history=tr.classes[:at] if needs_probes else (),
-                    features=tuple(tr.features[at - 1]) if needs_probes else (),
+                    features=tr.features[at - 1] if needs_probes else (),
                     confidence=tr.confidences[at - 1],
                     final_class=tr.final_class if oracle else None,
                 )
-            )
+                if cache is not None:
+                    cache[key] = view
+            views.append(view)
         snapshot = Snapshot(
             checkpoint=cp,
             position_tokens=position,
@@ -192,10 +211,8 @@ def simulate(
                 pruned_at[s] = cp
         if decision.stop:
             break
-        if all(pruned_at[s] or slots[s].finish_checkpoint <= cp for s in range(n)):
-            break
     assert decision is not None
-    stop_cp = cp
+    stop_cp = min(cp, last_cp)
     spent = [
         min(tr.total_tokens, (pruned_at[s] or stop_cp) * tl.interval_tokens) for s, tr in enumerate(slots)
     ]
@@ -215,6 +232,9 @@ def simulate(
         probe_input_tokens=probe_in,
         traces_started=n,
         reason=decision.reason,
+        slot_checkpoints=tuple(
+            min(pruned_at[s] or stop_cp, tr.finish_checkpoint) for s, tr in enumerate(slots)
+        ),
     )
 
 

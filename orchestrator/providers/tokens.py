@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 
 ESTIMATOR_NAME = "mars-regex-v1"
-LONG_WORD_CHARS = 8
+LONG_WORD_CHARS = 12
 
 _PIECE = re.compile(r" ?[A-Za-z]+| ?\d{1,3}| ?[^\sA-Za-z\d]|\s+")
 

@@ -26,7 +26,7 @@ from orchestrator.replay.synthetic import TraceText, build_trace_text
 
 KEY_CHARS = 64
 MIN_OVERLAP_CHARS = 8
-TEXT_CACHE_SIZE = 8192
+TEXT_CACHE_SIZE = 4096  # ~12 bytes per token: a few hundred MB at most
 PREFIX_MARKERS = ("<partial_reasoning>\n", "<think>\n", "<think>")
 _SPACE = re.compile(r"\s+")
 

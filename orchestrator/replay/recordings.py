@@ -10,7 +10,7 @@ A recording is JSON Lines. Line 1 is a header ``{"format": "mars-recording", "ve
 
 ``t`` is seconds since the request was sent upstream (recorded timing). A chunk is stored as text
 when it is valid UTF-8, else base64. Secrets: the values of ``authorization``, ``x-api-key``,
-``api-key``, ``cookie`` and similar headers, and any body field named like a key or token, are written
+``api-key``, ``cookie`` and similar headers, and body fields named ``api_key``, ``token``, ``secret``, ``password`` and the like, are written
 as ``"[redacted]"``.
 """
 
@@ -41,7 +41,9 @@ SECRET_HEADERS = frozenset(
         "openai-project",
     }
 )
-_SECRET_FIELDS = ("api_key", "apikey", "secret", "password", "access_token", "token")
+_SECRET_FIELDS = frozenset(
+    {"api_key", "apikey", "secret", "password", "access_token", "token", "authorization"}
+)
 # Not replayed: they describe the original connection, not the content.
 HOP_HEADERS = frozenset(
     {"content-length", "transfer-encoding", "connection", "keep-alive", "date", "server", "content-encoding"}
@@ -134,8 +136,8 @@ def load_recording(path: Path) -> list[Exchange]:
 
 
 class Recordings:
-    """Exchanges by request key; identical requests get the recorded responses in order (the last
-    one repeats once they run out)."""
+    """Exchanges by request key (secrets redacted on both sides); identical requests get the recorded
+    responses in order (the last one repeats once they run out)."""
 
     def __init__(self, exchanges: Sequence[Exchange]) -> None:
         self._by_key: dict[str, deque[Exchange]] = {}
@@ -146,7 +148,7 @@ class Recordings:
         return sum(len(v) for v in self._by_key.values())
 
     def take(self, method: str, path: str, body: Any) -> Exchange | None:
-        queue = self._by_key.get(request_key(method, path, body))
+        queue = self._by_key.get(request_key(method, path, redact_body(body)))
         if not queue:
             return None
         return queue.popleft() if len(queue) > 1 else queue[0]

@@ -504,18 +504,18 @@ def _trace_reply(
     *,
     mode: str,
 ) -> Reply:
-    full = match.text.tokens
-    tokens, finish = _cap(full[start:], max_tokens)
+    n = len(match.text)
+    stop = n if max_tokens is None else min(n, start + max_tokens)
+    tokens = match.text.tokens_between(start, stop)
+    finish = "length" if stop < n else "stop"
     confs = match.trace.confidences
-    confidences = (
-        list(confs[start : start + len(tokens)]) if confs is not None and len(confs) >= len(full) else None
-    )
+    confidences = list(confs[start:stop]) if confs is not None and len(confs) >= n else None
     meta: dict[str, Any] = {"mode": mode, "qid": qid, "trace": match.trace.index, "start_tokens": start}
     if isinstance(match, TraceMatch):
         meta["order_index"] = match.order_index
     return Reply(
         tokens=tokens,
-        reasoning_tokens=max(0, len(full) - FINAL_SENTENCE_TOKENS - start),
+        reasoning_tokens=max(0, n - FINAL_SENTENCE_TOKENS - start),
         finish=finish,
         prompt_tokens=prompt_tokens + start,
         cached_tokens=start,
@@ -578,23 +578,18 @@ def _config(app: Any, host: str, port: int) -> uvicorn.Config:
 
 
 @asynccontextmanager
-async def serving(
-    server: ReplayServer, *, host: str = "127.0.0.1", port: int = 0
-) -> AsyncIterator[ReplayURL]:
-    """Run ``server`` on a real uvicorn socket in this event loop until the block exits."""
-    uv = uvicorn.Server(_config(server.app, host, port))
+async def serve_app(app: Any, *, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[str]:
+    """Run an ASGI app on a real uvicorn socket in this event loop; yield its base URL."""
+    uv = uvicorn.Server(_config(app, host, port))
     task = asyncio.create_task(uv.serve())
     try:
         async with asyncio.timeout(10):
             while not uv.started:
                 if task.done():
                     task.result()
-                    raise RuntimeError("replay server exited during startup")
+                    raise RuntimeError("server exited during startup")
                 await asyncio.sleep(0.005)
-        sock = uv.servers[0].sockets[0]
-        url = ReplayURL(f"http://{host}:{sock.getsockname()[1]}")
-        url.server = server
-        yield url
+        yield f"http://{host}:{uv.servers[0].sockets[0].getsockname()[1]}"
     finally:
         uv.should_exit = True
         try:
@@ -605,6 +600,17 @@ async def serving(
             task.cancel()
             with suppress(asyncio.CancelledError):
                 await task
+
+
+@asynccontextmanager
+async def serving(
+    server: ReplayServer, *, host: str = "127.0.0.1", port: int = 0
+) -> AsyncIterator[ReplayURL]:
+    """Run ``server`` on a real uvicorn socket in this event loop until the block exits."""
+    async with serve_app(server.app, host=host, port=port) as base:
+        url = ReplayURL(base)
+        url.server = server
+        yield url
 
 
 def running_replay_server(
@@ -639,14 +645,15 @@ async def replay_server_process(corpus_path: Path, *args: str) -> AsyncIterator[
     )
     try:
         assert proc.stdout is not None
+        url = ""
         async with asyncio.timeout(30):
-            while True:
+            while not url:
                 line = (await proc.stdout.readline()).decode()
                 if not line:
                     raise RuntimeError("replay server process exited before printing its URL")
                 if "http://" in line:
-                    yield line[line.index("http://") :].split()[0]
-                    break
+                    url = line[line.index("http://") :].split()[0]
+        yield url
     finally:
         if proc.returncode is None:
             proc.terminate()
@@ -654,9 +661,9 @@ async def replay_server_process(corpus_path: Path, *args: str) -> AsyncIterator[
                 await proc.wait()
 
 
-async def serve_forever(server: ReplayServer, *, host: str, port: int) -> None:
-    """The ``mars replay-server`` main: print the URL, serve until interrupted."""
-    uv = uvicorn.Server(_config(server.app, host, port))
+async def serve_forever(app: Any, *, host: str, port: int, label: str = "replay server") -> None:
+    """Serve ``app`` until interrupted, printing ``<label> listening on http://HOST:PORT`` first."""
+    uv = uvicorn.Server(_config(app, host, port))
     task = asyncio.create_task(uv.serve())
     while not uv.started:
         if task.done():
@@ -664,5 +671,5 @@ async def serve_forever(server: ReplayServer, *, host: str, port: int) -> None:
             return
         await asyncio.sleep(0.01)
     actual = uv.servers[0].sockets[0].getsockname()[1]
-    print(f"replay server listening on http://{host}:{actual}", flush=True)
+    print(f"{label} listening on http://{host}:{actual}", flush=True)
     await task

@@ -20,11 +20,123 @@ import hashlib
 import itertools
 import random
 import re
+from array import array
 from dataclasses import dataclass
 
-from orchestrator.replay.corpus import NO_ANSWER, CorpusQuestion, CorpusTrace
+from orchestrator.replay.corpus import NO_ANSWER, CorpusTrace
 
-_WORDS = ["so", "we", "need", "the", "value", "of", "this", "term", "then", "check", "each", "case", "carefully", "and", "note", "that", "the", "sum", "is", "equal", "to", "a", "product", "when", "both", "sides", "agree", "let", "us", "compute", "again", "with", "care", "since", "it", "might", "fail", "for", "small", "inputs", "wait", "maybe", "there", "is", "a", "simpler", "way", "to", "see", "why", "the", "pattern", "holds", "here", "first", "expand", "everything", "next", "collect", "like", "terms", "and", "substitute", "back", "into", "the", "original", "equation", "which", "should", "give", "a", "consistent", "result", "hmm", "actually", "let", "me", "verify", "with", "an", "example", "if", "n", "is", "two", "the", "count", "works", "out", "but", "for", "larger", "values", "we", "must", "handle", "the", "boundary", "also", "recall", "the", "identity", "for", "squares", "and", "the", "bound", "from", "before"]
+_WORDS = [
+    "so",
+    "we",
+    "need",
+    "the",
+    "value",
+    "of",
+    "this",
+    "term",
+    "then",
+    "check",
+    "each",
+    "case",
+    "carefully",
+    "and",
+    "note",
+    "that",
+    "the",
+    "sum",
+    "is",
+    "equal",
+    "to",
+    "a",
+    "product",
+    "when",
+    "both",
+    "sides",
+    "agree",
+    "let",
+    "us",
+    "compute",
+    "again",
+    "with",
+    "care",
+    "since",
+    "it",
+    "might",
+    "fail",
+    "for",
+    "small",
+    "inputs",
+    "wait",
+    "maybe",
+    "there",
+    "is",
+    "a",
+    "simpler",
+    "way",
+    "to",
+    "see",
+    "why",
+    "the",
+    "pattern",
+    "holds",
+    "here",
+    "first",
+    "expand",
+    "everything",
+    "next",
+    "collect",
+    "like",
+    "terms",
+    "and",
+    "substitute",
+    "back",
+    "into",
+    "the",
+    "original",
+    "equation",
+    "which",
+    "should",
+    "give",
+    "a",
+    "consistent",
+    "result",
+    "hmm",
+    "actually",
+    "let",
+    "me",
+    "verify",
+    "with",
+    "an",
+    "example",
+    "if",
+    "n",
+    "is",
+    "two",
+    "the",
+    "count",
+    "works",
+    "out",
+    "but",
+    "for",
+    "larger",
+    "values",
+    "we",
+    "must",
+    "handle",
+    "the",
+    "boundary",
+    "also",
+    "recall",
+    "the",
+    "identity",
+    "for",
+    "squares",
+    "and",
+    "the",
+    "bound",
+    "from",
+    "before",
+]
 _SYMBOLS = ("x", "y", "n", "k", "=", "+", "-", "2", "3", "10", "(a", "b)")
 
 
@@ -103,16 +215,26 @@ def text_tokens(text: str, total_tokens: int) -> tuple[str, ...]:
 
 @dataclass(frozen=True, slots=True)
 class TraceText:
-    """A trace as served: its tokens, the character offset where each starts (plus the end), and
-    the joined text."""
+    """A trace as served: the joined text and the character offset where each token starts (plus the
+    end). Token strings are sliced out on demand, which keeps a cached trace at ~12 bytes per token."""
 
-    tokens: tuple[str, ...]
-    offsets: tuple[int, ...]
     text: str
+    offsets: array[int]
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def tokens_between(self, start: int, stop: int) -> tuple[str, ...]:
+        o, t = self.offsets, self.text
+        return tuple(t[o[i] : o[i + 1]] for i in range(start, min(stop, len(self))))
+
+    @property
+    def tokens(self) -> tuple[str, ...]:
+        return self.tokens_between(0, len(self))
 
     def position_of(self, blob: str) -> int:
         """The largest p such that the first p tokens are a prefix of ``blob`` (0 if none)."""
-        lo, hi = 0, len(self.tokens)
+        lo, hi = 0, len(self)
         while lo < hi:
             mid = (lo + hi + 1) // 2
             end = self.offsets[mid]
@@ -126,7 +248,7 @@ class TraceText:
 def build_trace_text(qid: str, trace: CorpusTrace) -> TraceText:
     """The trace as the replay server streams it (``Catalog`` caches these)."""
     tokens = text_tokens(trace.text, trace.total_tokens) if trace.text else synthetic_tokens(qid, trace)
-    offsets = [0]
+    offsets = array("q", [0])
     for t in tokens:
         offsets.append(offsets[-1] + len(t))
-    return TraceText(tokens, tuple(offsets), "".join(tokens))
+    return TraceText("".join(tokens), offsets)

@@ -50,7 +50,9 @@ def _usage(reply: Reply, completion: int, reasoning: bool = False) -> dict[str, 
         "completion_tokens": completion,
         "total_tokens": reply.prompt_tokens + completion,
         "prompt_tokens_details": {"cached_tokens": reply.cached_tokens},
-        "completion_tokens_details": {"reasoning_tokens": min(reply.reasoning_tokens, completion) if reasoning else 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": min(reply.reasoning_tokens, completion) if reasoning else 0
+        },
     }
 
 

@@ -18,15 +18,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from itertools import chain
 from typing import Literal
 
 import numpy as np
 
 from orchestrator.domain import Decision, Snapshot
-from orchestrator.stopping.switch_model import CONSERVATIVE_DEFAULT, FloatArray, SwitchModel, switch_features
+from orchestrator.stopping.switch_model import (
+    CONSERVATIVE_DEFAULT,
+    FEATURES_NO_CONFIDENCE,
+    FEATURES_WITH_CONFIDENCE,
+    FloatArray,
+    SwitchModel,
+    switch_features,
+)
 from orchestrator.stopping.tally import IntArray, TraceArrays, budget_decision, exhausted, trace_arrays
 
 QSource = Literal["model", "oracle"]
+_NO_CONFIDENCE_COLUMNS = [FEATURES_WITH_CONFIDENCE.index(name) for name in FEATURES_NO_CONFIDENCE]
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,8 +167,20 @@ class Mars:
                 (float(traces[i].answer_class != traces[i].final_class) for i in idx), np.float64, idx.size
             )
         model = self.switch_model or CONSERVATIVE_DEFAULT
-        rows = [traces[i].features or self._fallback_features(snapshot, int(i)) for i in idx]
-        return model.predict_q(np.array(rows, dtype=np.float64))
+        rows = [traces[i].features for i in idx.tolist()]
+        width = model.width
+        if all(len(r) == width for r in rows):  # the hot path: one flat pass, no per-row arrays
+            flat = np.fromiter(chain.from_iterable(rows), np.float64, count=len(rows) * width)
+            return model.predict_q(flat.reshape(-1, width))
+        full = len(FEATURES_WITH_CONFIDENCE)
+        if width == len(FEATURES_NO_CONFIDENCE) and all(len(r) == full for r in rows):
+            # a traces-only model on snapshots that carry confidences: use features 1, 3, 4
+            flat = np.fromiter(chain.from_iterable(rows), np.float64, count=len(rows) * full)
+            return model.predict_q(flat.reshape(-1, full)[:, _NO_CONFIDENCE_COLUMNS])
+        filled = [
+            r or self._fallback_features(snapshot, int(i)) for r, i in zip(rows, idx.tolist(), strict=True)
+        ]
+        return model.predict_q(np.array(filled, dtype=np.float64))
 
     @staticmethod
     def _fallback_features(snapshot: Snapshot, i: int) -> tuple[float, ...]:

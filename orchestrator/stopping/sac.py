@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from orchestrator.domain import Decision, Snapshot
-from orchestrator.stopping.switch_model import flips_and_streak
 from orchestrator.stopping.tally import vote_in_trace_order
 
 
@@ -32,7 +31,8 @@ class SelfAdaptiveStop:
         for t in snapshot.traces:
             if not t.started or t.finished or t.pruned:
                 continue
-            if len(t.history) >= self.streak and flips_and_streak(t.history)[1] >= self.streak:
+            tail = t.history[-self.streak :]
+            if len(tail) == self.streak and tail.count(tail[-1]) == self.streak:
                 prune.append(t.index)
             else:
                 running += 1

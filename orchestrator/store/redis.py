@@ -16,6 +16,7 @@ Every redis-py error leaves this module as :class:`~orchestrator.errors.StoreUna
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -108,6 +109,10 @@ def _translated(what: str) -> Iterator[None]:
     try:
         yield
     except RedisError as exc:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # redis-py can turn a cancel that races its own read timeout into an error: keep the cancel
+            raise asyncio.CancelledError from exc
         raise StoreUnavailable(f"redis unavailable during {what}: {exc}") from exc
 
 

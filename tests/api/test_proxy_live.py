@@ -113,6 +113,7 @@ async def test_vote_request_answers_with_votes_usage_and_savings() -> None:
         mars = (reply.model_extra or {})["mars"]
         async with httpx.AsyncClient(base_url=s.service.url) as http:
             job = (await http.get(f"/v1/jobs/{mars['job_id']}", headers=auth(ALICE))).json()
+            metrics = (await http.get("/metrics")).text
         trace_requests = requests_to(s.replay)
     assert reply.model == "mars/replay"
     assert reply.choices[0].finish_reason == "stop"
@@ -134,6 +135,12 @@ async def test_vote_request_answers_with_votes_usage_and_savings() -> None:
     assert mars["tokens_spent"] == acc["total_tokens"]
     assert mars["tokens_saved"] == job["accounting"]["saved_tokens"]
     assert len(trace_requests) >= 8  # the traces and the probes went upstream over HTTP
+    generated = acc["generated_tokens"]
+    assert 'mars_jobs_finished_total{status="succeeded"} 1.0' in metrics
+    assert f'mars_tokens_spent_total{{part="generated"}} {float(generated)}' in metrics
+    assert 'mars_proxy_requests_total{mode="vote"} 1.0' in metrics
+    assert "mars_time_to_decision_seconds_count 1.0" in metrics
+    assert "mars_jobs_in_flight 0.0" in metrics
 
 
 async def test_vote_stream_sends_progress_comments_then_the_answer_sync_sdk() -> None:
@@ -161,7 +168,13 @@ async def test_vote_stream_sends_progress_comments_then_the_answer_sync_sdk() ->
                 "POST",
                 "/v1/chat/completions",
                 headers=auth(ALICE),
-                json={"model": "mars/replay", "messages": MESSAGES, "stream": True, "max_tokens": 4096},
+                json={
+                    "model": "mars/replay",
+                    "messages": MESSAGES,
+                    "stream": True,
+                    "max_tokens": 4096,
+                    "mars": {"budget": 8, "probe": {"interval_tokens": 100}},
+                },
             ) as resp,
         ):
             async for ev in sse_events(resp, comments):
@@ -189,7 +202,7 @@ async def test_vote_errors_use_the_openai_error_shape() -> None:
 
 async def _wait_for(predicate: Any, timeout_s: float = 10.0) -> None:
     async with asyncio.timeout(timeout_s):
-        while not await predicate():
+        while not await predicate():  # noqa: ASYNC110 - polling an HTTP API: no event to wait on
             await asyncio.sleep(0.05)
 
 
@@ -231,9 +244,12 @@ async def test_client_disconnect_cancels_job_and_closes_upstream(stream: bool) -
 
         await _wait_for(cancelled)
         job = await _latest_job(http)
+        metrics = (await http.get("/metrics")).text
         disconnects = s.replay.journal.entries("disconnect")
         ended = s.replay.journal.entries("stream_end")
     assert job["cancel_requested"] is True
+    assert 'mars_cancels_total{source="proxy"} 1.0' in metrics
+    assert 'mars_jobs_finished_total{status="cancelled"} 1.0' in metrics
     assert len(disconnects) >= 8 - len(ended)
     assert len(disconnects) >= 1
     assert all(e["tokens_sent"] < 1200 for e in disconnects)

@@ -13,7 +13,7 @@ from orchestrator.domain import JobSpec, JobStatus, ProbeSpec, ProbeStrategy, Tr
 from orchestrator.stopping.switch_model import FEATURES_NO_CONFIDENCE, SwitchModel
 from orchestrator.store.base import STATUS_EVENT, Event, request_fingerprint
 from orchestrator.store.memory import MemoryStore
-from tests.fakes import Script, ScriptedProvider, uniform
+from tests.fakes import Script, ScriptedProvider, uniform, wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -58,7 +58,9 @@ async def run(
     store = store or MemoryStore()
     if await store.get_job(spec.job_id) is None:
         await store.create_job(spec, request_fingerprint(spec))
-    result = await Coordinator(store, provider, config=config or CoordinatorConfig(cancel_poll_s=0.02)).run(spec)
+    result = await Coordinator(store, provider, config=config or CoordinatorConfig(cancel_poll_s=0.02)).run(
+        spec
+    )
     return result, store
 
 
@@ -185,15 +187,16 @@ async def test_budget_exhaustion_votes_over_final_answers() -> None:
 
 async def test_external_cancel_stops_the_job_promptly() -> None:
     """request_cancel ends the job CANCELLED and closes every stream."""
-    provider = ScriptedProvider(uniform(4, total=100_000, answers=["42"] * 999, delay_s=0.002), chunk_tokens=10)
+    provider = ScriptedProvider(
+        uniform(4, total=100_000, answers=["42"] * 999, delay_s=0.002), chunk_tokens=10
+    )
     store = MemoryStore()
     spec = job(method="sc")
     await store.create_job(spec, request_fingerprint(spec))
     coordinator = Coordinator(store, provider, config=CoordinatorConfig(cancel_poll_s=0.02))
     async with asyncio.TaskGroup() as tg:
         task = tg.create_task(coordinator.run(spec))
-        while provider.streams_started < 4:
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: provider.streams_started >= 4)
         await store.request_cancel(spec.job_id)
         result = await asyncio.wait_for(task, 2.0)
     assert result.status is JobStatus.CANCELLED
@@ -213,8 +216,7 @@ async def test_cancelling_the_run_closes_every_stream_and_probe() -> None:
     await store.create_job(spec, request_fingerprint(spec))
     before = other_tasks()
     task = asyncio.create_task(Coordinator(store, provider).run(spec))
-    while provider.open_probes < 8:
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: provider.open_probes >= 8)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -240,7 +242,9 @@ async def test_sequential_warmup_runs_first_and_is_charged() -> None:
     assert warm.data["warmup_answer"] == "42"
     assert warm.data["rows"] > 0
     assert result.answer == "42"
-    assert result.accounting.total_tokens > result.accounting.generated_tokens + result.accounting.warmup_tokens
+    assert (
+        result.accounting.total_tokens > result.accounting.generated_tokens + result.accounting.warmup_tokens
+    )
 
 
 async def test_prior_warmup_learns_from_shadow_traces() -> None:
@@ -259,7 +263,9 @@ async def test_prior_warmup_learns_from_shadow_traces() -> None:
     assert prior is not None
     assert prior["jobs"] == 1
     assert len(prior["rows"]) == 2 * 6
-    second, _ = await run(ScriptedProvider(scripts, chunk_tokens=10), job("j2", warmup=WarmupMode.PRIOR), store)
+    second, _ = await run(
+        ScriptedProvider(scripts, chunk_tokens=10), job("j2", warmup=WarmupMode.PRIOR), store
+    )
     warm2 = next(e for e in await events(store, "j2") if e.kind == "warmup")
     assert warm2.data["source"] == "prior"
     assert second.answer == "42"
@@ -396,8 +402,10 @@ async def test_a_resumed_job_reaches_the_same_answer(continue_prefix: bool) -> N
     async def stored_tokens(i: int) -> int:
         return sum(c.tokens for c in await store.read_trace("resumed", i))
 
-    while min([await stored_tokens(i) for i in range(4)]) < 150:
-        await asyncio.sleep(0.005)
+    async def progressed() -> bool:
+        return min([await stored_tokens(i) for i in range(4)]) >= 150
+
+    await wait_until(progressed, every_s=0.005)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

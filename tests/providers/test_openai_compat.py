@@ -29,7 +29,9 @@ async def url(corpus: Corpus) -> AsyncIterator[ReplayURL]:
         yield u
 
 
-def _request(corpus: Corpus, q: int = 0, i: int = 0, *, logprobs: bool = False, max_tokens: int = 5000) -> TraceRequest:
+def _request(
+    corpus: Corpus, q: int = 0, i: int = 0, *, logprobs: bool = False, max_tokens: int = 5000
+) -> TraceRequest:
     return TraceRequest(
         messages=({"role": "user", "content": corpus.questions[q].question},),
         model="replay",
@@ -60,7 +62,8 @@ async def test_stream_counts_every_token_exactly(corpus: Corpus, url: ReplayURL)
     assert sum(d.tokens for d in deltas) == trace.total_tokens
     assert not any(d.tokens_estimated for d in deltas)
     assert all(d.tokens <= 4 for d in deltas)
-    assert deltas[-1].usage is not None and not deltas[-1].usage.estimated
+    assert deltas[-1].usage is not None
+    assert not deltas[-1].usage.estimated
     assert deltas[-1].usage.completion_tokens == trace.total_tokens
     assert [d.finish_reason for d in deltas if d.finish_reason] == ["stop"]
     text = "".join(d.text for d in deltas)
@@ -93,7 +96,9 @@ async def test_length_finish_when_max_tokens_is_short(corpus: Corpus, url: Repla
 
 
 @pytest.mark.parametrize("via", ["chat", "completions"])
-async def test_continue_probe_returns_recorded_answer_at_prefix(corpus: Corpus, url: ReplayURL, via: str) -> None:
+async def test_continue_probe_returns_recorded_answer_at_prefix(
+    corpus: Corpus, url: ReplayURL, via: str
+) -> None:
     """A probe on the first p streamed tokens returns answer_at(p), for p on and between checkpoints."""
     provider = OpenAICompatProvider(name="replay", base_url=url + "/v1", options=CompatOptions(probe_via=via))  # type: ignore[arg-type]
     request = _request(corpus, q=0, i=3)
@@ -119,7 +124,9 @@ async def test_continue_probe_returns_recorded_answer_at_prefix(corpus: Corpus, 
             checked += 1
         assert checked >= 5
         probes = url.journal.entries("reply")
-        assert {e["position_tokens"] for e in probes if e["mode"] == "probe"} >= {p for p, _ in pieces[::9][1:3]}
+        assert {e["position_tokens"] for e in probes if e["mode"] == "probe"} >= {
+            p for p, _ in pieces[::9][1:3]
+        }
     finally:
         await provider.aclose()
 
@@ -146,7 +153,9 @@ async def test_reprompt_and_extract_probes(corpus: Corpus, url: ReplayURL) -> No
             ProbeRequest(trace=request, prefix=prefix, position_tokens=p, strategy=ProbeStrategy.EXTRACT)
         )
         assert extracted.input_tokens == 0
-        changed = [a for a in trace.checkpoint_answers[: len([x for x in trace.positions if x <= p])] if a != "ERR"]
+        changed = [
+            a for a in trace.checkpoint_answers[: len([x for x in trace.positions if x <= p])] if a != "ERR"
+        ]
         assert extracted.answer == (changed[-1] if changed else None)
         with pytest.raises(UnsupportedCapability):
             await provider.probe(

@@ -33,7 +33,10 @@ async def url(corpus: Corpus) -> AsyncIterator[ReplayURL]:
 
 def _request(corpus: Corpus, q: int, i: int, model: str) -> TraceRequest:
     return TraceRequest(
-        messages=({"role": "system", "content": "Be brief."}, {"role": "user", "content": corpus.questions[q].question}),
+        messages=(
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": corpus.questions[q].question},
+        ),
         model=model,
         max_tokens=5000,
         trace_index=i,
@@ -63,8 +66,10 @@ async def test_anthropic_stream_and_prefill_probe(corpus: Corpus, url: ReplayURL
         deltas = await _collect(provider, request)
         trace = _served(corpus, url, 1, 2)
         final = [d for d in deltas if d.usage is not None]
-        assert len(final) == 1 and final[0].usage is not None
-        assert final[0].usage.completion_tokens == trace.total_tokens and not final[0].usage.estimated
+        assert len(final) == 1
+        assert final[0].usage is not None
+        assert final[0].usage.completion_tokens == trace.total_tokens
+        assert not final[0].usage.estimated
         assert final[0].finish_reason == "stop"
         assert all(d.tokens_estimated for d in deltas if d.text)
         # Anthropic gives no per-delta counts: cut the prefix by the server's known chunking (4 tokens).
@@ -90,11 +95,16 @@ async def test_anthropic_degrades_when_prefill_is_rejected(corpus: Corpus, url: 
     try:
         deltas = await _collect(provider, request)
         prefix = "".join(d.text for d in deltas[:40])
-        probe = ProbeRequest(trace=request, prefix=prefix, position_tokens=160, strategy=ProbeStrategy.PREFILL)
+        probe = ProbeRequest(
+            trace=request, prefix=prefix, position_tokens=160, strategy=ProbeStrategy.PREFILL
+        )
         assert ProbeStrategy.PREFILL in provider.capabilities("claude-new").probe_strategies
         with pytest.raises(UnsupportedCapability, match="rejected prefill"):
             await provider.probe(probe)
-        assert provider.capabilities("claude-new").probe_strategies == {ProbeStrategy.NONE, ProbeStrategy.EXTRACT}
+        assert provider.capabilities("claude-new").probe_strategies == {
+            ProbeStrategy.NONE,
+            ProbeStrategy.EXTRACT,
+        }
         with pytest.raises(UnsupportedCapability):
             await provider.probe(probe)  # early now: no request
     finally:
@@ -107,7 +117,8 @@ async def test_anthropic_thinking_is_detected_and_degraded(corpus: Corpus, url: 
     request = _request(corpus, 0, 1, "claude-replay")
     try:
         deltas = await _collect(provider, request)
-        assert any(d.reasoning for d in deltas) and any(d.text for d in deltas)
+        assert any(d.reasoning for d in deltas)
+        assert any(d.text for d in deltas)
         assert ProbeStrategy.PREFILL not in provider.capabilities("claude-replay").probe_strategies
         with pytest.raises(UnsupportedCapability, match="thinking"):
             await provider.probe(
@@ -126,7 +137,8 @@ async def test_openai_reprompt_with_probe_model(corpus: Corpus, url: ReplayURL) 
     try:
         deltas = await _collect(provider, request)
         trace = _served(corpus, url, 1, 1)
-        assert deltas[-1].usage is not None and deltas[-1].usage.completion_tokens == trace.total_tokens
+        assert deltas[-1].usage is not None
+        assert deltas[-1].usage.completion_tokens == trace.total_tokens
         assert any(d.tokens_estimated for d in deltas)
         # Per-delta counts are estimates here; cut the prefix by the server's known chunking (4 tokens).
         chunks = [d.text for d in deltas if d.text]
@@ -137,7 +149,8 @@ async def test_openai_reprompt_with_probe_model(corpus: Corpus, url: ReplayURL) 
         )
         assert result.answer == _expected(trace, p)
         reply = url.journal.entries("reply")[-1]
-        assert reply["mode"] == "probe" and reply["position_tokens"] == p
+        assert reply["mode"] == "probe"
+        assert reply["position_tokens"] == p
         with pytest.raises(UnsupportedCapability):
             await provider.probe(
                 ProbeRequest(trace=request, prefix=prefix, position_tokens=p, strategy=ProbeStrategy.CONTINUE)
@@ -151,7 +164,8 @@ async def test_openai_reasoning_models_have_no_probes_or_logprobs(corpus: Corpus
     provider = OpenAIProvider(name="openai", base_url=url + "/v1")
     try:
         caps = provider.capabilities("gpt-5-mini")
-        assert caps.probe_strategies == {ProbeStrategy.NONE} and not caps.logprobs
+        assert caps.probe_strategies == {ProbeStrategy.NONE}
+        assert not caps.logprobs
         before = len(url.journal.entries("request"))
         with pytest.raises(UnsupportedCapability):
             await _collect(provider, replace(_request(corpus, 0, 0, "o3"), logprobs=True))
@@ -171,7 +185,12 @@ async def test_deepseek_prefix_completion_probe(corpus: Corpus, url: ReplayURL) 
         for n in (25, 50, 100):
             p = min(4 * n, trace.total_tokens - 1)
             result = await provider.probe(
-                ProbeRequest(trace=request, prefix="".join(chunks[:n]), position_tokens=p, strategy=ProbeStrategy.CONTINUE)
+                ProbeRequest(
+                    trace=request,
+                    prefix="".join(chunks[:n]),
+                    position_tokens=p,
+                    strategy=ProbeStrategy.CONTINUE,
+                )
             )
             assert result.answer == _expected(trace, p)
         assert not provider.capabilities("deepseek-reasoner").logprobs

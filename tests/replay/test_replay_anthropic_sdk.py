@@ -74,7 +74,8 @@ async def test_async_stream_helper_with_thinking(corpus: Corpus, url: ReplayURL)
     ):
         message = await stream.get_final_message()
     assert [b.type for b in message.content] == ["thinking", "text"]
-    assert message.content[0].type == "thinking" and message.content[0].signature
+    assert message.content[0].type == "thinking"
+    assert message.content[0].signature
     trace = _served(corpus, url, 1, 0)
     assert message.usage.output_tokens == trace.total_tokens
 

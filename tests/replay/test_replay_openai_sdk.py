@@ -40,12 +40,15 @@ async def test_async_non_stream_content_usage_finish(corpus: Corpus, url: Replay
     """A whole completion: the trace text ending in the boxed final answer, exact usage, 'stop'."""
     client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="k", max_retries=0)
     async with client:
-        r = await client.chat.completions.create(model="replay", messages=_messages(corpus), max_tokens=10_000)  # type: ignore[arg-type]
+        r = await client.chat.completions.create(
+            model="replay", messages=_messages(corpus), max_tokens=10_000
+        )  # type: ignore[arg-type]
     trace = _served(corpus, url, 0, 0)
     assert r.choices[0].finish_reason == "stop"
     assert r.choices[0].message.content is not None
     assert r.choices[0].message.content.endswith(f"\\boxed{{{trace.final_answer}}}.")
-    assert r.usage is not None and r.usage.completion_tokens == trace.total_tokens
+    assert r.usage is not None
+    assert r.usage.completion_tokens == trace.total_tokens
     assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
 
 
@@ -80,7 +83,8 @@ async def test_async_stream_with_usage_and_logprobs(corpus: Corpus, url: ReplayU
     assert confidence == pytest.approx(trace.confidences[7], abs=1e-5)
     assert "".join(e.token for e in entries) == text
     assert finishes == ["stop"]
-    assert usage is not None and usage.completion_tokens == trace.total_tokens
+    assert usage is not None
+    assert usage.completion_tokens == trace.total_tokens
 
 
 def test_sync_client_stream_and_completions(corpus: Corpus) -> None:
@@ -108,14 +112,21 @@ def test_sync_client_stream_and_completions(corpus: Corpus) -> None:
         client = openai.OpenAI(base_url=url + "/v1", api_key="k", max_retries=0, timeout=10)
         with client:
             chunks = list(
-                client.chat.completions.create(model="replay", messages=_messages(corpus, 1), stream=True, max_tokens=30)  # type: ignore[arg-type]
+                client.chat.completions.create(
+                    model="replay", messages=_messages(corpus, 1), stream=True, max_tokens=30
+                )  # type: ignore[arg-type]
             )
-            contents = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+            contents = [
+                c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content
+            ]
             assert len(contents) == 10  # 30 tokens in chunks of 3
             assert chunks[-1].choices[0].finish_reason == "length"
-            completion = client.completions.create(model="replay", prompt=corpus.questions[1].question, max_tokens=12)
+            completion = client.completions.create(
+                model="replay", prompt=corpus.questions[1].question, max_tokens=12
+            )
             assert completion.choices[0].finish_reason == "length"
-            assert completion.usage is not None and completion.usage.completion_tokens == 12
+            assert completion.usage is not None
+            assert completion.usage.completion_tokens == 12
             models = client.models.list()
             assert [m.id for m in models] == ["replay"]
     finally:
@@ -153,5 +164,7 @@ async def test_unknown_prompt_gets_a_fallback_reply(url: ReplayURL) -> None:
     """A prompt that matches no corpus question still gets a well-formed reply saying so."""
     client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="k", max_retries=0)
     async with client:
-        r = await client.chat.completions.create(model="replay", messages=[{"role": "user", "content": "hello"}])
+        r = await client.chat.completions.create(
+            model="replay", messages=[{"role": "user", "content": "hello"}]
+        )
     assert "no corpus question" in (r.choices[0].message.content or "")

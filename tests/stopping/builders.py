@@ -8,7 +8,9 @@ from orchestrator.domain import Snapshot, TraceView
 from orchestrator.stopping.switch_model import SwitchModel
 
 # q = sigmoid(z) with z the first feature: z = -1000, 0, 1000 give q = 0, 0.5, 1 exactly in floats.
-IDENTITY_Q = SwitchModel(("z", "unused_a", "unused_b"), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), (1.0, 0.0, 0.0), 0.0)
+IDENTITY_Q = SwitchModel(
+    ("z", "unused_a", "unused_b"), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), (1.0, 0.0, 0.0), 0.0
+)
 Z_FOR_Q = {0.0: -1000.0, 0.5: 0.0, 1.0: 1000.0}
 
 

@@ -33,7 +33,8 @@ def test_sc_waits_and_breaks_ties_by_trace_order() -> None:
     running = snapshot([trace(0, 1, finished=True), trace(1, 0)])
     assert not rule.decide(running).stop
     d = rule.decide(snapshot([trace(0, 1, finished=True), trace(1, 0, finished=True)]))
-    assert d.stop and d.answer_class == 1  # 1-1 tie: trace 0's answer came first
+    assert d.stop
+    assert d.answer_class == 1
 
 
 def test_consensus_threshold_counts_silent_traces() -> None:
@@ -52,14 +53,19 @@ def test_esc_runs_windows_until_one_is_unanimous() -> None:
     assert rule.initial_traces(64) == 8
     first = [0, 0, 1, 0, 0, 0, 0, 0]
     d = rule.decide(finished(first, budget=64))
-    assert not d.stop and d.launch == 8
+    assert not d.stop
+    assert d.launch == 8
     d = rule.decide(finished(first + [2] * 8, budget=64))
     # window 2 is unanimous on 2, but the majority over all 16 (7 x 0, 8 x 2, 1 x 1) is 2
-    assert d.stop and d.answer_class == 2 and d.reason == "window unanimous"
+    assert d.stop
+    assert d.answer_class == 2
+    assert d.reason == "window unanimous"
     d = rule.decide(finished([0] * 7 + [1] + [2] * 8, budget=64))
-    assert d.stop and d.answer_class == 2
+    assert d.stop
+    assert d.answer_class == 2
     d = rule.decide(finished([0] * 8 + [1] * 6 + [0] * 2, budget=64))  # only the last window counts
-    assert not d.stop and d.launch == 8
+    assert not d.stop
+    assert d.launch == 8
 
 
 def test_esc_answer_is_the_vote_over_all_windows_unless_asked_otherwise() -> None:
@@ -67,7 +73,9 @@ def test_esc_answer_is_the_vote_over_all_windows_unless_asked_otherwise() -> Non
     all windows is 0 (6 votes); ``answer_from="window"`` returns the window's 3 as the original code."""
     answers = [0, 0, 0, 1, 0, 0, 0, 2, 3, 3, 3, 3]
     assert EarlyStoppingSC(window=4).decide(finished(answers, budget=64)).answer_class == 0
-    assert EarlyStoppingSC(window=4, answer_from="window").decide(finished(answers, budget=64)).answer_class == 3
+    assert (
+        EarlyStoppingSC(window=4, answer_from="window").decide(finished(answers, budget=64)).answer_class == 3
+    )
 
 
 def test_esc_waits_for_the_running_window() -> None:
@@ -78,7 +86,9 @@ def test_esc_waits_for_the_running_window() -> None:
 
 def test_esc_budget_exhausted_votes_over_all() -> None:
     d = EarlyStoppingSC(window=4).decide(finished([0, 1, 0, 1, 1, 0, 1, 0], budget=8))
-    assert d.stop and d.reason == "budget exhausted" and d.answer_class == 0
+    assert d.stop
+    assert d.reason == "budget exhausted"
+    assert d.answer_class == 0
 
 
 # --- asc ---
@@ -95,11 +105,14 @@ def test_asc_four_of_four_stops_five_vs_one_continues() -> None:
     rule = AdaptiveConsistency()
     assert rule.initial_traces(64) == 1
     d = rule.decide(finished([3, 3, 3, 3], budget=64))
-    assert d.stop and d.answer_class == 3
+    assert d.stop
+    assert d.answer_class == 3
     d = rule.decide(finished([3, 3, 1, 3, 3, 3], budget=64))
-    assert not d.stop and d.launch == 1
+    assert not d.stop
+    assert d.launch == 1
     d = rule.decide(finished([3, 3, 3], budget=64))
-    assert not d.stop and d.launch == 1
+    assert not d.stop
+    assert d.launch == 1
     assert not rule.decide(finished([3], budget=64)).stop  # one answer is never enough
 
 
@@ -107,7 +120,9 @@ def test_asc_ignores_no_answer_and_stops_at_budget() -> None:
     rule = AdaptiveConsistency()
     assert not rule.decide(finished([3, None, 3, 3], budget=64)).stop  # only 3 answers
     d = rule.decide(finished([1, 0, 0, 1], budget=4))
-    assert d.stop and d.reason == "budget exhausted" and d.answer_class == 1
+    assert d.stop
+    assert d.reason == "budget exhausted"
+    assert d.answer_class == 1
 
 
 # --- sac ---
@@ -120,7 +135,8 @@ def test_sac_prunes_a_trace_after_fourteen_identical_answers() -> None:
     t14 = trace(1, 5, history=[5] * 14)
     silent = trace(2, None, history=[None] * 14)
     d = rule.decide(snapshot([t13, t14, silent]))
-    assert not d.stop and d.prune == (1, 2)
+    assert not d.stop
+    assert d.prune == (1, 2)
 
 
 def test_sac_majority_over_all_traces_including_stopped_ones() -> None:
@@ -135,7 +151,8 @@ def test_sac_majority_over_all_traces_including_stopped_ones() -> None:
         trace(5, 2, finished=True),
     ]
     d = rule.decide(snapshot(traces))
-    assert d.stop and d.answer_class == 2  # 3-3 tie: trace 0's answer came first
+    assert d.stop
+    assert d.answer_class == 2
 
 
 # --- parallel-probe ---
@@ -167,7 +184,7 @@ def drive(
         d = rule.decide(Snapshot(t, 500 * t, tuple(traces), n, 4, rule_state=state))
         if d.stop:
             return t, d, pruned
-        pruned.update({i: t for i in d.prune})
+        pruned.update(dict.fromkeys(d.prune, t))
         state = d.state
     raise AssertionError("never stopped")
 
@@ -213,5 +230,7 @@ def test_parallel_probe_state_round_trip_and_small_parameters() -> None:
     stop, d, pruned = drive(rule, lambda i, t: 1 if i == 2 else 0, 3)
     # steps: cp2 s0 (stable 0), cp3 s1 (B off 1, stable 1), cp4 s2 (B off 2 -> pruned, stable 2), cp5 stop
     assert pruned == {2: 4}
-    assert stop == 5 and d.answer_class == 0
-    assert isinstance(d.state, ParallelProbeState) and d.state.stable == 3
+    assert stop == 5
+    assert d.answer_class == 0
+    assert isinstance(d.state, ParallelProbeState)
+    assert d.state.stable == 3

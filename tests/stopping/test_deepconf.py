@@ -41,7 +41,8 @@ def test_truncation_prunes_running_traces_below_threshold() -> None:
         trace(4, 0, confidence=2.0, finished=True),
     ]
     d = rule.decide(snapshot(traces))
-    assert not d.stop and d.prune == (0,)
+    assert not d.stop
+    assert d.prune == (0,)
     assert d.details["share"] == pytest.approx(0.5)  # 2.0 vs 2.0: trace 2 does not vote
 
 
@@ -58,14 +59,16 @@ def test_confidence_weights_and_consensus() -> None:
     assert not d.stop  # 1.5 / 2.7 = 0.56 < 0.6
     assert d.details["share"] == pytest.approx(1.5 / 2.7)
     d = DeepConf(threshold=0.5, consensus=0.6, vote_on="all").decide(snapshot(traces))
-    assert d.stop and d.answer_class == 1  # 4.5 / 5.7
+    assert d.stop
+    assert d.answer_class == 1
 
 
 def test_exhausted_after_truncation_stops() -> None:
     """Pruning the last running trace ends the run on the filtered, weighted vote."""
     traces = [trace(0, 0, confidence=0.2), trace(1, 1, confidence=2.0, finished=True)]
     d = DeepConf(threshold=1.0).decide(snapshot(traces))
-    assert d.stop and d.answer_class == 1
+    assert d.stop
+    assert d.answer_class == 1
 
 
 def test_mars_on_deepconf_uses_its_filter_and_weights() -> None:
@@ -77,7 +80,9 @@ def test_mars_on_deepconf_uses_its_filter_and_weights() -> None:
         trace(2, 1, confidence=0.5),  # would make class 1 lead; truncated instead
     ]
     d = rule.decide(snapshot(traces))
-    assert d.stop and d.answer_class == 0  # 2.0 vs 1.5 with q = 0
+    assert d.stop
+    assert d.answer_class == 0
     traces[0] = trace(0, 0, confidence=2.0, q=0.5)  # cost 2·0.5·2 = 2 > M = 0.5
     d = rule.decide(snapshot(traces))
-    assert not d.stop and d.prune == (2,)
+    assert not d.stop
+    assert d.prune == (2,)

@@ -26,7 +26,8 @@ def test_warmup_stops_by_hand() -> None:
     """γ < 0.25 stops at checkpoint 1 on B; γ ≥ 0.25 stops at checkpoint 3 on A with n = 5."""
     for gamma in (0.0, 0.1, 0.2):
         assert warmup_stop(WARMUP, gamma) == warmup_stop(WARMUP, 0.0)
-        assert warmup_stop(WARMUP, gamma).answer == 1 and warmup_stop(WARMUP, gamma).checkpoint == 1
+        assert warmup_stop(WARMUP, gamma).answer == 1
+        assert warmup_stop(WARMUP, gamma).checkpoint == 1
     for gamma in (0.3, 0.5, 1.0):
         stop = warmup_stop(WARMUP, gamma)
         assert (stop.answer, stop.checkpoint, stop.eligible) == (0, 3, 5)
@@ -38,23 +39,27 @@ def test_calibration_hand_example() -> None:
     assert cal.band == pytest.approx(0.3)
     assert cal.n == 5
     assert cal.gamma == pytest.approx(0.3 + 1 / math.sqrt(5))
-    assert cal.answers[1.0] == 0 and cal.answers[0.2] == 1
+    assert cal.answers[1.0] == 0
+    assert cal.answers[0.2] == 1
 
 
 def test_calibration_clamps_to_half() -> None:
     """When every γ gives the same answer, γ_band = 0 and γ = max(0.5, 0 + 1/√n)."""
-    agree = tuple(WarmupTrace((0, 0), 0) for _ in range(9)) + (WarmupTrace((1, 1), 1),)
+    agree = (*tuple(WarmupTrace((0, 0), 0) for _ in range(9)), WarmupTrace((1, 1), 1))
     cal = calibrate_gamma(agree)
     assert cal.band == 0.0
     # γ = 1 stops at checkpoint 1 with all 10 eligible: 0 + 1/√10 = 0.316 -> clamped to 0.5
-    assert cal.n == 10 and cal.gamma == 0.5
+    assert cal.n == 10
+    assert cal.gamma == 0.5
 
 
 def test_never_stopping_uses_the_full_budget_vote() -> None:
     """A tie that never resolves: every γ records the warmup full-budget answer (lowest class id)."""
     tie = (WarmupTrace((0,), 0), WarmupTrace((1,), 1), WarmupTrace((0,), 0), WarmupTrace((1,), 1))
     stop = warmup_stop(tie, 1.0)
-    assert stop.checkpoint is None and stop.answer == 0 and stop.eligible == 4
+    assert stop.checkpoint is None
+    assert stop.answer == 0
+    assert stop.eligible == 4
     assert calibrate_gamma(tie).gamma == pytest.approx(0.5)  # band 0.0, n = 4: 0 + 0.5
 
 

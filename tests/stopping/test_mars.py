@@ -38,7 +38,9 @@ def test_leader_votes_cost_two_gamma_w_just_inside_stops() -> None:
     """One fewer risky leader vote: cost 1 < M = 2, stop on the leader."""
     traces = votes([(0, 0.5), (0, 0.0), (0, 0.0), (0, 0.0), (1, 0.0), (1, 0.0)])
     d = MARS.decide(snapshot(traces))
-    assert d.stop and d.answer_class == 0 and d.details["slack"] == pytest.approx(1.0)
+    assert d.stop
+    assert d.answer_class == 0
+    assert d.details["slack"] == pytest.approx(1.0)
 
 
 def test_challenger_votes_cost_minus_w_unscaled() -> None:
@@ -47,7 +49,8 @@ def test_challenger_votes_cost_minus_w_unscaled() -> None:
     assert run(traces)
     # with γ = 0.5 the unscaled -w term matters: S = 0.5·(1.5 + 1) - 1.5·0.5 = 0.5
     d = Mars(gamma=0.5, switch_model=IDENTITY_Q).decide(snapshot(traces))
-    assert d.stop and d.details["slack"] == pytest.approx(1.5)
+    assert d.stop
+    assert d.details["slack"] == pytest.approx(1.5)
 
 
 def test_other_votes_cost_gamma_w_boundary() -> None:
@@ -89,7 +92,8 @@ def test_unseen_guard_binds_while_seen_challengers_pass() -> None:
     and the guard alone is what holds the rule back."""
     traces = votes([(0, 0.5)] * 4 + [(0, 0.0)] + [(1, 1.0)])
     d = MARS.decide(snapshot(traces))
-    assert not d.stop and d.details["slack"] == 0.0
+    assert not d.stop
+    assert d.details["slack"] == 0.0
     assert run(traces, Mars(unseen_guard=False, switch_model=IDENTITY_Q))
 
 
@@ -141,7 +145,7 @@ def test_ineligible_pruned_and_unstarted_traces_do_not_vote() -> None:
         trace(13, None, q=1.0),
     ]
     assert run(base + extra)
-    assert not run(base + [trace(14, 1)])  # a real extra vote ties the lead
+    assert not run([*base, trace(14, 1)])  # a real extra vote ties the lead
 
 
 # --- first-checkpoint guard and the end of the budget ---
@@ -162,7 +166,9 @@ def test_budget_exhausted_stops_on_tally_leader() -> None:
     """With nothing running the rule stops on the vote over final answers."""
     traces = [trace(i, a, finished=True) for i, a in enumerate([1, 0, 0, 1, 1])]
     d = MARS.decide(snapshot(traces))
-    assert d.stop and d.answer_class == 1 and d.reason == "budget exhausted"
+    assert d.stop
+    assert d.answer_class == 1
+    assert d.reason == "budget exhausted"
 
 
 def test_no_votes_continue() -> None:
@@ -182,6 +188,10 @@ def test_oracle_q_and_default_model() -> None:
     settled = [TraceView(i, 0, history=(0,) * 30) for i in range(20)]
     s = snapshot(settled, checkpoint=30)
     assert Mars().decide(s).stop
+    # snapshots with confidences (5 features) feed a traces-only model its features 1, 3, 4
+    five = [TraceView(i, a, features=(1500.0, 0.9, 0.0, 1.0, 0.0)) for i, a in enumerate([0, 0, 0, 1])]
+    three = [TraceView(i, a, features=(1500.0, 0.0, 1.0)) for i, a in enumerate([0, 0, 0, 1])]
+    assert Mars().decide(snapshot(five)).details == Mars().decide(snapshot(three)).details
 
 
 def test_parameter_validation() -> None:
@@ -227,7 +237,9 @@ def test_property_zero_q_stops_iff_positive_margins(traces: list[TraceView]) -> 
 
 @given(traces=snapshots(), gamma=st.sampled_from([0.0, 0.25, 0.5, 0.75]), bump=st.sampled_from([0.25, 0.5]))
 @settings(max_examples=300, deadline=None)
-def test_property_raising_gamma_never_licenses_a_stop(traces: list[TraceView], gamma: float, bump: float) -> None:
+def test_property_raising_gamma_never_licenses_a_stop(
+    traces: list[TraceView], gamma: float, bump: float
+) -> None:
     """Raising γ never turns a continue into a stop."""
     s = snapshot(traces)
     if not Mars(gamma=gamma, switch_model=IDENTITY_Q).decide(s).stop:
@@ -249,9 +261,7 @@ def test_property_raising_q_never_licenses_a_stop(traces: list[TraceView], data:
     if traces[j].answer_class == leader and traces[j].features[0] < 1000.0:
         raised[j] = trace(j, leader, q=1.0, weight=traces[j].weight, finished=traces[j].finished)
         assert not MARS.decide(snapshot(raised)).stop
-    everyone = [
-        trace(t.index, t.answer_class, q=1.0, weight=t.weight, finished=t.finished) for t in traces
-    ]
+    everyone = [trace(t.index, t.answer_class, q=1.0, weight=t.weight, finished=t.finished) for t in traces]
     assert not MARS.decide(snapshot(everyone)).stop
 
 
@@ -271,7 +281,13 @@ def test_property_scale_invariance(traces: list[TraceView], power: int) -> None:
     """ε = 0: scaling every weight by the same factor leaves the decision unchanged."""
     factor = 2.0**power  # exact in binary floating point, so boundaries stay boundaries
     scaled = [
-        trace(t.index, t.answer_class, q=[k for k, v in ((0.0, -1000.0), (0.5, 0.0), (1.0, 1000.0)) if v == t.features[0]][0], weight=t.weight * factor, finished=t.finished)
+        trace(
+            t.index,
+            t.answer_class,
+            q=next(k for k, v in ((0.0, -1000.0), (0.5, 0.0), (1.0, 1000.0)) if v == t.features[0]),
+            weight=t.weight * factor,
+            finished=t.finished,
+        )
         for t in traces
     ]
     a, b = MARS.decide(snapshot(traces)), MARS.decide(snapshot(scaled))

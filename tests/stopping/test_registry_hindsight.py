@@ -16,7 +16,18 @@ from orchestrator.stopping.tally import tally
 
 from .builders import snapshot, trace
 
-NAMES = ["sc", "consensus", "mars", "esc", "asc", "sac", "parallel_probe", "deepconf", "deepconf_mars", "hindsight"]
+NAMES = [
+    "sc",
+    "consensus",
+    "mars",
+    "esc",
+    "asc",
+    "sac",
+    "parallel_probe",
+    "deepconf",
+    "deepconf_mars",
+    "hindsight",
+]
 
 
 @pytest.mark.parametrize("name", [*NAMES, "parallel-probe", "default"])
@@ -43,10 +54,14 @@ def test_params_reach_the_rule() -> None:
     """Job params arrive as plain JSON values: a switch model as a dict, DeepConf+MARS flat."""
     model = SwitchModel.constant(0.1)
     rule = build_rule("mars", gamma=0.7, use_epsilon=True, switch_model=model.to_dict())
-    assert isinstance(rule, Mars) and rule.gamma == 0.7 and rule.switch_model == model
+    assert isinstance(rule, Mars)
+    assert rule.gamma == 0.7
+    assert rule.switch_model == model
     dm = build_rule("deepconf_mars", threshold=1.5, gamma=0.6)
     assert isinstance(dm, DeepConfMars)
-    assert dm.deepconf.threshold == 1.5 and dm.deepconf.vote_on == "all" and dm.mars.gamma == 0.6
+    assert dm.deepconf.threshold == 1.5
+    assert dm.deepconf.vote_on == "all"
+    assert dm.mars.gamma == 0.6
 
 
 def test_hindsight_checkpoint_by_hand() -> None:
@@ -62,7 +77,8 @@ def test_hindsight_rule_answers_the_full_budget_vote() -> None:
     rule = Hindsight(stop_at=3)
     assert not rule.decide(snapshot(traces, checkpoint=2)).stop
     d = rule.decide(snapshot(traces, checkpoint=3))
-    assert d.stop and d.answer_class == 0
+    assert d.stop
+    assert d.answer_class == 0
 
 
 def test_tally_leader_and_margins() -> None:
@@ -71,7 +87,10 @@ def test_tally_leader_and_margins() -> None:
     weights = np.array([1.0, 1.0, 1.0, 1.0, 5.0, 0.5])
     counted = classes >= 0
     t = tally(classes, weights, counted, num_classes=4)
-    assert t.leader == 1 and list(t.votes) == [0.5, 2.0, 2.0, 0.0]
-    assert t.margin(2) == 0.0 and t.margin(0) == 1.5 and t.margin(9) == 2.0
+    assert t.leader == 1
+    assert list(t.votes) == [0.5, 2.0, 2.0, 0.0]
+    assert t.margin(2) == 0.0
+    assert t.margin(0) == 1.5
+    assert t.margin(9) == 2.0
     assert t.runner_up() == 2
     assert tally(classes, weights, np.zeros(6, dtype=bool)).leader is None

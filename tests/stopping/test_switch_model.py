@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -28,7 +30,10 @@ def test_features_by_hand() -> None:
     assert switch_features((None,), 500, 0.4) == (500.0, 0.4, 0.0, 1.0, 0.0)
 
 
-@given(history=st.lists(st.one_of(st.none(), st.integers(0, 2)), min_size=1, max_size=20), with_conf=st.booleans())
+@given(
+    history=st.lists(st.one_of(st.none(), st.integers(0, 2)), min_size=1, max_size=20),
+    with_conf=st.booleans(),
+)
 @settings(max_examples=200, deadline=None)
 def test_feature_rows_match_prefix_features(history: list[int | None], with_conf: bool) -> None:
     """The batch form equals the per-checkpoint form on every prefix (evaluator = coordinator)."""
@@ -121,5 +126,5 @@ def test_five_feature_model_and_shape_checks() -> None:
 def test_conservative_default_is_monotone_in_streak() -> None:
     """The shipped default: q falls with a longer streak but stays well above zero."""
     qs = CONSERVATIVE_DEFAULT.predict_q([[10_000.0, 3.0, s] for s in (1, 5, 10, 30)])
-    assert all(a > b for a, b in zip(qs, qs[1:], strict=False))
+    assert all(a > b for a, b in itertools.pairwise(qs))
     assert qs[-1] > 0.15

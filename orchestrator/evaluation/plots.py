@@ -1,0 +1,160 @@
+"""PNG plots of an evaluation (matplotlib, Agg backend: no display needed).
+
+1. ``savings_vs_agreement.png``: tokens saved versus SC@K (full view) against agreement with the
+   full-budget vote, one point per method and dataset; the 99 % agreement line is drawn.
+2. ``stop_positions.png``: histograms of stop positions (tokens per trace at the stop), per method.
+3. ``trajectory_<dataset>_<qid>.png``: vote shares of the leading answers of one question (repetition 0)
+   over checkpoints, with each method's stop marked. The question shown is the one whose leader
+   changes most often, unless one is named.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from orchestrator.evaluation.protocol_honest import HonestQuestion, RunRecord
+from orchestrator.evaluation.protocol_pp import permutation
+from orchestrator.evaluation.simulate import leader_trajectory
+
+SKIP_IN_HISTOGRAMS = ("sc", "esc", "asc")  # wave methods have no stop position on the grid
+
+
+def write_plots(
+    doc: Mapping[str, Any], extra: Mapping[str, Any], folder: Path, qid: str | None = None
+) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    written = [_savings_vs_agreement(doc, folder / "savings_vs_agreement.png")]
+    records = extra.get("records")
+    questions = extra.get("questions")
+    if records and questions:
+        written.append(_stop_histograms(doc, records, questions, folder / "stop_positions.png"))
+        written.append(_trajectory(doc, records, questions, folder, qid))
+    return written
+
+
+def _savings_vs_agreement(doc: Mapping[str, Any], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    markers = "os^Dv<>p*"
+    for i, (name, figs) in enumerate(doc["datasets"].items()):
+        for method, f in figs.items():
+            if f.get("savings_vs_sc") is None:
+                continue
+            ax.scatter(f["savings_vs_sc"], f["agreement"], marker=markers[i % len(markers)], s=45)
+            ax.annotate(
+                method,
+                (f["savings_vs_sc"], f["agreement"]),
+                fontsize=7,
+                xytext=(3, 3),
+                textcoords="offset points",
+            )
+        ax.scatter([], [], marker=markers[i % len(markers)], color="grey", label=name)
+    ax.axhline(99.0, color="red", lw=0.8, ls="--", label="99 % agreement")
+    ax.set_xlabel(f"tokens saved vs SC@{doc['budget']} (%, warmup and probe output charged)")
+    ax.set_ylabel("agreement with the full-budget vote (%)")
+    ax.set_title(f"{doc['protocol']} protocol: savings against safety")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _stop_histograms(
+    doc: Mapping[str, Any],
+    records: Mapping[str, Mapping[str, list[RunRecord]]],
+    questions: Mapping[str, HonestQuestion],
+    path: Path,
+) -> Path:
+    methods = [m for m in next(iter(doc["datasets"].values())) if m not in SKIP_IN_HISTOGRAMS]
+    interval = next(iter(questions.values())).timeline.interval_tokens
+    cols = 3
+    rows = max(1, -(-len(methods) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)
+    for ax, method in zip(axes.flat, methods, strict=False):
+        stops = [
+            r.stop_checkpoint * interval / 1000 for recs in records.values() for r in recs.get(method, [])
+        ]
+        ax.hist(stops, bins=40, color="tab:blue", alpha=0.8)
+        ax.set_title(method, fontsize=9)
+        ax.set_xlabel("stop position (k tokens per trace)", fontsize=8)
+    for ax in list(axes.flat)[len(methods) :]:
+        ax.axis("off")
+    fig.suptitle("where each method stops")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _changes(hq: HonestQuestion, budget: int) -> int:
+    order = permutation(0, len(hq.timeline.traces))[:budget]
+    traj = leader_trajectory(hq.timeline, order)
+    return sum(1 for a, b in itertools.pairwise(traj) if a != b)
+
+
+def _trajectory(
+    doc: Mapping[str, Any],
+    records: Mapping[str, Mapping[str, list[RunRecord]]],
+    questions: Mapping[str, HonestQuestion],
+    folder: Path,
+    qid: str | None,
+) -> Path:
+    budget = int(doc["budget"])
+    reps = int(doc["repetitions"])
+    keys = list(questions)
+    key = next((k for k in keys if qid is not None and (k == qid or k.endswith("/" + qid))), None)
+    if key is None:
+        key = max(keys, key=lambda k: _changes(questions[k], budget))
+    hq = questions[key]
+    tl = hq.timeline
+    order = permutation(0, len(tl.traces))[:budget]
+    slots = [tl.traces[i] for i in order]
+    last = max(t.finish_checkpoint for t in slots)
+    counts: list[dict[int, int]] = []
+    for cp in range(1, last + 1):
+        c: dict[int, int] = {}
+        for t in slots:
+            a = t.classes[cp - 1]
+            if a is not None:
+                c[a] = c.get(a, 0) + 1
+        counts.append(c)
+    totals: dict[int, int] = {}
+    for c in counts:
+        for a, v in c.items():
+            totals[a] = totals.get(a, 0) + v
+    top = sorted(totals, key=lambda a: -totals[a])[:6]
+    xs = [cp * tl.interval_tokens / 1000 for cp in range(1, last + 1)]
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for a in top:
+        label = hq.answer_strings[a] if a < len(hq.answer_strings) else str(a)
+        marker = " (gold)" if a == tl.gold_class else ""
+        ax.plot(xs, [100.0 * c.get(a, 0) / budget for c in counts], label=f"{label[:24]}{marker}")
+    dataset = key.split("/", 1)[0]
+    q_index = [k for k in keys if k.startswith(dataset + "/")].index(key)
+    ymax = 100.0
+    for i, method in enumerate(m for m in doc["datasets"][dataset] if m not in SKIP_IN_HISTOGRAMS):
+        recs = records[dataset].get(method, [])
+        if len(recs) > q_index * reps:
+            stop = recs[q_index * reps].stop_checkpoint * tl.interval_tokens / 1000
+            ax.axvline(stop, color=f"C{(i + 6) % 10}", ls=":", lw=1)
+            ax.text(stop, ymax - 4 - 4 * (i % 8), method, fontsize=7, rotation=0)
+    ax.set_xlabel("tokens per trace (k)")
+    ax.set_ylabel(f"share of the {budget} traces (%)")
+    ax.set_title(f"vote shares over checkpoints: {key} (repetition 0)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="center right")
+    fig.tight_layout()
+    path = folder / f"trajectory_{key.replace('/', '_')}.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,119 @@
+"""Live path against the replay server over HTTP, and the end-to-end check of EVALUATION.md: for sampled
+runs of the bundled corpus, queue → worker → coordinator → OpenAI-compatible adapter → replay server
+reaches the same stop checkpoint, answer and generated-token count as the offline simulator."""
+
+from __future__ import annotations
+
+import functools
+import random
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from orchestrator.domain import JobSpec, ProbeSpec, WarmupMode
+from orchestrator.evaluation.prepared import prepare
+from orchestrator.evaluation.simulate import simulate, timeline
+from orchestrator.providers.factory import build_provider
+from orchestrator.replay.corpus import NO_ANSWER, Corpus
+from orchestrator.replay.importers import load_corpus
+from orchestrator.replay.server import replay_server_process
+from orchestrator.settings import ProviderConfig, Settings
+from orchestrator.stopping.registry import build_rule
+from orchestrator.stopping.switch_model import CONSERVATIVE_DEFAULT, FEATURES_NO_CONFIDENCE, SwitchModel
+from orchestrator.store.base import request_fingerprint
+from orchestrator.store.factory import open_store
+from tests.workers.test_workers import wait_for_result
+from workers.pool import WorkerPool
+
+pytestmark = [pytest.mark.redis, pytest.mark.shared_data, pytest.mark.timeout(120)]
+
+BUDGET = 8
+# q = sigmoid(3 - streak): lets MARS stop early on these runs, so the stop checkpoint is a real test
+EAGER = SwitchModel(FEATURES_NO_CONFIDENCE, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), (0.0, 0.0, -1.0), 3.0)
+RUNS = [  # (file, question, repetition, method, parameters)
+    ("aime24", 0, 0, "mars", {"switch_model": EAGER.to_dict(), "gamma": 1.0}),
+    ("aime25", 5, 2, "mars", {"switch_model": CONSERVATIVE_DEFAULT.to_dict(), "gamma": 1.0}),
+    ("aime24", 3, 1, "consensus", {"threshold": 0.75}),
+]
+
+
+def exact_or_none(strings: list[str]) -> list[int | None]:
+    """Exact string classes, with the no-answer marker as no answer (as the live path reads it)."""
+    return [None if s == NO_ANSWER else i for i, s in enumerate(strings)]
+
+
+@pytest.fixture
+async def prefix(redis_url: str) -> AsyncIterator[str]:
+    name = f"marstest:{uuid.uuid4().hex[:12]}"
+    yield name
+    client = aioredis.from_url(redis_url)
+    async for key in client.scan_iter(match=f"{name}:*"):
+        await client.delete(key)
+    await client.aclose()
+
+
+@functools.cache
+def corpus(shared_data: Path, name: str) -> Corpus:
+    return load_corpus(shared_data / "parallel-probe-qwen3-8b" / f"{name}.json")
+
+
+@pytest.mark.parametrize(("file", "question", "rep", "method", "params"), RUNS)
+async def test_live_path_matches_the_simulator(
+    shared_data: Path,
+    redis_url: str,
+    prefix: str,
+    file: str,
+    question: int,
+    rep: int,
+    method: str,
+    params: dict[str, Any],
+) -> None:
+    """Same stop checkpoint, answer and generated tokens live (over HTTP, through Redis) as offline."""
+    data = corpus(shared_data, file)
+    q = data.questions[question]
+    order = list(range(len(q.traces)))
+    random.Random(rep).shuffle(order)
+    prepared = prepare(q, exact_or_none)
+    rule = build_rule(method, **params)
+    expected = simulate(rule, timeline(prepared), order[:BUDGET])
+    expected_answer = None if expected.answer is None else prepared.answers[expected.answer]
+
+    settings = Settings(redis_url=redis_url, redis_prefix=prefix, lease_ms=5000, heartbeat_ms=1000)
+    path = shared_data / "parallel-probe-qwen3-8b" / f"{file}.json"
+    # The replay server runs in its own process: its CPU (building trace texts) is not the coordinator's.
+    async with replay_server_process(path, "--seed", str(rep), "--chunk-tokens", "20") as url:
+        provider = build_provider(ProviderConfig(name="replay", kind="replay", base_url=str(url)))
+        try:
+            async with open_store(settings) as store:
+                spec = JobSpec(
+                    job_id=f"{file}-{question}-{rep}",
+                    messages=({"role": "user", "content": q.question},),
+                    provider="replay",
+                    model="replay",
+                    budget=BUDGET,
+                    method=method,
+                    method_params=params,
+                    probe=ProbeSpec(interval_tokens=q.probe_interval_tokens, timeout_s=30.0),
+                    warmup=WarmupMode.NONE,
+                    task="plain",
+                )
+                await store.create_job(spec, request_fingerprint(spec))
+                async with WorkerPool(settings, store, {"replay": provider}, poll_ms=50):
+                    record = await wait_for_result(store, spec.job_id, timeout_s=90)
+        finally:
+            await provider.aclose()
+    result = record.result
+    assert result is not None
+    assert result.error is None
+    assert result.stop_reason == expected.reason
+    assert result.stop_checkpoint == expected.stop_checkpoint
+    assert result.answer == expected_answer
+    assert result.accounting.generated_tokens == expected.generated_tokens
+    # what the live path adds on top of the simulator's view is reported, never hidden
+    acc = result.accounting
+    assert acc.total_tokens >= acc.generated_tokens + acc.generated_past_checkpoint_tokens
+    assert acc.probe_calls >= expected.probe_calls - BUDGET

@@ -199,7 +199,11 @@ def replay_server_command(
     port: Annotated[int, typer.Option(help="Port (0 = any free port).")] = 8400,
     speed: Annotated[float | None, typer.Option(help="Tokens per second per stream.")] = None,
     no_delay: Annotated[
-        bool, typer.Option("--no-delay", help="Send as fast as possible (the default).")
+        bool,
+        typer.Option(
+            "--no-delay",
+            help="Send as fast as possible (default for corpora; recordings otherwise keep their recorded timing).",
+        ),
     ] = False,
     ttft: Annotated[float, typer.Option(help="Seconds before the first token.")] = 0.0,
     chunk_tokens: Annotated[int, typer.Option(help="Tokens per streamed chunk.")] = 4,

@@ -27,6 +27,7 @@ from orchestrator.settings import Settings
 from orchestrator.store.base import Store
 from orchestrator.store.factory import open_store
 from workers.pool import WorkerPool
+from workers.process import open_providers
 
 log = get_logger(__name__)
 
@@ -93,22 +94,6 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
     return app
-
-
-@asynccontextmanager
-async def open_providers(settings: Settings) -> AsyncIterator[Mapping[str, Provider]]:
-    """One provider per configured upstream, closed when the block ends."""
-    # Imported here: the vendor SDKs take seconds to import and many app users pass providers in.
-    from orchestrator.providers.factory import build_provider
-
-    built: dict[str, Provider] = {}
-    try:
-        for name, config in settings.providers.items():
-            built[name] = build_provider(config)
-        yield built
-    finally:
-        for provider in built.values():
-            await provider.aclose()
 
 
 def start_worker_pool(settings: Settings, store: Store, providers: Mapping[str, Provider]) -> WorkerPool:

@@ -43,6 +43,7 @@ _STATUS: tuple[tuple[type[errors.MarsError], int, str], ...] = (
 _PARAM_FOR: dict[type[errors.MarsError], str] = {
     errors.UnknownProvider: "provider",
     errors.UnknownModel: "model",
+    errors.JobConflict: "job_id",
 }
 
 

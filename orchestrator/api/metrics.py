@@ -49,7 +49,10 @@ class Metrics:
             "mars_cancels", "Cancellations asked for (API, proxy disconnects).", ["source"], registry=r
         )
         self.upstream_errors = Counter(
-            "mars_upstream_errors", "Upstream errors by kind.", ["kind"], registry=r
+            "mars_upstream_errors",
+            "Upstream errors by kind and where they hit.",
+            ["kind", "where"],
+            registry=r,
         )
         self.proxy_requests = Counter("mars_proxy_requests", "Proxy requests by mode.", ["mode"], registry=r)
         self.queue_depth = Gauge("mars_queue_depth", "Jobs waiting in the queue.", registry=r)
@@ -81,8 +84,14 @@ class Metrics:
             self.time_to_decision.observe(elapsed_s)
 
     def observe_failure_event(self, data: Mapping[str, Any]) -> None:
-        kind = str(data.get("kind") or data.get("error_kind") or data.get("type") or "unknown")
-        self.upstream_errors.labels(kind[:64]).inc()
+        """A trace or probe failure event: counted by error class (``"RateLimited: ..."``) and where."""
+        where = str(data.get("kind") or "unknown")
+        if where == "job":
+            return  # the job's own failure; its upstream causes were counted as they happened
+        error = str(data.get("error") or "")
+        head = error.split(":", 1)[0]
+        kind = head if head.isidentifier() else ("Timeout" if where == "probe_timeout" else "unknown")
+        self.upstream_errors.labels(kind[:64], where[:32]).inc()
 
     def render(self, *, queue_depth: int | None, jobs_in_flight: int | None) -> bytes:
         if queue_depth is not None:

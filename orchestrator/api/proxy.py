@@ -149,11 +149,14 @@ async def _pass_through(provider: str, raw: bytes, stream: bool, request: Reques
     kept = {k: v for k, v in upstream.headers.items() if k.lower() in _UPSTREAM_HEADERS}
     if not stream or upstream.status_code >= 400:
         try:
-            content = await upstream.aread()
+            content = await _until_disconnect(request, upstream.aread())
         except httpx.HTTPError as exc:
             raise _translate(exc, svc) from exc
+        except _ClientGone:
+            return Response(status_code=499)
         finally:
-            await upstream.aclose()
+            with anyio.CancelScope(shield=True):
+                await upstream.aclose()
         return Response(content, status_code=upstream.status_code, headers=kept)
 
     async def relay() -> AsyncIterator[bytes]:
@@ -161,7 +164,7 @@ async def _pass_through(provider: str, raw: bytes, stream: bool, request: Reques
             async for chunk in upstream.aiter_raw():
                 yield chunk
         except httpx.HTTPError as exc:
-            svc.metrics.upstream_errors.labels(type(exc).__name__).inc()
+            svc.metrics.upstream_errors.labels(type(exc).__name__, "passthrough").inc()
             log.warning("pass-through stream broke", error=type(exc).__name__)
         finally:
             with anyio.CancelScope(shield=True):
@@ -171,7 +174,7 @@ async def _pass_through(provider: str, raw: bytes, stream: bool, request: Reques
 
 
 def _translate(exc: httpx.HTTPError, svc: Services) -> UpstreamError:
-    svc.metrics.upstream_errors.labels(type(exc).__name__).inc()
+    svc.metrics.upstream_errors.labels(type(exc).__name__, "passthrough").inc()
     if isinstance(exc, httpx.TimeoutException):
         return UpstreamTimeout("the upstream did not answer in time; retry later")
     return UpstreamConnectionError(f"cannot reach the upstream ({type(exc).__name__}); check its base URL")
@@ -198,10 +201,10 @@ async def _vote(body: ChatRequest, request: Request, svc: Services, tenant_name:
                 "warmup": options.warmup,
                 "warmup_traces": options.warmup_traces,
                 "sampling": _sampling(extra),
-                "max_tokens": extra.get("max_completion_tokens") or extra.get("max_tokens") or 32768,
                 "task": options.task,
                 "job_id": options.job_id,
             }
+            | _max_tokens(extra)
         )
     except ValidationError as exc:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
@@ -209,7 +212,7 @@ async def _vote(body: ChatRequest, request: Request, svc: Services, tenant_name:
     await submit(svc, spec)
     include_usage = bool((extra.get("stream_options") or {}).get("include_usage"))
     if body.stream:
-        return _vote_stream(spec.job_id, body.model, include_usage, svc)
+        return _vote_stream(spec.job_id, body.model, spec.budget, include_usage, svc)
     try:
         record = await _until_disconnect(request, _finished(svc, spec.job_id))
     except _ClientGone:
@@ -221,7 +224,9 @@ async def _vote(body: ChatRequest, request: Request, svc: Services, tenant_name:
     return JSONResponse(completion(result, body.model, spec.budget))
 
 
-def _vote_stream(job_id: str, model: str, include_usage: bool, svc: Services) -> EventSourceResponse:
+def _vote_stream(
+    job_id: str, model: str, budget: int, include_usage: bool, svc: Services
+) -> EventSourceResponse:
     async def stream() -> AsyncIterator[ServerSentEvent]:
         finished = False
         try:
@@ -235,7 +240,7 @@ def _vote_stream(job_id: str, model: str, include_usage: bool, svc: Services) ->
             if isinstance(result, Response):
                 yield ServerSentEvent(data=bytes(result.body).decode())
             else:
-                for chunk in completion_chunks(result, model, job_id, include_usage):
+                for chunk in completion_chunks(result, model, budget, include_usage):
                     yield ServerSentEvent(data=json.dumps(chunk, separators=(",", ":")))
             yield ServerSentEvent(data="[DONE]")
         finally:
@@ -343,10 +348,10 @@ def completion(result: JobResult, model: str, budget: int) -> dict[str, Any]:
 
 
 def completion_chunks(
-    result: JobResult, model: str, job_id: str, include_usage: bool
+    result: JobResult, model: str, budget: int, include_usage: bool
 ) -> list[dict[str, Any]]:
     base = {
-        "id": f"chatcmpl-mars-{job_id}",
+        "id": f"chatcmpl-mars-{result.job_id}",
         "object": "chat.completion.chunk",
         "created": int(time.time()),
         "model": model,
@@ -359,7 +364,7 @@ def completion_chunks(
         {
             **base,
             "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
-            "mars": mars_summary(result, 0),
+            "mars": mars_summary(result, budget),
         }
     )
     if include_usage:
@@ -386,6 +391,11 @@ def _flatten(index: int, message: Mapping[str, Any]) -> dict[str, str]:
     return {"role": message.get("role"), "content": content}  # type: ignore[dict-item]
 
 
+def _max_tokens(extra: Mapping[str, Any]) -> dict[str, Any]:
+    value = extra.get("max_completion_tokens") or extra.get("max_tokens")
+    return {} if value is None else {"max_tokens": value}
+
+
 def _sampling(extra: Mapping[str, Any]) -> dict[str, Any]:
     keys = ("temperature", "top_p", "top_k", "seed")
     return {k: extra[k] for k in keys if extra.get(k) is not None}
@@ -408,5 +418,7 @@ async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
     except BaseExceptionGroup as group_error:
         if group_error.subgroup(_ClientGone) is not None:
             raise _ClientGone from None
+        if len(group_error.exceptions) == 1:  # the work's own error: let it surface as itself
+            raise group_error.exceptions[0] from None
         raise
     return result

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager, suppress
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,8 @@ from orchestrator.providers.base import Provider
 from orchestrator.replay.corpus import Corpus
 from orchestrator.settings import ProviderConfig, Settings
 from orchestrator.store.base import Store
+from orchestrator.store.factory import open_store
+from workers.process import open_providers
 
 log = get_logger(__name__)
 REPLAY_PROVIDER = "replay"
@@ -73,7 +75,20 @@ async def running_service(
 ) -> AsyncIterator[RunningService]:
     """The app on a real uvicorn socket in this event loop; port 0 picks a free one."""
     check_bind(settings, host)
-    app = create_app(settings, store, providers=providers, run_workers=run_workers, sse_ping_s=sse_ping_s)
+    async with AsyncExitStack() as stack:
+        # Opened here rather than in the app's lifespan so that a bad upstream configuration or an
+        # unreachable Redis is one clear error before the server starts, not a failed startup.
+        if store is None:
+            store = await stack.enter_async_context(open_store(settings))
+        if providers is None:
+            providers = await stack.enter_async_context(open_providers(settings))
+        app = create_app(settings, store, providers=providers, run_workers=run_workers, sse_ping_s=sse_ping_s)
+        async with _serving(app, settings, host, port) as service:
+            yield service
+
+
+@asynccontextmanager
+async def _serving(app: Any, settings: Settings, host: str, port: int) -> AsyncIterator[RunningService]:
     config = uvicorn.Config(
         app,
         host=host,

@@ -18,8 +18,9 @@ from orchestrator.domain import JobSpec, ProbeSpec, ProbeStrategy, SamplingParam
 from orchestrator.errors import InvalidRequest
 from orchestrator.settings import Settings
 
-JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$"
-JobId = Annotated[str, Field(pattern=JOB_ID_PATTERN, description="Letters, digits and _.:- (max 128).")]
+# No ":": it separates Redis key parts, so "x:events" would alias job x's event stream (store/keys.py).
+JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+JobId = Annotated[str, Field(pattern=JOB_ID_PATTERN, description="Letters, digits and _.- (max 128).")]
 ABSOLUTE_MAX_BUDGET = 4096
 ABSOLUTE_MAX_TOKENS = 1 << 20
 # Rules that read hindsight (final answers) exist for offline evaluation only.
@@ -191,7 +192,13 @@ def check_method(method: str, params: Mapping[str, Any], *, field: str = "method
 
 
 def to_job_spec(body: JobCreate, settings: Settings, tenant: str) -> JobSpec:
-    """Check ``body`` against this server's caps and configuration and build the job's spec."""
+    """Check ``body`` against this server's caps and configuration and build the job's spec. Defaults
+    the caller did not send are lowered to the caps; values the caller sent are checked against them."""
+    given = body.model_fields_set
+    if "budget" not in given:
+        body = body.model_copy(update={"budget": min(body.budget, settings.max_budget)})
+    if "max_tokens" not in given:
+        body = body.model_copy(update={"max_tokens": min(body.max_tokens, settings.max_tokens)})
     if body.budget > settings.max_budget:
         raise InvalidRequest(
             f"budget: {body.budget} is over this server's cap; send budget <= {settings.max_budget}",
@@ -208,7 +215,7 @@ def to_job_spec(body: JobCreate, settings: Settings, tenant: str) -> JobSpec:
             f"max_tokens: {body.max_tokens} is over this server's cap; send max_tokens <= {settings.max_tokens}",
             field="max_tokens",
         )
-    if body.probe.interval_tokens > body.max_tokens:
+    if "interval_tokens" in body.probe.model_fields_set and body.probe.interval_tokens > body.max_tokens:
         raise InvalidRequest(
             f"probe.interval_tokens: {body.probe.interval_tokens} exceeds max_tokens ({body.max_tokens}); "
             "send a smaller interval",

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from orchestrator.errors import InvalidRequest
-from orchestrator.evaluation import protocol_pp
+from orchestrator.evaluation import protocol_pp, train_stop
 from orchestrator.evaluation.corpus_stats import CorpusStats
 from orchestrator.evaluation.corpus_stats import inspect_corpus as _inspect
 from orchestrator.evaluation.grouping import answer_keys
@@ -39,7 +39,9 @@ from orchestrator.evaluation.report import (
     print_tables,
     write_json,
 )
-from orchestrator.evaluation.train_prior import cross_fitted_priors, leave_one_dataset_out
+from orchestrator.evaluation.simulate import QuestionTimeline
+from orchestrator.evaluation.train_prior import cross_fitted_priors, leave_one_dataset_out, question_folds
+from orchestrator.evaluation.train_stop import Rows
 from orchestrator.replay.corpus import Corpus
 from orchestrator.replay.importers import load_corpus
 
@@ -218,7 +220,7 @@ def _run_honest(
     for corpus, name in zip(corpora, names, strict=True):
         for q in corpus.questions:
             questions[f"{name}/{q.qid}"] = honest_question(q, interval, keys)
-    needs = {m for m in wanted if m.startswith(("mars-prior", "mars-pop")) or m == "default"}
+    needs = {m for m in wanted if m.startswith("mars-prior")}
     if needs:
         with console.status("training cross-fitted prior switch models (whole questions held out)"):
             timelines = {k: hq.timeline for k, hq in questions.items()}
@@ -227,6 +229,8 @@ def _run_honest(
             for k, hq in questions.items():
                 priors = {"mars-prior": kfold.get(k), "mars-prior-lodo": lodo.get(k, kfold.get(k))}
                 questions[k] = HonestQuestion(hq.timeline, hq.gold_exact, hq.answer_strings, priors)
+    if any(m.startswith("mars-pop") for m in wanted):
+        _attach_population_models(questions, budget, workers, console, lodo=len(corpora) > 1)
     records: dict[str, dict[str, list[RunRecord]]] = {n: {m: [] for m in wanted} for n in names}
     tasks = [(k.split("/", 1)[0], hq, wanted, budget, repetitions) for k, hq in questions.items()]
     with _progress(console) as progress:
@@ -247,6 +251,42 @@ def _run_honest(
     datasets = {n: {m: honest_figures(recs[m]) for m in wanted} for n, recs in records.items()}
     extra = {"records": records, "questions": questions}
     return datasets, extra
+
+
+def _rows_task(args: tuple[str, QuestionTimeline, int]) -> tuple[str, Rows]:
+    key, tl, budget = args
+    return key, train_stop.question_rows(tl, budget)
+
+
+def _attach_population_models(
+    questions: dict[str, HonestQuestion], budget: int, workers: int, console: Console, *, lodo: bool
+) -> None:
+    """Cross-fitted population stop models: k-fold by question, and leave-one-dataset-out."""
+    tasks = [(k, hq.timeline, budget) for k, hq in questions.items()]
+    rows: dict[str, Rows] = {}
+    with _progress(console) as progress:
+        bar = progress.add_task("population model: training rows", total=len(tasks))
+        ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+        with ctx.Pool(max(1, workers)) as pool:
+            for key, r in pool.imap(_rows_task, tasks):
+                rows[key] = r
+                progress.advance(bar)
+    folds = question_folds(sorted(rows))
+    models: dict[str, tuple[Any, float]] = {}
+    for f in sorted(set(folds.values())):
+        trained = train_stop.train({k: r for k, r in rows.items() if folds[k] != f})
+        models.update({k: trained for k in rows if folds[k] == f})
+    by_dataset: dict[str, tuple[Any, float]] = {}
+    if lodo:
+        for d in sorted({k.split("/", 1)[0] for k in rows}):
+            others = {k: r for k, r in rows.items() if not k.startswith(d + "/")}
+            if others:
+                by_dataset[d] = train_stop.train(others)
+    for k, hq in questions.items():
+        priors = dict(hq.priors)
+        priors["mars-pop"] = models[k]
+        priors["mars-pop-lodo"] = by_dataset.get(k.split("/", 1)[0], models[k])
+        questions[k] = HonestQuestion(hq.timeline, hq.gold_exact, hq.answer_strings, priors)
 
 
 def _merge(into: dict[str, list[RunRecord]], new: dict[str, list[RunRecord]]) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from orchestrator.evaluation.fastfit import fast_fit
 from orchestrator.evaluation.simulate import QuestionTimeline
 from orchestrator.stopping.base import StoppingRule
 from orchestrator.stopping.gamma import WarmupTrace, calibrate_gamma
@@ -72,7 +73,7 @@ def _warmup_fit(ctx: MethodContext) -> tuple[SwitchModel, float]:
     if hit is not None:
         return hit
     x, y = warmup_rows(ctx.timeline, ctx.warmup)
-    model = SwitchModel.fit(x, y)
+    model = fast_fit(x, y)
     traces = [
         WarmupTrace(tuple(tr.classes[: tr.finish_checkpoint - 1]), tr.final_class)
         for tr in (ctx.timeline.traces[i] for i in ctx.warmup)
@@ -98,6 +99,18 @@ def _prior(ctx: MethodContext, key: str) -> SwitchModel:
     if not isinstance(model, SwitchModel):
         raise KeyError(f"no prior switch model {key!r} was prepared for this run")
     return model
+
+
+def _population(ctx: MethodContext, key: str) -> StoppingRule:
+    from orchestrator.stopping.population import PopulationStop, StopModel
+    from orchestrator.stopping.switch_model import CONSERVATIVE_DEFAULT
+
+    entry = ctx.priors.get(key)
+    if not isinstance(entry, tuple):
+        raise KeyError(f"no population stop model {key!r} was prepared for this run")
+    model, threshold = entry
+    assert isinstance(model, StopModel)
+    return PopulationStop(stop_model=model, switch_model=CONSERVATIVE_DEFAULT, threshold=float(threshold))
 
 
 SPECS: dict[str, MethodSpec] = {
@@ -136,6 +149,16 @@ SPECS: dict[str, MethodSpec] = {
             "mars-prior-lodo",
             lambda ctx: Mars(switch_model=_prior(ctx, "mars-prior-lodo"), gamma=1.0),
             description="as mars-prior, the prior trained on the other dataset(s) only",
+        ),
+        MethodSpec(
+            "mars-pop",
+            lambda ctx: _population(ctx, "mars-pop"),
+            description="population stop model learned on other questions (k-fold by question)",
+        ),
+        MethodSpec(
+            "mars-pop-lodo",
+            lambda ctx: _population(ctx, "mars-pop-lodo"),
+            description="as mars-pop, trained on the other dataset(s) only",
         ),
         MethodSpec("hindsight", _registry("sc"), description="the limit (uses the future)"),
         MethodSpec("default", _registry("default"), description="what the live service runs"),

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from orchestrator.evaluation.fastfit import fast_fit
 from orchestrator.evaluation.simulate import QuestionTimeline
 from orchestrator.stopping.switch_model import SwitchModel
 
@@ -47,7 +48,7 @@ def fit_prior(timelines: Sequence[QuestionTimeline], *, seed: int = 0) -> Switch
     if len(y) > MAX_ROWS:
         keep = np.random.default_rng(seed).choice(len(y), MAX_ROWS, replace=False)
         x, y = x[keep], y[keep]
-    return SwitchModel.fit(x, y)
+    return fast_fit(x, y)
 
 
 def question_folds(keys: Sequence[str], folds: int = DEFAULT_FOLDS, seed: int = 0) -> dict[str, int]:

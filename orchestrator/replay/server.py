@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,14 +35,14 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 
 from orchestrator.providers.tokens import estimate_messages_tokens, estimate_tokens
 from orchestrator.replay.catalog import Catalog, PrefixMatch, TraceMatch
 from orchestrator.replay.corpus import NO_ANSWER, Corpus
-from orchestrator.replay.faults import Fault, FaultKind, FaultPlan
+from orchestrator.replay.faults import Fault, FaultPlan
 from orchestrator.replay.journal import Journal
 from orchestrator.replay.recordings import HOP_HEADERS, Exchange, Recordings
+from orchestrator.replay.streaming import Chunk, QuietAbort, StreamResponse, Timing
 from orchestrator.replay.wire import (
     ChatOptions,
     Reply,
@@ -72,118 +73,6 @@ class ReplayOptions:
     reject_prefill_models: tuple[str, ...] = ()  # Anthropic models that answer a prefill with 400
 
 
-class _Abort(Exception):
-    """Raised inside a response to drop the connection (the ``disconnect`` fault)."""
-
-
-class _QuietAbort(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc = record.exc_info[1] if record.exc_info else None
-        return not isinstance(exc, _Abort)
-
-
-@dataclass(frozen=True, slots=True)
-class _Chunk:
-    tokens: int
-    data: bytes
-    at_s: float | None = None  # recorded offset from the start
-
-
-class _StreamResponse(Response):
-    """Sends chunks with pacing and faults while watching for the client's disconnect."""
-
-    def __init__(
-        self,
-        server: ReplayServer,
-        request_id: str,
-        chunks: Iterator[_Chunk],
-        *,
-        status: int = 200,
-        headers: Mapping[str, str] | None = None,
-        fault: Fault | None = None,
-        paced: bool = True,
-        error_event: bytes = b"",
-    ) -> None:
-        # Not Response.__init__: it would add ``content-length: 0`` for an empty body.
-        self.status_code = status
-        self.background = None
-        self.raw_headers = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
-        self._server = server
-        self._rid = request_id
-        self._chunks = chunks
-        self._fault = fault
-        self._paced = paced
-        self._error_event = error_event
-        self.sent_tokens = 0
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        pump = asyncio.ensure_future(self._pump(send))
-        watch = asyncio.ensure_future(_wait_disconnect(receive))
-        try:
-            await asyncio.wait({pump, watch}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not pump.done():
-                self._server.journal.record("disconnect", request_id=self._rid, tokens_sent=self.sent_tokens)
-                pump.cancel()
-            watch.cancel()
-            with suppress(asyncio.CancelledError):
-                await watch
-            with suppress(asyncio.CancelledError):
-                await pump  # re-raises _Abort: uvicorn then drops the connection
-
-    async def _pump(self, send: Send) -> None:
-        opts = self._server.options
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        fault = self._fault
-        chunks = list(self._chunks) if fault is not None else self._chunks
-        last = len(chunks) - 1 if isinstance(chunks, list) else -1
-        for i, chunk in enumerate(chunks):
-            if fault is not None and (
-                (chunk.tokens > 0 and self.sent_tokens >= fault.after_tokens) or i == last
-            ):
-                await self._inject(fault, send)
-                return
-            if self._paced and chunk.at_s is not None:
-                await _sleep_until(loop, t0 + chunk.at_s)
-            elif self._paced and opts.tokens_per_s and chunk.tokens > 0:
-                due = t0 + opts.ttft_s + (self.sent_tokens + chunk.tokens) / opts.tokens_per_s
-                await _sleep_until(loop, due)
-            elif i % 16 == 15:
-                await asyncio.sleep(0)  # no-delay mode: let the disconnect watcher run
-            await send({"type": "http.response.body", "body": chunk.data, "more_body": True})
-            self.sent_tokens += chunk.tokens
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-        self._server.journal.record("stream_end", request_id=self._rid, tokens_sent=self.sent_tokens)
-
-    async def _inject(self, fault: Fault, send: Send) -> None:
-        self._server.journal.record(
-            "fault", request_id=self._rid, fault=fault.describe(), tokens_sent=self.sent_tokens
-        )
-        if fault.kind is FaultKind.DISCONNECT:
-            raise _Abort(f"replay fault: disconnect after {self.sent_tokens} tokens")
-        if fault.kind is FaultKind.STALL:
-            await asyncio.Event().wait()  # until the client gives up
-        data = b'data: {"choices": [ this is not json\n\n'
-        if fault.kind is FaultKind.ERROR_EVENT:
-            data = self._error_event
-        await send({"type": "http.response.body", "body": data, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-async def _sleep_until(loop: asyncio.AbstractEventLoop, due: float) -> None:
-    delay = due - loop.time()
-    await asyncio.sleep(max(0.0, delay))
-
-
-async def _wait_disconnect(receive: Receive) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return
-
-
 def _content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
@@ -208,6 +97,7 @@ class ReplayServer:
         self.recordings = Recordings(recordings)
         self.faults = FaultPlan(self.options.faults, seed=self.options.seed)
         self.journal = Journal()
+        self._timing = Timing(self.options.tokens_per_s, self.options.ttft_s)
         self._ids = itertools.count(1)
         self._created = int(time.time())
         self.app = Starlette(
@@ -219,7 +109,9 @@ class ReplayServer:
                 Route("/{path:path}", self._dispatch, methods=["GET", "POST", "PUT", "DELETE"]),
             ]
         )
-        logging.getLogger("uvicorn.error").addFilter(_QuietAbort())
+        uvicorn_log = logging.getLogger("uvicorn.error")
+        if not any(isinstance(f, QuietAbort) for f in uvicorn_log.filters):
+            uvicorn_log.addFilter(QuietAbort())
 
     # --- control plane -------------------------------------------------------------------------
 
@@ -246,8 +138,6 @@ class ReplayServer:
         body: Any = None
         if raw:
             try:
-                import json
-
                 body = json.loads(raw)
             except ValueError:
                 return JSONResponse(openai_error(400, "body is not JSON"), status_code=400)
@@ -283,10 +173,11 @@ class ReplayServer:
         self.journal.record("recording", request_id=rid, path=ex.path)
         headers = {k: v for k, v in ex.headers if k.lower() not in HOP_HEADERS}
         chunks = iter(
-            [_Chunk(1, data, at if self.options.recorded_timing else None) for at, data in ex.chunks]
+            [Chunk(1, data, at if self.options.recorded_timing else None) for at, data in ex.chunks]
         )
-        return _StreamResponse(
-            self,
+        return StreamResponse(
+            self.journal,
+            self._timing,
             rid,
             chunks,
             status=ex.status,
@@ -352,10 +243,11 @@ class ReplayServer:
         opts = self._chat_options(rid, body)
         out = self._record_reply(rid, "/v1/chat/completions", reply, fault)
         if body.get("stream"):
-            chunks = (_Chunk(n, d) for n, d in chat_stream(reply, opts))
+            chunks = (Chunk(n, d) for n, d in chat_stream(reply, opts))
             err = b"data: " + _json(openai_error(529, "replay fault: overloaded")) + b"\n\n"
-            return _StreamResponse(
-                self,
+            return StreamResponse(
+                self.journal,
+                self._timing,
                 rid,
                 chunks,
                 headers={**out, "content-type": "text/event-stream"},
@@ -373,10 +265,11 @@ class ReplayServer:
         opts = self._chat_options(rid, body, completion=True)
         out = self._record_reply(rid, "/v1/completions", reply, fault)
         if body.get("stream"):
-            chunks = (_Chunk(n, d) for n, d in completion_stream(reply, opts))
+            chunks = (Chunk(n, d) for n, d in completion_stream(reply, opts))
             err = b"data: " + _json(openai_error(529, "replay fault: overloaded")) + b"\n\n"
-            return _StreamResponse(
-                self,
+            return StreamResponse(
+                self.journal,
+                self._timing,
                 rid,
                 chunks,
                 headers={**out, "content-type": "text/event-stream"},
@@ -404,7 +297,7 @@ class ReplayServer:
         out = self._record_reply(rid, "/v1/messages", reply, fault)
         if body.get("stream"):
             chunks = (
-                _Chunk(n, d)
+                Chunk(n, d)
                 for n, d in messages_stream(
                     reply,
                     model=model,
@@ -414,8 +307,9 @@ class ReplayServer:
                 )
             )
             err = b"event: error\ndata: " + _json(anthropic_error(529, "replay fault: overloaded")) + b"\n\n"
-            return _StreamResponse(
-                self,
+            return StreamResponse(
+                self.journal,
+                self._timing,
                 rid,
                 chunks,
                 headers={**out, "content-type": "text/event-stream"},
@@ -434,10 +328,16 @@ class ReplayServer:
             return Response(data, headers=headers, media_type="application/json")
         # Stream faults on a whole body: cut it in half at the fault.
         half = len(data) // 2
-        chunks = iter([_Chunk(0, data[:half]), _Chunk(1, data[half:])])
+        chunks = iter([Chunk(0, data[:half]), Chunk(1, data[half:])])
         headers = {**headers, "content-type": "application/json", "content-length": str(len(data))}
-        return _StreamResponse(
-            self, rid, chunks, headers=headers, fault=replace(fault, after_tokens=0), paced=False
+        return StreamResponse(
+            self.journal,
+            self._timing,
+            rid,
+            chunks,
+            headers=headers,
+            fault=replace(fault, after_tokens=0),
+            paced=False,
         )
 
     def _chat_options(self, rid: str, body: Mapping[str, Any], *, completion: bool = False) -> ChatOptions:
@@ -460,8 +360,6 @@ class ReplayServer:
 
 
 def _json(payload: Any) -> bytes:
-    import json
-
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
 
 

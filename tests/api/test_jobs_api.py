@@ -76,6 +76,16 @@ async def test_bad_input_is_422_naming_the_field_and_the_fix(
     assert await store.queue_depth() == 0
 
 
+async def test_defaults_respect_the_caps(client: httpx.AsyncClient, store: MemoryStore) -> None:
+    """Defaults the caller did not send are lowered to this server's caps instead of being rejected."""
+    resp = await client.post("/v1/jobs", json={"prompt": "q", "model": MODEL}, headers=auth(ALICE))
+    assert resp.status_code == 202, resp.text
+    record = await store.get_job(resp.json()["id"])
+    assert record is not None
+    assert record.spec.max_tokens == 8192  # the default 32768 is over this server's cap
+    assert record.spec.budget == 64
+
+
 async def test_malformed_json_is_422(client: httpx.AsyncClient) -> None:
     """A body that is not JSON is rejected with a message saying so."""
     resp = await client.post(
@@ -125,7 +135,7 @@ async def test_job_id_is_idempotent_and_conflicts_are_409(
     assert await store.queue_depth() == 1
     other = await client.post("/v1/jobs", json=job_body(job_id="job-1", budget=16), headers=auth(ALICE))
     assert other.status_code == 409
-    assert "job_id" in other.json()["error"]["message"] or "job id" in other.json()["error"]["message"]
+    assert other.json()["error"]["param"] == "job_id"
     stolen = await client.post("/v1/jobs", json=job_body(job_id="job-1"), headers=auth(BOB))
     assert stolen.status_code == 409
     assert await store.queue_depth() == 1

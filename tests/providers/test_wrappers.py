@@ -262,3 +262,24 @@ async def test_redis_buckets_are_shared(redis_client: object) -> None:
         assert time.monotonic() - started >= 2.0
     finally:
         await redis_client.delete(key)  # type: ignore[attr-defined]
+
+
+async def test_wrapped_provider_from_factory_closes_on_break(corpus: Corpus) -> None:
+    """The provider the coordinator gets (factory: limits + retries) also drops the connection at once."""
+    import asyncio
+
+    from orchestrator.providers.factory import build_provider
+    from orchestrator.settings import ProviderConfig
+
+    async with running_replay_server(corpus, tokens_per_s=1000.0) as url:
+        provider = build_provider(ProviderConfig(name="replay", kind="replay", base_url=url))
+        try:
+            async with provider.stream(_request(corpus, 1)) as deltas:
+                async for d in deltas:
+                    if d.tokens:
+                        break
+            async with asyncio.timeout(2):
+                [entry] = await url.journal.wait_for("disconnect")
+            assert entry["tokens_sent"] < 100
+        finally:
+            await provider.aclose()

@@ -1,0 +1,229 @@
+"""Population stop: a learned, calibrated estimate that the snapshot leader is already the final vote.
+
+Beyond the paper (docs/methods.md, "mars-pop"). MARS bounds the damage of switches trace by trace; its
+learned q fails when almost every trace shares an early intermediate answer and later abandons it,
+a failure no per-trace feature can see. Evidence at the level of the whole population can: whether
+traces that have *finished* support the leader, how many have finished, how long the leader has led,
+how the MARS margin looks under a prior switch model. This rule turns those into one number,
+
+    P(leader now == full-budget vote | snapshot)  =  sigmoid(platt_a * (w · standardise(x)) + platt_b)
+
+learned across questions (never on the job at hand) and stops when it reaches ``threshold`` *and* the
+finished-evidence guard holds (at least ``min_finished_support`` finished traces vote for the leader,
+and the leader is the plurality among finished traces). Features (:func:`population_features`):
+
+1. leader share V_L / K;  2. runner-up share;  3. share of traces finished;  4. finished traces
+voting for the leader / K;  5. finished traces voting for another answer / K;  6. no-answer share;
+7. leader age (checkpoints it has led in a row, / 10);  8. mean streak of the leader's voters (/ 10);
+9. position (/ 10,000 tokens);  10. mean prior q of the leader's running voters;  11. MARS slack at
+γ = 1 under the prior q, / K;  12. margin over sqrt(running + 1).
+
+Pure: numpy only, the leader's age travels in ``Decision.state``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from orchestrator.domain import Decision, Snapshot
+from orchestrator.stopping.mars import certify
+from orchestrator.stopping.switch_model import CONSERVATIVE_DEFAULT, SwitchModel, flips_and_streak
+from orchestrator.stopping.tally import budget_decision, exhausted, trace_arrays
+
+FEATURES: tuple[str, ...] = (
+    "leader_share",
+    "runner_up_share",
+    "finished_share",
+    "finished_leader_share",
+    "finished_other_share",
+    "no_answer_share",
+    "leader_age",
+    "leader_streak",
+    "position",
+    "leader_q",
+    "mars_slack",
+    "margin_z",
+)
+PRIORS_DIR = Path(__file__).resolve().parent / "priors"
+SHIPPED_PRIOR = PRIORS_DIR / "qwen3-8b-math.json"
+DOC_VERSION = 1
+
+FloatArray = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderState:
+    leader: int | None = None
+    age: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StopModel:
+    """Standardised logistic regression with Platt scaling, evaluated with numpy."""
+
+    mean: tuple[float, ...]
+    scale: tuple[float, ...]
+    coef: tuple[float, ...]
+    intercept: float
+    platt_a: float = 1.0
+    platt_b: float = 0.0
+
+    def probability(self, x: FloatArray) -> float:
+        z = (x - np.asarray(self.mean)) / np.asarray(self.scale)
+        d = float(z @ np.asarray(self.coef)) + self.intercept
+        s = self.platt_a * d + self.platt_b
+        return 1.0 / (1.0 + math.exp(-max(min(s, 50.0), -50.0)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mean": list(self.mean),
+            "scale": list(self.scale),
+            "coef": list(self.coef),
+            "intercept": self.intercept,
+            "platt": {"a": self.platt_a, "b": self.platt_b},
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StopModel:
+        return cls(
+            tuple(float(v) for v in d["mean"]),
+            tuple(float(v) for v in d["scale"]),
+            tuple(float(v) for v in d["coef"]),
+            float(d["intercept"]),
+            float(d["platt"]["a"]),
+            float(d["platt"]["b"]),
+        )
+
+
+def population_features(
+    snapshot: Snapshot, switch_model: SwitchModel, age: int, leader: int | None
+) -> FloatArray:
+    """The features of :data:`FEATURES` for ``snapshot`` (``leader`` = the tally leader)."""
+    k = float(max(snapshot.budget, 1))
+    a = trace_arrays(snapshot.traces)
+    idx = np.flatnonzero(a.counted)
+    classes = a.classes[idx]
+    size = max(snapshot.num_classes, int(classes.max()) + 1 if classes.size else 1)
+    votes = np.bincount(classes, minlength=size).astype(np.float64) if classes.size else np.zeros(1)
+    lead_votes = float(votes[leader]) if leader is not None else 0.0
+    rest = votes.copy()
+    if leader is not None:
+        rest[leader] = 0.0
+    second = float(rest.max()) if rest.size else 0.0
+    fin = a.finished & a.counted
+    fin_lead = float(np.sum(fin & (a.classes == (leader if leader is not None else -2))))
+    fin_other = float(np.sum(fin)) - fin_lead
+    live = np.fromiter((t.started and not t.pruned for t in snapshot.traces), np.bool_, len(snapshot.traces))
+    no_answer = float(np.sum(live & (a.classes < 0)))
+    running = int(np.sum(a.running))
+    streaks = []
+    q_lead = 0.0
+    slack = 0.0
+    if idx.size:
+        rows = []
+        for i in idx:
+            t = snapshot.traces[i]
+            rows.append(t.features if len(t.features) == switch_model.width else _features(snapshot, int(i)))
+        q = switch_model.predict_q(np.asarray(rows, dtype=np.float64))
+        lead_mask = classes == (leader if leader is not None else -2)
+        run_lead = lead_mask & a.running[idx]
+        q_lead = float(q[run_lead].mean()) if run_lead.any() else 0.0
+        slack = certify(classes, np.ones(idx.size), q, gamma=1.0, num_classes=snapshot.num_classes).slack / k
+        for i in idx[lead_mask]:
+            streaks.append(flips_and_streak(snapshot.traces[i].history or (leader,))[1])
+    return np.array(
+        [
+            lead_votes / k,
+            second / k,
+            float(np.sum(a.finished)) / k,
+            fin_lead / k,
+            fin_other / k,
+            no_answer / k,
+            min(age, 40) / 10.0,
+            (float(np.mean(streaks)) if streaks else 0.0) / 10.0,
+            snapshot.position_tokens / 10_000.0,
+            q_lead,
+            max(slack, -1.0),
+            (lead_votes - second) / math.sqrt(running + 1.0),
+        ],
+        dtype=np.float64,
+    )
+
+
+def _features(snapshot: Snapshot, i: int) -> tuple[float, ...]:
+    from orchestrator.stopping.switch_model import switch_features
+
+    t = snapshot.traces[i]
+    return switch_features(t.history or (t.answer_class,), snapshot.position_tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class PopulationStop:
+    """Stop when the learned P(leader is final) reaches ``threshold`` with finished evidence."""
+
+    stop_model: StopModel | None = None
+    switch_model: SwitchModel | None = None
+    threshold: float = 0.99
+    min_finished_support: int = 1
+    name: str = "mars-pop"
+    needs_probes: bool = True
+
+    def initial_traces(self, budget: int) -> int:
+        return budget
+
+    def leader_state(self, snapshot: Snapshot, leader: int | None) -> LeaderState:
+        prev = snapshot.rule_state if isinstance(snapshot.rule_state, LeaderState) else LeaderState()
+        return LeaderState(leader, prev.age + 1 if leader == prev.leader and leader is not None else 1)
+
+    def decide(self, snapshot: Snapshot) -> Decision:
+        arrays = trace_arrays(snapshot.traces)
+        if exhausted(arrays):
+            return budget_decision(snapshot, arrays)
+        classes = arrays.classes[arrays.counted]
+        if classes.size == 0:
+            return Decision.cont(reason="no votes yet", state=self.leader_state(snapshot, None))
+        leader = int(np.argmax(np.bincount(classes)))
+        state = self.leader_state(snapshot, leader)
+        x = population_features(snapshot, self.switch_model or CONSERVATIVE_DEFAULT, state.age, leader)
+        model = self.stop_model
+        p = model.probability(x) if model is not None else 0.0
+        details = {"p_final": p, "threshold": self.threshold}
+        fin = arrays.finished & arrays.counted
+        fin_votes = (
+            np.bincount(arrays.classes[fin], minlength=leader + 1) if fin.any() else np.zeros(leader + 1)
+        )
+        support = int(fin_votes[leader])
+        guard = support >= self.min_finished_support and support == int(fin_votes.max())
+        if p >= self.threshold and guard:
+            return Decision.halt(leader, "population evidence certified", state=state, details=details)
+        return Decision.cont(reason="evidence not yet sufficient", state=state, details=details)
+
+
+def load_prior_document(path: Path = SHIPPED_PRIOR) -> dict[str, Any]:
+    doc: dict[str, Any] = json.loads(path.read_text())
+    if doc.get("version") != DOC_VERSION:
+        raise ValueError(f"{path}: unsupported prior document version {doc.get('version')!r}")
+    return doc
+
+
+def from_document(doc: dict[str, Any], **overrides: Any) -> PopulationStop:
+    params: dict[str, Any] = {
+        "stop_model": StopModel.from_dict(doc["stop_model"]),
+        "switch_model": SwitchModel.from_dict(doc["switch_model"]),
+        "threshold": float(doc["threshold"]),
+        "min_finished_support": int(doc.get("min_finished_support", 1)),
+    }
+    params.update(overrides)
+    return PopulationStop(**params)
+
+
+def shipped(**overrides: Any) -> PopulationStop:
+    """The population rule with the prior the product ships (``priors/qwen3-8b-math.json``)."""
+    return from_document(load_prior_document(), **overrides)

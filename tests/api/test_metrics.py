@@ -1,0 +1,77 @@
+"""Metrics come from what workers write (results, failure events) and from the proxy's own calls."""
+
+from __future__ import annotations
+
+from typing import cast
+
+import httpx
+import pytest
+
+from orchestrator.api.metrics import MeteredStore, Metrics
+from orchestrator.domain import Accounting, JobResult, JobSpec, JobStatus
+from orchestrator.store.base import Store
+from orchestrator.store.memory import MemoryStore
+from tests.api.conftest import ALICE, MODEL, auth
+
+pytestmark = pytest.mark.timeout(20)
+
+
+async def test_results_and_failures_feed_the_metrics() -> None:
+    """A stored result counts tokens, savings, probes, the stop reason and the time to decision; a
+    trace failure counts as an upstream error by class and place; a job failure does not."""
+    metrics = Metrics()
+    inner = MemoryStore()
+    now = [0.0]
+    store = cast(Store, MeteredStore(inner, metrics, clock=lambda: now[0]))
+    spec = JobSpec(job_id="j1", messages=({"role": "user", "content": "q"},), provider="p", model="m")
+    record, _ = await store.create_job(spec, "f")
+    now[0] = record.created_at + 2.5
+    await store.publish("j1", "failure", {"kind": "trace", "trace": 3, "error": "RateLimited: slow down"})
+    await store.publish("j1", "failure", {"kind": "probe_timeout", "trace": 1, "error": "probe timed out"})
+    await store.publish("j1", "failure", {"kind": "job", "error": "all traces failed"})
+    acc = Accounting(
+        generated_tokens=900,
+        warmup_tokens=100,
+        prompt_tokens=50,
+        probe_input_tokens=400,
+        probe_output_tokens=20,
+        probe_calls=12,
+        total_tokens=1470,
+        saved_tokens=2500,
+        cost_usd=0.01,
+        saved_usd=0.02,
+    )
+    result = JobResult(
+        "j1", JobStatus.SUCCEEDED, "42", 3, 300, "mars: margin certified", "default", "continue", (), acc
+    )
+    await store.store_result(result)
+    text = metrics.render(queue_depth=await store.queue_depth(), jobs_in_flight=2).decode()
+    assert 'mars_tokens_spent_total{part="generated"} 900.0' in text
+    assert 'mars_tokens_spent_total{part="warmup"} 100.0' in text
+    assert 'mars_tokens_spent_total{part="probe_input"} 400.0' in text
+    assert "mars_tokens_saved_total 2500.0" in text
+    assert "mars_probes_total 12.0" in text
+    assert 'mars_stop_reasons_total{reason="mars"} 1.0' in text
+    assert 'mars_jobs_finished_total{status="succeeded"} 1.0' in text
+    assert "mars_time_to_decision_seconds_count 1.0" in text
+    assert "mars_time_to_decision_seconds_sum 2.5" in text
+    assert 'mars_upstream_errors_total{kind="RateLimited",where="trace"} 1.0' in text
+    assert 'mars_upstream_errors_total{kind="Timeout",where="probe_timeout"} 1.0' in text
+    assert 'where="job"' not in text
+    assert "mars_queue_depth 1.0" in text
+    assert "mars_jobs_in_flight 2.0" in text
+    assert (await inner.get_job("j1")) is not None
+
+
+async def test_unreachable_upstream_is_502_and_counted(client: httpx.AsyncClient) -> None:
+    """Pass-through to an upstream that refuses connections: a 502 naming the fix, counted by kind."""
+    resp = await client.post(
+        "/v1/chat/completions",
+        json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+        headers=auth(ALICE),
+    )
+    assert resp.status_code == 502
+    assert "base URL" in resp.json()["error"]["message"]
+    metrics = (await client.get("/metrics")).text
+    assert 'mars_upstream_errors_total{kind="ConnectError",where="passthrough"} 1.0' in metrics
+    assert 'mars_proxy_requests_total{mode="passthrough"} 1.0' in metrics

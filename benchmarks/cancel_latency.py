@@ -49,9 +49,7 @@ TRACE_TOKENS = 1200
 
 def corpus(traces: int) -> Corpus:
     positions = tuple(range(INTERVAL, TRACE_TOKENS, INTERVAL))
-    ts = tuple(
-        CorpusTrace(i, ("7",) * len(positions), positions, TRACE_TOKENS, "7") for i in range(traces)
-    )
+    ts = tuple(CorpusTrace(i, ("7",) * len(positions), positions, TRACE_TOKENS, "7") for i in range(traces))
     return Corpus("cancel", "bench", (CorpusQuestion("c0", QUESTION, "7", INTERVAL, ts),), synthetic=True)
 
 
@@ -118,7 +116,9 @@ async def one_job(url: str, k: int, n: int, strategy: ProbeStrategy) -> dict[str
     latest = max(e["ts"] for e in disconnects)
     # the embedded store's event ids start with the wall-clock ms at which they were published: the
     # ``stop`` event is published once every cancelled stream's task has finished on our side
-    stop_event = next(e for e in [e async for e in store.events(spec.job_id, block_ms=10)] if e.kind == "stop")
+    stop_event = next(
+        e for e in [e async for e in store.events(spec.job_id, block_ms=10)] if e.kind == "stop"
+    )
     client_ms = int(stop_event.id.split("-")[0]) - rule.stopped_at * 1000
     return {
         "latency_ms": (latest - rule.stopped_at) * 1000,

@@ -45,11 +45,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import numpy as np
-
-from orchestrator.accounting import ProbeSpend, TraceSpend, account
-from orchestrator.answers import DEFAULT_EXTRACTOR, AnswerGrouper, answer_or_none, last_boxed
-from orchestrator.checkpoints import CheckpointBook, Crossing, ProbeOutcome, TraceState
+from orchestrator.accounting import ProbeSpend
+from orchestrator.answers import AnswerGrouper
+from orchestrator.checkpoints import CheckpointBook, TraceState
 from orchestrator.domain import (
     Decision,
     JobResult,
@@ -57,7 +55,6 @@ from orchestrator.domain import (
     JobStatus,
     ProbeStrategy,
     Snapshot,
-    TraceResult,
     TraceStatus,
     WarmupMode,
     majority,
@@ -69,16 +66,16 @@ from orchestrator.errors import (
     MarsError,
     StoreUnavailable,
     UnsupportedCapability,
-    UpstreamError,
 )
 from orchestrator.logs import get_logger
-from orchestrator.providers.base import Capabilities, ProbeRequest, Provider, StreamDelta, TraceRequest
-from orchestrator.providers.tokens import estimate_messages_tokens, estimate_tokens
+from orchestrator.providers.base import Capabilities, Provider
+from orchestrator.results import Outcome, build_result, decision_events
 from orchestrator.settings import Settings
 from orchestrator.stopping.base import StoppingRule
 from orchestrator.stopping.deepconf import lowest_window_confidence, warmup_threshold
 from orchestrator.stopping.registry import build_rule
-from orchestrator.store.base import Store, TokenChunk
+from orchestrator.store.base import Store
+from orchestrator.streams import StreamConfig, TraceStreamer, trace_event
 from orchestrator.warmup import WarmupFit, complete_history, fit_sequential, load_prior, update_prior
 
 log = get_logger(__name__)
@@ -128,17 +125,6 @@ class _Finished(Exception):
     """Raised inside the job's task group to end it: every stream and probe left is cancelled."""
 
 
-@dataclass(frozen=True, slots=True)
-class _Outcome:
-    status: JobStatus
-    reason: str
-    answer_class: int | None = None
-    checkpoint: int | None = None
-    position_tokens: int | None = None
-    error: str | None = None
-    votes: Mapping[str, float] | None = None
-
-
 class Coordinator:
     """Runs jobs on one provider and one store. Stateless between jobs; safe to share."""
 
@@ -183,12 +169,19 @@ class _JobRun:
         self.warmup: list[TraceState] = []
         self.changed = asyncio.Event()
         self.cancel_requested = False
-        self.fatal: MarsError | None = None
-        self.probe_slots = asyncio.Semaphore(self.config.probe_concurrency)
-        self.probe_spend = {"calls": 0, "input": 0, "cached": 0, "output": 0}
-        self.stored: dict[int, list[TokenChunk]] = {}
         self.attempt = 1
-        self.strategy = ProbeStrategy.NONE
+        self.streams = TraceStreamer(
+            spec=spec,
+            store=self.store,
+            provider=self.provider,
+            caps=self.caps,
+            config=StreamConfig(
+                self.config.flush_tokens, self.config.trace_retries, self.config.probe_concurrency
+            ),
+            changed=self.changed,
+            publish=self._publish,
+            retrying=self._retrying,
+        )
         self.rule_state: Any = None
         self.stop_snapshot: Snapshot | None = None
         self.notes: list[str] = []
@@ -196,6 +189,14 @@ class _JobRun:
         self.last_votes: dict[str, float] = {}
         self.stop_decision: tuple[StoppingRule, Snapshot, Decision] | None = None
         self.started = time.monotonic()
+
+    @property
+    def strategy(self) -> ProbeStrategy:
+        return self.streams.strategy
+
+    @strategy.setter
+    def strategy(self, value: ProbeStrategy) -> None:
+        self.streams.strategy = value
 
     # --- the run ------------------------------------------------------------------------------
     async def run(self) -> JobResult:
@@ -263,7 +264,7 @@ class _JobRun:
     async def _finish_early(self, exc: MarsError) -> JobResult:
         """A permanent error before any trace ran (bad method, unsupported probe strategy...)."""
         result = self._result(
-            _Outcome(JobStatus.FAILED, "error", error=f"{type(exc).__name__}: {exc}"),
+            Outcome(JobStatus.FAILED, "error", error=f"{type(exc).__name__}: {exc}"),
             rule_name=self.spec.method,
         )
         await self._publish(
@@ -293,16 +294,16 @@ class _JobRun:
     # --- warmup -------------------------------------------------------------------------------
     async def _prepare(self) -> WarmupFit:
         spec = self.spec
-        self.stored = {
+        self.streams.stored = {
             i: list(await self.store.read_trace(spec.job_id, i))
             for i in await self.store.trace_indices(spec.job_id)
         }
-        if self.stored:
+        if self.streams.stored:
             await self._publish(
                 "resume",
                 {
                     "attempt": self.attempt,
-                    "traces": {str(i): sum(c.tokens for c in cs) for i, cs in self.stored.items()},
+                    "traces": {str(i): sum(c.tokens for c in cs) for i, cs in self.streams.stored.items()},
                     "continue_prefix": self.caps.continue_prefix,
                 },
             )
@@ -346,237 +347,13 @@ class _JobRun:
         for trace in pending:
             self._start_trace(trace)
         if pending:
-            self._publish_soon("trace", {"traces": [self._trace_event(t, "running") for t in pending]})
+            self._publish_soon("trace", {"traces": [trace_event(t, "running") for t in pending]})
         return pending
 
     def _start_trace(self, trace: TraceState) -> None:
         assert self.tg is not None
         trace.status = TraceStatus.RUNNING
-        trace.task = self.tg.create_task(self._trace_task(trace), name=f"trace-{trace.index}")
-
-    def _request(self, trace: TraceState, prefix: str = "", done_tokens: int = 0) -> TraceRequest:
-        spec, sampling = self.spec, self.spec.sampling
-        return TraceRequest(
-            messages=spec.messages,
-            model=spec.model,
-            max_tokens=max(1, spec.max_tokens - done_tokens),
-            temperature=sampling.temperature,
-            top_p=sampling.top_p,
-            top_k=sampling.top_k,
-            seed=None if sampling.seed is None else sampling.seed + trace.index,
-            logprobs=self.caps.logprobs,
-            prefix=prefix,
-            trace_index=trace.index,
-            job_id=spec.job_id,
-        )
-
-    async def _trace_task(self, trace: TraceState) -> None:
-        """Stream one trace; its probes run in a nested group so cancelling the trace cancels them."""
-        try:
-            async with asyncio.TaskGroup() as probes:
-                await self._stream_with_retries(trace, probes)
-        finally:
-            self.changed.set()
-
-    async def _stream_with_retries(self, trace: TraceState, probes: asyncio.TaskGroup) -> None:
-        job_id = self.spec.job_id
-        stored = self.stored.pop(trace.index, [])
-        if stored and self.caps.continue_prefix:
-            for chunk in stored:  # replay what the store holds: same crossings, same probes
-                self._on_chunk(
-                    trace, chunk.reasoning + chunk.text, chunk.text, chunk.tokens, chunk.confidences, probes
-                )
-            trace.continued_from_tokens = trace.tokens
-        elif stored:
-            trace.lost_tokens += sum(c.tokens for c in stored)
-            trace.restarts += 1
-            await self._retrying(lambda: self.store.reset_trace(job_id, trace.index))
-        failures = 0
-        while True:
-            prefix = trace.full_text() if trace.tokens else ""
-            try:
-                finished = await self._stream_once(trace, prefix, probes)
-            except UpstreamError as exc:
-                if isinstance(exc, StoreUnavailable):
-                    raise
-                failures += 1
-                if failures > self.config.trace_retries:
-                    trace.status, trace.error = TraceStatus.FAILED, f"{type(exc).__name__}: {exc}"
-                    await self._publish(
-                        "failure",
-                        {"kind": "trace", "trace": trace.index, "checkpoint": None, "error": trace.error},
-                    )
-                    await self._publish("trace", {"traces": [self._trace_event(trace, "failed")]})
-                    return
-                if not self.caps.continue_prefix and trace.tokens:
-                    await self._restart(trace)
-                continue
-            except CallerError as exc:
-                trace.status, trace.error = TraceStatus.FAILED, f"{type(exc).__name__}: {exc}"
-                self.fatal = exc
-                return
-            if finished:
-                return
-
-    async def _restart(self, trace: TraceState) -> None:
-        trace.lost_tokens += trace.tokens
-        trace.restarts += 1
-        trace.tokens = 0
-        trace.text.clear()
-        trace.content.clear()
-        trace.next_checkpoint = 1
-        await self._retrying(lambda: self.store.reset_trace(self.spec.job_id, trace.index))
-
-    async def _stream_once(self, trace: TraceState, prefix: str, probes: asyncio.TaskGroup) -> bool:
-        request = self._request(trace, prefix, trace.tokens)
-        buffer: list[StreamDelta] = []
-        buffered = 0
-        prompt_reported = False
-        async with self.provider.stream(request) as deltas:
-            async for delta in deltas:
-                if delta.usage is not None:
-                    trace.prompt_tokens += delta.usage.prompt_tokens
-                    prompt_reported = True
-                    trace.usage_estimated |= delta.usage.estimated
-                trace.usage_estimated |= delta.tokens_estimated
-                if not (delta.tokens or delta.text or delta.reasoning):
-                    continue
-                buffer.append(delta)
-                buffered += delta.tokens
-                crossed = self._on_chunk(
-                    trace,
-                    delta.reasoning + delta.text,
-                    delta.text,
-                    delta.tokens,
-                    delta.confidences,
-                    probes,
-                    finishing=delta.finish_reason is not None,
-                )
-                if crossed or buffered >= self.config.flush_tokens:
-                    await self._flush(trace, buffer)
-                    buffer, buffered = [], 0
-        await self._flush(trace, buffer)
-        if not prompt_reported:
-            trace.prompt_tokens += estimate_messages_tokens(list(self.spec.messages)) + estimate_tokens(
-                prefix
-            )
-            trace.usage_estimated = True
-        trace.total_tokens = trace.tokens
-        content = "".join(trace.content)
-        trace.final_answer = DEFAULT_EXTRACTOR.final(content) or DEFAULT_EXTRACTOR.final(trace.full_text())
-        trace.status = TraceStatus.FINISHED
-        self.changed.set()
-        if trace.role == "vote" and not trace.shadow:
-            await self._publish("trace", {"traces": [self._trace_event(trace, "finished")]})
-        return True
-
-    def _on_chunk(
-        self,
-        trace: TraceState,
-        text: str,
-        content: str,
-        tokens: int,
-        confidences: tuple[float, ...] | list[float],
-        probes: asyncio.TaskGroup,
-        *,
-        finishing: bool = False,
-    ) -> bool:
-        """Count a chunk; when it crosses checkpoints, probe the trace on its prefix (sync, cheap)."""
-        trace.tokens += tokens
-        trace.text.append(text)
-        if content:
-            trace.content.append(content)
-        if confidences:
-            trace.add_confidences(confidences)
-            if trace.role == "warmup":
-                trace.all_confidences.extend(confidences)
-        crossed = False
-        while trace.tokens >= trace.next_checkpoint * self.interval:
-            t = trace.next_checkpoint
-            trace.next_checkpoint += 1
-            crossed = True
-            if t in trace.crossings:
-                continue  # already probed (a restarted stream passing again)
-            if finishing and trace.tokens == t * self.interval:
-                continue  # finished exactly at p_t: shows its final answer there, no probe needed
-            prefix = "".join(trace.text)
-            trace.text[:] = [prefix]  # keep joins linear
-            crossing = Crossing(t, trace.tokens, prefix, trace.window_confidence())
-            trace.crossings[t] = crossing
-            self._probe_now(trace, crossing, probes)
-        return crossed
-
-    async def _flush(self, trace: TraceState, buffer: list[StreamDelta]) -> None:
-        if not buffer:
-            return
-        chunk = TokenChunk(
-            text="".join(d.text for d in buffer),
-            tokens=sum(d.tokens for d in buffer),
-            confidences=tuple(c for d in buffer for c in d.confidences),
-            reasoning="".join(d.reasoning for d in buffer),
-        )
-        await self._retrying(lambda: self.store.append_tokens(self.spec.job_id, trace.index, [chunk]))
-
-    # --- probes -------------------------------------------------------------------------------
-    def _probe_now(self, trace: TraceState, crossing: Crossing, probes: asyncio.TaskGroup) -> None:
-        t = crossing.checkpoint
-        if self.strategy is ProbeStrategy.NONE:
-            trace.probes[t] = ProbeOutcome(None, "none")
-        elif self.strategy is ProbeStrategy.EXTRACT:
-            trace.probes[t] = ProbeOutcome(answer_or_none(last_boxed(crossing.prefix)))
-        else:
-            probes.create_task(self._probe(trace, crossing), name=f"probe-{trace.index}-{t}")
-            return
-        self.changed.set()
-
-    async def _probe(self, trace: TraceState, crossing: Crossing) -> None:
-        request = ProbeRequest(
-            trace=self._request(trace),
-            prefix=crossing.prefix,
-            position_tokens=crossing.position_tokens,
-            strategy=self.strategy,
-            model=self.spec.probe.model,
-            max_tokens=self.spec.probe.max_tokens,
-        )
-        t = crossing.checkpoint
-        try:
-            async with asyncio.timeout(self.spec.probe.timeout_s):
-                async with self.probe_slots:
-                    result = await self.provider.probe(request)
-        except TimeoutError:
-            trace.probes[t] = ProbeOutcome(None, "timeout")
-            await self._publish(
-                "failure",
-                {"kind": "probe_timeout", "trace": trace.index, "checkpoint": t, "error": "probe timed out"},
-            )
-        except (UpstreamError, CallerError) as exc:
-            if isinstance(exc, StoreUnavailable):
-                raise
-            trace.probes[t] = ProbeOutcome(None, "failed")
-            await self._publish(
-                "failure",
-                {
-                    "kind": "probe",
-                    "trace": trace.index,
-                    "checkpoint": t,
-                    "error": f"{type(exc).__name__}: {exc}",
-                },
-            )
-        else:
-            spend = self.probe_spend
-            spend["calls"] += 1
-            spend["input"] += result.input_tokens
-            spend["cached"] += result.cached_tokens
-            spend["output"] += result.output_tokens
-            trace.probes[t] = ProbeOutcome(
-                answer_or_none(result.answer),
-                "ok",
-                result.input_tokens,
-                result.cached_tokens,
-                result.output_tokens,
-            )
-        finally:
-            self.changed.set()
+        trace.task = self.tg.create_task(self.streams.run(trace), name=f"trace-{trace.index}")
 
     # --- deciding -----------------------------------------------------------------------------
     async def _watch_cancel(self) -> None:
@@ -590,14 +367,15 @@ class _JobRun:
             except StoreUnavailable:
                 continue  # the store is away; the job goes on and we look again
 
-    async def _decide(self, rule: StoppingRule, book: CheckpointBook, warmup_class: int | None) -> _Outcome:
+    async def _decide(self, rule: StoppingRule, book: CheckpointBook, warmup_class: int | None) -> Outcome:
         waves = not rule.needs_probes and rule.initial_traces(self.spec.budget) < self.spec.budget
         while True:
             self.changed.clear()
             if self.cancel_requested:
-                return _Outcome(JobStatus.CANCELLED, "cancel requested")
-            if self.fatal is not None:
-                return _Outcome(JobStatus.FAILED, "error", error=f"{type(self.fatal).__name__}: {self.fatal}")
+                return Outcome(JobStatus.CANCELLED, "cancel requested")
+            fatal = self.streams.fatal
+            if fatal is not None:
+                return Outcome(JobStatus.FAILED, "error", error=f"{type(fatal).__name__}: {fatal}")
             outcome = await (
                 self._decide_waves(rule, book)
                 if waves
@@ -609,7 +387,7 @@ class _JobRun:
 
     async def _decide_checkpoints(
         self, rule: StoppingRule, book: CheckpointBook, warmup_class: int | None
-    ) -> _Outcome | None:
+    ) -> Outcome | None:
         while True:
             if not book.live():
                 return self._all_failed()
@@ -624,7 +402,7 @@ class _JobRun:
             if decision.stop:  # cancel first: the vote event is published once the cancels are issued
                 self.stop_snapshot = snapshot
                 self.stop_decision = (rule, snapshot, decision)
-                return _Outcome(
+                return Outcome(
                     JobStatus.SUCCEEDED,
                     decision.reason or rule.name,
                     decision.answer_class,
@@ -638,7 +416,7 @@ class _JobRun:
                 self.stop_snapshot = snapshot
                 return self._exhausted(t)
 
-    async def _decide_waves(self, rule: StoppingRule, book: CheckpointBook) -> _Outcome | None:
+    async def _decide_waves(self, rule: StoppingRule, book: CheckpointBook) -> Outcome | None:
         if any(t.running for t in self.voting):
             return None
         if not book.live():
@@ -649,7 +427,7 @@ class _JobRun:
         if decision.stop:
             self.stop_snapshot = snapshot
             self.stop_decision = (rule, snapshot, decision)
-            return _Outcome(JobStatus.SUCCEEDED, decision.reason or rule.name, decision.answer_class, 0, 0)
+            return Outcome(JobStatus.SUCCEEDED, decision.reason or rule.name, decision.answer_class, 0, 0)
         launched = self._launch(decision.launch) if decision.launch > 0 else []
         await self._publish_decision(rule, snapshot, decision, [], len(launched))
         if launched:
@@ -657,11 +435,11 @@ class _JobRun:
         self.stop_snapshot = snapshot
         return self._exhausted(0)
 
-    def _exhausted(self, checkpoint: int | None) -> _Outcome:
+    def _exhausted(self, checkpoint: int | None) -> Outcome:
         """Budget exhausted without a stop: the vote over the final answers of the live traces."""
         live = [t for t in self.voting if t.live and t.status is TraceStatus.FINISHED]
         classes = [self.grouper.classify(t.final_answer) for t in live]
-        return _Outcome(
+        return Outcome(
             JobStatus.SUCCEEDED,
             "budget exhausted",
             majority(classes),
@@ -669,9 +447,9 @@ class _JobRun:
             None if checkpoint is None else checkpoint * self.interval,
         )
 
-    def _all_failed(self) -> _Outcome:
+    def _all_failed(self) -> Outcome:
         errors = sorted({t.error for t in self.voting if t.error})
-        return _Outcome(
+        return Outcome(
             JobStatus.FAILED, "every trace failed", error="; ".join(errors) or "every trace failed"
         )
 
@@ -694,56 +472,14 @@ class _JobRun:
     async def _publish_decision(
         self, rule: StoppingRule, snapshot: Snapshot, decision: Decision, pruned: list[int], launched: int
     ) -> None:
-        votes: dict[str, float] = {}
-        counts: dict[str, int] = {}
-        for view in snapshot.traces:
-            if view.answer_class is None or not (view.eligible and view.started and not view.pruned):
-                continue
-            label = self.grouper.representative(view.answer_class)
-            votes[label] = votes.get(label, 0.0) + view.weight
-            counts[label] = counts.get(label, 0) + 1
-        ranked = sorted(votes.values(), reverse=True)
-        leader = (
-            self.grouper.representative(decision.answer_class)
-            if decision.stop and decision.answer_class is not None
-            else (max(votes, key=lambda k: votes[k]) if votes else None)
-        )
-        margin = (ranked[0] - (ranked[1] if len(ranked) > 1 else 0.0)) if ranked else 0.0
-        threshold = getattr(rule, "threshold", None)
-        if snapshot.checkpoint:
-            await self._publish(
-                "checkpoint",
-                {
-                    "checkpoint": snapshot.checkpoint,
-                    "position_tokens": snapshot.position_tokens,
-                    "running": sum(
-                        1 for v in snapshot.traces if v.started and not v.finished and not v.pruned
-                    ),
-                    "finished": sum(1 for v in snapshot.traces if v.finished),
-                    "stale": [v.index for v in snapshot.traces if v.stale],
-                    "generated_tokens": sum(v.tokens for v in snapshot.traces),
-                },
-            )
-        await self._publish(
-            "vote",
-            {
-                "checkpoint": snapshot.checkpoint,
-                "classes": votes,
-                "counts": counts,
-                "leader": leader,
-                "margin": margin,
-                "threshold": threshold if isinstance(threshold, int | float) else None,
-                "verdict": decision.verdict.value,
-                "reason": decision.reason,
-                "details": {k: _finite(v) for k, v in decision.details.items()},
-                "pruned": pruned,
-                "launched": launched,
-            },
-        )
-        self.last_votes = votes
+        checkpoint, vote = decision_events(snapshot, decision, self.grouper, rule, pruned, launched)
+        if checkpoint is not None:
+            await self._publish("checkpoint", checkpoint)
+        await self._publish("vote", vote)
+        self.last_votes = dict(vote["classes"])
 
     # --- stopping -----------------------------------------------------------------------------
-    async def _stop(self, outcome: _Outcome, rule: StoppingRule) -> JobResult:
+    async def _stop(self, outcome: Outcome, rule: StoppingRule) -> JobResult:
         """Cancel what must stop, wait until the cancels landed, then write the result."""
         shadows = self._pick_shadows(outcome)
         victims = [t for t in self.voting if t.running and t not in shadows]
@@ -766,7 +502,7 @@ class _JobRun:
         for trace in shadows:
             trace.shadow_from_tokens = trace.tokens
         if victims:
-            await self._publish("trace", {"traces": [self._trace_event(t, "cancelled") for t in victims]})
+            await self._publish("trace", {"traces": [trace_event(t, "cancelled") for t in victims]})
         result = self._result(outcome, rule_name=rule.name)
         await self._publish(
             "stop",
@@ -790,7 +526,7 @@ class _JobRun:
         await self._store_result(result)
         return result
 
-    def _pick_shadows(self, outcome: _Outcome) -> list[TraceState]:
+    def _pick_shadows(self, outcome: Outcome) -> list[TraceState]:
         if outcome.status is not JobStatus.SUCCEEDED or self.spec.shadow_traces <= 0:
             return []
         return [t for t in self.voting if t.running][: self.spec.shadow_traces]
@@ -822,90 +558,25 @@ class _JobRun:
         except StoreUnavailable as exc:
             log.warning("prior not updated", job_id=self.spec.job_id, error=str(exc))
 
-    def _result(self, outcome: _Outcome, *, rule_name: str) -> JobResult:
-        spec = self.spec
-        launched = [t for t in self.voting if t.launched]
-        spends = [self._spend(t) for t in launched]
-        accounting = account(
-            spends,
-            budget=spec.budget,
-            warmup=[self._spend(t) for t in self.warmup],
-            probes=ProbeSpend(
-                self.probe_spend["calls"],
-                self.probe_spend["input"],
-                self.probe_spend["cached"],
-                self.probe_spend["output"],
-            ),
-            price=self.c.settings.prices.get(spec.model),
-            prompt_estimate=estimate_messages_tokens(list(spec.messages)),
-        )
-        answer = None
-        supporting = None
-        if outcome.answer_class is not None and outcome.status is JobStatus.SUCCEEDED:
-            answer = self.grouper.representative(outcome.answer_class)
-            for t in self.voting:
-                if (
-                    t.status is TraceStatus.FINISHED
-                    and t.final_answer is not None
-                    and self.grouper.classify(t.final_answer) == outcome.answer_class
-                ):
-                    supporting = "".join(t.content)[-self.config.supporting_text_chars :] or None
-                    break
+    def _result(self, outcome: Outcome, *, rule_name: str) -> JobResult:
+        spend = self.streams.probe_spend
         notes = list(self.notes)
         if self.caps.logprobs is False:
             notes.append("no logprobs: traces-only (3-feature) switch model, no confidences")
-        stale = sum(1 for t in launched for o in t.probes.values() if o.stale)
-        if stale:
-            notes.append(f"{stale} probes timed out or failed: the previous answer stood")
-        restarts = sum(t.restarts for t in (*launched, *self.warmup))
-        if restarts:
-            notes.append(f"{restarts} trace restarts (tokens of lost attempts counted in total_tokens)")
-        return JobResult(
-            job_id=spec.job_id,
-            status=outcome.status,
-            answer=answer,
-            stop_checkpoint=outcome.checkpoint,
-            stop_position_tokens=outcome.position_tokens,
-            stop_reason=outcome.reason,
-            method=rule_name,
+        return build_result(
+            self.spec,
+            outcome,
+            voting=self.voting,
+            warmup=self.warmup,
+            grouper=self.grouper,
+            probes=ProbeSpend(spend.calls, spend.input, spend.cached, spend.output),
+            price=self.c.settings.prices.get(self.spec.model),
+            rule_name=rule_name,
             probe_strategy=self.strategy.value,
-            traces=tuple(self._trace_result(t) for t in (*self.voting, *self.warmup)),
-            accounting=accounting,
-            votes=dict(self.last_votes),
-            supporting_text=supporting,
-            notes=tuple(notes),
-            error=outcome.error,
+            votes=self.last_votes,
+            notes=notes,
+            supporting_text_chars=self.config.supporting_text_chars,
         )
-
-    def _spend(self, t: TraceState) -> TraceSpend:
-        return TraceSpend(
-            tokens=t.tokens,
-            complete=t.total_tokens is not None,
-            cut_position=t.cut_position,
-            prompt_tokens=t.prompt_tokens,
-            lost_tokens=t.lost_tokens,
-            usage_estimated=t.usage_estimated,
-            shadow_from_tokens=t.shadow_from_tokens if t.shadow else None,
-        )
-
-    def _trace_result(self, t: TraceState) -> TraceResult:
-        spend = self._spend(t)
-        last = t.final_answer if t.status is TraceStatus.FINISHED else (t.answers[-1] if t.answers else None)
-        return TraceResult(
-            index=t.index,
-            status=t.status,
-            tokens=t.tokens,
-            answer=last,
-            final_answer=t.final_answer,
-            tokens_past_stop=spend.past_checkpoint,
-            usage_estimated=t.usage_estimated,
-            restarts=t.restarts,
-            continued_from_tokens=t.continued_from_tokens,
-        )
-
-    def _trace_event(self, t: TraceState, state: str) -> dict[str, Any]:
-        answer = t.final_answer if state == "finished" else (t.answers[-1] if t.answers else None)
-        return {"index": t.index, "state": state, "tokens": t.tokens, "answer": answer}
 
     # --- store plumbing -----------------------------------------------------------------------
     async def _store_result(self, result: JobResult) -> None:
@@ -933,7 +604,3 @@ class _JobRun:
                     raise
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
-
-
-def _finite(value: float) -> float | None:
-    return float(value) if np.isfinite(value) else None

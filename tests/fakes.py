@@ -38,6 +38,7 @@ class Script:
     answers: tuple[str | None, ...] = ()
     interval: int = 100
     delay_s: float = 0.0
+    confidence: float | None = None  # per-token confidence streamed with every token (logprobs)
 
     def answer_at(self, position: int) -> str | None:
         if position >= self.total_tokens:
@@ -61,6 +62,7 @@ class ScriptedProvider:
     chunk_tokens: int = 10
     strategies: frozenset[ProbeStrategy] = frozenset({ProbeStrategy.CONTINUE})
     continue_prefix: bool = True
+    logprobs: bool = False
     prompt_tokens: int = 20
     probe_delay_s: float = 0.0
     slow_probes: Mapping[tuple[int, int], float] = field(default_factory=dict)  # (trace, pos) -> s
@@ -81,7 +83,9 @@ class ScriptedProvider:
         return "scripted"
 
     def capabilities(self, model: str) -> Capabilities:
-        return Capabilities(probe_strategies=self.strategies, continue_prefix=self.continue_prefix)
+        return Capabilities(
+            probe_strategies=self.strategies, continue_prefix=self.continue_prefix, logprobs=self.logprobs
+        )
 
     def script(self, index: int) -> Script:
         return self.scripts[index]
@@ -119,6 +123,7 @@ class ScriptedProvider:
                 yield StreamDelta(
                     text=text,
                     tokens=n,
+                    confidences=() if script.confidence is None else (script.confidence,) * n,
                     finish_reason="stop" if done else None,
                     usage=Usage(prompt_tokens=self.prompt_tokens, completion_tokens=position - start)
                     if done

@@ -70,6 +70,7 @@ class WorkerPool:
         self._running = 0
         self._jobs_done = 0
         self._closing = False
+        self._active: set[str] = set()  # job ids running here: a reclaimed message for one is ours already
         self._idle = asyncio.Event()
         self._idle.set()
         self._main: asyncio.Task[None] | None = None
@@ -151,8 +152,8 @@ class WorkerPool:
     async def _reclaim_loop(self) -> None:
         while not self._closing:
             await asyncio.sleep(self.reclaim_interval_s)
-            if self._closing or self._slots.locked():
-                continue
+            if self._closing or self._running >= self.concurrency:
+                continue  # every slot runs a job (a slot held by the polling consumer is free to take)
             try:
                 messages = await self.store.reclaim(self.handler.config.worker_id, self.settings.lease_ms)
             except StoreUnavailable:
@@ -164,6 +165,10 @@ class WorkerPool:
 
     def _start(self, message: QueueMessage) -> None:
         assert self._jobs is not None
+        if message.job_id in self._active:
+            self._slots.release()  # our own slow heartbeat let the reclaimer take it: keep running it once
+            return
+        self._active.add(message.job_id)
         self._running += 1
         self._idle.clear()
         self._jobs.create_task(self._run(message), name=f"job-{message.job_id}")
@@ -177,6 +182,7 @@ class WorkerPool:
         except Exception:  # one bad job must not take the pool down; its message is reclaimed later
             log.exception("job handler failed", job_id=message.job_id)
         finally:
+            self._active.discard(message.job_id)
             self._running -= 1
             if not self._running:
                 self._idle.set()

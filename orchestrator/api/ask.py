@@ -58,9 +58,9 @@ async def ask(
                 from orchestrator.replay.importers import load_corpus
 
                 settings = await stack.enter_async_context(with_replay(settings, load_corpus(replay)))
+            model = model or default_model(settings, provider)  # before anything starts
             service = await stack.enter_async_context(running_service(settings))
             url = service.url
-            model = model or default_model(settings, provider)
         elif model is None:
             raise InvalidRequest("--model is required with --url", field="--model")
         client = await stack.enter_async_context(JobsClient(url, api_key))
@@ -82,5 +82,6 @@ async def ask(
                 view.apply(event)
                 live.update(view.render())
         job = await client.get(job_id)
+        console.print()
         console.print(summary(job))
         return job

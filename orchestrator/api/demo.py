@@ -1,10 +1,18 @@
 """``mars demo`` (``make demo``): a handful of jobs through the real service path, with no key.
 
-An embedded replay server serves the packaged demo corpus over HTTP; the service runs on a loopback
-socket with the embedded store and workers; each question goes API → store/queue → worker →
-coordinator → adapter over HTTP → replay server, and one more goes through the OpenAI-compatible proxy
-with the official SDK. Nothing is read from the environment and nothing outside the clone is touched.
-It prints a table of answers and savings and returns the rows.
+An embedded replay server serves the packaged (synthetic) demo corpus over HTTP; the service runs on a
+loopback socket with the embedded store and workers; each question goes API → store/queue → worker →
+coordinator → adapter over HTTP → replay server. Nothing is read from the environment and nothing
+outside the clone is touched.
+
+The flow is the product's own (STOPPING.md §5): the first question runs with a sequential warmup whose
+complete traces teach the store's prior switch model; the others then run concurrently on that prior,
+through the jobs API and one through the OpenAI-compatible proxy with the official SDK.
+
+Because the demo knows the corpus, the paper's-view savings are exact: the full budget's generation is
+the sum of the lengths of the K traces the replay server serves for the question (its seeded order),
+not an estimate. The service's own accounting (all tokens spent, prompts and probes included) is shown
+beside it.
 """
 
 from __future__ import annotations
@@ -20,33 +28,37 @@ from rich.table import Table
 from orchestrator.api.client import JobsClient
 from orchestrator.api.runner import REPLAY_PROVIDER, running_service, with_replay
 from orchestrator.logs import configure_logging
+from orchestrator.replay.catalog import Catalog
 from orchestrator.replay.corpus import Corpus, CorpusQuestion
 from orchestrator.settings import Settings
 
-DEMO_TOKENS_PER_S = (
-    4000.0  # replayed generation speed: fast enough for a short demo, slow enough to stop early
-)
+DEMO_TOKENS_PER_S = 4000.0  # replayed speed per stream: a short demo, still slow enough to stop early
+DEMO_SEED = 0  # the replay server's trace order
+WARMUP_TRACES = 8
 
 
 @dataclass(frozen=True, slots=True)
 class DemoRow:
     qid: str
     route: str
+    warmup: str
     gold: str
     answer: str | None
     status: str
-    stop_checkpoint: int | None
+    stop_position_tokens: int | None
     reason: str
-    generated_tokens: int
-    spent_tokens: int
-    full_budget_tokens: int
-    saved_tokens: int
-    saved_fraction: float
+    generated_tokens: int  # the K voting traces up to the stop (the paper's view)
+    full_generation_tokens: int  # the K traces run to their end (exact, from the corpus)
+    spent_tokens: int  # everything the service spent: prompts, probes, warmup, past the stop
     seconds: float
 
     @property
     def correct(self) -> bool:
         return self.answer is not None and self.answer.strip() == self.gold.strip()
+
+    @property
+    def saved_tokens(self) -> int:
+        return self.full_generation_tokens - self.generated_tokens
 
 
 def load_demo_corpus() -> Corpus:
@@ -54,6 +66,12 @@ def load_demo_corpus() -> Corpus:
     from orchestrator.replay.importers import load_corpus
 
     return load_corpus(packaged_demo_path())
+
+
+def full_generation(corpus: Corpus, question: CorpusQuestion, budget: int) -> int:
+    """Generated tokens of the K traces the replay server serves for ``question``, run to the end."""
+    order = Catalog(corpus, seed=DEMO_SEED).order(question)
+    return sum(question.traces[order[i % len(order)]].total_tokens for i in range(budget))
 
 
 async def run_demo(
@@ -65,48 +83,56 @@ async def run_demo(
     corpus: Corpus | None = None,
 ) -> list[DemoRow]:
     corpus = corpus or load_demo_corpus()
-    # The shortest questions keep the demo quick; the order of the corpus breaks ties.
+    # The shortest questions keep the demo quick (ties keep the corpus order).
     by_length = sorted(corpus.questions, key=lambda q: sum(t.total_tokens for t in q.traces) / len(q.traces))
-    chosen = by_length[: questions + 1]
+    teacher, *chosen = by_length[: questions + 1]
     settings = Settings(max_budget=max(budget, 64), log_level="warning")
     configure_logging(settings)  # the table is the output; only warnings go to the log
     console.print(
-        f"[bold]MARS demo[/bold]: {len(chosen)} questions from the packaged corpus {corpus.name!r}, "
-        f"K = {budget}, replayed at {tokens_per_s or 'full'} tokens/s"
+        f"[bold]MARS demo[/bold] on the packaged synthetic corpus {corpus.name!r}: K = {budget}, "
+        f"replayed at {tokens_per_s or 'full speed'} tokens/s per stream"
     )
     async with (
-        with_replay(settings, corpus, tokens_per_s=tokens_per_s) as replay_settings,
+        with_replay(settings, corpus, tokens_per_s=tokens_per_s, seed=DEMO_SEED) as replay_settings,
         running_service(replay_settings) as service,
         JobsClient(service.url) as client,
     ):
         console.print(f"service on {service.url} (dashboard: {service.url}/dashboard)")
         model = replay_settings.providers[REPLAY_PROVIDER].models[0]
+        console.print(f"1. {teacher.qid}: sequential warmup ({WARMUP_TRACES} traces) teaches the prior")
+        rows = [await _via_api(client, corpus, teacher, model, budget, "sequential")]
+        console.print(
+            f"2. {len(chosen)} more questions at once on the learned prior (the last via the proxy)"
+        )
         async with asyncio.TaskGroup() as group:
-            api_jobs = [group.create_task(_via_api(client, q, model, budget)) for q in chosen[:-1] or chosen]
-            proxy_job = (
-                group.create_task(_via_proxy(service.url, chosen[-1], model, budget))
-                if len(chosen) > 1
-                else None
-            )
-        rows = [t.result() for t in api_jobs] + ([proxy_job.result()] if proxy_job else [])
+            tasks = [
+                group.create_task(_via_api(client, corpus, q, model, budget, "prior")) for q in chosen[:-1]
+            ]
+            if chosen:
+                tasks.append(group.create_task(_via_proxy(service.url, corpus, chosen[-1], model, budget)))
+        rows += [t.result() for t in tasks]
     console.print(table(rows))
     return rows
 
 
-def _body(question: CorpusQuestion, model: str, budget: int) -> dict[str, Any]:
+def _body(question: CorpusQuestion, model: str, budget: int, warmup: str) -> dict[str, Any]:
     return {
         "prompt": question.question,
         "model": model,
         "budget": min(budget, len(question.traces)),
         "max_tokens": max(t.total_tokens for t in question.traces) + 1024,
         "probe": {"interval_tokens": question.probe_interval_tokens},
-        "method_params": {},
+        "warmup": warmup,
+        "warmup_traces": WARMUP_TRACES,
     }
 
 
-async def _via_api(client: JobsClient, question: CorpusQuestion, model: str, budget: int) -> DemoRow:
+async def _via_api(
+    client: JobsClient, corpus: Corpus, question: CorpusQuestion, model: str, budget: int, warmup: str
+) -> DemoRow:
     started = time.perf_counter()
-    job_id = await client.submit(_body(question, model, budget))
+    body = _body(question, model, budget, warmup)
+    job_id = await client.submit(body)
     async for _event in client.events(job_id):
         pass
     job = await client.get(job_id)
@@ -114,25 +140,24 @@ async def _via_api(client: JobsClient, question: CorpusQuestion, model: str, bud
     return DemoRow(
         qid=question.qid,
         route="jobs API",
+        warmup=warmup,
         gold=question.gold_answer,
         answer=job.get("answer"),
         status=job["status"],
-        stop_checkpoint=job.get("stop_checkpoint"),
+        stop_position_tokens=_position(job.get("stop_checkpoint"), question),
         reason=job.get("stop_reason") or job.get("error") or "",
         generated_tokens=int(acc.get("generated_tokens", 0)),
+        full_generation_tokens=full_generation(corpus, question, body["budget"]),
         spent_tokens=int(acc.get("total_tokens", 0)),
-        full_budget_tokens=int(acc.get("full_budget_estimate_tokens", 0)),
-        saved_tokens=int(acc.get("saved_tokens", 0)),
-        saved_fraction=float(acc.get("saved_fraction", 0.0)),
         seconds=time.perf_counter() - started,
     )
 
 
-async def _via_proxy(url: str, question: CorpusQuestion, model: str, budget: int) -> DemoRow:
+async def _via_proxy(url: str, corpus: Corpus, question: CorpusQuestion, model: str, budget: int) -> DemoRow:
     import openai
 
     started = time.perf_counter()
-    body = _body(question, model, budget)
+    body = _body(question, model, budget, "prior")
     async with openai.AsyncOpenAI(
         base_url=f"{url}/v1", api_key="not-needed-on-loopback", max_retries=0
     ) as sdk:
@@ -140,70 +165,72 @@ async def _via_proxy(url: str, question: CorpusQuestion, model: str, budget: int
             model=f"mars/{model}",
             messages=[{"role": "user", "content": question.question}],
             max_tokens=body["max_tokens"],
-            extra_body={"mars": {"budget": body["budget"], "probe": body["probe"]}},
+            extra_body={"mars": {"budget": body["budget"], "probe": body["probe"], "warmup": "prior"}},
         )
     mars = (reply.model_extra or {}).get("mars") or {}
     acc = mars.get("accounting") or {}
     return DemoRow(
         qid=question.qid,
         route="proxy (openai SDK)",
+        warmup="prior",
         gold=question.gold_answer,
         answer=mars.get("answer"),
         status="succeeded",
-        stop_checkpoint=mars.get("stop_checkpoint"),
+        stop_position_tokens=mars.get("stop_position_tokens"),
         reason=str(mars.get("reason") or ""),
         generated_tokens=int(acc.get("generated_tokens", 0)),
+        full_generation_tokens=full_generation(corpus, question, body["budget"]),
         spent_tokens=int(mars.get("tokens_spent", 0)),
-        full_budget_tokens=int(acc.get("full_budget_estimate_tokens", 0)),
-        saved_tokens=int(mars.get("tokens_saved", 0)),
-        saved_fraction=float(mars.get("saved_fraction", 0.0)),
         seconds=time.perf_counter() - started,
     )
 
 
+def _position(checkpoint: int | None, question: CorpusQuestion) -> int | None:
+    return None if checkpoint is None else checkpoint * question.probe_interval_tokens
+
+
 def table(rows: list[DemoRow]) -> Table:
-    out = Table(
-        title="MARS demo: early-stopped voting versus the full budget",
-        caption_justify="left",
-    )
+    out = Table(title="MARS demo: early-stopped voting versus the full budget", caption_justify="left")
     for name, justify in (
         ("question", "left"),
         ("via", "left"),
         ("gold", "left"),
         ("answer", "left"),
-        ("stop at", "right"),
+        ("stopped at", "right"),
         ("generated", "right"),
-        ("spent (all)", "right"),
         ("full budget", "right"),
         ("saved", "right"),
+        ("spent (all)", "right"),
         ("time", "right"),
     ):
         out.add_column(name, justify=justify)  # type: ignore[arg-type]
     for r in rows:
-        mark = (
-            "[green]✓[/green]"
-            if r.correct
-            else ("[red]✗[/red]" if r.status == "succeeded" else f"[red]{r.status}[/red]")
-        )
+        if r.status != "succeeded":
+            mark = f"[red]{r.status}[/red]"
+        else:
+            mark = "[green]✓[/green]" if r.correct else "[red]✗[/red]"
+        saved_pct = 100 * r.saved_tokens / r.full_generation_tokens if r.full_generation_tokens else 0.0
         out.add_row(
-            r.qid,
+            r.qid + (" (warmup)" if r.warmup == "sequential" else ""),
             r.route,
             r.gold,
             f"{r.answer} {mark}",
-            "–" if r.stop_checkpoint is None else str(r.stop_checkpoint),
+            "–" if r.stop_position_tokens is None else f"{r.stop_position_tokens:,} tok",
             f"{r.generated_tokens:,}",
+            f"{r.full_generation_tokens:,}",
+            f"{saved_pct:.0f}%",
             f"{r.spent_tokens:,}",
-            f"{r.full_budget_tokens:,}",
-            f"{r.saved_tokens:,} ({100 * r.saved_fraction:.0f}%)",
             f"{r.seconds:.1f}s",
         )
+    generated = sum(r.generated_tokens for r in rows)
+    full = sum(r.full_generation_tokens for r in rows)
     spent = sum(r.spent_tokens for r in rows)
-    full = sum(r.full_budget_tokens for r in rows)
-    saved = sum(r.saved_tokens for r in rows)
     out.caption = (
-        f"{sum(r.correct for r in rows)}/{len(rows)} correct · {spent:,} tokens spent of ≈{full:,} for the full "
-        f"budget · {saved:,} saved ({100 * saved / full if full else 0:.0f}%)\n"
-        "generated: tokens of the K traces up to the stop (the paper's view) · spent (all): plus prompts, "
-        "probes, warmup and tokens past the stop · full budget: all K traces run to their end"
+        f"{sum(r.correct for r in rows)}/{len(rows)} correct · generated {generated:,} of {full:,} tokens "
+        f"({100 * (full - generated) / full if full else 0:.0f}% saved, the paper's view) · "
+        f"{spent:,} spent in all\n"
+        "generated: the K voting traces up to the stop · full budget: the same K traces run to their end "
+        "(exact, from the corpus) · spent (all): the service's accounting, with warmup, prompts, probe "
+        "input and output, and tokens past the stop"
     )
     return out

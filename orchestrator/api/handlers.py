@@ -104,12 +104,16 @@ def install(app: FastAPI) -> None:
         body["detail"] = _jsonable(exc.errors())
         return JSONResponse(body, status_code=422)
 
-    async def on_http(_request: Request, exc: Exception) -> JSONResponse:
+    async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         type_ = {404: "not_found_error", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(
-            error_body(str(exc.detail), type_), status_code=exc.status_code, headers=exc.headers
-        )
+        message = str(exc.detail)
+        where = f"{request.method} {request.url.path}"
+        if message == "Not Found":  # the router's bare 404: say which path and where the routes are
+            message = f"no route for {where}; the routes are listed at /openapi.json"
+        elif message == "Method Not Allowed":
+            message = f"{where} is not allowed on this path; see /openapi.json for its methods"
+        return JSONResponse(error_body(message, type_), status_code=exc.status_code, headers=exc.headers)
 
     app.add_exception_handler(errors.MarsError, on_mars_error)
     app.add_exception_handler(RequestValidationError, on_validation)

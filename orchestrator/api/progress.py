@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator.api.client import SseEvent
+from orchestrator.api.jobs import vote_from_event
 
 _STATE_STYLE = {
     "running": "cyan",
@@ -62,11 +63,10 @@ class LiveJob:
                 if trace.state == "running":
                     trace.tokens = max(trace.tokens, self.position_tokens)
         elif event.event == "vote":
-            self.counts = {str(k): float(v) for k, v in (data.get("counts") or {}).items()}
-            self.leader = data.get("leader")
-            self.margin = float(data.get("margin") or 0.0)
-            threshold = data.get("threshold")
-            self.threshold = None if threshold is None else float(threshold)
+            vote = vote_from_event(data)
+            if vote is not None:
+                self.counts, self.leader, self.margin = vote.counts, vote.leader, vote.margin
+                self.threshold = vote.threshold
         elif event.event == "stop":
             self.stop = data
         elif event.event == "status":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import socket
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from dataclasses import dataclass
@@ -99,18 +100,17 @@ async def _serving(app: Any, settings: Settings, host: str, port: int) -> AsyncI
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),
         timeout_keep_alive=30,
     )
+    sock = _bind(host, port)
     server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(), name="uvicorn")
+    task = asyncio.create_task(server.serve(sockets=[sock]), name="uvicorn")
     try:
         async with asyncio.timeout(_STARTUP_TIMEOUT_S):
             while not server.started:
                 if task.done():
                     task.result()  # the lifespan's own error, if it had one
-                    raise InvalidRequest(
-                        f"the service could not start on {host}:{port} (is the port in use?)", field="--port"
-                    )
+                    raise InvalidRequest(f"the service could not start on {host}:{port}", field="--port")
                 await asyncio.sleep(0.01)
-        bound = server.servers[0].sockets[0].getsockname()[1]
+        bound = sock.getsockname()[1]
         shown = f"[{host}]" if ":" in host else host
         yield RunningService(url=f"http://{shown}:{bound}", server=server, task=task)
     finally:
@@ -123,6 +123,23 @@ async def _serving(app: Any, settings: Settings, host: str, port: int) -> AsyncI
             task.cancel()
             with suppress(asyncio.CancelledError):
                 await task
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound here so that a taken port is one clear error."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise InvalidRequest(
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}); choose another --port or stop what uses it",
+            field="--port",
+        ) from None
+    sock.set_inheritable(True)
+    return sock
 
 
 @asynccontextmanager

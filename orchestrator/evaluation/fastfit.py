@@ -27,7 +27,7 @@ def _newton_logistic(z: FloatArray, y: FloatArray, penalty: FloatArray, iters: i
     design = np.hstack([np.ones((z.shape[0], 1)), z])
     beta = np.zeros(design.shape[1])
     for _ in range(iters):
-        eta = design @ beta
+        eta = np.clip(design @ beta, -50.0, 50.0)
         p = 1.0 / (1.0 + np.exp(-eta))
         grad = design.T @ (p - y) + 2.0 * penalty * beta
         hess = (design * (p * (1.0 - p))[:, None]).T @ design + np.diag(2.0 * penalty + 1e-10)

@@ -60,6 +60,8 @@ class Rows:
     label: npt.NDArray[np.bool_]
     guard: npt.NDArray[np.bool_]
     run: npt.NDArray[np.int64]
+    tokens: npt.NDArray[np.int64]  # generated tokens of the K traces up to this checkpoint
+    full_tokens: npt.NDArray[np.int64]  # the run's SC tokens (all K traces to the end)
 
     @staticmethod
     def concat(parts: Sequence[Rows]) -> Rows:
@@ -73,6 +75,8 @@ class Rows:
             np.concatenate([p.label for p in parts]) if parts else np.empty(0, np.bool_),
             np.concatenate([p.guard for p in parts]) if parts else np.empty(0, np.bool_),
             np.concatenate(runs) if runs else np.empty(0, np.int64),
+            np.concatenate([p.tokens for p in parts]) if parts else np.empty(0, np.int64),
+            np.concatenate([p.full_tokens for p in parts]) if parts else np.empty(0, np.int64),
         )
 
 
@@ -84,7 +88,7 @@ class _Recorder:
 
     def __init__(self) -> None:
         self.rule = PopulationStop(stop_model=None, switch_model=CONSERVATIVE_DEFAULT)
-        self.rows: list[tuple[FloatArray, int | None, bool]] = []
+        self.rows: list[tuple[FloatArray, int | None, bool, int]] = []
 
     def initial_traces(self, budget: int) -> int:
         return budget
@@ -100,28 +104,33 @@ class _Recorder:
         fin = arrays.finished & arrays.counted
         votes = np.bincount(arrays.classes[fin], minlength=leader + 1) if fin.any() else np.zeros(leader + 1)
         guard = int(votes[leader]) >= MIN_FINISHED_SUPPORT and int(votes[leader]) == int(votes.max())
-        self.rows.append((x, leader, guard))
+        self.rows.append((x, leader, guard, sum(t.tokens for t in snapshot.traces)))
         return Decision.cont(state=state)
 
 
 def question_rows(tl: QuestionTimeline, budget: int = 64, reps: Sequence[int] = TRAIN_REPETITIONS) -> Rows:
     """Rows of one question over the training repetitions."""
-    xs, labels, guards, runs = [], [], [], []
+    xs, labels, guards, runs, tokens, fulls = [], [], [], [], [], []
     for n, r in enumerate(reps):
         voting = permutation(r, len(tl.traces))[:budget]
         full = majority([tl.traces[i].final_class for i in voting])
+        sc_tokens = sum(tl.traces[i].total_tokens for i in voting)
         rec = _Recorder()
         simulate(rec, tl, voting)  # type: ignore[arg-type]
-        for x, leader, guard in rec.rows:
+        for x, leader, guard, spent in rec.rows:
             xs.append(x)
             labels.append(leader == full)
             guards.append(guard)
             runs.append(n)
+            tokens.append(spent)
+            fulls.append(sc_tokens)
     return Rows(
         np.asarray(xs, dtype=np.float64).reshape(-1, len(FEATURES)),
         np.asarray(labels, dtype=np.bool_),
         np.asarray(guards, dtype=np.bool_),
         np.asarray(runs, dtype=np.int64),
+        np.asarray(tokens, dtype=np.int64),
+        np.asarray(fulls, dtype=np.int64),
     )
 
 

@@ -133,6 +133,8 @@ async def test_job_page_follows_events_and_shows_the_decision(
     assert await browser.text("#margin") == "1"
     assert await browser.text("#threshold") == "3"
     assert "100 tok" in await browser.text('.trace[data-index="0"]')
+    width = await browser.run("return document.querySelector('.trace .bar > span').style.width")
+    assert width == "100%"  # styles set from script pass the page's content security policy
 
     await store.publish(job_id, "checkpoint", {"checkpoint": 2, "position_tokens": 200})
     await store.publish(
@@ -146,6 +148,15 @@ async def test_job_page_follows_events_and_shows_the_decision(
     )
     assert len(points.split()) == 2  # one point per checkpoint
     assert await browser.text("#checkpoint") == "2"
+    mars_vote = {
+        "checkpoint": 3,
+        "counts": {"42": 4},
+        "margin": 4,
+        "threshold": None,
+        "details": {"slack": 1.5},
+    }
+    await store.publish(job_id, "vote", mars_vote)
+    await browser.until(lambda: browser.text_now("#threshold") == "2.50")  # margin minus the rule's slack
 
     await store.publish(
         job_id,

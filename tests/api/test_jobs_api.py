@@ -222,6 +222,16 @@ async def test_job_view_shows_live_vote_then_result(client: httpx.AsyncClient, s
         "checkpoint": 2,
         "threshold": 3.5,
     }
+    mars_vote = {
+        "checkpoint": 3,
+        "counts": {"42": 5},
+        "margin": 5.0,
+        "threshold": None,
+        "details": {"slack": -1.5},
+    }
+    await store.publish(job_id, "vote", mars_vote)
+    view = (await client.get(f"/v1/jobs/{job_id}", headers=auth(ALICE))).json()
+    assert view["vote"]["threshold"] == 6.5  # MARS: the margin its binding test asks for
     result = JobResult(
         job_id=job_id,
         status=JobStatus.SUCCEEDED,

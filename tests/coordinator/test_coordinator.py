@@ -331,6 +331,27 @@ async def test_deepconf_requires_probes_only_when_its_pipeline_says_so() -> None
     assert provider.probe_calls == 0
 
 
+async def test_deepconf_truncates_low_confidence_traces() -> None:
+    """DeepConf on MARS prunes running traces whose window confidence falls below τ: their streams close
+    at once, they stop voting, and the tokens they had are accounted up to the prune checkpoint."""
+    scripts = {i: Script(3000, "42", ("42",) * 29, confidence=2.0) for i in range(4)}
+    for i in (2, 3):
+        scripts[i] = Script(3000, "7", ("7",) * 29, confidence=0.5)
+    provider = ScriptedProvider(scripts, chunk_tokens=10, logprobs=True)
+    params = {"threshold": 1.0, "switch_model": STREAKY.to_dict()}
+    result, store = await run(provider, job(method="deepconf_mars", params=params))
+    pruned = sorted(t.index for t in result.traces if t.status is TraceStatus.PRUNED)
+    assert pruned == [2, 3]
+    assert result.answer == "42"
+    votes = [e.data for e in await events(store, "j1") if e.kind == "vote"]
+    assert votes[0]["pruned"] == [2, 3]
+    assert provider.open_streams == 0
+    for t in result.traces:
+        if t.index in pruned:
+            assert t.tokens < 3000
+            assert t.tokens_past_stop == t.tokens - 100  # counted up to the prune checkpoint (p_1)
+
+
 async def test_unsupported_probe_strategy_fails_the_job_clearly() -> None:
     """A probe strategy the upstream cannot do fails the job before any trace starts."""
     provider = ScriptedProvider(uniform(2), strategies=frozenset({ProbeStrategy.CONTINUE}))

@@ -27,8 +27,16 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator.coordinator import Coordinator, CoordinatorConfig
-from orchestrator.domain import JobResult, JobSpec, ProbeSpec, TraceStatus, WarmupMode
-from orchestrator.providers.base import Capabilities, Provider, StreamDelta, TraceRequest
+from orchestrator.domain import JobResult, JobSpec, ProbeSpec, TraceResult, TraceStatus, WarmupMode
+from orchestrator.providers.base import (
+    Capabilities,
+    ModelInfo,
+    ProbeRequest,
+    ProbeResult,
+    Provider,
+    StreamDelta,
+    TraceRequest,
+)
 from orchestrator.providers.factory import build_provider
 from orchestrator.providers.wrappers import RetryPolicy
 from orchestrator.replay.corpus import Corpus
@@ -43,7 +51,9 @@ from orchestrator.store.memory import MemoryStore
 EAGER = SwitchModel(FEATURES_NO_CONFIDENCE, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), (0.0, 0.0, -1.0), 3.0)
 BUDGET = 8
 INTERVAL = 100
-FAST_RETRIES = RetryPolicy(max_attempts=3, max_elapsed_s=10.0, base_delay_s=0.01, max_delay_s=0.05, jitter=0.0)
+FAST_RETRIES = RetryPolicy(
+    max_attempts=3, max_elapsed_s=10.0, base_delay_s=0.01, max_delay_s=0.05, jitter=0.0
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,9 +115,6 @@ class FaultRouter:
 
         await self.app(scope, replay, send)
 
-    def stream_calls(self, trace: int) -> list[tuple[Call, str | None]]:
-        return [(c, f) for c, f in self.calls if c.trace == trace]
-
 
 def no_faults(call: Call) -> str | None:
     return None
@@ -129,10 +136,10 @@ class NoContinue:
     def stream(self, request: TraceRequest) -> AbstractAsyncContextManager[AsyncIterator[StreamDelta]]:
         return self.inner.stream(request)
 
-    async def probe(self, request: Any) -> Any:
+    async def probe(self, request: ProbeRequest) -> ProbeResult:
         return await self.inner.probe(request)
 
-    async def models(self) -> Any:
+    async def models(self) -> Sequence[ModelInfo]:
         return await self.inner.models()
 
     async def aclose(self) -> None:
@@ -182,7 +189,7 @@ class Run:
     def events_of(self, kind: str) -> list[Mapping[str, Any]]:
         return [e.data for e in self.events if e.kind == kind]
 
-    def trace(self, index: int) -> Any:
+    def trace(self, index: int) -> TraceResult:
         return next(t for t in self.result.traces if t.index == index)
 
 
@@ -235,7 +242,9 @@ async def run_job(
 
 async def _closed_stalls(server: ReplayServer, timeout_s: float = 5.0) -> None:
     """Wait (bounded) until the server has seen every stalled connection closed; a test then checks."""
-    stalled = {e["request_id"] for e in server.journal.entries("fault") if str(e["fault"]).startswith("stall")}
+    stalled = {
+        e["request_id"] for e in server.journal.entries("fault") if str(e["fault"]).startswith("stall")
+    }
     if not stalled:
         return
     with contextlib.suppress(TimeoutError):

@@ -18,6 +18,7 @@ from orchestrator.domain import JobStatus
 from orchestrator.replay.server import ReplayOptions, ReplayServer, serve_app
 from orchestrator.settings import ProviderConfig, Settings
 from orchestrator.store.factory import open_store
+from tests.fakes import wait_until
 from tests.reliability.harness import INTERVAL, Run, api_body, corpus, reference
 from tests.reliability.processes import PrivateRedis, mars_serve, private_redis
 
@@ -54,9 +55,12 @@ async def stored_tokens(redis_url: str, job_id: str) -> int:
 
 
 async def wait_tokens(redis_url: str, job_id: str, at_least: int, timeout_s: float = 30.0) -> None:
-    async with asyncio.timeout(timeout_s):
-        while await stored_tokens(redis_url, job_id) < at_least:
-            await asyncio.sleep(0.05)
+    """Poll another process's progress through Redis (nothing in this process can signal it)."""
+
+    async def enough() -> bool:
+        return await stored_tokens(redis_url, job_id) >= at_least
+
+    await wait_until(enough, timeout_s=timeout_s, every_s=0.05)
 
 
 async def wait_terminal(client: httpx.AsyncClient, job_id: str, timeout_s: float = 40.0) -> dict[str, Any]:
@@ -71,7 +75,9 @@ async def wait_terminal(client: httpx.AsyncClient, job_id: str, timeout_s: float
                     return view
                 await asyncio.sleep(0.1)
     except TimeoutError:
-        raise AssertionError(f"job {job_id} not finished after {timeout_s} s; last view: {last[:600]}") from None
+        raise AssertionError(
+            f"job {job_id} not finished after {timeout_s} s; last view: {last[:600]}"
+        ) from None
 
 
 def assert_matches_reference(view: dict[str, Any], ref: Run) -> None:
@@ -100,24 +106,26 @@ async def test_redis_away_for_seconds_mid_job_then_back(tmp_path: Path) -> None:
             heartbeat_ms=300,
             shutdown_grace_s=2.0,
         )
-        async with running_service(settings) as service:
-            async with httpx.AsyncClient(base_url=service.url, timeout=10) as client:
-                resp = await client.post("/v1/jobs", json=api_body("outage"))
-                assert resp.status_code == 202, resp.text
-                await wait_tokens(redis.url, "outage", 8 * INTERVAL)
-                await asyncio.to_thread(redis.stop, keep_data=True)
-                await redis.wait_down()
-                during = await client.get("/v1/jobs/outage")
-                assert during.status_code == 503, during.text
-                assert "redis" in during.json()["error"]["message"].lower()
-                ready = await client.get("/readyz")
-                assert ready.status_code == 503
-                assert ready.json()["store"] is False
-                await asyncio.sleep(3.0)  # the outage itself
-                await asyncio.to_thread(redis.start)
-                await redis.wait_up()
-                view = await wait_terminal(client, "outage")
-                assert (await client.get("/readyz")).status_code == 200
+        async with (
+            running_service(settings) as service,
+            httpx.AsyncClient(base_url=service.url, timeout=10) as client,
+        ):
+            resp = await client.post("/v1/jobs", json=api_body("outage"))
+            assert resp.status_code == 202, resp.text
+            await wait_tokens(redis.url, "outage", 8 * INTERVAL)
+            await asyncio.to_thread(redis.stop, keep_data=True)
+            await redis.wait_down()
+            during = await client.get("/v1/jobs/outage")
+            assert during.status_code == 503, during.text
+            assert "redis" in during.json()["error"]["message"].lower()
+            ready = await client.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["store"] is False
+            await asyncio.sleep(3.0)  # the outage itself
+            await asyncio.to_thread(redis.start)
+            await redis.wait_up()
+            view = await wait_terminal(client, "outage")
+            assert (await client.get("/readyz")).status_code == 200
         assert_matches_reference(view, ref)
         async with open_store(Settings(redis_url=redis.url, redis_prefix="relt")) as store:
             for trace in view["traces"]:
@@ -151,9 +159,11 @@ async def test_service_killed_with_running_and_queued_jobs_loses_none(tmp_path: 
             assert record is not None
             assert record.status is JobStatus.RUNNING  # the victim held it
             assert record.owner
-        async with mars_serve(env, log_dir=tmp_path) as second:
-            async with httpx.AsyncClient(base_url=second.url, timeout=10) as client:
-                views = {job_id: await wait_terminal(client, job_id) for job_id in ids}
+        async with (
+            mars_serve(env, log_dir=tmp_path) as second,
+            httpx.AsyncClient(base_url=second.url, timeout=10) as client,
+        ):
+            views = {job_id: await wait_terminal(client, job_id) for job_id in ids}
         for view in views.values():
             assert_matches_reference(view, ref)
         assert any(t["continued_from_tokens"] > 0 for t in views[ids[0]]["traces"])

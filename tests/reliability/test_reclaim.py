@@ -29,17 +29,19 @@ async def test_an_abandoned_job_is_reclaimed_by_an_idle_pool(concurrency: int) -
     assert taken is not None
     assert await store.acquire_lease("abandoned", "dead-worker", 200)
     settings = Settings(lease_ms=300, heartbeat_ms=100, shutdown_grace_s=1.0)
-    async with replay_upstream(no_faults) as (_, _, _, provider):
-        async with WorkerPool(settings, store, {"replay": provider}, concurrency=concurrency, poll_ms=100):
-            try:
-                async with asyncio.timeout(10):
-                    while True:
-                        record = await store.get_job("abandoned")
-                        if record is not None and record.status.terminal:
-                            break
-                        await asyncio.sleep(0.05)
-            except TimeoutError:
-                pytest.fail(f"a pool of {concurrency} never reclaimed the abandoned job within 10 s")
+    async with (
+        replay_upstream(no_faults) as (_, _, _, provider),
+        WorkerPool(settings, store, {"replay": provider}, concurrency=concurrency, poll_ms=100),
+    ):
+        try:
+            async with asyncio.timeout(10):
+                while True:
+                    record = await store.get_job("abandoned")
+                    if record is not None and record.status.terminal:
+                        break
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            pytest.fail(f"a pool of {concurrency} never reclaimed the abandoned job within 10 s")
     assert record.status is JobStatus.SUCCEEDED
     assert record.result is not None
     assert record.result.answer == ref.result.answer

@@ -61,7 +61,7 @@ async def test_retry_after_is_honoured_within_bounds() -> None:
         attempts = [c for c, _ in run.calls if c.trace == trace]
         assert len(attempts) >= 2
         waited = attempts[1].at - attempts[0].at
-        assert 0.3 <= waited < 1.5, waited
+        assert 0.3 <= waited < 2.5, waited  # the hint, not a backoff of its own
 
 
 async def test_a_hint_beyond_the_retry_budget_fails_the_trace_at_once() -> None:

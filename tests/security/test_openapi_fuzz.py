@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -78,7 +77,7 @@ def harness() -> Iterator[Harness]:
         yield Harness(client, store, schema)
 
 
-def send(h: Harness, case: Any) -> httpx.Response:
+def send(h: Harness, case: Any) -> Any:  # the test client's response (httpx-compatible)
     headers = {str(k): str(v) for k, v in (case.headers or {}).items()}
     headers.setdefault("authorization", f"Bearer {KEY}")
     kwargs: dict[str, Any] = {"headers": headers, "params": case.query or None}
@@ -91,7 +90,7 @@ def send(h: Harness, case: Any) -> httpx.Response:
     return h.client.request(case.method, case.formatted_path, **kwargs)
 
 
-def check(h: Harness, case: Any, response: httpx.Response) -> None:
+def check(h: Harness, case: Any, response: Any) -> None:
     where = f"{case.method} {case.formatted_path} -> {response.status_code}: {response.text[:300]}"
     assert response.status_code < 500, where
     if response.status_code >= 400:

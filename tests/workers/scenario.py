@@ -1,6 +1,6 @@
 """The job every worker test runs, and a worker process entry point for the crash tests.
 
-``python -m tests.workers.scenario REDIS_URL PREFIX WORKER_ID`` runs a worker pool on the scripted
+``python -m tests.workers.scenario REDIS_URL PREFIX WORKER_ID DELAY_S [REPLAY_URL]`` runs a worker pool on the scripted
 provider until it is killed (SIGKILL) or told to stop (SIGTERM, two-stage).
 """
 
@@ -12,7 +12,9 @@ import sys
 from orchestrator.coordinator import CoordinatorConfig
 from orchestrator.domain import JobSpec, ProbeSpec, WarmupMode
 from orchestrator.logs import configure_logging
-from orchestrator.settings import Settings
+from orchestrator.providers.base import Provider
+from orchestrator.providers.factory import build_provider
+from orchestrator.settings import ProviderConfig, Settings
 from orchestrator.stopping.switch_model import FEATURES_NO_CONFIDENCE, SwitchModel
 from orchestrator.store.factory import open_store
 from tests.fakes import Script, ScriptedProvider
@@ -57,16 +59,21 @@ def settings(redis_url: str, prefix: str) -> Settings:
     )
 
 
-async def main(redis_url: str, prefix: str, worker_id: str, delay_s: float) -> None:
+async def main(redis_url: str, prefix: str, worker_id: str, delay_s: float, replay_url: str = "") -> None:
     config = settings(redis_url, prefix)
     configure_logging(config)  # logs to stderr; stdout carries "ready"
     shutdown = TwoStageShutdown()
+    providers: dict[str, Provider] = {"scripted": provider(delay_s)}
+    if replay_url:
+        providers["replay"] = build_provider(
+            ProviderConfig(name="replay", kind="replay", base_url=replay_url)
+        )
     async with open_store(config) as store:
         with shutdown.installed():
             pool = WorkerPool(
                 config,
                 store,
-                {"scripted": provider(delay_s)},
+                providers,
                 worker_id=worker_id,
                 coordinator_config=FLUSH,
                 poll_ms=100,
@@ -78,4 +85,4 @@ async def main(redis_url: str, prefix: str, worker_id: str, delay_s: float) -> N
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])))
+    asyncio.run(main(sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), *sys.argv[5:]))

@@ -4,8 +4,12 @@ reaches the same stop checkpoint, answer and generated-token count as the offlin
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import os
 import random
+import signal
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -26,7 +30,9 @@ from orchestrator.stopping.registry import build_rule
 from orchestrator.stopping.switch_model import CONSERVATIVE_DEFAULT, FEATURES_NO_CONFIDENCE, SwitchModel
 from orchestrator.store.base import request_fingerprint
 from orchestrator.store.factory import open_store
-from tests.workers.test_workers import wait_for_result
+from tests.fakes import wait_until
+from tests.workers import scenario
+from tests.workers.test_workers import REPO, tokens_at_least, wait_for_result
 from workers.pool import WorkerPool
 
 pytestmark = [pytest.mark.redis, pytest.mark.shared_data, pytest.mark.timeout(120)]
@@ -117,3 +123,78 @@ async def test_live_path_matches_the_simulator(
     acc = result.accounting
     assert acc.total_tokens >= acc.generated_tokens + acc.generated_past_checkpoint_tokens
     assert acc.probe_calls >= expected.probe_calls - BUDGET
+
+
+async def test_a_worker_killed_mid_job_over_http_resumes_to_the_simulators_answer(
+    shared_data: Path, redis_url: str, prefix: str
+) -> None:
+    """SIGKILL a worker process streaming from the replay server; another worker reclaims the job,
+    continues every trace from its stored prefix over HTTP and reaches the simulator's decision."""
+    file, question, rep, method, params = RUNS[0]
+    data = corpus(shared_data, file)
+    q = data.questions[question]
+    order = list(range(len(q.traces)))
+    random.Random(rep).shuffle(order)
+    prepared = prepare(q, exact_or_none)
+    expected = simulate(build_rule(method, **params), timeline(prepared), order[:BUDGET])
+    path = shared_data / "parallel-probe-qwen3-8b" / f"{file}.json"
+    settings = scenario.settings(redis_url, prefix)
+    async with replay_server_process(
+        path, "--seed", str(rep), "--chunk-tokens", "20", "--speed", "1500"
+    ) as url:
+        victim = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.workers.scenario",
+            redis_url,
+            prefix,
+            "victim",
+            "0",
+            url,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            stdout=asyncio.subprocess.PIPE,
+        )
+        try:
+            assert victim.stdout is not None
+            assert (await asyncio.wait_for(victim.stdout.readline(), 30)).strip() == b"ready"
+            async with open_store(settings) as store:
+                spec = JobSpec(
+                    job_id="killed-http",
+                    messages=({"role": "user", "content": q.question},),
+                    provider="replay",
+                    model="replay",
+                    budget=BUDGET,
+                    method=method,
+                    method_params=params,
+                    probe=ProbeSpec(interval_tokens=q.probe_interval_tokens, timeout_s=30.0),
+                    warmup=WarmupMode.NONE,
+                    task="plain",
+                )
+                await store.create_job(spec, request_fingerprint(spec))
+                await wait_until(lambda: tokens_at_least(store, spec.job_id, BUDGET * 600), timeout_s=60)
+                victim.send_signal(signal.SIGKILL)
+                await victim.wait()
+                provider = build_provider(ProviderConfig(name="replay", kind="replay", base_url=url))
+                try:
+                    async with WorkerPool(
+                        settings, store, {"replay": provider}, worker_id="rescuer", poll_ms=50
+                    ):
+                        record = await wait_for_result(store, spec.job_id, timeout_s=90)
+                finally:
+                    await provider.aclose()
+        finally:
+            if victim.returncode is None:
+                victim.kill()
+                await victim.wait()
+    result = record.result
+    assert result is not None
+    assert record.attempts == 2
+    assert (
+        result.answer == prepared.answers[expected.answer]
+        if expected.answer is not None
+        else result.answer is None
+    )
+    assert result.stop_checkpoint == expected.stop_checkpoint
+    assert result.accounting.generated_tokens == expected.generated_tokens
+    assert sum(t.continued_from_tokens for t in result.traces) >= BUDGET * 600

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from orchestrator.cli import app
 from orchestrator.domain import JobResult, JobStatus
-from orchestrator.errors import JobConflict
+from orchestrator.errors import JobConflict, StoreUnavailable
 from orchestrator.store.base import JobRecord, Store, request_fingerprint
 from orchestrator.store.factory import open_store
 from tests.fakes import wait_until
@@ -64,7 +64,10 @@ async def tokens_at_least(store: Store, job_id: str, n: int) -> bool:
 
 
 async def gone_or_terminal(store: Store, job_id: str) -> bool:
-    record = await store.get_job(job_id)
+    try:
+        record = await store.get_job(job_id)
+    except StoreUnavailable:  # the server is still coming back
+        return False
     return record is None or record.status.terminal
 
 

@@ -5,6 +5,7 @@
 
 (() => {
   const jobId = decodeURIComponent(location.pathname.split("/").pop());
+  const MAX_NAMED = 6;
   const COLORS = ["#2f5fd0", "#d0682f", "#1f8a4c", "#9b2fd0", "#b3261e", "#2fa7d0", "#c9a21d", "#555"];
   const state = { history: [], traces: new Map(), classes: [], maxTokens: 1, events: 0, done: false, threshold: null };
   const $ = (id) => document.getElementById(id);
@@ -33,6 +34,7 @@
     const ordered = Object.values(counts).map(Number).sort((a, b) => b - a);
     const margin = data.margin !== undefined ? Number(data.margin) : (ordered[0] || 0) - (ordered[1] || 0);
     if (data.threshold !== undefined && data.threshold !== null) state.threshold = Number(data.threshold);
+    else if (data.details && typeof data.details.slack === "number") state.threshold = margin - data.details.slack;
     let leader = data.leader;
     if (leader === undefined || leader === null) {
       leader = Object.keys(counts).reduce((a, b) => (counts[a] >= counts[b] ? a : b), null);
@@ -71,23 +73,39 @@
     if (n === 0) return;
     const x = (i) => L + (n === 1 ? 0.5 : i / (n - 1)) * (W - L - R);
     const y = (share) => T + (1 - share) * (H - T - B);
-    const labels = new Set();
-    state.history.forEach((h) => Object.keys(h.counts).forEach((k) => labels.add(k)));
+    // Colour and name the answers that ever held the most share; draw the rest thin and grey.
+    const peak = new Map();
+    state.history.forEach((h) => {
+      const total = Object.values(h.counts).reduce((a, b) => a + Number(b), 0) || 1;
+      for (const [label, count] of Object.entries(h.counts)) {
+        peak.set(label, Math.max(peak.get(label) || 0, Number(count) / total));
+      }
+    });
+    const ranked = [...peak.keys()].sort((a, b) => peak.get(b) - peak.get(a));
+    const named = new Set(ranked.slice(0, MAX_NAMED));
     const legend = $("legend");
     legend.replaceChildren();
-    for (const label of labels) {
+    for (const label of [...ranked].reverse()) {  // named lines last, so they are drawn on top
       const points = state.history.map((h, i) => {
         const total = Object.values(h.counts).reduce((a, b) => a + Number(b), 0) || 1;
         return x(i).toFixed(1) + "," + y(Number(h.counts[label] || 0) / total).toFixed(1);
       });
-      const c = color(label);
-      mk("polyline", { points: points.join(" "), fill: "none", stroke: c, "stroke-width": 2, "data-class": label });
-      const item = Mars.el("span");
+      const isNamed = named.has(label);
+      const c = isNamed ? color(label) : "#c3c8ce";
+      mk("polyline", {
+        points: points.join(" "), fill: "none", stroke: c, "stroke-width": isNamed ? 2 : 1, "data-class": label,
+      });
+    }
+    for (const label of ranked.slice(0, MAX_NAMED)) {
+      const item = Mars.el("span", { "data-class": label });
       const swatch = Mars.el("i");
-      swatch.style.background = c;
+      swatch.style.background = color(label);
       item.appendChild(swatch);
-      item.appendChild(document.createTextNode(label));
+      item.appendChild(document.createTextNode(label + " (" + Math.round(100 * peak.get(label)) + "% max)"));
       legend.appendChild(item);
+    }
+    if (ranked.length > MAX_NAMED) {
+      legend.appendChild(Mars.el("span", { class: "muted" }, "+ " + (ranked.length - MAX_NAMED) + " other answers (grey)"));
     }
     mk("text", { x: L, y: H - 8 }, "checkpoint " + state.history[0].checkpoint);
     mk("text", { x: W - R - 90, y: H - 8 }, "checkpoint " + state.history[n - 1].checkpoint);

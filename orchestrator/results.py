@@ -1,0 +1,175 @@
+"""What a job returns and what its decisions publish: the :class:`~orchestrator.domain.JobResult`
+built from the traces' final states, and the ``checkpoint``/``vote`` event payloads of a decision (the
+payloads are documented in ``coordinator.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from orchestrator.accounting import ProbeSpend, TraceSpend, account
+from orchestrator.answers import AnswerGrouper
+from orchestrator.checkpoints import TraceState
+from orchestrator.domain import Decision, JobResult, JobSpec, JobStatus, Snapshot, TraceResult, TraceStatus
+from orchestrator.providers.tokens import estimate_messages_tokens
+from orchestrator.settings import Price
+from orchestrator.stopping.base import StoppingRule
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How a run ended: status, reason, the winning class and where it stopped."""
+
+    status: JobStatus
+    reason: str
+    answer_class: int | None = None
+    checkpoint: int | None = None
+    position_tokens: int | None = None
+    error: str | None = None
+
+
+def trace_spend(t: TraceState) -> TraceSpend:
+    return TraceSpend(
+        tokens=t.tokens,
+        complete=t.total_tokens is not None,
+        cut_position=t.cut_position,
+        prompt_tokens=t.prompt_tokens,
+        lost_tokens=t.lost_tokens,
+        usage_estimated=t.usage_estimated,
+        shadow_from_tokens=t.shadow_from_tokens if t.shadow else None,
+    )
+
+
+def trace_result(t: TraceState) -> TraceResult:
+    last = t.final_answer if t.status is TraceStatus.FINISHED else (t.answers[-1] if t.answers else None)
+    return TraceResult(
+        index=t.index,
+        status=t.status,
+        tokens=t.tokens,
+        answer=last,
+        final_answer=t.final_answer,
+        tokens_past_stop=trace_spend(t).past_checkpoint,
+        usage_estimated=t.usage_estimated,
+        restarts=t.restarts,
+        continued_from_tokens=t.continued_from_tokens,
+    )
+
+
+def build_result(
+    spec: JobSpec,
+    outcome: Outcome,
+    *,
+    voting: Sequence[TraceState],
+    warmup: Sequence[TraceState],
+    grouper: AnswerGrouper,
+    probes: ProbeSpend,
+    price: Price | None,
+    rule_name: str,
+    probe_strategy: str,
+    votes: Mapping[str, float],
+    notes: Sequence[str],
+    supporting_text_chars: int,
+) -> JobResult:
+    launched = [t for t in voting if t.launched]
+    accounting = account(
+        [trace_spend(t) for t in launched],
+        budget=spec.budget,
+        warmup=[trace_spend(t) for t in warmup],
+        probes=probes,
+        price=price,
+        prompt_estimate=estimate_messages_tokens(list(spec.messages)),
+    )
+    answer = None
+    supporting = None
+    if outcome.answer_class is not None and outcome.status is JobStatus.SUCCEEDED:
+        answer = grouper.representative(outcome.answer_class)
+        for t in voting:
+            if (
+                t.status is TraceStatus.FINISHED
+                and t.final_answer is not None
+                and grouper.classify(t.final_answer) == outcome.answer_class
+            ):
+                supporting = "".join(t.content)[-supporting_text_chars:] or None
+                break
+    all_notes = list(notes)
+    stale = sum(1 for t in launched for o in t.probes.values() if o.stale)
+    if stale:
+        all_notes.append(f"{stale} probes timed out or failed: the previous answer stood")
+    restarts = sum(t.restarts for t in (*launched, *warmup))
+    if restarts:
+        all_notes.append(f"{restarts} trace restarts (tokens of lost attempts counted in total_tokens)")
+    return JobResult(
+        job_id=spec.job_id,
+        status=outcome.status,
+        answer=answer,
+        stop_checkpoint=outcome.checkpoint,
+        stop_position_tokens=outcome.position_tokens,
+        stop_reason=outcome.reason,
+        method=rule_name,
+        probe_strategy=probe_strategy,
+        traces=tuple(trace_result(t) for t in (*voting, *warmup)),
+        accounting=accounting,
+        votes=dict(votes),
+        supporting_text=supporting,
+        notes=tuple(all_notes),
+        error=outcome.error,
+    )
+
+
+def decision_events(
+    snapshot: Snapshot,
+    decision: Decision,
+    grouper: AnswerGrouper,
+    rule: StoppingRule,
+    pruned: Sequence[int],
+    launched: int,
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """The ``checkpoint`` payload (None for wave decisions) and the ``vote`` payload of one decision."""
+    votes: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for view in snapshot.traces:
+        if view.answer_class is None or not (view.eligible and view.started and not view.pruned):
+            continue
+        label = grouper.representative(view.answer_class)
+        votes[label] = votes.get(label, 0.0) + view.weight
+        counts[label] = counts.get(label, 0) + 1
+    ranked = sorted(votes.values(), reverse=True)
+    leader = (
+        grouper.representative(decision.answer_class)
+        if decision.stop and decision.answer_class is not None
+        else (max(votes, key=lambda k: votes[k]) if votes else None)
+    )
+    margin = (ranked[0] - (ranked[1] if len(ranked) > 1 else 0.0)) if ranked else 0.0
+    threshold = getattr(rule, "threshold", None)
+    checkpoint = None
+    if snapshot.checkpoint:
+        checkpoint = {
+            "checkpoint": snapshot.checkpoint,
+            "position_tokens": snapshot.position_tokens,
+            "running": sum(1 for v in snapshot.traces if v.started and not v.finished and not v.pruned),
+            "finished": sum(1 for v in snapshot.traces if v.finished),
+            "stale": [v.index for v in snapshot.traces if v.stale],
+            "generated_tokens": sum(v.tokens for v in snapshot.traces),
+        }
+    vote = {
+        "checkpoint": snapshot.checkpoint,
+        "classes": votes,
+        "counts": counts,
+        "leader": leader,
+        "margin": margin,
+        "threshold": threshold if isinstance(threshold, int | float) else None,
+        "verdict": decision.verdict.value,
+        "reason": decision.reason,
+        "details": {k: _finite(v) for k, v in decision.details.items()},
+        "pruned": list(pruned),
+        "launched": launched,
+    }
+    return checkpoint, vote
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None

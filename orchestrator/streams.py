@@ -1,0 +1,323 @@
+"""Streaming one trace: its upstream stream, its token batches in the store, its checkpoint crossings
+and its probes (STOPPING.md §9, §10).
+
+One :class:`TraceStreamer` serves one job run. ``run(trace)`` is the trace's task: it streams, appends
+token chunks to the store in batches (a batch always ends at a checkpoint crossing, so a resumed job
+sees the same chunk boundaries and probes the same prefixes), detects crossings synchronously on every
+chunk, and starts the probe of each crossing in a task group nested in the trace's task, so cancelling
+the trace (a stop, a prune) cancels its probes with it. A stream that fails mid-way is continued from its
+prefix when the provider can continue one, else restarted; a job that finds stored tokens from an
+earlier attempt does the same from what the store holds. Probes have their own concurrency cap and a
+timeout; a timed-out or failed probe leaves an outcome that says so (the previous answer stands).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.answers import DEFAULT_EXTRACTOR, answer_or_none, last_boxed
+from orchestrator.checkpoints import Crossing, ProbeOutcome, TraceState
+from orchestrator.domain import JobSpec, ProbeStrategy, TraceStatus
+from orchestrator.errors import CallerError, MarsError, StoreUnavailable, UpstreamError
+from orchestrator.providers.base import Capabilities, ProbeRequest, Provider, StreamDelta, TraceRequest
+from orchestrator.providers.tokens import estimate_messages_tokens, estimate_tokens
+from orchestrator.store.base import Store, TokenChunk
+
+Publish = Callable[[str, Mapping[str, Any]], Awaitable[None]]
+Retrying = Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class StreamConfig:
+    flush_tokens: int = 512
+    trace_retries: int = 2
+    probe_concurrency: int = 64
+
+
+@dataclass
+class ProbeSpend:
+    calls: int = 0
+    input: int = 0
+    cached: int = 0
+    output: int = 0
+
+
+def trace_event(t: TraceState, state: str) -> dict[str, Any]:
+    """One entry of a ``trace`` event."""
+    answer = t.final_answer if state == "finished" else (t.answers[-1] if t.answers else None)
+    return {"index": t.index, "state": state, "tokens": t.tokens, "answer": answer}
+
+
+class TraceStreamer:
+    def __init__(
+        self,
+        *,
+        spec: JobSpec,
+        store: Store,
+        provider: Provider,
+        caps: Capabilities,
+        config: StreamConfig,
+        changed: asyncio.Event,
+        publish: Publish,
+        retrying: Retrying,
+    ) -> None:
+        self.spec = spec
+        self.store = store
+        self.provider = provider
+        self.caps = caps
+        self.config = config
+        self.interval = spec.probe.interval_tokens
+        self.changed = changed
+        self._publish = publish
+        self._retrying = retrying
+        self.strategy = ProbeStrategy.NONE
+        self.stored: dict[int, list[TokenChunk]] = {}  # what an earlier attempt left in the store
+        self.probe_slots = asyncio.Semaphore(config.probe_concurrency)
+        self.probe_spend = ProbeSpend()
+        self.fatal: MarsError | None = None  # a permanent error from a stream ends the job
+
+    def _request(self, trace: TraceState, prefix: str = "", done_tokens: int = 0) -> TraceRequest:
+        spec, sampling = self.spec, self.spec.sampling
+        return TraceRequest(
+            messages=spec.messages,
+            model=spec.model,
+            max_tokens=max(1, spec.max_tokens - done_tokens),
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k,
+            seed=None if sampling.seed is None else sampling.seed + trace.index,
+            logprobs=self.caps.logprobs,
+            prefix=prefix,
+            trace_index=trace.index,
+            job_id=spec.job_id,
+        )
+
+    async def run(self, trace: TraceState) -> None:
+        """Stream one trace; its probes run in a nested group so cancelling the trace cancels them."""
+        try:
+            async with asyncio.TaskGroup() as probes:
+                await self._stream_with_retries(trace, probes)
+        finally:
+            self.changed.set()
+
+    async def _stream_with_retries(self, trace: TraceState, probes: asyncio.TaskGroup) -> None:
+        job_id = self.spec.job_id
+        stored = self.stored.pop(trace.index, [])
+        if stored and self.caps.continue_prefix:
+            for chunk in stored:  # replay what the store holds: same crossings, same probes
+                self._on_chunk(
+                    trace, chunk.reasoning + chunk.text, chunk.text, chunk.tokens, chunk.confidences, probes
+                )
+            trace.continued_from_tokens = trace.tokens
+        elif stored:
+            trace.lost_tokens += sum(c.tokens for c in stored)
+            trace.restarts += 1
+            await self._retrying(lambda: self.store.reset_trace(job_id, trace.index))
+        failures = 0
+        while True:
+            prefix = trace.full_text() if trace.tokens else ""
+            try:
+                finished = await self._stream_once(trace, prefix, probes)
+            except UpstreamError as exc:
+                if isinstance(exc, StoreUnavailable):
+                    raise
+                failures += 1
+                if failures > self.config.trace_retries:
+                    trace.status, trace.error = TraceStatus.FAILED, f"{type(exc).__name__}: {exc}"
+                    await self._publish(
+                        "failure",
+                        {"kind": "trace", "trace": trace.index, "checkpoint": None, "error": trace.error},
+                    )
+                    await self._publish("trace", {"traces": [trace_event(trace, "failed")]})
+                    return
+                if not self.caps.continue_prefix and trace.tokens:
+                    await self._restart(trace)
+                continue
+            except CallerError as exc:
+                trace.status, trace.error = TraceStatus.FAILED, f"{type(exc).__name__}: {exc}"
+                self.fatal = exc
+                return
+            if finished:
+                return
+
+    async def _restart(self, trace: TraceState) -> None:
+        trace.lost_tokens += trace.tokens
+        trace.restarts += 1
+        trace.tokens = 0
+        trace.text.clear()
+        trace.content.clear()
+        trace.next_checkpoint = 1
+        await self._retrying(lambda: self.store.reset_trace(self.spec.job_id, trace.index))
+
+    async def _stream_once(self, trace: TraceState, prefix: str, probes: asyncio.TaskGroup) -> bool:
+        request = self._request(trace, prefix, trace.tokens)
+        buffer: list[StreamDelta] = []
+        buffered = 0
+        prompt_reported = False
+        try:
+            async with self.provider.stream(request) as deltas:
+                async for delta in deltas:
+                    if delta.usage is not None:
+                        trace.prompt_tokens += delta.usage.prompt_tokens
+                        prompt_reported = True
+                        trace.usage_estimated |= delta.usage.estimated
+                    trace.usage_estimated |= delta.tokens_estimated
+                    if not (delta.tokens or delta.text or delta.reasoning):
+                        continue
+                    buffer.append(delta)
+                    buffered += delta.tokens
+                    crossed = self._on_chunk(
+                        trace,
+                        delta.reasoning + delta.text,
+                        delta.text,
+                        delta.tokens,
+                        delta.confidences,
+                        probes,
+                        finishing=delta.finish_reason is not None,
+                    )
+                    if crossed or buffered >= self.config.flush_tokens:
+                        batch, buffer, buffered = buffer, [], 0
+                        await self._flush(trace, batch)
+        except BaseException:
+            # Whatever ended the stream (a stop, a prune, an upstream error), every token counted goes
+            # to the store: it is the record a resumed job continues from. The connection is already
+            # closed here, so this does not delay the cancel upstream. One attempt, no outage retries.
+            with contextlib.suppress(StoreUnavailable):
+                await self.store.append_tokens(self.spec.job_id, trace.index, self._merged(buffer))
+            raise
+        finally:
+            if not prompt_reported:  # the request went out: its prompt was processed
+                trace.prompt_tokens += estimate_messages_tokens(list(self.spec.messages)) + estimate_tokens(
+                    prefix
+                )
+                trace.usage_estimated = True
+        await self._flush(trace, buffer)
+        trace.total_tokens = trace.tokens
+        content = "".join(trace.content)
+        final = DEFAULT_EXTRACTOR.final(content) or DEFAULT_EXTRACTOR.final(trace.full_text())
+        trace.final_answer = answer_or_none(final)  # "ERR" and blanks are no answer
+        trace.status = TraceStatus.FINISHED
+        self.changed.set()
+        if trace.role == "vote" and not trace.shadow:
+            await self._publish("trace", {"traces": [trace_event(trace, "finished")]})
+        return True
+
+    def _on_chunk(
+        self,
+        trace: TraceState,
+        text: str,
+        content: str,
+        tokens: int,
+        confidences: tuple[float, ...] | list[float],
+        probes: asyncio.TaskGroup,
+        *,
+        finishing: bool = False,
+    ) -> bool:
+        """Count a chunk; when it crosses checkpoints, probe the trace on its prefix (sync, cheap)."""
+        trace.tokens += tokens
+        trace.text.append(text)
+        if content:
+            trace.content.append(content)
+        if confidences:
+            trace.add_confidences(confidences)
+            if trace.role == "warmup":
+                trace.all_confidences.extend(confidences)
+        crossed = False
+        while trace.tokens >= trace.next_checkpoint * self.interval:
+            t = trace.next_checkpoint
+            trace.next_checkpoint += 1
+            crossed = True
+            if t in trace.crossings:
+                continue  # already probed (a restarted stream passing again)
+            if finishing and trace.tokens == t * self.interval:
+                continue  # finished exactly at p_t: shows its final answer there, no probe needed
+            prefix = "".join(trace.text)
+            trace.text[:] = [prefix]  # keep joins linear
+            crossing = Crossing(t, trace.tokens, prefix, trace.window_confidence())
+            trace.crossings[t] = crossing
+            self._probe_now(trace, crossing, probes)
+        return crossed
+
+    @staticmethod
+    def _merged(buffer: list[StreamDelta]) -> list[TokenChunk]:
+        """One stored chunk for a batch of deltas (empty batch: nothing)."""
+        if not buffer:
+            return []
+        return [
+            TokenChunk(
+                text="".join(d.text for d in buffer),
+                tokens=sum(d.tokens for d in buffer),
+                confidences=tuple(c for d in buffer for c in d.confidences),
+                reasoning="".join(d.reasoning for d in buffer),
+            )
+        ]
+
+    async def _flush(self, trace: TraceState, buffer: list[StreamDelta]) -> None:
+        chunks = self._merged(buffer)
+        if chunks:
+            await self._retrying(lambda: self.store.append_tokens(self.spec.job_id, trace.index, chunks))
+
+    # --- probes -------------------------------------------------------------------------------
+    def _probe_now(self, trace: TraceState, crossing: Crossing, probes: asyncio.TaskGroup) -> None:
+        t = crossing.checkpoint
+        if self.strategy is ProbeStrategy.NONE:
+            trace.probes[t] = ProbeOutcome(None, "none")
+        elif self.strategy is ProbeStrategy.EXTRACT:
+            trace.probes[t] = ProbeOutcome(answer_or_none(last_boxed(crossing.prefix)))
+        else:
+            probes.create_task(self._probe(trace, crossing), name=f"probe-{trace.index}-{t}")
+            return
+        self.changed.set()
+
+    async def _probe(self, trace: TraceState, crossing: Crossing) -> None:
+        request = ProbeRequest(
+            trace=self._request(trace),
+            prefix=crossing.prefix,
+            position_tokens=crossing.position_tokens,
+            strategy=self.strategy,
+            model=self.spec.probe.model,
+            max_tokens=self.spec.probe.max_tokens,
+        )
+        t = crossing.checkpoint
+        try:
+            async with asyncio.timeout(self.spec.probe.timeout_s):
+                async with self.probe_slots:
+                    result = await self.provider.probe(request)
+        except TimeoutError:
+            trace.probes[t] = ProbeOutcome(None, "timeout")
+            await self._publish(
+                "failure",
+                {"kind": "probe_timeout", "trace": trace.index, "checkpoint": t, "error": "probe timed out"},
+            )
+        except (UpstreamError, CallerError) as exc:
+            if isinstance(exc, StoreUnavailable):
+                raise
+            trace.probes[t] = ProbeOutcome(None, "failed")
+            await self._publish(
+                "failure",
+                {
+                    "kind": "probe",
+                    "trace": trace.index,
+                    "checkpoint": t,
+                    "error": f"{type(exc).__name__}: {exc}",
+                },
+            )
+        else:
+            spend = self.probe_spend
+            spend.calls += 1
+            spend.input += result.input_tokens
+            spend.cached += result.cached_tokens
+            spend.output += result.output_tokens
+            trace.probes[t] = ProbeOutcome(
+                answer_or_none(result.answer),
+                "ok",
+                result.input_tokens,
+                result.cached_tokens,
+                result.output_tokens,
+            )
+        finally:
+            self.changed.set()

@@ -31,11 +31,12 @@ import httpx
 
 from orchestrator.coordinator import Coordinator, CoordinatorConfig
 from orchestrator.domain import Decision, JobSpec, ProbeSpec, ProbeStrategy, Snapshot, WarmupMode
+from orchestrator.logs import configure_logging
 from orchestrator.providers.factory import build_provider
 from orchestrator.replay.corpus import Corpus, CorpusQuestion, CorpusTrace
 from orchestrator.replay.jsonl import write_jsonl
 from orchestrator.replay.server import replay_server_process
-from orchestrator.settings import ProviderConfig
+from orchestrator.settings import ProviderConfig, Settings
 from orchestrator.stopping.registry import build_rule
 from orchestrator.store.base import request_fingerprint
 from orchestrator.store.memory import MemoryStore
@@ -137,6 +138,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 async def main(argv: list[str]) -> dict[str, object]:
+    configure_logging(Settings(log_level="warning"), stream=sys.stderr)  # stdout carries the JSON only
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs-64", type=int, default=20)
     parser.add_argument("--jobs-512", type=int, default=6)

@@ -31,6 +31,7 @@ import redis.asyncio as aioredis
 
 from orchestrator.coordinator import Coordinator
 from orchestrator.domain import JobSpec, ProbeSpec, WarmupMode
+from orchestrator.logs import configure_logging
 from orchestrator.providers.factory import build_provider
 from orchestrator.replay.corpus import Corpus, CorpusQuestion, CorpusTrace
 from orchestrator.replay.jsonl import write_jsonl
@@ -110,6 +111,7 @@ async def job(url: str, question: str, k: int, interval: int, redis_url: str) ->
 
 
 async def main(argv: list[str]) -> dict[str, object]:
+    configure_logging(Settings(log_level="warning"), stream=sys.stderr)  # stdout carries the JSON only
     parser = argparse.ArgumentParser()
     parser.add_argument("--k", type=int, default=64)
     parser.add_argument("--tokens-per-stream", type=int, default=3000)

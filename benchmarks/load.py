@@ -180,6 +180,15 @@ def rss_mb(pid: int | None) -> float | None:
     return round(float(psutil.Process(pid).memory_info().rss) / 2**20, 1)
 
 
+def cpu_s(pid: int | None) -> float | None:
+    if pid is None:
+        return None
+    import psutil
+
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
 def sockets(pid: int | None, service_url: str, replay_url: str) -> dict[str, int] | None:
     """The service's TCP sockets: from clients (on its listening port) and to the upstream."""
     if pid is None:
@@ -216,7 +225,9 @@ class Driver:
     client: httpx.AsyncClient
     corpus: Corpus
     args: argparse.Namespace
+    service_pid: int | None = None
     outcomes: list[Outcome] = field(default_factory=list)
+    halfway_rss: float | None = None
 
     def job_body(self, n: int) -> dict[str, Any]:
         question = self.corpus.questions[n % len(self.corpus.questions)]
@@ -283,6 +294,8 @@ class Driver:
         except httpx.HTTPError as exc:
             outcome = Outcome("proxy" if n % 2 else "rest", False, 0.0, f"{type(exc).__name__}: {exc}")
         self.outcomes.append(outcome)
+        if len(self.outcomes) == self.args.jobs // 2:
+            self.halfway_rss = rss_mb(self.service_pid)  # memory once half the jobs are done
 
     async def run(self, numbers: range) -> None:
         slots = asyncio.Semaphore(self.args.concurrency)
@@ -358,16 +371,16 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         )
         timeout = httpx.Timeout(args.job_timeout_s, connect=10.0)
         rss_before = rss_mb(service.pid)
+        cpu_before = cpu_s(service.pid)
+        load_before = os.getloadavg()[0]
         async with httpx.AsyncClient(
             base_url=service.url, headers=headers, limits=limits, timeout=timeout
         ) as client:
-            driver = Driver(client, corpus, args)
-            half = args.jobs // 2
+            driver = Driver(client, corpus, args, service.pid)
             started = time.monotonic()
-            await driver.run(range(0, half))
-            rss_mid = rss_mb(service.pid)
-            await driver.run(range(half, args.jobs))
+            await driver.run(range(args.jobs))
             wall = time.monotonic() - started
+            rss_mid = driver.halfway_rss
             in_flight_after = await wait_idle(client)
         await asyncio.sleep(1.0)  # let closed connections settle before counting sockets
         open_after = gauge.open if gauge is not None else None
@@ -376,6 +389,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             peak, open_after = await remote_peak(replay_url)
         socks = sockets(service.pid, service.url, replay_url)
         rss_after = rss_mb(service.pid)
+        cpu_after = cpu_s(service.pid)
 
     times = [o.seconds for o in driver.outcomes if o.ok]
     errors = [o for o in driver.outcomes if not o.ok]
@@ -391,6 +405,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "max_tokens": args.max_tokens,
         "store": "redis" if args.redis_url else "memory",
         "wall_s": round(wall, 2),
+        "service_cpu_s": None
+        if cpu_before is None or cpu_after is None
+        else round(cpu_after - cpu_before, 1),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_avg_1m_before": load_before,
+            "load_avg_1m_after": os.getloadavg()[0],
+        },
         "jobs_per_s": round(args.jobs / wall, 3) if wall > 0 else None,
         "time_to_answer_s": {
             "p50": percentile(times, 50),
@@ -406,7 +428,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "upstream_streams_started": gauge.total if gauge is not None else None,
         "upstream_streams_open_peak": peak,
         "upstream_streams_open_after": open_after,
-        "rss_mb": {"before": rss_before, "halfway": rss_mid, "after": rss_after},
+        "rss_mb": {"before": rss_before, "half_the_jobs_done": rss_mid, "after": rss_after},
         "rss_growth_second_half_mb": growth,
         "jobs_in_flight_after": in_flight_after,
         "client_sockets_open_after": None if socks is None else socks["client_sockets"],

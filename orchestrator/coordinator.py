@@ -15,7 +15,16 @@ an earlier attempt (a reclaimed job) resumes from them: traces are continued fro
 when the provider can continue a prefix, otherwise restarted, and either way accounted.
 
 Checkpoint semantics are those of STOPPING.md §10 (see ``checkpoints.py``); the decision is a pure rule
-from ``orchestrator.stopping.registry`` applied to an immutable snapshot.
+from ``orchestrator.stopping.registry`` applied to an immutable snapshot. On STOP the cancels are issued
+first and the deciding ``vote`` event is published after them; the result is written once every
+cancelled stream has closed (so "tokens past the checkpoint" are final). With ``shadow_traces`` > 0, that
+many running traces are left to finish after the stop (bounded by ``shadow_timeout_s``); the stored
+result is then rewritten with their final states and tokens, and their complete histories (and those of
+sequential warmup traces) update the (model, task) prior.
+
+Around it: ``streams.py`` streams one trace (batches to the store, crossings, probes, retries, resume),
+``warmup.py`` gets q and γ per warmup mode and keeps the prior, ``results.py`` builds the result and the
+decision events, ``accounting.py`` the token and money views.
 
 Events published on the job's stream (``Store.publish``; the API serves them as SSE, ``event:`` = kind):
 
@@ -24,7 +33,8 @@ Events published on the job's stream (``Store.publish``; the API serves them as 
 ``resume``      ``{"attempt": n, "traces": {index: stored_tokens}, "continue_prefix": bool}``
 ``warmup``      ``{"mode", "source", "gamma", "features", "rows", "warmup_answer", "deepconf_threshold"}``
 ``trace``       ``{"traces": [{"index", "state", "tokens", "answer"}]}`` when traces are launched,
-                finish, fail, are pruned or cancelled (never per token)
+                finish, fail or are cancelled at the stop (never per token; pruned traces are listed
+                in the ``vote`` event that pruned them)
 ``checkpoint``  ``{"checkpoint": t, "position_tokens": p_t, "running": n, "finished": n,
                 "stale": [indices whose probe timed out or failed], "generated_tokens": n}``
 ``vote``        ``{"checkpoint": t, "classes": {answer: weight}, "counts": {answer: traces},

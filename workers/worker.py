@@ -119,10 +119,10 @@ class JobHandler:
             result = await self._run_leased(message, spec, provider)
         except StoreUnavailable as exc:
             log.warning("store unavailable; job left for reclaim", error=str(exc))
-            await self._release()
+            await self._release(job_id)
             return None
         except asyncio.CancelledError:
-            await self._release()  # hand the job back: another worker reclaims and resumes it
+            await self._release(job_id)  # hand the job back: another worker reclaims and resumes it
             raise
         except _LeaseLost:
             log.warning("lease lost; another worker owns the job now")
@@ -177,10 +177,7 @@ class JobHandler:
         log.info("job closed without running", status=result.status.value, error=result.error)
         return result
 
-    async def _release(self) -> None:
-        job_id = structlog.contextvars.get_contextvars().get("job_id")
-        if not isinstance(job_id, str):
-            return
+    async def _release(self, job_id: str) -> None:
         with contextlib.suppress(StoreUnavailable, TimeoutError):
             async with asyncio.timeout(self.config.release_timeout_s):
                 await asyncio.shield(self.store.release_lease(job_id, self.config.worker_id))

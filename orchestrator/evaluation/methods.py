@@ -94,6 +94,26 @@ def _registry(name: str, **params: object) -> Callable[[MethodContext], Stopping
     return build
 
 
+def _deepconf_threshold(ctx: MethodContext) -> float:
+    from orchestrator.stopping.deepconf import warmup_threshold
+
+    lows = [ctx.timeline.traces[i].lowest_window for i in ctx.warmup]
+    return warmup_threshold([v for v in lows if v is not None])
+
+
+def _deepconf(ctx: MethodContext) -> StoppingRule:
+    from orchestrator.stopping.registry import build_rule
+
+    return build_rule("deepconf", threshold=_deepconf_threshold(ctx))
+
+
+def _deepconf_mars(ctx: MethodContext) -> StoppingRule:
+    from orchestrator.stopping.registry import build_rule
+
+    model, gamma = _warmup_fit(ctx)
+    return build_rule("deepconf_mars", threshold=_deepconf_threshold(ctx), switch_model=model, gamma=gamma)
+
+
 def _prior(ctx: MethodContext, key: str) -> SwitchModel:
     model = ctx.priors.get(key)
     if not isinstance(model, SwitchModel):
@@ -159,6 +179,25 @@ SPECS: dict[str, MethodSpec] = {
             "mars-pop-lodo",
             lambda ctx: _population(ctx, "mars-pop-lodo"),
             description="as mars-pop, trained on the other dataset(s) only",
+        ),
+        MethodSpec(
+            "mars-pop-shipped",
+            _registry("mars-pop"),
+            description="the registry's mars-pop: the shipped prior (trained on the bundled corpus)",
+        ),
+        MethodSpec(
+            "deepconf",
+            _deepconf,
+            sequential_warmup=True,
+            needs_confidences=True,
+            description="DeepConf Online: τ from 16 warmup traces, window-confidence weights",
+        ),
+        MethodSpec(
+            "deepconf-mars",
+            _deepconf_mars,
+            sequential_warmup=True,
+            needs_confidences=True,
+            description="MARS on DeepConf's eligibility and weights (q and γ from the warmup)",
         ),
         MethodSpec("hindsight", _registry("sc"), description="the limit (uses the future)"),
         MethodSpec("default", _registry("default"), description="what the live service runs"),

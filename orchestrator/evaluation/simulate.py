@@ -25,6 +25,7 @@ import numpy as np
 from orchestrator.domain import Decision, Snapshot, TraceView, majority
 from orchestrator.evaluation.prepared import PreparedQuestion
 from orchestrator.stopping.base import StoppingRule
+from orchestrator.stopping.deepconf import lowest_window_confidence
 from orchestrator.stopping.switch_model import feature_rows
 
 PROBE_CLOSE_TOKENS = 1  # the closing brace the probe completion ends with
@@ -43,6 +44,7 @@ class TraceTimeline:
     features: tuple[tuple[float, ...], ...]  # one row per checkpoint
     probe_output_tokens: tuple[int, ...]  # output tokens of the probe at each checkpoint (0 when done)
     confidences: tuple[float | None, ...]  # trailing-window confidence at each checkpoint (or None)
+    lowest_window: float | None = None  # lowest 2048-token window confidence of the whole trace
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +79,9 @@ def timeline(
         classes = tuple(t.class_at(p) for p in positions)
         finish = max(1, math.ceil(t.total_tokens / interval))
         confs: tuple[float | None, ...]
+        lowest = None
         if t.confidences is not None:
+            lowest = lowest_window_confidence(t.confidences)
             c = t.confidences
             confs = tuple(
                 float(np.mean(c)) if p >= t.total_tokens and c else _trailing_confidence(c, p)
@@ -101,7 +105,9 @@ def timeline(
         else:
             ptoks = tuple(0 if k + 1 >= finish else 2 for k in range(n_cp))
         rows = tuple(tuple(float(v) for v in row) for row in feats)
-        traces.append(TraceTimeline(classes, finish, t.total_tokens, t.final_class, rows, ptoks, confs))
+        traces.append(
+            TraceTimeline(classes, finish, t.total_tokens, t.final_class, rows, ptoks, confs, lowest)
+        )
     return QuestionTimeline(q.qid, interval, n_cp, tuple(traces), q.gold_class, q.answers)
 
 

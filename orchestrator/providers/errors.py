@@ -11,12 +11,12 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import json
+import sys
 import time
 from collections.abc import Mapping
+from typing import Any
 
-import anthropic
 import httpx2
-import openai
 
 from orchestrator import errors
 
@@ -91,22 +91,34 @@ def stream_error_event(body: object, *, where: str = "upstream") -> errors.MarsE
     return errors.UpstreamServerError(f"{where}: {_message_of(body, 'error event')}", status=500)
 
 
+def _sdk_types(attr: str) -> tuple[type[BaseException], ...]:
+    """The SDKs' exception classes named ``attr``, from the SDKs already imported: an exception of an
+    SDK can only exist once that SDK is loaded, and importing one just to test costs seconds."""
+    found: list[type[BaseException]] = []
+    for module_name in ("openai", "anthropic"):
+        module = sys.modules.get(module_name)
+        if module is not None:
+            found.append(getattr(module, attr))
+    return tuple(found)
+
+
 def translate(exc: BaseException, *, where: str = "upstream") -> errors.MarsError:
     """Map any vendor or transport exception to the project's tree (``MarsError`` passes through)."""
     if isinstance(exc, errors.MarsError):
         return exc
-    if isinstance(exc, openai.APIStatusError | anthropic.APIStatusError):
-        headers = dict(exc.response.headers.items())
-        return status_error(exc.status_code, headers, exc.body, where=where)
-    if isinstance(exc, openai.APITimeoutError | anthropic.APITimeoutError | httpx2.TimeoutException):
+    if isinstance(exc, _sdk_types("APIStatusError")):
+        sdk_exc: Any = exc
+        headers = dict(sdk_exc.response.headers.items())
+        return status_error(sdk_exc.status_code, headers, sdk_exc.body, where=where)
+    if isinstance(exc, (*_sdk_types("APITimeoutError"), httpx2.TimeoutException)):
         return errors.UpstreamTimeout(f"{where}: timed out ({exc.__class__.__name__})")
-    if isinstance(exc, openai.APIConnectionError | anthropic.APIConnectionError | httpx2.TransportError):
+    if isinstance(exc, (*_sdk_types("APIConnectionError"), httpx2.TransportError)):
         return errors.UpstreamConnectionError(f"{where}: connection failed: {exc!r}")
-    if isinstance(exc, openai.APIResponseValidationError | anthropic.APIResponseValidationError):
+    if isinstance(exc, _sdk_types("APIResponseValidationError")):
         return errors.MalformedStream(f"{where}: response did not validate: {exc}")
-    if isinstance(exc, openai.APIError | anthropic.APIError):
+    if isinstance(exc, _sdk_types("APIError")):
         # An ``error`` payload inside a 200 stream; the SDK gives no status.
-        return stream_error_event(exc.body, where=where)
+        return stream_error_event(getattr(exc, "body", None), where=where)
     if isinstance(exc, ValueError):
         return errors.MalformedStream(f"{where}: malformed response: {exc}")
     return errors.UpstreamError(f"{where}: {exc!r}")

@@ -11,10 +11,7 @@ from typing import Any
 
 from orchestrator.domain import ProbeStrategy
 from orchestrator.errors import InvalidRequest, UnsupportedCapability
-from orchestrator.providers.anthropic import AnthropicProvider
 from orchestrator.providers.base import Provider
-from orchestrator.providers.deepseek import DeepSeekProvider
-from orchestrator.providers.openai import OpenAIProvider
 from orchestrator.providers.openai_compat import CompatOptions, OpenAICompatProvider, Timeouts
 from orchestrator.providers.wrappers import (
     RateLimitedProvider,
@@ -44,11 +41,18 @@ def build_adapter(config: ProviderConfig, *, compat_options: CompatOptions | Non
         if not base:
             raise InvalidRequest(f"provider {config.name!r}: base_url is required", field="base_url")
         return OpenAICompatProvider(base_url=base, options=compat_options, **common)
+    # Vendor SDKs are imported only for the kinds in use: anthropic alone takes seconds to import.
     if config.kind == "openai":
+        from orchestrator.providers.openai import OpenAIProvider
+
         return OpenAIProvider(base_url=config.base_url, **common)
     if config.kind == "anthropic":
+        from orchestrator.providers.anthropic import AnthropicProvider
+
         return AnthropicProvider(base_url=config.base_url, **common)
     if config.kind == "deepseek":
+        from orchestrator.providers.deepseek import DeepSeekProvider
+
         return DeepSeekProvider(base_url=config.base_url, **common)
     raise InvalidRequest(f"provider {config.name!r}: unknown kind {config.kind!r}", field="kind")
 

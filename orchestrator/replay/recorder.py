@@ -31,6 +31,7 @@ from orchestrator.replay.recordings import (
     encode_chunk,
     redact_body,
     redact_headers,
+    redact_query,
 )
 
 _DROP_REQUEST = frozenset({"host", "content-length", "accept-encoding", "connection"})
@@ -68,7 +69,7 @@ class Recorder:
             "request": {
                 "method": request.method,
                 "path": path,
-                "query": query,
+                "query": redact_query(query),
                 "headers": redact_headers(list(request.headers.items())),
                 "body": redact_body(decode_body(raw)),
             },

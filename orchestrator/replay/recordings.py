@@ -55,6 +55,28 @@ def redact_headers(headers: Mapping[str, str] | Sequence[tuple[str, str]]) -> di
     return {k.lower(): (REDACTED if k.lower() in SECRET_HEADERS else v) for k, v in items}
 
 
+_SECRET_QUERY_PARAMS = _SECRET_FIELDS | {"key", "api-key", "code", "sig", "signature"}
+
+
+def redact_query(query: str) -> str:
+    """The query string with the values of secret-looking parameters (``key``, ``api-key``, ...)
+    replaced, so keys passed in the URL never reach a recording."""
+    from urllib.parse import parse_qsl, urlencode
+
+    pairs = parse_qsl(query, keep_blank_values=True)
+    return urlencode(
+        [
+            (
+                k,
+                REDACTED
+                if k.lower().replace("_", "-") in _SECRET_QUERY_PARAMS or k.lower() in _SECRET_QUERY_PARAMS
+                else v,
+            )
+            for k, v in pairs
+        ]
+    )
+
+
 def redact_body(value: Any) -> Any:
     if isinstance(value, dict):
         return {

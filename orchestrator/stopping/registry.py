@@ -16,6 +16,7 @@ from orchestrator.stopping.esc import EarlyStoppingSC
 from orchestrator.stopping.hindsight import Hindsight
 from orchestrator.stopping.mars import Mars
 from orchestrator.stopping.parallel_probe import ParallelProbe
+from orchestrator.stopping.population import shipped as population_shipped
 from orchestrator.stopping.sac import SelfAdaptiveStop
 from orchestrator.stopping.sc import SelfConsistency
 from orchestrator.stopping.switch_model import SwitchModel
@@ -66,6 +67,7 @@ REGISTRY: dict[str, RuleFactory] = {
     "deepconf": DeepConf,
     "deepconf_mars": deepconf_mars,
     "hindsight": Hindsight,
+    "mars-pop": population_shipped,  # population stop with the shipped prior (docs/methods.md)
     "default": default,
 }
 

@@ -372,6 +372,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         timeout = httpx.Timeout(args.job_timeout_s, connect=10.0)
         rss_before = rss_mb(service.pid)
         cpu_before = cpu_s(service.pid)
+        own_cpu_before = time.process_time()
         load_before = os.getloadavg()[0]
         async with httpx.AsyncClient(
             base_url=service.url, headers=headers, limits=limits, timeout=timeout
@@ -380,6 +381,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             started = time.monotonic()
             await driver.run(range(args.jobs))
             wall = time.monotonic() - started
+            own_cpu = time.process_time() - own_cpu_before
             rss_mid = driver.halfway_rss
             in_flight_after = await wait_idle(client)
         await asyncio.sleep(1.0)  # let closed connections settle before counting sockets
@@ -408,6 +410,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "service_cpu_s": None
         if cpu_before is None or cpu_after is None
         else round(cpu_after - cpu_before, 1),
+        "driver_and_replay_cpu_s": round(own_cpu, 1),
         "machine": {
             "cpus": os.cpu_count(),
             "load_avg_1m_before": load_before,

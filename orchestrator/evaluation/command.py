@@ -59,7 +59,7 @@ def parse_methods(methods: str, corpora: Sequence[Corpus], protocol: str) -> tup
     names = [m.strip() for m in methods.split(",") if m.strip()]
     if not names:
         raise InvalidRequest("no methods given", field="methods")
-    notes = []
+    notes: list[str] = []
     if protocol == "parallel-probe":
         unknown = [m for m in names if m not in protocol_pp.PP_METHODS]
         if unknown:

@@ -184,18 +184,20 @@ def simulate(
             key = (s, at, bool(frozen), needs_probes, oracle)
             view = cache.get(key) if cache is not None else None
             if view is None:
+                # Positional arguments in TraceView's field order: this is the simulator's hot loop.
                 view = TraceView(
-                    index=s,
-                    answer_class=tr.classes[at - 1] if (finished or needs_probes) else None,
-                    weight=w[s],
-                    eligible=ok[s],
-                    finished=finished,
-                    pruned=bool(frozen),
-                    tokens=min(tr.total_tokens, at * tl.interval_tokens),
-                    history=tr.classes[:at] if needs_probes else (),
-                    features=tr.features[at - 1] if needs_probes else (),
-                    confidence=tr.confidences[at - 1],
-                    final_class=tr.final_class if oracle else None,
+                    s,  # index
+                    tr.classes[at - 1] if (finished or needs_probes) else None,  # answer_class
+                    w[s],  # weight
+                    ok[s],  # eligible
+                    finished,
+                    True,  # started
+                    bool(frozen),  # pruned
+                    min(tr.total_tokens, at * tl.interval_tokens),  # tokens
+                    tr.classes[:at] if needs_probes else (),  # history
+                    tr.features[at - 1] if needs_probes else (),  # features
+                    tr.confidences[at - 1],  # confidence
+                    tr.final_class if oracle else None,  # final_class
                 )
                 if cache is not None:
                     cache[key] = view

@@ -94,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--corpus", action="append", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
-    timelines = []
+    timelines: list[QuestionTimeline] = []
     for path in args.corpus:
         corpus = load_corpus(path)
         timelines.extend(honest_question(q).timeline for q in corpus.questions)

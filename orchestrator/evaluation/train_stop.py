@@ -116,7 +116,7 @@ def question_rows(tl: QuestionTimeline, budget: int = 64, reps: Sequence[int] = 
         full = majority([tl.traces[i].final_class for i in voting])
         sc_tokens = sum(tl.traces[i].total_tokens for i in voting)
         rec = _Recorder()
-        simulate(rec, tl, voting)  # type: ignore[arg-type]
+        simulate(rec, tl, voting)
         for x, leader, guard, spent in rec.rows:
             xs.append(x)
             labels.append(leader == full)

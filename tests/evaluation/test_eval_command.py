@@ -66,7 +66,7 @@ def test_honest_json_schema_and_plots(tmp_path: Path) -> None:
     figs = saved["datasets"]["tiny"]
     assert list(figs) == ["default", "sc", "mars-oracle", "hindsight", "parallel-probe"]
     for method, entry in figs.items():
-        assert METHOD_KEYS <= set(entry), method
+        assert set(entry) >= METHOD_KEYS, method
     assert figs["sc"]["savings_vs_sc"] == 0.0
     assert figs["sc"]["agreement"] == 100.0
     assert figs["hindsight"]["efficiency_vs_hindsight"] == pytest.approx(1.0)
@@ -93,7 +93,9 @@ def test_parallel_probe_protocol_report(tmp_path: Path) -> None:
     figs = doc["datasets"]["tiny"]
     assert set(figs) == {"sc", "esc", "asc", "sac", "parallel-probe"}
     assert all(isinstance(f["tokens"], int) for f in figs.values())
-    assert figs["sc"]["tokens"] == sum(100 * (2 + (j + qn) % 4) - 30 for qn in range(3) for j in range(8)) // 3
+    assert (
+        figs["sc"]["tokens"] == sum(100 * (2 + (j + qn) % 4) - 30 for qn in range(3) for j in range(8)) // 3
+    )
 
 
 def test_cli_entry_points(tmp_path: Path) -> None:
@@ -106,8 +108,21 @@ def test_cli_entry_points(tmp_path: Path) -> None:
     out = tmp_path / "cli.json"
     result = runner.invoke(
         app,
-        ["eval", "--corpus", str(corpus), "--protocol", "honest", "--budget", "4", "--repetitions", "2",
-         "--workers", "1", "--json", str(out)],
+        [
+            "eval",
+            "--corpus",
+            str(corpus),
+            "--protocol",
+            "honest",
+            "--budget",
+            "4",
+            "--repetitions",
+            "2",
+            "--workers",
+            "1",
+            "--json",
+            str(out),
+        ],
     )
     assert result.exit_code == 0, result.output
     doc = json.loads(out.read_text())
@@ -118,8 +133,22 @@ def test_cli_rejects_unknown_method_with_one_line(tmp_path: Path) -> None:
     """A method the protocol does not define is a clear one-line error with exit code 2."""
     corpus = _corpus(tmp_path / "tiny.jsonl")
     proc = subprocess.run(
-        [sys.executable, "-c", "from orchestrator.cli import main; main()", "eval", "--corpus", str(corpus),
-         "--protocol", "parallel-probe", "--methods", "mars", "--budget", "4", "--repetitions", "1"],
+        [
+            sys.executable,
+            "-c",
+            "from orchestrator.cli import main; main()",
+            "eval",
+            "--corpus",
+            str(corpus),
+            "--protocol",
+            "parallel-probe",
+            "--methods",
+            "mars",
+            "--budget",
+            "4",
+            "--repetitions",
+            "1",
+        ],
         capture_output=True,
         text=True,
         timeout=120,

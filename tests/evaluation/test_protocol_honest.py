@@ -21,7 +21,7 @@ def _question() -> HonestQuestion:
 
 
 def test_answers_are_grouped_by_equivalence() -> None:
-    """"2.0" and "2" share a class; the class is reported as its most frequent final string."""
+    """ "2.0" and "2" share a class; the class is reported as its most frequent final string."""
     hq = _question()
     finals = [t.final_class for t in hq.timeline.traces]
     assert finals[0] == finals[1] != finals[2]
@@ -62,10 +62,19 @@ def test_agreement_counts_an_early_wrong_stop() -> None:
     assert run.stop_checkpoint == 1
     assert run.generated_tokens == 300
     full = tl.traces[1].final_class
-    rec = _record(hq, full, run.answer, tokens=run.generated_tokens, seq_tokens=run.seq_tokens,
-                  warmup_tokens=0, probe_output_tokens=run.probe_output_tokens,
-                  probe_input_tokens=run.probe_input_tokens, probe_calls=run.probe_calls,
-                  stop_checkpoint=run.stop_checkpoint, stopped=run.stopped)
+    rec = _record(
+        hq,
+        full,
+        run.answer,
+        tokens=run.generated_tokens,
+        seq_tokens=run.seq_tokens,
+        warmup_tokens=0,
+        probe_output_tokens=run.probe_output_tokens,
+        probe_input_tokens=run.probe_input_tokens,
+        probe_calls=run.probe_calls,
+        stop_checkpoint=run.stop_checkpoint,
+        stopped=run.stopped,
+    )
     assert not rec.agrees
     assert not rec.correct
     assert not rec.correct_exact

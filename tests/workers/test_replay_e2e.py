@@ -11,7 +11,7 @@ import random
 import signal
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +40,14 @@ pytestmark = [pytest.mark.redis, pytest.mark.shared_data, pytest.mark.timeout(12
 BUDGET = 8
 # q = sigmoid(3 - streak): lets MARS stop early on these runs, so the stop checkpoint is a real test
 EAGER = SwitchModel(FEATURES_NO_CONFIDENCE, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), (0.0, 0.0, -1.0), 3.0)
-RUNS = [  # (file, question, repetition, method, parameters)
+RUNS: list[tuple[str, int, int, str, dict[str, Any]]] = [  # (file, question, repetition, method, params)
     ("aime24", 0, 0, "mars", {"switch_model": EAGER.to_dict(), "gamma": 1.0}),
     ("aime25", 5, 2, "mars", {"switch_model": CONSERVATIVE_DEFAULT.to_dict(), "gamma": 1.0}),
     ("aime24", 3, 1, "consensus", {"threshold": 0.75}),
 ]
 
 
-def exact_or_none(strings: list[str]) -> list[int | None]:
+def exact_or_none(strings: Sequence[str]) -> list[int | None]:
     """Exact string classes, with the no-answer marker as no answer (as the live path reads it)."""
     return [None if s == NO_ANSWER else i for i, s in enumerate(strings)]
 

@@ -133,7 +133,7 @@ async def mars_serve(replay_url: str, args: argparse.Namespace, log_dir: Path) -
     )
     if args.redis_url:
         env["REDIS_URL"] = args.redis_url
-        env["MARS_REDIS_PREFIX"] = f"marsload:{os.getpid()}"
+        env["MARS_REDIS_PREFIX"] = args.redis_prefix
     log_path = log_dir / "service.log"
     with log_path.open("wb") as log_file:
         proc = await asyncio.create_subprocess_exec(
@@ -170,6 +170,20 @@ async def mars_serve(replay_url: str, args: argparse.Namespace, log_dir: Path) -
                 except TimeoutError:
                     proc.kill()
                     await proc.wait()
+            if args.redis_url:
+                await drop_prefix(args.redis_url, args.redis_prefix)
+
+
+async def drop_prefix(redis_url: str, prefix: str) -> None:
+    """Remove the run's keys (its own prefix) from a shared Redis."""
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(redis_url)
+    try:
+        async for key in client.scan_iter(match=f"{prefix}:*", count=1000):
+            await client.delete(key)
+    finally:
+        await client.aclose()
 
 
 def rss_mb(pid: int | None) -> float | None:
@@ -471,6 +485,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--job-timeout-s", type=float, default=600.0)
     args = parser.parse_args(argv)
     args.run_id = f"{int(time.time())}-{os.getpid()}"
+    args.redis_prefix = f"marsload:{args.run_id}"
     return args
 
 

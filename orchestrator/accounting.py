@@ -14,10 +14,24 @@ Views, all in :class:`~orchestrator.domain.Accounting`:
   input counts only its uncached part: cache hits are reported apart (``probe_cached_tokens``) and
   priced at the cached-input rate, since a probe re-sends a prefix the upstream has just processed.
 - ``full_budget_estimate_tokens``: the counterfactual behind "saved": what self-consistency over all K
-  traces would have cost (their prompts plus every trace run to its end; a trace that was cut short is
-  estimated at the mean length of the complete traces this job saw, never below what it had already
-  generated). ``saved_tokens = full_budget_estimate_tokens - total_tokens`` (the full, honest view;
-  negative when a warmup costs more than the stop saves).
+  traces would have cost (their prompts plus every trace run to its end). ``saved_tokens =
+  full_budget_estimate_tokens - total_tokens`` (the full, honest view; negative when a warmup costs more
+  than the stop saves). The paper's view beside it: ``full_budget_generated_tokens`` (the K traces' full
+  generation) against ``generated_tokens``, as ``saved_generated_tokens``/``saved_generated_fraction``.
+- How a trace that was cut short (cancelled, pruned, failed, or never launched: ``t`` = 0) is counted
+  to its end: ``E[L | L > t]`` given the ``t`` tokens it had, from the best length distribution at hand
+  (:func:`expected_length`), named in ``full_budget_basis``:
+
+  ``complete``     nothing to estimate: every one of the K traces ran to its end;
+  ``job``          this job's own traces (voting, warmup and shadow; cut ones enter as right-censored
+                   observations, L > t, through a Kaplan-Meier estimate, so traces that finished early
+                   do not drag the estimate down to the short ones);
+  ``prior``        the same pooled with the (model, task) length prior the store keeps beside the switch
+                   model (``warmup.py``), when the job alone cannot tell what lies past ``t``;
+  ``lower_bound``  neither can: the unseen tail is put at the longest length observed (at least ``t``,
+                   at most ``max_tokens``), so the figure leans low: a floor on the savings rather than a guess.
+
+  The basis reported is the weakest any trace needed.
 - Money from the price table (USD per million tokens: input, cached input, output).
 - ``estimated``: some count came from an estimate (a cancelled stream's usage, a prompt without a
   usage report, or a cut trace's counterfactual length).
@@ -25,6 +39,7 @@ Views, all in :class:`~orchestrator.domain.Accounting`:
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -71,6 +86,140 @@ class ProbeSpend:
     output_tokens: int = 0
 
 
+BASIS_COMPLETE = "complete"
+BASIS_JOB = "job"
+BASIS_PRIOR = "prior"
+BASIS_LOWER_BOUND = "lower_bound"
+_BASIS_RANK = {BASIS_COMPLETE: 0, BASIS_JOB: 1, BASIS_PRIOR: 2, BASIS_LOWER_BOUND: 3}
+MIN_LENGTH_EVENTS = 3  # complete traces longer than t needed before a distribution speaks for E[L | L > t]
+_NO_MASS = 1e-9
+
+
+@dataclass(frozen=True, slots=True)
+class LengthEvidence:
+    """Trace lengths seen: ``exact`` ones (the upstream ended the trace at L) and right-censored ones
+    (the trace was cut after ``t`` tokens, so all we know is L > t)."""
+
+    exact: tuple[int, ...] = ()
+    censored: tuple[int, ...] = ()
+
+    def pooled(self, prior: Sequence[int]) -> LengthEvidence:
+        return LengthEvidence((*self.exact, *prior), self.censored)
+
+
+@dataclass(frozen=True, slots=True)
+class ConditionalLength:
+    """``E[L | L > t]`` from one body of evidence: ``mean_tokens`` over the observed events past ``t`` plus
+    ``tail_mass`` (the Kaplan-Meier mass past the last event, which no observation locates) put at
+    ``tail_at_tokens``. ``events`` counts the exact lengths past ``t``."""
+
+    mean_tokens: float
+    tail_mass: float
+    tail_at_tokens: float
+    events: int
+
+    def covers(self, min_events: int) -> bool:
+        return self.events >= min_events and self.tail_mass <= _NO_MASS
+
+
+class LengthCurve:
+    """The Kaplan-Meier estimate of the length distribution of one body of evidence, each length capped
+    at ``cap_tokens`` (a trace cannot outgrow ``max_tokens``). Built once, asked at many ``t``: past
+    ``t`` it is conditioned on L > t by dividing by S(t), which equals the estimate built from the
+    observations past ``t`` alone. Ties: events before censorings."""
+
+    def __init__(self, evidence: LengthEvidence, *, cap_tokens: int | None = None) -> None:
+        cap = float(cap_tokens) if cap_tokens is not None else float("inf")
+        self._exact = sorted(evidence.exact)
+        censored = sorted(evidence.censored)
+        self._longest = max(self._exact[-1:] + censored[-1:], default=0)
+        self._cap = cap
+        self._times: list[int] = []  # distinct event lengths, ascending
+        self._survival: list[float] = []  # S just after each of them
+        weighted: list[float] = []  # probability mass at each, times the (capped) length
+        survival, at_risk = 1.0, len(self._exact) + len(censored)
+        i = j = 0
+        while i < len(self._exact):
+            x = self._exact[i]
+            while j < len(censored) and censored[j] < x:  # cut before x: no longer at risk
+                j += 1
+                at_risk -= 1
+            deaths = 1
+            while i + deaths < len(self._exact) and self._exact[i + deaths] == x:
+                deaths += 1
+            mass = survival * deaths / at_risk
+            survival -= mass
+            self._times.append(x)
+            self._survival.append(survival)
+            weighted.append(mass * min(float(x), cap))
+            at_risk -= deaths
+            i += deaths
+        self._tail = max(0.0, survival)
+        self._suffix = [0.0] * (len(weighted) + 1)  # _suffix[k]: sum of weighted[k:]
+        for k in range(len(weighted) - 1, -1, -1):
+            self._suffix[k] = self._suffix[k + 1] + weighted[k]
+
+    def given_longer_than(self, t: int) -> ConditionalLength:
+        k = bisect.bisect_right(self._times, t)
+        at_t = self._survival[k - 1] if k else 1.0
+        events = len(self._exact) - bisect.bisect_right(self._exact, t)
+        tail_at = min(float(max(self._longest, t)), self._cap)
+        if events == 0 or at_t <= _NO_MASS:
+            return ConditionalLength(0.0, 1.0, tail_at, 0)
+        return ConditionalLength(self._suffix[k] / at_t, self._tail / at_t, tail_at, events)
+
+
+def conditional_length(
+    evidence: LengthEvidence, t: int, *, cap_tokens: int | None = None
+) -> ConditionalLength:
+    """The length distribution past ``t`` given L > t (:class:`LengthCurve`), for one ``t``."""
+    return LengthCurve(evidence, cap_tokens=cap_tokens).given_longer_than(t)
+
+
+class LengthEstimator:
+    """``E[L | L > t]`` for traces cut after ``t`` tokens, with the basis each estimate rests on (module
+    docstring): this job's evidence, else pooled with the length prior, else a floor (``lower_bound``)."""
+
+    def __init__(
+        self,
+        job: LengthEvidence,
+        prior: Sequence[int] = (),
+        *,
+        cap_tokens: int | None = None,
+        min_events: int = MIN_LENGTH_EVENTS,
+    ) -> None:
+        self._own = LengthCurve(job, cap_tokens=cap_tokens)
+        self._pooled = LengthCurve(job.pooled(prior), cap_tokens=cap_tokens) if prior else self._own
+        self._has_prior = bool(prior)
+        self._min_events = min_events
+
+    def expected(self, t: int) -> tuple[float, str]:
+        own = self._own.given_longer_than(t)
+        if own.covers(self._min_events):
+            return own.mean_tokens, BASIS_JOB
+        pooled = self._pooled.given_longer_than(t)
+        if self._has_prior and pooled.covers(self._min_events):
+            return pooled.mean_tokens, BASIS_PRIOR
+        floor = pooled.mean_tokens + pooled.tail_mass * pooled.tail_at_tokens
+        return max(float(t), floor), BASIS_LOWER_BOUND
+
+
+def expected_length(
+    t: int,
+    job: LengthEvidence,
+    prior: Sequence[int] = (),
+    *,
+    cap_tokens: int | None = None,
+    min_events: int = MIN_LENGTH_EVENTS,
+) -> tuple[float, str]:
+    """:meth:`LengthEstimator.expected` for one ``t``."""
+    return LengthEstimator(job, prior, cap_tokens=cap_tokens, min_events=min_events).expected(t)
+
+
+def weakest_basis(bases: Sequence[str]) -> str:
+    return max(bases, key=_BASIS_RANK.__getitem__, default=BASIS_COMPLETE)
+
+
 def account(
     voting: Sequence[TraceSpend],
     *,
@@ -79,9 +228,12 @@ def account(
     probes: ProbeSpend = ProbeSpend(),
     price: Price | None = None,
     prompt_estimate: int = 0,
+    max_tokens: int | None = None,
+    length_prior: Sequence[int] = (),
 ) -> Accounting:
     """The accounting views of one job. ``voting`` holds the launched voting traces (wave methods may
-    launch fewer than ``budget``); ``prompt_estimate`` is the prompt size used for traces never sent."""
+    launch fewer than ``budget``); ``prompt_estimate`` is the prompt size used for traces never sent;
+    ``length_prior`` holds complete trace lengths of earlier jobs of the same (model, task)."""
     generated = sum(t.generated for t in voting)
     past = sum(t.past_checkpoint for t in voting)
     shadow = sum(t.shadow for t in voting)
@@ -100,25 +252,20 @@ def account(
         + lost
     )
 
-    complete_lengths = [t.tokens for t in (*voting, *warmup) if t.complete]
-    mean_length = sum(complete_lengths) / len(complete_lengths) if complete_lengths else 0.0
-    counterfactual_estimated = False
-    full_generated = 0.0
-    full_prompt = 0.0
-    for t in voting:
-        if t.complete:
-            full_generated += t.tokens
-        else:
-            counterfactual_estimated = True
-            full_generated += max(float(t.tokens), mean_length)
-        full_prompt += t.prompt_tokens or prompt_estimate
-    unlaunched = max(0, budget - len(voting))
-    if unlaunched:
-        counterfactual_estimated = True
-        full_generated += unlaunched * mean_length
-        full_prompt += unlaunched * prompt_estimate
+    seen = (*voting, *warmup)
+    evidence = LengthEvidence(
+        tuple(t.tokens for t in seen if t.complete), tuple(t.tokens for t in seen if not t.complete)
+    )
+    cut = [t.tokens for t in voting if not t.complete] + [0] * max(0, budget - len(voting))
+    estimator = LengthEstimator(evidence, length_prior, cap_tokens=max_tokens)
+    estimates = [estimator.expected(t) for t in cut]
+    full_generated = sum(t.tokens for t in voting if t.complete) + sum(e for e, _ in estimates)
+    full_prompt = float(sum(t.prompt_tokens or prompt_estimate for t in voting))
+    full_prompt += max(0, budget - len(voting)) * prompt_estimate
     full = round(full_generated + full_prompt)
+    full_generation = round(full_generated)
     saved = full - total
+    saved_generated = full_generation - generated
 
     p = price or Price()
     output = generated + past + shadow + warmup_tokens + lost + probes.output_tokens
@@ -143,5 +290,9 @@ def account(
         cost_usd=cost,
         full_budget_estimate_usd=full_usd,
         saved_usd=full_usd - cost,
-        estimated=counterfactual_estimated or any(t.usage_estimated for t in (*voting, *warmup)),
+        estimated=bool(estimates) or any(t.usage_estimated for t in seen),
+        full_budget_generated_tokens=full_generation,
+        saved_generated_tokens=saved_generated,
+        saved_generated_fraction=saved_generated / full_generation if full_generation > 0 else 0.0,
+        full_budget_basis=weakest_basis([basis for _, basis in estimates]),
     )

@@ -171,18 +171,29 @@ def worker_command(
     concurrency: Annotated[
         int | None, typer.Option(help="Jobs this process runs at once (default MARS_WORKERS or 8).")
     ] = None,
+    metrics_port: Annotated[
+        int, typer.Option(help="Serve Prometheus /metrics on this port (0 = no endpoint).", min=0, max=65535)
+    ] = 9101,
+    metrics_host: Annotated[
+        str, typer.Option(help="Interface the /metrics endpoint listens on.")
+    ] = "0.0.0.0",
 ) -> None:
     """Run queued jobs from Redis (REDIS_URL is required). The first SIGTERM/SIGINT stops taking work and
     lets in-flight jobs finish within MARS_SHUTDOWN_GRACE_S; a second signal hands them back at once.
+    The jobs this process runs are counted at http://HOST:9101/metrics (--metrics-port).
 
-    Example: REDIS_URL=redis://127.0.0.1:6379/0 mars worker --concurrency 16
+    Example: REDIS_URL=redis://127.0.0.1:6379/0 mars worker --concurrency 16 --metrics-port 9101
     """
     import asyncio
 
     from orchestrator.settings import load_settings
     from workers.process import run_worker_process
 
-    asyncio.run(run_worker_process(load_settings(), concurrency=concurrency))
+    asyncio.run(
+        run_worker_process(
+            load_settings(), concurrency=concurrency, metrics_port=metrics_port, metrics_host=metrics_host
+        )
+    )
 
 
 @app.command("replay-server")

@@ -86,7 +86,15 @@ from orchestrator.stopping.deepconf import lowest_window_confidence, warmup_thre
 from orchestrator.stopping.registry import build_rule
 from orchestrator.store.base import Store
 from orchestrator.streams import StreamConfig, TraceStreamer, trace_event
-from orchestrator.warmup import WarmupFit, complete_history, fit_sequential, load_prior, update_prior
+from orchestrator.warmup import (
+    WarmupFit,
+    complete_history,
+    fit_sequential,
+    load_length_prior,
+    load_prior,
+    uncut_lengths,
+    update_prior,
+)
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -177,6 +185,7 @@ class _JobRun:
         self.interval = spec.probe.interval_tokens
         self.voting = [TraceState(i) for i in range(spec.budget)]
         self.warmup: list[TraceState] = []
+        self.length_prior: tuple[int, ...] = ()  # complete lengths of earlier jobs (accounting)
         self.changed = asyncio.Event()
         self.cancel_requested = False
         self.attempt = 1
@@ -317,6 +326,10 @@ class _JobRun:
                     "continue_prefix": self.caps.continue_prefix,
                 },
             )
+        try:
+            self.length_prior = await load_length_prior(self.store, spec.model, spec.task)
+        except StoreUnavailable as exc:  # only the "saved" estimate needs it
+            log.warning("length prior not read", job_id=spec.job_id, error=str(exc))
         if spec.warmup is WarmupMode.SEQUENTIAL and spec.warmup_traces > 0:
             fit = await self._sequential_warmup()
         elif spec.warmup is WarmupMode.PRIOR:
@@ -336,7 +349,20 @@ class _JobRun:
             self.tg = tg
             for trace in self.warmup:
                 self._start_trace(trace)
+            # W complete traces take as long as a whole job: a cancel request is watched here too.
+            watcher = tg.create_task(self._watch_cancel())
+            while not self.cancel_requested and any(t.task and not t.task.done() for t in self.warmup):
+                self.changed.clear()
+                await self.changed.wait()
+            watcher.cancel()
+            if self.cancel_requested:
+                for trace in self.warmup:
+                    if trace.task is not None and not trace.task.done():
+                        trace.status = TraceStatus.CANCELLED
+                        trace.task.cancel()
         self.tg = None
+        if self.cancel_requested:  # the job ends CANCELLED at once (``_launch`` starts nothing now)
+            return WarmupFit(WarmupMode.SEQUENTIAL, notes=("warmup cut short: cancel requested",))
         done = [t for t in self.warmup if t.status is TraceStatus.FINISHED]
         complete = [complete_history(t, self.interval, self.grouper) for t in done]
         threshold = None
@@ -353,6 +379,8 @@ class _JobRun:
 
     # --- launching and streaming ----------------------------------------------------------------
     def _launch(self, n: int) -> list[TraceState]:
+        if self.cancel_requested:
+            return []
         pending = [t for t in self.voting if t.status is TraceStatus.PENDING][: max(0, n)]
         for trace in pending:
             self._start_trace(trace)
@@ -560,11 +588,12 @@ class _JobRun:
             for t in (*self.warmup, *(t for t in self.voting if t.shadow))
             if t.status is TraceStatus.FINISHED
         ]
-        if not complete:
+        lengths = uncut_lengths(self.warmup, self.voting)
+        if not complete and not lengths:
             return
         rows = [complete_history(t, self.interval, self.grouper) for t in complete]
         try:
-            await update_prior(self.store, self.spec.model, self.spec.task, rows)
+            await update_prior(self.store, self.spec.model, self.spec.task, rows, lengths=lengths)
         except StoreUnavailable as exc:
             log.warning("prior not updated", job_id=self.spec.job_id, error=str(exc))
 
@@ -586,6 +615,7 @@ class _JobRun:
             votes=self.last_votes,
             notes=notes,
             supporting_text_chars=self.config.supporting_text_chars,
+            length_prior=self.length_prior,
         )
 
     # --- store plumbing -----------------------------------------------------------------------

@@ -257,6 +257,12 @@ class Accounting:
     full_budget_estimate_usd: float = 0.0
     saved_usd: float = 0.0
     estimated: bool = False
+    # the paper's view of the same saving: the K traces' full generation against ``generated_tokens``
+    full_budget_generated_tokens: int = 0
+    saved_generated_tokens: int = 0
+    saved_generated_fraction: float = 0.0
+    # what the full-budget figure rests on: complete | job | prior | lower_bound (accounting.py)
+    full_budget_basis: str = "complete"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -73,7 +73,10 @@ def build_result(
     votes: Mapping[str, float],
     notes: Sequence[str],
     supporting_text_chars: int,
+    length_prior: Sequence[int] = (),
 ) -> JobResult:
+    """``length_prior``: complete trace lengths of earlier jobs of the same (model, task), for the
+    full-budget estimate of traces this job cut short (``accounting.py``)."""
     launched = [t for t in voting if t.launched]
     accounting = account(
         [trace_spend(t) for t in launched],
@@ -82,6 +85,8 @@ def build_result(
         probes=probes,
         price=price,
         prompt_estimate=estimate_messages_tokens(list(spec.messages)),
+        max_tokens=spec.max_tokens,
+        length_prior=length_prior,
     )
     answer = None
     supporting = None

@@ -11,6 +11,11 @@
 The prior document (``{p}:prior:{model}:{task}``) keeps the latest training rows, the model fitted on
 them and a running mean of the γ calibrated per job. It is updated after a job from its complete
 traces: warmup traces and the optional "shadow" traces left to finish after the stop.
+
+Beside them it keeps a length prior (``lengths``: the latest complete trace lengths), which the
+accounting falls back on to estimate how long a trace cut short would have run (``accounting.py``). Only
+groups of traces none of which was cut feed it (the warmup, the shadows, or the voting traces when every
+one ran to its end): the finished members of a group that was cut are the short ones, and would bias it.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import numpy as np
 
 from orchestrator.answers import AnswerGrouper
 from orchestrator.checkpoints import TraceState
-from orchestrator.domain import WarmupMode, majority
+from orchestrator.domain import TraceStatus, WarmupMode, majority
 from orchestrator.stopping.gamma import WarmupTrace, calibrate_gamma
 from orchestrator.stopping.switch_model import (
     CONSERVATIVE_DEFAULT,
@@ -38,6 +43,7 @@ from orchestrator.store.base import Store
 
 PRIOR_VERSION = 1
 MAX_PRIOR_ROWS = 20_000
+MAX_PRIOR_LENGTHS = 2_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +150,7 @@ async def fit_sequential(
 
 async def load_prior(store: Store, model: str, task: str) -> WarmupFit:
     document = await store.get_prior(model, task)
-    if not document or document.get("version") != PRIOR_VERSION:
+    if not document or document.get("version") != PRIOR_VERSION or "model" not in document:
         return WarmupFit(WarmupMode.PRIOR, notes=("prior: none stored yet; conservative default q, gamma 1",))
     switch = SwitchModel.from_dict(dict(document["model"]))
     gamma = float(document.get("gamma", 1.0))
@@ -157,13 +163,45 @@ async def load_prior(store: Store, model: str, task: str) -> WarmupFit:
     )
 
 
+async def load_length_prior(store: Store, model: str, task: str) -> tuple[int, ...]:
+    """The complete trace lengths the (model, task) prior holds (none yet: empty)."""
+    document = await store.get_prior(model, task)
+    if not document or document.get("version") != PRIOR_VERSION:
+        return ()
+    return tuple(int(x) for x in document.get("lengths", ()))
+
+
+def uncut_lengths(warmup: Sequence[TraceState], voting: Sequence[TraceState]) -> list[int]:
+    """Lengths a job may teach the length prior (module docstring): the finished traces of each group
+    (warmup, shadows, all voting traces) none of whose members was cut."""
+    launched = [t for t in voting if t.launched]
+    shadows = [t for t in launched if t.shadow]
+    groups = [warmup, launched if launched and all(_uncut(t) for t in launched) else shadows]
+    return [
+        t.total_tokens
+        for group in groups
+        if all(_uncut(t) for t in group)
+        for t in group
+        if t.status is TraceStatus.FINISHED and t.total_tokens is not None
+    ]
+
+
+def _uncut(trace: TraceState) -> bool:
+    return trace.status in (TraceStatus.FINISHED, TraceStatus.FAILED)  # failures do not depend on length
+
+
 async def update_prior(
-    store: Store, model: str, task: str, traces: Sequence[CompleteTrace]
+    store: Store,
+    model: str,
+    task: str,
+    traces: Sequence[CompleteTrace],
+    *,
+    lengths: Sequence[int] = (),
 ) -> Mapping[str, Any] | None:
-    """Add the rows of complete traces to the (model, task) prior and refit it. Traces-only features:
-    a prior must serve jobs with and without logprobs alike."""
+    """Add the rows of complete traces to the (model, task) prior and refit it, and ``lengths`` to its
+    length prior. Traces-only features: a prior must serve jobs with and without logprobs alike."""
     x, y = training_rows(traces, with_confidence=False)
-    if len(y) == 0:
+    if len(y) == 0 and not lengths:
         return None
     document = dict(await store.get_prior(model, task) or {})
     if document.get("version") != PRIOR_VERSION:
@@ -175,6 +213,11 @@ async def update_prior(
             "gamma": 1.0,
             "gamma_jobs": 0,
         }
+    if lengths:
+        document["lengths"] = [*document.get("lengths", []), *map(int, lengths)][-MAX_PRIOR_LENGTHS:]
+    if len(y) == 0:
+        await store.put_prior(model, task, document)
+        return document
     rows = [*document["rows"], *x.tolist()][-MAX_PRIOR_ROWS:]
     labels = [*document["labels"], *y.tolist()][-MAX_PRIOR_ROWS:]
     fitted = await asyncio.to_thread(

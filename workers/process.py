@@ -3,6 +3,11 @@
 Opens the store (Redis is required: workers on the embedded store could never see the API's jobs) and
 the configured providers, runs a :class:`~workers.pool.WorkerPool`, and on the first SIGTERM/SIGINT
 drains it within ``settings.shutdown_grace_s``; a second signal hands every job back at once.
+
+The store is wrapped in the API's :class:`~orchestrator.api.metrics.MeteredStore`, so the jobs this
+process runs are counted here (outcomes, tokens spent and saved, probes, stop reasons, time to decision,
+upstream errors), and the registry is served at ``http://<metrics_host>:<metrics_port>/metrics`` (port
+0: no endpoint). A port that cannot be bound is logged and the worker runs on without it.
 """
 
 from __future__ import annotations
@@ -10,16 +15,22 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import cast
 
-from orchestrator.errors import InvalidRequest
+from orchestrator.api.metrics import MeteredStore, Metrics, metrics_endpoint
+from orchestrator.errors import InvalidRequest, MarsError
 from orchestrator.logs import configure_logging, get_logger
 from orchestrator.providers.base import Provider
 from orchestrator.settings import Settings
+from orchestrator.store.base import Store
 from orchestrator.store.factory import open_store
 from workers.pool import WorkerPool
 from workers.shutdown import TwoStageShutdown
 
 log = get_logger(__name__)
+
+DEFAULT_METRICS_PORT = 9101
+_QUEUE_DEPTH_TIMEOUT_S = 2.0
 
 
 @asynccontextmanager
@@ -38,21 +49,32 @@ async def open_providers(settings: Settings) -> AsyncIterator[Mapping[str, Provi
 
 
 async def run_worker_process(
-    settings: Settings, *, concurrency: int | None = None, shutdown: TwoStageShutdown | None = None
+    settings: Settings,
+    *,
+    concurrency: int | None = None,
+    shutdown: TwoStageShutdown | None = None,
+    metrics_port: int = DEFAULT_METRICS_PORT,
+    metrics_host: str = "0.0.0.0",  # scraped from other hosts (Kubernetes pods)
 ) -> None:
     if not settings.redis_url:
         raise InvalidRequest("mars worker needs REDIS_URL (workers take jobs from Redis)", field="REDIS_URL")
     configure_logging(settings)
     shutdown = shutdown or TwoStageShutdown()
     async with AsyncExitStack() as stack:
-        store = await stack.enter_async_context(open_store(settings))
+        metrics = Metrics()
+        store = cast(Store, MeteredStore(await stack.enter_async_context(open_store(settings)), metrics))
         providers = await stack.enter_async_context(open_providers(settings))
         if not providers:
             log.warning(
                 "no providers configured: every job will fail (set MARS_PROVIDER_<NAME>_KIND/_BASE_URL)"
             )
         stack.enter_context(shutdown.installed())
-        async with WorkerPool(settings, store, providers, concurrency=concurrency) as pool:
+        pool = WorkerPool(settings, store, providers, concurrency=concurrency)
+        if metrics_port:
+            await stack.enter_async_context(
+                serving_metrics(metrics, store, pool, host=metrics_host, port=metrics_port)
+            )
+        async with pool:
             await shutdown.requested.wait()
             drain = asyncio.create_task(pool.drain(settings.shutdown_grace_s))
             forced = asyncio.create_task(shutdown.forced.wait())
@@ -62,3 +84,31 @@ async def run_worker_process(
                 drain.cancel()
                 await asyncio.wait({drain})
                 await pool.abort()
+
+
+@asynccontextmanager
+async def serving_metrics(
+    metrics: Metrics, store: Store, pool: WorkerPool, *, host: str, port: int
+) -> AsyncIterator[int | None]:
+    """The worker's ``/metrics`` endpoint (the bound port), or None when the port cannot be bound."""
+
+    async def queue_depth() -> int | None:
+        try:
+            async with asyncio.timeout(_QUEUE_DEPTH_TIMEOUT_S):
+                return await store.queue_depth()
+        except (MarsError, TimeoutError):
+            return None
+
+    async with AsyncExitStack() as stack:
+        bound: int | None = None
+        try:
+            bound = await stack.enter_async_context(
+                metrics_endpoint(
+                    metrics, host=host, port=port, queue_depth=queue_depth, jobs_in_flight=pool.in_flight
+                )
+            )
+        except OSError as exc:  # the port is taken: the jobs matter more than their figures
+            log.warning("metrics endpoint not served", host=host, port=port, error=str(exc))
+        else:
+            log.info("metrics endpoint", url=f"http://{host}:{bound}/metrics")
+        yield bound

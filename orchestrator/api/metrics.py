@@ -4,21 +4,28 @@ Each app owns its own :class:`~prometheus_client.CollectorRegistry` (tests build
 process). Job outcomes are observed where results are stored (:class:`MeteredStore` wraps the store the
 embedded workers write through), so the figures count every job this process ran, whoever asked for it.
 Queue depth and jobs in flight are read at scrape time.
+
+A ``mars worker`` process has no web app: :func:`metrics_endpoint` serves the same ``GET /metrics`` on a
+port of its own, in its event loop (no thread, no signal handlers of a web server's own).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from orchestrator.domain import JobResult, JobStatus
+from orchestrator.domain import Accounting, JobResult, JobStatus
 
-__all__ = ["CONTENT_TYPE_LATEST", "MeteredStore", "Metrics"]
+__all__ = ["CONTENT_TYPE_LATEST", "MeteredStore", "Metrics", "metrics_endpoint"]
 
+_REQUEST_TIMEOUT_S = 10.0  # a scraper that sends no request within this is dropped
 _DECISION_BUCKETS_S = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 
 
@@ -62,14 +69,7 @@ class Metrics:
         acc = result.accounting
         self.jobs_finished.labels(result.status.value).inc()
         self.stop_reasons.labels(_reason_label(result)).inc()
-        for part, value in (
-            ("generated", acc.generated_tokens),
-            ("warmup", acc.warmup_tokens),
-            ("shadow", acc.shadow_tokens),
-            ("prompt", acc.prompt_tokens),
-            ("probe_input", acc.probe_input_tokens),
-            ("probe_output", acc.probe_output_tokens),
-        ):
+        for part, value in _spent_parts(acc).items():
             if value > 0:
                 self.tokens_spent.labels(part).inc(value)
         if acc.saved_tokens > 0:
@@ -82,6 +82,16 @@ class Metrics:
             self.probes.inc(acc.probe_calls)
         if elapsed_s is not None and elapsed_s >= 0:
             self.time_to_decision.observe(elapsed_s)
+
+    def observe_rewrite(self, before: Accounting, after: Accounting) -> None:
+        """A stored result rewritten (shadow traces finished after the stop): the job was counted
+        already; only the tokens it spent since are added."""
+        previous = _spent_parts(before)
+        for part, value in _spent_parts(after).items():
+            if value > previous[part]:
+                self.tokens_spent.labels(part).inc(value - previous[part])
+        if after.cost_usd > before.cost_usd:
+            self.usd_spent.inc(after.cost_usd - before.cost_usd)
 
     def observe_failure_event(self, data: Mapping[str, Any]) -> None:
         """A trace or probe failure event: counted by error class (``"RateLimited: ..."``) and where."""
@@ -101,6 +111,17 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+def _spent_parts(acc: Accounting) -> dict[str, int]:
+    return {
+        "generated": acc.generated_tokens,
+        "warmup": acc.warmup_tokens,
+        "shadow": acc.shadow_tokens,
+        "prompt": acc.prompt_tokens,
+        "probe_input": acc.probe_input_tokens,
+        "probe_output": acc.probe_output_tokens,
+    }
+
+
 def _reason_label(result: JobResult) -> str:
     if result.status is not JobStatus.SUCCEEDED:
         return result.status.value
@@ -111,6 +132,8 @@ def _reason_label(result: JobResult) -> str:
 
 class MeteredStore:
     """A store wrapper that feeds :class:`Metrics` from what workers write: results and failure events.
+    A result stored again for the same job (the coordinator rewrites it once shadow traces finished)
+    counts the job once.
 
     Every other call goes straight to the wrapped store.
     """
@@ -126,6 +149,9 @@ class MeteredStore:
     async def store_result(self, result: JobResult) -> None:
         record = await self._inner.get_job(result.job_id)
         await self._inner.store_result(result)
+        if record is not None and record.result is not None and record.status is result.status:
+            self._metrics.observe_rewrite(record.result.accounting, result.accounting)
+            return
         elapsed = None if record is None else self._clock() - record.created_at
         self._metrics.observe_result(result, elapsed)
 
@@ -134,3 +160,49 @@ class MeteredStore:
         if kind == "failure":
             self._metrics.observe_failure_event(data)
         return event_id
+
+
+@asynccontextmanager
+async def metrics_endpoint(
+    metrics: Metrics,
+    *,
+    host: str,
+    port: int,
+    queue_depth: Callable[[], Awaitable[int | None]],
+    jobs_in_flight: Callable[[], int | None],
+) -> AsyncIterator[int]:
+    """Serve ``GET /metrics`` (Prometheus text format) on ``host:port`` until the block ends; yields the
+    bound port (``port`` 0 picks a free one). One request per connection; anything else is a 404."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(_REQUEST_TIMEOUT_S):
+                head = await reader.readuntil(b"\r\n\r\n")
+            method, target, *_ = [*head.split(b"\r\n", 1)[0].decode("latin-1").split(" "), "", ""]
+            if target.split("?", 1)[0] != "/metrics":
+                status, body, kind = "404 Not Found", b"not found: scrape /metrics\n", "text/plain"
+            elif method not in ("GET", "HEAD"):
+                status, body, kind = "405 Method Not Allowed", b"GET /metrics\n", "text/plain"
+            else:
+                depth = await queue_depth()
+                status, kind = "200 OK", CONTENT_TYPE_LATEST
+                body = metrics.render(queue_depth=depth, jobs_in_flight=jobs_in_flight())
+            header = (
+                f"HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n"
+            )
+            writer.write(header.encode("latin-1") + (b"" if method == "HEAD" else body))
+            await writer.drain()
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass  # a scraper that went away or never asked
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
+
+    server = await asyncio.start_server(handle, host, port)
+    try:
+        yield int(server.sockets[0].getsockname()[1])
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -43,11 +43,15 @@ def write_plots(
 def _savings_vs_agreement(doc: Mapping[str, Any], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 5.5))
     markers = "os^Dv<>p*"
+    colours: dict[str, str] = {}
     for i, (name, figs) in enumerate(doc["datasets"].items()):
         for method, f in figs.items():
             if f.get("savings_vs_sc") is None:
                 continue
-            ax.scatter(f["savings_vs_sc"], f["agreement"], marker=markers[i % len(markers)], s=45)
+            colour = colours.setdefault(method, f"C{len(colours) % 10}")
+            ax.scatter(
+                f["savings_vs_sc"], f["agreement"], marker=markers[i % len(markers)], s=45, color=colour
+            )
             ax.annotate(
                 method,
                 (f["savings_vs_sc"], f["agreement"]),

@@ -7,7 +7,8 @@ block, so partial thinking cannot be prefilled; and newer models reject prefill 
 the model is remembered, the probe fails with ``UnsupportedCapability`` and ``capabilities()`` then
 offers ``none`` (vote on finished traces) and ``extract`` only.
 
-Streams are read on the hot path from ``httpx2`` (``sse.py``); Anthropic sends no per-delta token
+Streams are read on the hot path from ``httpx2`` (``sse.py``), each on its own connection
+(``transport.py``); Anthropic sends no per-delta token
 counts, so a delta's ``tokens`` is the offline estimate (flagged); ``message_delta`` gives the exact
 output tokens in the final usage. Overload is HTTP 529 or an ``overloaded_error`` event mid-stream,
 both ``Overloaded``.
@@ -38,6 +39,7 @@ from orchestrator.providers.errors import status_error, stream_error_event, tran
 from orchestrator.providers.extract import extract_probe, probe_answer
 from orchestrator.providers.openai_compat import Timeouts
 from orchestrator.providers.sse import iter_events
+from orchestrator.providers.transport import StreamTransport
 from orchestrator.providers.tokens import estimate_tokens
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
@@ -75,6 +77,7 @@ class AnthropicProvider:
             self._headers["x-api-key"] = api_key
         limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=128)
         self._http = httpx2.AsyncClient(timeout=self._timeouts.httpx(), limits=limits)
+        self._streams = httpx2.AsyncClient(timeout=self._timeouts.httpx(), transport=StreamTransport())
         self._sdk = anthropic.AsyncAnthropic(
             api_key=api_key or "none",
             base_url=self._base_url,
@@ -141,10 +144,10 @@ class AnthropicProvider:
         if request.job_id:
             headers["x-mars-job-id"] = request.job_id
         try:
-            req = self._http.build_request(
+            req = self._streams.build_request(
                 "POST", f"{self._base_url}/v1/messages", content=body, headers=headers
             )
-            response = await self._http.send(req, stream=True)
+            response = await self._streams.send(req, stream=True)
         except Exception as exc:
             raise translate(exc, where=self._name) from exc
         try:
@@ -261,3 +264,4 @@ class AnthropicProvider:
     async def aclose(self) -> None:
         await self._sdk.close()
         await self._http.aclose()
+        await self._streams.aclose()

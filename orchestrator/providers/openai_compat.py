@@ -1,7 +1,8 @@
 """OpenAI-compatible servers (vLLM, SGLang, Together, our replay server).
 
-Streams are read on the hot path straight from ``httpx2`` (``sse.py``); probes, model lists and every
-other request go through the official ``openai`` SDK, built with ``max_retries=0`` (``wrappers.py`` owns
+Streams are read on the hot path straight from ``httpx2`` (``sse.py``), each on its own connection
+(``transport.py``: a stop closes hundreds of streams at once); probes, model lists and every other
+request go through the official ``openai`` SDK on a pooled client, built with ``max_retries=0`` (``wrappers.py`` owns
 retries) and explicit timeouts (the read timeout is the stall timeout).
 
 Token counts of a streamed chunk, best first: the number of ``logprobs.content`` entries (one per
@@ -43,6 +44,7 @@ from orchestrator.providers.errors import status_error, stream_error_event, tran
 from orchestrator.providers.extract import extract_probe, last_boxed, probe_answer
 from orchestrator.providers.sse import iter_events
 from orchestrator.providers.tokens import estimate_messages_tokens, estimate_tokens
+from orchestrator.providers.transport import StreamTransport
 
 
 def chatml_template(messages: Sequence[Mapping[str, str]]) -> str:
@@ -116,6 +118,7 @@ class OpenAICompatProvider:
             self._headers["Authorization"] = f"Bearer {api_key}"
         limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=128)
         self._http = httpx2.AsyncClient(timeout=self._timeouts.httpx(), limits=limits)
+        self._streams = httpx2.AsyncClient(timeout=self._timeouts.httpx(), transport=StreamTransport())
         self._sdk = openai.AsyncOpenAI(
             api_key=api_key or "EMPTY",
             base_url=self._base_url,
@@ -163,6 +166,7 @@ class OpenAICompatProvider:
     async def aclose(self) -> None:
         await self._sdk.close()
         await self._http.aclose()
+        await self._streams.aclose()
 
     # --- hooks for subclasses ------------------------------------------------------------------
 
@@ -219,13 +223,13 @@ class OpenAICompatProvider:
         self._check_trace(request)
         body = json.dumps(self._trace_body(request)).encode()
         try:
-            http_request = self._http.build_request(
+            http_request = self._streams.build_request(
                 "POST",
                 f"{self._base_url}/chat/completions",
                 content=body,
                 headers=self._trace_headers(request),
             )
-            response = await self._http.send(http_request, stream=True)
+            response = await self._streams.send(http_request, stream=True)
         except Exception as exc:
             raise translate(exc, where=self._name) from exc
         try:

@@ -7,10 +7,16 @@
   ``X-Mars-Trace-Index: i`` (our adapters send it; the end-to-end check relies on it).
 - A probe request carries a trace prefix: in a final assistant message (``continue``, DeepSeek
   ``prefix``, Anthropic ``prefill``), after ``<think>`` in a raw completion prompt, or between
-  ``<partial_reasoning>`` markers (``reprompt``). The prefix is looked up by its first characters among
-  the traces served so far (then among the question's traces), and its length in tokens is the longest
+  ``<partial_reasoning>`` markers (``reprompt``). The prefix is looked up by its opening among the
+  traces served so far (then among the question's traces), and its length in tokens is the longest
   run of whole tokens that the text matches. Text after the prefix makes it a probe, answered with
   ``CorpusTrace.answer_at(p)``; no text after it makes it a continuation (the rest of the trace).
+
+Recognising a trace is cheap: traces are indexed by hashes of the first 8, 64, 256, 1024 and 4096
+characters of their text, and a prefix is looked up at the longest of those lengths it covers, so only
+traces that open exactly like it are compared in full (real traces of one question often share their
+first sentences). A question's traces that were never served here are indexed from their openings
+alone (``synthetic.head_text``); a full text is built only for a trace that matches.
 """
 
 from __future__ import annotations
@@ -22,10 +28,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from orchestrator.replay.corpus import Corpus, CorpusQuestion, CorpusTrace
-from orchestrator.replay.synthetic import TraceText, build_trace_text
+from orchestrator.replay.synthetic import TraceText, build_trace_text, head_text
 
-KEY_CHARS = 64
-MIN_OVERLAP_CHARS = 8
+KEY_LENGTHS_CHARS = (8, 64, 256, 1024, 4096)
 TEXT_CACHE_SIZE = 4096  # ~12 bytes per token: a few hundred MB at most
 PREFIX_MARKERS = ("<partial_reasoning>\n", "<think>\n", "<think>")
 _SPACE = re.compile(r"\s+")
@@ -35,13 +40,29 @@ def _norm(text: str) -> str:
     return _SPACE.sub(" ", text).strip()
 
 
-def text_overlap(a: str, b: str) -> int:
-    """Length of the common prefix of ``a`` and ``b``."""
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+Entry = tuple[CorpusQuestion, CorpusTrace]
+
+
+class OpeningIndex:
+    """Traces by hashes of their text's first ``KEY_LENGTHS_CHARS`` characters, in insertion order."""
+
+    def __init__(self) -> None:
+        self._levels: dict[int, dict[int, list[Entry]]] = {n: {} for n in KEY_LENGTHS_CHARS}
+
+    def add(self, opening: str, entry: Entry) -> None:
+        for n, level in self._levels.items():
+            if len(opening) >= n:
+                level.setdefault(hash(opening[:n]), []).append(entry)
+
+    def lookup(self, blob: str) -> list[Entry]:
+        """The traces that open like ``blob`` at the longest indexed length it covers (hash hits:
+        the caller compares the texts)."""
+        for n in reversed(KEY_LENGTHS_CHARS):
+            if len(blob) >= n:
+                found = self._levels[n].get(hash(blob[:n]))
+                if found:
+                    return found
+        return []
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +93,9 @@ class Catalog:
         self._exact = {_norm(q.question): q for q in corpus.questions}
         self._orders: dict[str, list[int]] = {}
         self._next: dict[tuple[str, str], int] = {}
-        self._served: dict[str, list[tuple[CorpusQuestion, CorpusTrace]]] = {}
+        self._served = OpeningIndex()
+        self._served_ids: set[tuple[str, int]] = set()
+        self._unserved: dict[str, OpeningIndex] = {}  # per question, built on its first miss
         self._texts: OrderedDict[tuple[str, int], TraceText] = OrderedDict()
 
     def text_of(self, question: CorpusQuestion, trace: CorpusTrace) -> TraceText:
@@ -123,24 +146,26 @@ class Catalog:
         return TraceMatch(question, trace, text, i)
 
     def _remember(self, question: CorpusQuestion, trace: CorpusTrace, text: TraceText) -> None:
-        bucket = self._served.setdefault(text.text[:KEY_CHARS], [])
-        if (question, trace) not in bucket:
-            bucket.append((question, trace))
+        key = (question.qid, trace.index)
+        if key not in self._served_ids:
+            self._served_ids.add(key)
+            self._served.add(text.text[: KEY_LENGTHS_CHARS[-1]], (question, trace))
+
+    def _question_index(self, question: CorpusQuestion) -> OpeningIndex:
+        index = self._unserved.get(question.qid)
+        if index is None:
+            index = self._unserved[question.qid] = OpeningIndex()
+            for trace in question.traces:
+                index.add(head_text(question.qid, trace, KEY_LENGTHS_CHARS[-1]), (question, trace))
+        return index
 
     # --- probes and continuations ----------------------------------------------------------------
 
     def find_prefix(self, blob: str, question: CorpusQuestion | None) -> PrefixMatch | None:
         """The trace whose prefix ``blob`` starts with (longest match wins; latest served on ties)."""
-        candidates = list(self._served.get(blob[:KEY_CHARS], ()))
-        if not candidates:  # a prefix shorter than the key: compare what there is
-            candidates = [
-                qt
-                for key, qts in self._served.items()
-                if text_overlap(key, blob) >= min(len(key), MIN_OVERLAP_CHARS)
-                for qt in qts
-            ]
+        candidates = self._served.lookup(blob)
         if not candidates and question is not None:
-            candidates = [(question, t) for t in question.traces]
+            candidates = self._question_index(question).lookup(blob)
         best: PrefixMatch | None = None
         for q, t in reversed(candidates):
             text = self.text_of(q, t)

@@ -72,22 +72,36 @@ class StreamResponse(Response):
         self._paced = paced
         self._error_event = error_event
         self.sent_tokens = 0
+        self._gone = False  # the disconnect is logged
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         pump = asyncio.ensure_future(self._pump(send))
-        watch = asyncio.ensure_future(_wait_disconnect(receive))
+        watch = asyncio.ensure_future(self._watch(receive, pump))
         try:
             await asyncio.wait({pump, watch}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            if not pump.done():
-                self._journal.record("disconnect", request_id=self._rid, tokens_sent=self.sent_tokens)
-                pump.cancel()
+            self._disconnected(pump)  # e.g. the server shutting down mid-stream
             watch.cancel()
             with suppress(asyncio.CancelledError):
                 await watch
             with suppress(asyncio.CancelledError):
                 await pump  # re-raises AbortConnection: uvicorn then drops the connection
+
+    async def _watch(self, receive: Receive, pump: asyncio.Future[None]) -> None:
+        # The disconnect is logged right here, the moment ``receive()`` reports it, not after this task
+        # and then ``__call__`` have been woken in turn (two more loop passes when K streams close).
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                self._disconnected(pump)
+                return
+
+    def _disconnected(self, pump: asyncio.Future[None]) -> None:
+        if not pump.done() and not self._gone:
+            self._gone = True
+            self._journal.record("disconnect", request_id=self._rid, tokens_sent=self.sent_tokens)
+            pump.cancel()
 
     async def _pump(self, send: Send) -> None:
         opts = self._timing
@@ -133,9 +147,3 @@ async def _sleep_until(loop: asyncio.AbstractEventLoop, due: float) -> None:
     delay = due - loop.time()
     await asyncio.sleep(max(0.0, delay))
 
-
-async def _wait_disconnect(receive: Receive) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return

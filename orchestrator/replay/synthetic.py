@@ -160,14 +160,16 @@ def _final_sentence(answer: str) -> list[str]:
     return [" Therefore,", " the", " final", " answer", " is", " \\boxed{", answer, "}."]
 
 
-def synthetic_tokens(qid: str, trace: CorpusTrace) -> tuple[str, ...]:
-    """Deterministic synthetic reasoning text for ``trace``, as exactly ``total_tokens`` tokens."""
+def synthetic_tokens(qid: str, trace: CorpusTrace, limit: int | None = None) -> tuple[str, ...]:
+    """Deterministic synthetic reasoning text for ``trace``, as exactly ``total_tokens`` tokens (only
+    the first ``limit`` of them when given: the same tokens, for the price of a head)."""
     total = max(1, trace.total_tokens)
+    n = total if limit is None else max(0, min(total, limit))
     rng = random.Random(_seed("mars-synthetic", qid, trace.index))
     tokens: list[str] = ["Okay,", " let", " me", " think."]
-    while len(tokens) < total:
+    while len(tokens) < n:
         tokens.extend(_sentence(rng))
-    del tokens[total:]
+    del tokens[n:]
     # Inserted sentences overwrite filler; later ones win where they would overlap.
     previous = NO_ANSWER
     for pos, ans in zip(trace.positions, trace.checkpoint_answers, strict=True):
@@ -179,9 +181,28 @@ def synthetic_tokens(qid: str, trace: CorpusTrace) -> tuple[str, ...]:
 
 
 def _overwrite_ending_at(tokens: list[str], sentence: list[str], end: int) -> None:
+    """Overwrite the tokens just before ``end`` with the end of ``sentence`` (clipped to ``tokens``,
+    which may hold only the first tokens of the trace)."""
     start = max(0, end - len(sentence))
     piece = sentence[len(sentence) - (end - start) :]
-    tokens[start:end] = piece
+    stop = min(end, len(tokens))
+    if start < stop:
+        tokens[start:stop] = piece[: stop - start]
+
+
+def head_text(qid: str, trace: CorpusTrace, chars: int) -> str:
+    """The first ``chars`` characters of the trace's served text, without building all of it."""
+    total = max(1, trace.total_tokens)
+    if trace.text:
+        if len(trace.text) >= total:  # ``text_tokens`` pads a text shorter than its token count
+            return trace.text[:chars]
+        return (trace.text + " hmm" * (total - len(trace.text)))[:chars]
+    limit = chars // 4 + 16
+    while True:
+        text = "".join(synthetic_tokens(qid, trace, limit))
+        if len(text) >= chars or limit >= total:
+            return text[:chars]
+        limit *= 2
 
 
 _WORD_START = re.compile(r"(?<=\s)(?=\S)")

@@ -26,7 +26,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from orchestrator.coordinator import Coordinator, CoordinatorConfig
+from orchestrator.coordinator import Coordinator
 from orchestrator.domain import JobResult, JobSpec, ProbeSpec, TraceResult, TraceStatus, WarmupMode
 from orchestrator.providers.base import (
     Capabilities,
@@ -216,7 +216,6 @@ async def run_job(
     probe_timeout_s: float = 5.0,
     stall_timeout_s: float = 60.0,
     wrap: Callable[[Provider], Provider] | None = None,
-    config: CoordinatorConfig | None = None,
     method_params: Mapping[str, Any] | None = None,
 ) -> Run:
     """One job end to end on the embedded store; returns everything a test checks."""
@@ -226,7 +225,7 @@ async def run_job(
     async with replay_upstream(rule, stall_timeout_s=stall_timeout_s) as (_, server, router, provider):
         used = wrap(provider) if wrap is not None else provider
         async with asyncio.timeout(60):
-            result = await Coordinator(store, used, config=config).run(spec)
+            result = await Coordinator(store, used).run(spec)
         await _closed_stalls(server)
         journal = server.journal.entries()
         calls = list(router.calls)

@@ -29,6 +29,7 @@ from orchestrator.evaluation.simulate import (
     PROBE_NO_ANSWER_TOKENS,
     PROBE_SUFFIX_TOKENS,
     QuestionTimeline,
+    ViewCache,
     hindsight_checkpoint,
     leader_trajectory,
     simulate,
@@ -90,8 +91,9 @@ def run_question(
         warmup = order[budget : budget + WARMUP_TRACES]
         full = majority([tl.traces[i].final_class for i in voting])
         ctx = MethodContext(tl, tuple(voting), tuple(warmup), hq.priors)
+        views: ViewCache = {}  # every method of this repetition sees the same traces
         for m, spec in specs.items():
-            out[m].append(_run(spec, ctx, hq, full))
+            out[m].append(_run(spec, ctx, hq, full, views))
         if on_progress is not None:
             on_progress(1)
     return out
@@ -109,7 +111,9 @@ def _record(hq: HonestQuestion, full: int | None, answer: int | None, **kw: int 
     )
 
 
-def _run(spec: MethodSpec, ctx: MethodContext, hq: HonestQuestion, full: int | None) -> RunRecord:
+def _run(
+    spec: MethodSpec, ctx: MethodContext, hq: HonestQuestion, full: int | None, views: ViewCache | None = None
+) -> RunRecord:
     tl = ctx.timeline
     if spec.name == "hindsight":
         return _hindsight(ctx, hq, full)
@@ -128,6 +132,7 @@ def _run(spec: MethodSpec, ctx: MethodContext, hq: HonestQuestion, full: int | N
         warmup_answer_class=warmup_class,
         oracle=spec.oracle,
         weights=spec.weights(ctx) if spec.weights is not None else None,
+        cache=views,
     )
     return _record(
         hq,

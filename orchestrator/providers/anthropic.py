@@ -39,8 +39,8 @@ from orchestrator.providers.errors import status_error, stream_error_event, tran
 from orchestrator.providers.extract import extract_probe, probe_answer
 from orchestrator.providers.openai_compat import Timeouts
 from orchestrator.providers.sse import iter_events
-from orchestrator.providers.transport import StreamTransport
 from orchestrator.providers.tokens import estimate_tokens
+from orchestrator.providers.transport import StreamTransport
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 API_VERSION = "2023-06-01"

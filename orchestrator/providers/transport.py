@@ -157,6 +157,8 @@ class _Body(httpx2.AsyncByteStream):
                     yield data
                 if complete:
                     return
+                if data:
+                    continue  # decode what arrived meanwhile before waiting or judging an EOF
                 if conn.eof:
                     if self._remaining is None and self._chunked is None:
                         return  # read until close: the close is the end
@@ -180,7 +182,7 @@ class _Body(httpx2.AsyncByteStream):
 class _Chunked:
     """Incremental decoder of ``Transfer-Encoding: chunked``."""
 
-    __slots__ = ("done", "_remaining", "_state")
+    __slots__ = ("_remaining", "_state", "done")
 
     def __init__(self) -> None:
         self.done = False
@@ -278,9 +280,7 @@ class StreamTransport(httpx2.AsyncBaseTransport):
             except ValueError:
                 self.drop(conn)
                 raise httpx2.RemoteProtocolError("malformed Content-Length", request=request) from None
-        body = _Body(
-            self, conn, request, chunked=chunked, length=length, read_timeout_s=timeouts.get("read")
-        )
+        body = _Body(self, conn, request, chunked=chunked, length=length, read_timeout_s=timeouts.get("read"))
         return httpx2.Response(
             status,
             headers=headers,

@@ -146,4 +146,3 @@ class StreamResponse(Response):
 async def _sleep_until(loop: asyncio.AbstractEventLoop, due: float) -> None:
     delay = due - loop.time()
     await asyncio.sleep(max(0.0, delay))
-

@@ -157,3 +157,53 @@ def test_cli_rejects_unknown_method_with_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "parallel-probe protocol defines only" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_deepconf_methods_run_when_confidences_exist(tmp_path: Path) -> None:
+    """deepconf and deepconf-mars are measured on a corpus with per-token confidences, skipped without."""
+    plain = _corpus(tmp_path / "plain.jsonl")
+    from orchestrator.replay.importers import load_corpus
+
+    base = load_corpus(plain)
+    with_conf = Corpus(
+        "conf",
+        "test",
+        tuple(
+            CorpusQuestion(
+                q.qid,
+                q.question,
+                q.gold_answer,
+                q.probe_interval_tokens,
+                tuple(
+                    CorpusTrace(
+                        t.index,
+                        t.checkpoint_answers,
+                        t.positions,
+                        t.total_tokens,
+                        t.final_answer,
+                        tuple(1.0 + 0.1 * ((t.index + k) % 5) for k in range(t.total_tokens)),
+                    )
+                    for t in q.traces
+                ),
+            )
+            for q in base.questions
+        ),
+    )
+    conf_path = tmp_path / "conf.jsonl"
+    write_jsonl(with_conf, conf_path)
+    doc = run_eval(
+        corpora=[conf_path],
+        protocol="honest",
+        methods="sc,deepconf,deepconf-mars",
+        budget=4,
+        repetitions=2,
+        workers=1,
+    )
+    figs = doc["datasets"]["conf"]
+    assert {"deepconf", "deepconf-mars"} <= set(figs)
+    assert figs["deepconf"]["warmup_tokens"] > 0
+    skipped = run_eval(
+        corpora=[plain], protocol="honest", methods="sc,deepconf", budget=4, repetitions=1, workers=1
+    )
+    assert "deepconf" not in skipped["datasets"]["tiny"]
+    assert any("deepconf skipped" in n for n in skipped["notes"])

@@ -1,6 +1,9 @@
-"""Long blocking reads on the real Redis store: the SSE feed and the proxy wait on a job's events with
-``XREAD BLOCK`` for up to ``sse_ping_s`` (15 s by default). Such a read must outlast the Redis client's
-socket timeout (redis-py 8 defaults to 5 s) instead of failing as "redis unavailable"."""
+"""Long blocking reads on the real Redis store. The SSE feed and the proxy wait on a job's events with
+``XREAD BLOCK`` for up to ``sse_ping_s`` (15 s by default), holding one Redis connection each. Such a
+read must outlast the Redis client's socket timeout (redis-py 8 defaults to 5 s) instead of failing as
+"redis unavailable", and many of them must not exhaust the client's connection pool (redis-py 8
+defaults to 100 connections and then fails at once). Both hold with
+``REDIS_URL=redis://...?socket_timeout=60&max_connections=4000``; not with the defaults."""
 
 from __future__ import annotations
 
@@ -55,3 +58,31 @@ async def test_an_event_read_blocking_longer_than_the_socket_timeout_still_gets_
         pytest.fail(f"a blocking read of {QUIET_S} s failed: {exc}")
     assert event is not None
     assert event.kind == "checkpoint"
+
+
+async def test_many_watchers_do_not_exhaust_the_store(store: Store) -> None:
+    """150 SSE-style watchers blocked on a quiet job (each holds a Redis connection while it blocks)
+    neither fail themselves nor make other store calls fail: a job can be created and read meanwhile."""
+    spec = job_spec("watched")
+    await store.create_job(spec, request_fingerprint(spec))
+    failures: list[str] = []
+
+    async def watch() -> None:
+        try:
+            async for _ in store.events("watched", block_ms=3_000):
+                return
+        except StoreUnavailable as exc:
+            failures.append(f"watcher: {exc}")
+
+    async with asyncio.TaskGroup() as tg:
+        for _ in range(150):
+            tg.create_task(watch())
+        await asyncio.sleep(0.5)  # let every watcher block
+        try:
+            other = job_spec("other")
+            await store.create_job(other, request_fingerprint(other))
+            await store.get_job("other")
+        except StoreUnavailable as exc:
+            failures.append(f"create/get: {exc}")
+        await store.publish("watched", "checkpoint", {"checkpoint": 1})
+    assert not failures, f"{len(failures)} store calls failed, e.g. {failures[0]}"

@@ -1,0 +1,154 @@
+"""The per-stream transport against a raw socket server that sends exactly the bytes a test chooses."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import httpx2
+import pytest
+
+from orchestrator.providers.transport import StreamTransport
+
+pytestmark = pytest.mark.timeout(10)
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+
+
+@asynccontextmanager
+async def raw_server(handler: Handler) -> AsyncIterator[str]:
+    handlers: set[asyncio.Task[None]] = set()
+
+    async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handlers.add(asyncio.current_task())  # type: ignore[arg-type]
+        try:
+            await handler(reader, writer)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(run, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.close()
+        async with asyncio.timeout(2):
+            await asyncio.gather(*handlers)
+        await server.wait_closed()
+
+
+async def _read_request(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(
+        (
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length")
+        ),
+        0,
+    )
+    return head + await reader.readexactly(length)
+
+
+def _chunked(*parts: bytes) -> bytes:
+    return b"".join(b"%x;ext=1\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\nx-trailer: 1\r\n\r\n"
+
+
+async def _body(url: str, **kwargs: float) -> bytes:
+    async with (
+        httpx2.AsyncClient(transport=StreamTransport(), timeout=httpx2.Timeout(5.0, **kwargs)) as client,
+        client.stream("POST", url + "/v1/x", content=b'{"a": 1}') as response,
+    ):
+        assert response.status_code == 200
+        return b"".join([chunk async for chunk in response.aiter_raw()])
+
+
+@pytest.mark.parametrize("piece", [1, 3, 7, 1000])
+async def test_chunked_body_is_whole_however_it_is_split(piece: int) -> None:
+    """A chunked body read in arbitrary pieces (the last with the close) decodes to exactly its data."""
+    data = _chunked(b"data: one\n\n", b"data: two\n\n", b"data: [DONE]\n\n")
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await _read_request(reader)
+        assert request.startswith(b"POST /v1/x HTTP/1.1\r\n")
+        assert b"Connection: close\r\n" in request
+        assert request.endswith(b'{"a": 1}')
+        payload = CHUNKED_HEAD + data
+        for i in range(0, len(payload), piece):
+            writer.write(payload[i : i + piece])
+            await writer.drain()
+        writer.close()
+
+    async with raw_server(handler) as url:
+        assert await _body(url) == b"data: one\n\ndata: two\n\ndata: [DONE]\n\n"
+
+
+async def test_content_length_body_and_interim_response() -> None:
+    """A 100 Continue is skipped; a Content-Length body ends at its length."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello")
+        await writer.drain()
+        await reader.read()  # the client must not wait for the close: it closes first
+
+    async with raw_server(handler) as url:
+        assert await _body(url) == b"hello"
+
+
+async def test_a_body_cut_short_is_a_protocol_error() -> None:
+    """The server closing mid-chunk is an error, not a short stream."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(CHUNKED_HEAD + b"20\r\ndata: partial")
+        writer.close()
+
+    async with raw_server(handler) as url:
+        with pytest.raises(httpx2.RemoteProtocolError):
+            await _body(url)
+
+
+async def test_silence_longer_than_the_read_timeout() -> None:
+    """No bytes for longer than the read timeout raises ``ReadTimeout``."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(CHUNKED_HEAD)
+        await reader.read()  # until the client gives up
+
+    async with raw_server(handler) as url:
+        with pytest.raises(httpx2.ReadTimeout):
+            await _body(url, read=0.2)
+
+
+async def test_cancelling_a_reader_closes_its_socket_at_once() -> None:
+    """A cancelled stream's socket is shut down before the task has unwound: the server sees EOF."""
+    saw_eof = asyncio.Event()
+    streaming = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        writer.write(CHUNKED_HEAD + _chunked(b"data: x\n\n")[:-5])  # no last chunk: the stream goes on
+        await writer.drain()
+        if await reader.read(1) == b"":
+            saw_eof.set()
+
+    async with raw_server(handler) as url:
+        transport = StreamTransport()
+        async with httpx2.AsyncClient(transport=transport) as client:
+
+            async def read() -> None:
+                async with client.stream("POST", url) as response:
+                    async for _ in response.aiter_raw():
+                        streaming.set()
+
+            task = asyncio.create_task(read())
+            await streaming.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            async with asyncio.timeout(2):
+                await saw_eof.wait()

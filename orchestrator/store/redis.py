@@ -146,6 +146,30 @@ def _field(value: Any) -> str:
     return json.dumps(value, default=str)
 
 
+# Blocking reads (XREAD/XREADGROUP BLOCK, up to the SSE ping interval) hold a connection and must not
+# trip the socket timeout; many SSE watchers at once must wait for a connection, not fail.
+_SOCKET_TIMEOUT_S = 60.0
+_MAX_CONNECTIONS = 4096
+_POOL_WAIT_S = 30.0
+
+
+def _pool_from_url(url: str) -> aioredis.BlockingConnectionPool:
+    """A blocking pool for ``url``; query parameters in the URL (``socket_timeout``,
+    ``max_connections``, ...) win over these defaults."""
+    from urllib.parse import parse_qs, urlparse
+
+    given = parse_qs(urlparse(url).query)
+    options: dict[str, Any] = {"decode_responses": True, "health_check_interval": 10}
+    if "socket_timeout" not in given:
+        options["socket_timeout"] = _SOCKET_TIMEOUT_S
+    if "max_connections" not in given:
+        options["max_connections"] = _MAX_CONNECTIONS
+    if "timeout" not in given:
+        options["timeout"] = _POOL_WAIT_S
+    pool: aioredis.BlockingConnectionPool = aioredis.BlockingConnectionPool.from_url(url, **options)
+    return pool
+
+
 class RedisStore:
     """The store on a Redis 7 server. Build it with :meth:`connect` (or pass a client you own)."""
 
@@ -171,7 +195,7 @@ class RedisStore:
 
     @classmethod
     async def connect(cls, url: str, *, keys: Keys | None = None, retention_s: float = 86400.0) -> RedisStore:
-        client = aioredis.from_url(url, decode_responses=True, health_check_interval=10)
+        client = aioredis.Redis.from_pool(_pool_from_url(url))  # the client owns (and closes) the pool
         store = cls(client, keys=keys, retention_s=retention_s, owns_client=True)
         try:
             await store.ensure_group()

@@ -183,8 +183,11 @@ class Catalog:
             at = text.rfind(marker)
             if at >= 0:
                 starts.insert(0, text[at + len(marker) :])
-        for blob in starts:
-            found = self.find_prefix(blob, question)
-            if found is not None:
-                return found
+        # Every start among the served traces first: a start that matches no served trace (e.g. the
+        # one after ``<think>`` when the text has ``<think>\n``) must not index the question's traces.
+        for scope in (None, question) if question is not None else (None,):
+            for blob in starts:
+                found = self.find_prefix(blob, scope)
+                if found is not None:
+                    return found
         return None

@@ -69,8 +69,10 @@ async def test_mars_worker_runs_jobs_and_drains_on_sigterm(redis_url: str, prefi
                 assert record.result.answer == "42"
                 # The message is acknowledged right after the result is stored: wait for that ack.
                 async with asyncio.timeout(5):
-                    while await store.queue_depth() != 0:
-                        await asyncio.sleep(0.02)
+                    depth = await store.queue_depth()
+                    while depth != 0:
+                        await asyncio.sleep(0.02)  # polling Redis: there is no event to wait on
+                        depth = await store.queue_depth()
             worker.send_signal(signal.SIGTERM)
             assert await asyncio.wait_for(worker.wait(), 20) == 0
             assert worker.stderr is not None

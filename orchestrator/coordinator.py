@@ -106,7 +106,9 @@ STRATEGY_PREFERENCE = (
     ProbeStrategy.EXTRACT,
 )
 DEEPCONF_METHODS = frozenset({"deepconf", "deepconf_mars"})
-MARS_METHODS = frozenset({"mars", "default", "deepconf_mars"})
+# Rules whose q and γ come from the job's warmup. ``default`` (mars-pop) carries the switch model it
+# was trained with, so a job's warmup must not replace it.
+MARS_METHODS = frozenset({"mars", "deepconf_mars"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,9 +5,11 @@ loopback socket with the embedded store and workers; each question goes API → 
 coordinator → adapter over HTTP → replay server. Nothing is read from the environment and nothing
 outside the clone is touched.
 
-The flow is the product's own (STOPPING.md §5): the first question runs with a sequential warmup whose
-complete traces teach the store's prior switch model; the others then run concurrently on that prior,
-through the jobs API and one through the OpenAI-compatible proxy with the official SDK.
+The flow is the product's own (STOPPING.md §5), with the ``mars`` rule named explicitly: the first
+question runs with a sequential warmup whose complete traces teach the store's prior switch model; the
+others then run concurrently on that prior, through the jobs API and one through the OpenAI-compatible
+proxy with the official SDK. (A job that names no method gets ``default``, the population stop
+``mars-pop``, which ships its own prior and does not learn from the store.)
 
 Because the demo knows the corpus, the paper's-view savings are exact: the full budget's generation is
 the sum of the lengths of the K traces the replay server serves for the question (its seeded order),
@@ -103,7 +105,9 @@ async def run_demo(
     ):
         console.print(f"service on {service.url} (dashboard: {service.url}/dashboard)")
         model = replay_settings.providers[REPLAY_PROVIDER].models[0]
-        console.print(f"1. {teacher.qid}: sequential warmup ({WARMUP_TRACES} traces) teaches the prior")
+        console.print(
+            f"1. {teacher.qid}: sequential warmup ({WARMUP_TRACES} traces) teaches the prior of the mars rule"
+        )
         rows = [await _via_api(client, corpus, teacher, model, budget, "sequential")]
         console.print(
             f"2. {len(chosen)} more questions at once on the learned prior (the last via the proxy)"
@@ -119,6 +123,9 @@ async def run_demo(
     return rows
 
 
+DEMO_METHOD = "mars"  # the rule that learns from the store's prior, which this demo shows
+
+
 def _body(question: CorpusQuestion, model: str, budget: int, warmup: str) -> dict[str, Any]:
     return {
         "prompt": question.question,
@@ -126,6 +133,7 @@ def _body(question: CorpusQuestion, model: str, budget: int, warmup: str) -> dic
         "budget": min(budget, len(question.traces)),
         "max_tokens": max(t.total_tokens for t in question.traces) + 1024,
         "probe": {"interval_tokens": question.probe_interval_tokens},
+        "method": DEMO_METHOD,
         "warmup": warmup,
         "warmup_traces": WARMUP_TRACES,
     }
@@ -177,7 +185,14 @@ async def _via_proxy(url: str, corpus: Corpus, question: CorpusQuestion, model: 
             model=f"mars/{model}",
             messages=[{"role": "user", "content": question.question}],
             max_tokens=body["max_tokens"],
-            extra_body={"mars": {"budget": body["budget"], "probe": body["probe"], "warmup": "prior"}},
+            extra_body={
+                "mars": {
+                    "budget": body["budget"],
+                    "method": DEMO_METHOD,
+                    "probe": body["probe"],
+                    "warmup": "prior",
+                }
+            },
         )
     mars = (reply.model_extra or {}).get("mars") or {}
     acc = mars.get("accounting") or {}

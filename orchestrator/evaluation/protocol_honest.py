@@ -28,6 +28,7 @@ from orchestrator.evaluation.protocol_pp import permutation
 from orchestrator.evaluation.simulate import (
     PROBE_NO_ANSWER_TOKENS,
     PROBE_SUFFIX_TOKENS,
+    CheckpointCache,
     QuestionTimeline,
     ViewCache,
     hindsight_checkpoint,
@@ -91,9 +92,11 @@ def run_question(
         warmup = order[budget : budget + WARMUP_TRACES]
         full = majority([tl.traces[i].final_class for i in voting])
         ctx = MethodContext(tl, tuple(voting), tuple(warmup), hq.priors)
-        views: ViewCache = {}  # every method of this repetition sees the same traces
+        # every method of this repetition sees the same traces (and, until it prunes, checkpoints)
+        views: ViewCache = {}
+        checkpoints: CheckpointCache = {}
         for m, spec in specs.items():
-            out[m].append(_run(spec, ctx, hq, full, views))
+            out[m].append(_run(spec, ctx, hq, full, views, checkpoints))
         if on_progress is not None:
             on_progress(1)
     return out
@@ -112,7 +115,12 @@ def _record(hq: HonestQuestion, full: int | None, answer: int | None, **kw: int 
 
 
 def _run(
-    spec: MethodSpec, ctx: MethodContext, hq: HonestQuestion, full: int | None, views: ViewCache | None = None
+    spec: MethodSpec,
+    ctx: MethodContext,
+    hq: HonestQuestion,
+    full: int | None,
+    views: ViewCache | None = None,
+    checkpoints: CheckpointCache | None = None,
 ) -> RunRecord:
     tl = ctx.timeline
     if spec.name == "hindsight":
@@ -133,6 +141,7 @@ def _run(
         oracle=spec.oracle,
         weights=spec.weights(ctx) if spec.weights is not None else None,
         cache=views,
+        checkpoints=checkpoints,
     )
     return _record(
         hq,

@@ -112,6 +112,9 @@ def timeline(
 
 
 ViewCache = dict[tuple[int, int, bool, bool, bool], TraceView]
+# Whole checkpoints before any pruning, keyed (checkpoint, needs_probes, oracle): the views and the
+# probe calls, output tokens and input tokens that checkpoint charges.
+CheckpointCache = dict[tuple[int, bool, bool], tuple[tuple[TraceView, ...], int, int, int]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,14 +145,16 @@ def simulate(
     eligible: Sequence[bool] | None = None,
     oracle: bool = False,
     cache: ViewCache | None = None,
+    checkpoints: CheckpointCache | None = None,
 ) -> SimRun:
     """Run ``rule`` on the traces ``voting`` (in slot order) of question ``tl``.
 
     ``cache`` shares trace views between rules run on the same ``voting`` order with default
     weights and eligibility (views are immutable, so sharing is safe); pass a fresh dict per order.
+    ``checkpoints`` (likewise one per order) shares whole checkpoints while nothing is pruned yet.
     """
     if weights is not None or eligible is not None:
-        cache = None
+        cache = checkpoints = None
     budget = len(voting)
     if not rule.needs_probes and rule.initial_traces(budget) < budget:
         return _simulate_waves(rule, tl, voting, num_classes=num_classes)
@@ -168,44 +173,28 @@ def simulate(
     # One checkpoint past the last finish, so a rule that pruned the last running traces sees the
     # exhausted snapshot and names its answer.
     finishing = {t.finish_checkpoint for t in slots}
+    any_pruned = False
     for cp in range(1, last_cp + 2):
         if not needs_probes and cp not in finishing and cp <= last_cp:
             continue  # a rule without probes sees nothing new until a trace finishes
         position = cp * tl.interval_tokens
-        views = []
-        for s, tr in enumerate(slots):
-            frozen = pruned_at[s]
-            at = frozen or min(cp, len(tr.classes))
-            finished = tr.finish_checkpoint <= at
-            if not frozen and not finished and needs_probes:
-                probe_calls += 1
-                probe_out += tr.probe_output_tokens[cp - 1] + PROBE_CLOSE_TOKENS
-                probe_in += position + PROBE_SUFFIX_TOKENS
-            key = (s, at, bool(frozen), needs_probes, oracle)
-            view = cache.get(key) if cache is not None else None
-            if view is None:
-                # Positional arguments in TraceView's field order: this is the simulator's hot loop.
-                view = TraceView(
-                    s,  # index
-                    tr.classes[at - 1] if (finished or needs_probes) else None,  # answer_class
-                    w[s],  # weight
-                    ok[s],  # eligible
-                    finished,
-                    True,  # started
-                    bool(frozen),  # pruned
-                    min(tr.total_tokens, at * tl.interval_tokens),  # tokens
-                    tr.classes[:at] if needs_probes else (),  # history
-                    tr.features[at - 1] if needs_probes else (),  # features
-                    tr.confidences[at - 1],  # confidence
-                    tr.final_class if oracle else None,  # final_class
-                )
-                if cache is not None:
-                    cache[key] = view
-            views.append(view)
+        shared = checkpoints if checkpoints is not None and not any_pruned else None
+        key = (cp, needs_probes, oracle)
+        hit = shared.get(key) if shared is not None else None
+        if hit is None:
+            hit = _views(
+                slots, pruned_at, cp, position, tl.interval_tokens, w, ok, needs_probes, oracle, cache
+            )
+            if shared is not None:
+                shared[key] = hit
+        traces, calls_cp, out_cp, in_cp = hit
+        probe_calls += calls_cp
+        probe_out += out_cp
+        probe_in += in_cp
         snapshot = Snapshot(
             checkpoint=cp,
             position_tokens=position,
-            traces=tuple(views),
+            traces=traces,
             budget=budget,
             num_classes=k_classes,
             probe_interval_tokens=tl.interval_tokens,
@@ -217,6 +206,7 @@ def simulate(
         for s in decision.prune:
             if 0 <= s < n and not pruned_at[s] and slots[s].finish_checkpoint > cp:
                 pruned_at[s] = cp
+                any_pruned = True
         if decision.stop:
             break
     assert decision is not None
@@ -244,6 +234,53 @@ def simulate(
             min(pruned_at[s] or stop_cp, tr.finish_checkpoint) for s, tr in enumerate(slots)
         ),
     )
+
+
+def _views(
+    slots: Sequence[TraceTimeline],
+    pruned_at: Sequence[int],
+    cp: int,
+    position: int,
+    interval: int,
+    w: Sequence[float],
+    ok: Sequence[bool],
+    needs_probes: bool,
+    oracle: bool,
+    cache: ViewCache | None,
+) -> tuple[tuple[TraceView, ...], int, int, int]:
+    """The trace views of checkpoint ``cp`` and the probe calls, output and input tokens it charges."""
+    probe_calls = probe_out = probe_in = 0
+    views = []
+    for s, tr in enumerate(slots):
+        frozen = pruned_at[s]
+        at = frozen or min(cp, len(tr.classes))
+        finished = tr.finish_checkpoint <= at
+        if not frozen and not finished and needs_probes:
+            probe_calls += 1
+            probe_out += tr.probe_output_tokens[cp - 1] + PROBE_CLOSE_TOKENS
+            probe_in += position + PROBE_SUFFIX_TOKENS
+        key = (s, at, bool(frozen), needs_probes, oracle)
+        view = cache.get(key) if cache is not None else None
+        if view is None:
+            # Positional arguments in TraceView's field order: this is the simulator's hot loop.
+            view = TraceView(
+                s,  # index
+                tr.classes[at - 1] if (finished or needs_probes) else None,  # answer_class
+                w[s],  # weight
+                ok[s],  # eligible
+                finished,
+                True,  # started
+                bool(frozen),  # pruned
+                min(tr.total_tokens, at * interval),  # tokens
+                tr.classes[:at] if needs_probes else (),  # history
+                tr.features[at - 1] if needs_probes else (),  # features
+                tr.confidences[at - 1],  # confidence
+                tr.final_class if oracle else None,  # final_class
+            )
+            if cache is not None:
+                cache[key] = view
+        views.append(view)
+    return tuple(views), probe_calls, probe_out, probe_in
 
 
 def _simulate_waves(

@@ -100,7 +100,7 @@ class _Recorder:
             return Decision.cont(state=LeaderState())
         leader = int(np.argmax(np.bincount(classes)))
         state = self.rule.leader_state(snapshot, leader)
-        x = population_features(snapshot, CONSERVATIVE_DEFAULT, state.age, leader)
+        x = population_features(snapshot, CONSERVATIVE_DEFAULT, state.age, leader, arrays)
         fin = arrays.finished & arrays.counted
         votes = np.bincount(arrays.classes[fin], minlength=leader + 1) if fin.any() else np.zeros(leader + 1)
         guard = int(votes[leader]) >= MIN_FINISHED_SUPPORT and int(votes[leader]) == int(votes.max())

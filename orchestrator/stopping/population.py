@@ -35,7 +35,7 @@ import numpy.typing as npt
 from orchestrator.domain import Decision, Snapshot
 from orchestrator.stopping.mars import certify
 from orchestrator.stopping.switch_model import CONSERVATIVE_DEFAULT, SwitchModel, flips_and_streak
-from orchestrator.stopping.tally import budget_decision, exhausted, trace_arrays
+from orchestrator.stopping.tally import TraceArrays, budget_decision, exhausted, trace_arrays
 
 FEATURES: tuple[str, ...] = (
     "leader_share",
@@ -103,11 +103,16 @@ class StopModel:
 
 
 def population_features(
-    snapshot: Snapshot, switch_model: SwitchModel, age: int, leader: int | None
+    snapshot: Snapshot,
+    switch_model: SwitchModel,
+    age: int,
+    leader: int | None,
+    arrays: TraceArrays | None = None,
 ) -> FloatArray:
-    """The features of :data:`FEATURES` for ``snapshot`` (``leader`` = the tally leader)."""
+    """The features of :data:`FEATURES` for ``snapshot`` (``leader`` = the tally leader); ``arrays``
+    are the snapshot's :func:`trace_arrays` when the caller has them already."""
     k = float(max(snapshot.budget, 1))
-    a = trace_arrays(snapshot.traces)
+    a = arrays if arrays is not None else trace_arrays(snapshot.traces)
     idx = np.flatnonzero(a.counted)
     classes = a.classes[idx]
     size = max(snapshot.num_classes, int(classes.max()) + 1 if classes.size else 1)
@@ -191,7 +196,9 @@ class PopulationStop:
             return Decision.cont(reason="no votes yet", state=self.leader_state(snapshot, None))
         leader = int(np.argmax(np.bincount(classes)))
         state = self.leader_state(snapshot, leader)
-        x = population_features(snapshot, self.switch_model or CONSERVATIVE_DEFAULT, state.age, leader)
+        x = population_features(
+            snapshot, self.switch_model or CONSERVATIVE_DEFAULT, state.age, leader, arrays
+        )
         model = self.stop_model
         p = model.probability(x) if model is not None else 0.0
         details = {"p_final": p, "threshold": self.threshold}

@@ -38,13 +38,25 @@ class TraceArrays:
 
 def trace_arrays(traces: Sequence[TraceView]) -> TraceArrays:
     n = len(traces)
-    classes = np.fromiter(
-        (NO_CLASS if t.answer_class is None else t.answer_class for t in traces), np.int64, n
-    )
-    weights = np.fromiter((t.weight for t in traces), np.float64, n)
-    usable = np.fromiter((t.eligible and t.started and not t.pruned for t in traces), np.bool_, n)
-    finished = np.fromiter((t.finished for t in traces), np.bool_, n)
-    live = np.fromiter((t.started and not t.pruned for t in traces), np.bool_, n)
+    # One pass over the views into one float matrix (class ids and flags are exact in float64).
+    table = np.array(
+        [
+            (
+                NO_CLASS if t.answer_class is None else t.answer_class,
+                t.weight,
+                t.eligible and t.started and not t.pruned,
+                t.finished,
+                t.started and not t.pruned,
+            )
+            for t in traces
+        ],
+        dtype=np.float64,
+    ).reshape(n, 5)
+    classes = table[:, 0].astype(np.int64)
+    weights = np.ascontiguousarray(table[:, 1])
+    usable = table[:, 2] != 0.0
+    finished = table[:, 3] != 0.0
+    live = table[:, 4] != 0.0
     return TraceArrays(classes, weights, usable & (classes >= 0), finished, live & ~finished)
 
 

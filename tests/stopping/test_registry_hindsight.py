@@ -43,7 +43,7 @@ def test_every_name_builds_a_pure_rule(name: str) -> None:
 def test_registry_contents_and_default() -> None:
     assert set(NAMES) <= set(REGISTRY)
     assert isinstance(build_rule("parallel-probe"), ParallelProbe)
-    assert build_rule("default") == Mars()
+    assert build_rule("default") == build_rule("mars-pop")  # the live default is the shipped population stop
     with pytest.raises(KeyError, match="unknown stopping rule"):
         build_rule("nope")
     with pytest.raises(TypeError):

@@ -9,47 +9,26 @@ offers ``reprompt`` instead. ``deepseek-reasoner`` rejects logprobs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from orchestrator.domain import ProbeStrategy
 from orchestrator.errors import UnsupportedCapability, UpstreamRejected
 from orchestrator.providers.base import Capabilities, ProbeRequest, ProbeResult, TraceRequest
 from orchestrator.providers.errors import translate
+from orchestrator.providers.openai import HostedProvider
 from orchestrator.providers.openai_compat import (
-    CompatOptions,
-    OpenAICompatProvider,
-    Timeouts,
     probe_result,
 )
 
 DEFAULT_BASE_URL = "https://api.deepseek.com/beta"
 
 
-class DeepSeekProvider(OpenAICompatProvider):
+class DeepSeekProvider(HostedProvider):
     kind = "deepseek"
+    default_base_url = DEFAULT_BASE_URL
 
-    def __init__(
-        self,
-        *,
-        name: str,
-        base_url: str = DEFAULT_BASE_URL,
-        api_key: str | None = None,
-        timeouts: Timeouts | None = None,
-        probe_model: str | None = None,
-        max_connections: int = 1024,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(
-            name=name,
-            base_url=base_url or DEFAULT_BASE_URL,
-            api_key=api_key,
-            timeouts=timeouts,
-            options=CompatOptions(continuous_usage=False, send_top_k=False, think_open="", probe_top_k=None),
-            max_connections=max_connections,
-            probe_model=probe_model,
-            headers=headers,
-        )
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
         self._no_prefix: set[str] = set()
 
     def capabilities(self, model: str) -> Capabilities:

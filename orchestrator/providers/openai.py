@@ -26,14 +26,19 @@ def is_reasoning_model(model: str) -> bool:
     return name.startswith(REASONING_MODEL_PREFIXES)
 
 
-class OpenAIProvider(OpenAICompatProvider):
-    kind = "openai"
+HOSTED_OPTIONS = CompatOptions(continuous_usage=False, send_top_k=False, think_open="", probe_top_k=None)
+
+
+class HostedProvider(OpenAICompatProvider):
+    """An OpenAI-style hosted API (OpenAI, DeepSeek): no vLLM extensions, a default base URL."""
+
+    default_base_url = DEFAULT_BASE_URL
 
     def __init__(
         self,
         *,
         name: str,
-        base_url: str = DEFAULT_BASE_URL,
+        base_url: str | None = None,
         api_key: str | None = None,
         timeouts: Timeouts | None = None,
         probe_model: str | None = None,
@@ -42,14 +47,18 @@ class OpenAIProvider(OpenAICompatProvider):
     ) -> None:
         super().__init__(
             name=name,
-            base_url=base_url or DEFAULT_BASE_URL,
+            base_url=base_url or self.default_base_url,
             api_key=api_key,
             timeouts=timeouts,
-            options=CompatOptions(continuous_usage=False, send_top_k=False, think_open="", probe_top_k=None),
+            options=HOSTED_OPTIONS,
             max_connections=max_connections,
             probe_model=probe_model,
             headers=headers,
         )
+
+
+class OpenAIProvider(HostedProvider):
+    kind = "openai"
 
     def capabilities(self, model: str) -> Capabilities:
         if is_reasoning_model(model):

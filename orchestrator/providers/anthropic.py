@@ -40,7 +40,7 @@ from orchestrator.providers.extract import extract_probe, probe_answer
 from orchestrator.providers.openai_compat import Timeouts
 from orchestrator.providers.sse import iter_events
 from orchestrator.providers.tokens import estimate_tokens
-from orchestrator.providers.transport import StreamTransport
+from orchestrator.providers.transport import http_clients
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 API_VERSION = "2023-06-01"
@@ -75,9 +75,7 @@ class AnthropicProvider:
         self._headers = {"content-type": "application/json", "anthropic-version": API_VERSION}
         if api_key:
             self._headers["x-api-key"] = api_key
-        limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=128)
-        self._http = httpx2.AsyncClient(timeout=self._timeouts.httpx(), limits=limits)
-        self._streams = httpx2.AsyncClient(timeout=self._timeouts.httpx(), transport=StreamTransport())
+        self._http, self._streams = http_clients(self._timeouts.httpx(), max_connections)
         self._sdk = anthropic.AsyncAnthropic(
             api_key=api_key or "none",
             base_url=self._base_url,

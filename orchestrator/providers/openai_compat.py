@@ -44,7 +44,7 @@ from orchestrator.providers.errors import status_error, stream_error_event, tran
 from orchestrator.providers.extract import extract_probe, last_boxed, probe_answer
 from orchestrator.providers.sse import iter_events
 from orchestrator.providers.tokens import estimate_messages_tokens, estimate_tokens
-from orchestrator.providers.transport import StreamTransport
+from orchestrator.providers.transport import http_clients
 
 
 def chatml_template(messages: Sequence[Mapping[str, str]]) -> str:
@@ -116,9 +116,7 @@ class OpenAICompatProvider:
         self._headers = {"Content-Type": "application/json", **(headers or {})}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
-        limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=128)
-        self._http = httpx2.AsyncClient(timeout=self._timeouts.httpx(), limits=limits)
-        self._streams = httpx2.AsyncClient(timeout=self._timeouts.httpx(), transport=StreamTransport())
+        self._http, self._streams = http_clients(self._timeouts.httpx(), max_connections)
         self._sdk = openai.AsyncOpenAI(
             api_key=api_key or "EMPTY",
             base_url=self._base_url,

@@ -356,3 +356,14 @@ async def _read_head(
                 raise httpx2.RemoteProtocolError(f"malformed header {line[:80]!r}", request=request)
             headers.append((name.strip(), value.strip()))
         return status, reason, headers
+
+
+def http_clients(
+    timeout: httpx2.Timeout, max_connections: int
+) -> tuple[httpx2.AsyncClient, httpx2.AsyncClient]:
+    """The two clients every adapter owns: a pooled one for probes, model lists and the SDK, and one on
+    :class:`StreamTransport` for trace streams, so a cancelled stream closes its socket at once."""
+    limits = httpx2.Limits(max_connections=max_connections, max_keepalive_connections=128)
+    pooled = httpx2.AsyncClient(timeout=timeout, limits=limits)
+    streams = httpx2.AsyncClient(timeout=timeout, transport=StreamTransport())
+    return pooled, streams

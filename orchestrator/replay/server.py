@@ -24,7 +24,7 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -236,6 +236,21 @@ class ReplayServer:
             out["x-replay-trace"] = f"{reply.meta['qid']}/{reply.meta['trace']}"
         return out
 
+    def _openai_stream(
+        self, rid: str, pairs: Iterable[tuple[int, bytes]], headers: dict[str, str], fault: Fault | None
+    ) -> Response:
+        """An OpenAI-style SSE response; an injected overload arrives as an ``error`` data event."""
+        err = b"data: " + _json(openai_error(529, "replay fault: overloaded")) + b"\n\n"
+        return StreamResponse(
+            self.journal,
+            self._timing,
+            rid,
+            (Chunk(n, d) for n, d in pairs),
+            headers={**headers, "content-type": "text/event-stream"},
+            fault=fault,
+            error_event=err,
+        )
+
     def _chat(
         self, rid: str, body: dict[str, Any], headers: Mapping[str, str], fault: Fault | None
     ) -> Response:
@@ -243,17 +258,7 @@ class ReplayServer:
         opts = self._chat_options(rid, body)
         out = self._record_reply(rid, "/v1/chat/completions", reply, fault)
         if body.get("stream"):
-            chunks = (Chunk(n, d) for n, d in chat_stream(reply, opts))
-            err = b"data: " + _json(openai_error(529, "replay fault: overloaded")) + b"\n\n"
-            return StreamResponse(
-                self.journal,
-                self._timing,
-                rid,
-                chunks,
-                headers={**out, "content-type": "text/event-stream"},
-                fault=fault,
-                error_event=err,
-            )
+            return self._openai_stream(rid, chat_stream(reply, opts), out, fault)
         return self._whole(rid, chat_body(reply, opts), out, fault)
 
     def _completion(
@@ -265,17 +270,7 @@ class ReplayServer:
         opts = self._chat_options(rid, body, completion=True)
         out = self._record_reply(rid, "/v1/completions", reply, fault)
         if body.get("stream"):
-            chunks = (Chunk(n, d) for n, d in completion_stream(reply, opts))
-            err = b"data: " + _json(openai_error(529, "replay fault: overloaded")) + b"\n\n"
-            return StreamResponse(
-                self.journal,
-                self._timing,
-                rid,
-                chunks,
-                headers={**out, "content-type": "text/event-stream"},
-                fault=fault,
-                error_event=err,
-            )
+            return self._openai_stream(rid, completion_stream(reply, opts), out, fault)
         return self._whole(rid, completion_body(reply, opts), out, fault)
 
     def _messages(

@@ -10,13 +10,11 @@ import os
 import random
 import signal
 import sys
-import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
 from orchestrator.domain import JobSpec, ProbeSpec, WarmupMode
 from orchestrator.evaluation.prepared import prepare
@@ -50,16 +48,6 @@ RUNS: list[tuple[str, int, int, str, dict[str, Any]]] = [  # (file, question, re
 def exact_or_none(strings: Sequence[str]) -> list[int | None]:
     """Exact string classes, with the no-answer marker as no answer (as the live path reads it)."""
     return [None if s == NO_ANSWER else i for i, s in enumerate(strings)]
-
-
-@pytest.fixture
-async def prefix(redis_url: str) -> AsyncIterator[str]:
-    name = f"marstest:{uuid.uuid4().hex[:12]}"
-    yield name
-    client = aioredis.from_url(redis_url)
-    async for key in client.scan_iter(match=f"{name}:*"):
-        await client.delete(key)
-    await client.aclose()
 
 
 @functools.cache

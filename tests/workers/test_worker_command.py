@@ -7,11 +7,8 @@ import asyncio
 import os
 import signal
 import sys
-import uuid
-from collections.abc import AsyncIterator
 
 import pytest
-import redis.asyncio as aioredis
 
 from orchestrator.domain import JobStatus
 from orchestrator.replay.server import running_replay_server
@@ -23,16 +20,6 @@ from tests.fakes import wait_until
 from tests.workers.test_workers import REPO, wait_for_result
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
-
-
-@pytest.fixture
-async def prefix(redis_url: str) -> AsyncIterator[str]:
-    name = f"marstest:{uuid.uuid4().hex[:12]}"
-    yield name
-    client = aioredis.from_url(redis_url)
-    async for key in client.scan_iter(match=f"{name}:*"):
-        await client.delete(key)
-    await client.aclose()
 
 
 async def test_mars_worker_runs_jobs_and_drains_on_sigterm(redis_url: str, prefix: str) -> None:

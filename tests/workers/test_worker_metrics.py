@@ -7,14 +7,11 @@ import os
 import signal
 import socket
 import sys
-import uuid
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import cast
 
 import httpx
 import pytest
-import redis.asyncio as aioredis
 
 from orchestrator.api.metrics import MeteredStore, Metrics
 from orchestrator.domain import Accounting, JobResult, JobStatus
@@ -28,16 +25,6 @@ from tests.fakes import wait_until
 from tests.workers.test_workers import REPO, wait_for_result
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
-
-
-@pytest.fixture
-async def prefix(redis_url: str) -> AsyncIterator[str]:
-    name = f"marstest:{uuid.uuid4().hex[:12]}"
-    yield name
-    client = aioredis.from_url(redis_url)
-    async for key in client.scan_iter(match=f"{name}:*"):
-        await client.delete(key)
-    await client.aclose()
 
 
 def free_port() -> int:

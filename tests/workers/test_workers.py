@@ -11,7 +11,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -30,17 +29,6 @@ from workers.pool import WorkerPool
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
 REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-async def prefix(redis_url: str) -> AsyncIterator[str]:
-    """A private key namespace on the shared Redis, deleted afterwards."""
-    name = f"marstest:{uuid.uuid4().hex[:12]}"
-    yield name
-    client = aioredis.from_url(redis_url)
-    async for key in client.scan_iter(match=f"{name}:*"):
-        await client.delete(key)
-    await client.aclose()
 
 
 async def wait_for_result(store: Store, job_id: str, timeout_s: float = 20.0) -> JobRecord:

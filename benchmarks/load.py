@@ -3,7 +3,9 @@ server with paced (realistic-rate) streams, and what the service looks like afte
 
 Unless given ``--api-url``, it starts ``mars serve`` in a child process (embedded store, or Redis with
 ``--redis-url``) with its upstream ``replay`` pointing at a replay server; unless given ``--replay-url``,
-that replay server runs in this process behind a gauge that counts open upstream streams exactly.
+that replay server runs in this process behind a gauge that counts open upstream streams exactly. With
+``--workers N`` (Redis only) the service is ``mars serve --no-workers`` (the API alone) plus N separate
+``mars worker`` processes, whose ``/metrics`` endpoints say how many jobs are in flight.
 Jobs alternate between ``POST /v1/jobs`` (then the SSE feed until it closes, then the job view) and a
 voting ``POST /v1/chat/completions``; at most ``--concurrency`` are in flight. It then waits for the
 service to go idle and measures what is left open.
@@ -114,6 +116,27 @@ class Service:
     url: str
     pid: int | None = None
     log_path: Path | None = None
+    worker_pids: list[int] = field(default_factory=list)
+    worker_metrics: list[str] = field(default_factory=list)  # URLs of the workers' /metrics
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def stop(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(30):
+                await proc.wait()
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
 
 
 @contextlib.asynccontextmanager
@@ -124,7 +147,7 @@ async def mars_serve(replay_url: str, args: argparse.Namespace, log_dir: Path) -
             "PYTHONPATH": str(REPO),
             "MARS_PROVIDER_REPLAY_KIND": "replay",
             "MARS_PROVIDER_REPLAY_BASE_URL": replay_url,
-            "MARS_WORKERS": str(args.concurrency),
+            "MARS_WORKERS": str(-(-args.concurrency // max(1, args.workers))),
             "MARS_MAX_CONCURRENT_JOBS": str(2 * args.concurrency + 8),
             "MARS_MAX_BUDGET": str(max(args.budget, 512)),
             "MARS_LOG_FORMAT": "json",
@@ -135,22 +158,40 @@ async def mars_serve(replay_url: str, args: argparse.Namespace, log_dir: Path) -
         env["REDIS_URL"] = args.redis_url
         env["MARS_REDIS_PREFIX"] = args.redis_prefix
     log_path = log_dir / "service.log"
+    serve = ["serve", "--host", "127.0.0.1", "--port", "0", *(["--no-workers"] if args.workers else [])]
+    workers: list[asyncio.subprocess.Process] = []
+    metrics: list[str] = []
     with log_path.open("wb") as log_file:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "orchestrator.cli",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
+            *serve,
             cwd=REPO,
             env=env,
             stdout=asyncio.subprocess.PIPE,
             stderr=log_file,
         )
         try:
+            for n in range(args.workers):
+                port = free_port()
+                metrics.append(f"http://127.0.0.1:{port}/metrics")
+                with (log_dir / f"worker-{n}.log").open("wb") as worker_log:
+                    workers.append(
+                        await asyncio.create_subprocess_exec(
+                            sys.executable,
+                            "-m",
+                            "orchestrator.cli",
+                            "worker",
+                            "--metrics-port",
+                            str(port),
+                            "--metrics-host",
+                            "127.0.0.1",
+                            cwd=REPO,
+                            env=env,
+                            stderr=worker_log,
+                        )
+                    )
             assert proc.stdout is not None
             url = ""
             async with asyncio.timeout(120):
@@ -160,16 +201,12 @@ async def mars_serve(replay_url: str, args: argparse.Namespace, log_dir: Path) -
                         raise RuntimeError(f"mars serve exited early; see {log_path}")
                     found = re.search(r"http://[0-9.:]+", line)
                     url = found.group(0) if found else ""
-            yield Service(url, proc.pid, log_path)
+            if metrics:
+                async with httpx.AsyncClient(timeout=5) as probe:
+                    await wait_for_metrics(probe, metrics)
+            yield Service(url, proc.pid, log_path, [w.pid for w in workers], metrics)
         finally:
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    async with asyncio.timeout(30):
-                        await proc.wait()
-                except TimeoutError:
-                    proc.kill()
-                    await proc.wait()
+            await asyncio.gather(stop(proc), *(stop(w) for w in workers))
             if args.redis_url:
                 await drop_prefix(args.redis_url, args.redis_prefix)
 
@@ -332,20 +369,40 @@ def percentile(values: list[float], q: float) -> float | None:
     return round(cuts[int(q) - 1], 3)
 
 
-async def jobs_in_flight(client: httpx.AsyncClient) -> float | None:
-    text = (await client.get("/metrics")).text
+def in_flight_of(text: str) -> float | None:
     found = re.search(r"^mars_jobs_in_flight (\S+)$", text, re.MULTILINE)
     return float(found.group(1)) if found else None
 
 
-async def wait_idle(client: httpx.AsyncClient, timeout_s: float = 60.0) -> float | None:
+async def jobs_in_flight(client: httpx.AsyncClient, service: Service) -> float | None:
+    """Jobs in flight: the service's own gauge, or the sum over its separate workers' gauges."""
+    if not service.worker_metrics:
+        return in_flight_of((await client.get("/metrics")).text)
+    values = [in_flight_of((await client.get(url)).text) for url in service.worker_metrics]
+    return None if None in values else sum(v for v in values if v is not None)
+
+
+async def wait_for_metrics(client: httpx.AsyncClient, urls: list[str], timeout_s: float = 60.0) -> None:
+    """Until every worker's /metrics endpoint answers (the workers are up)."""
+    async with asyncio.timeout(timeout_s):
+        for url in urls:
+            while True:
+                try:
+                    if (await client.get(url)).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.2)
+
+
+async def wait_idle(client: httpx.AsyncClient, service: Service, timeout_s: float = 60.0) -> float | None:
     """Until the service reports no job in flight (bounded)."""
-    value = await jobs_in_flight(client)
+    value = await jobs_in_flight(client, service)
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(timeout_s):
             while value:
                 await asyncio.sleep(0.25)
-                value = await jobs_in_flight(client)
+                value = await jobs_in_flight(client, service)
     return value
 
 
@@ -386,6 +443,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         timeout = httpx.Timeout(args.job_timeout_s, connect=10.0)
         rss_before = rss_mb(service.pid)
         cpu_before = cpu_s(service.pid)
+        workers_cpu_before = [cpu_s(pid) or 0.0 for pid in service.worker_pids]
         own_cpu_before = time.process_time()
         load_before = os.getloadavg()[0]
         async with httpx.AsyncClient(
@@ -397,7 +455,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             wall = time.monotonic() - started
             own_cpu = time.process_time() - own_cpu_before
             rss_mid = driver.halfway_rss
-            in_flight_after = await wait_idle(client)
+            in_flight_after = await wait_idle(client, service)
         await asyncio.sleep(1.0)  # let closed connections settle before counting sockets
         open_after = gauge.open if gauge is not None else None
         peak = gauge.peak if gauge is not None else None
@@ -406,6 +464,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         socks = sockets(service.pid, service.url, replay_url)
         rss_after = rss_mb(service.pid)
         cpu_after = cpu_s(service.pid)
+        workers_rss = [rss_mb(pid) for pid in service.worker_pids]
+        workers_cpu = [
+            (cpu_s(pid) or 0.0) - b for pid, b in zip(service.worker_pids, workers_cpu_before, strict=True)
+        ]
 
     times = [o.seconds for o in driver.outcomes if o.ok]
     errors = [o for o in driver.outcomes if not o.ok]
@@ -420,11 +482,14 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "chunk_tokens": args.chunk_tokens,
         "max_tokens": args.max_tokens,
         "store": "redis" if args.redis_url else "memory",
+        "worker_processes": args.workers,
         "wall_s": round(wall, 2),
         "service_cpu_s": None
         if cpu_before is None or cpu_after is None
         else round(cpu_after - cpu_before, 1),
         "driver_and_replay_cpu_s": round(own_cpu, 1),
+        "worker_processes_cpu_s": round(sum(workers_cpu), 1) if workers_cpu else None,
+        "worker_processes_rss_mb_after": workers_rss or None,
         "machine": {
             "cpus": os.cpu_count(),
             "load_avg_1m_before": load_before,
@@ -475,6 +540,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--replay-url", help="a running replay server (default: start one in process)")
     parser.add_argument("--redis-url", help="run the started service on this Redis (default: embedded store)")
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="run the API alone (`mars serve --no-workers`) plus this many `mars worker` processes "
+        "(needs --redis-url); --concurrency jobs are spread over them",
+    )
+    parser.add_argument(
         "--corpus", type=Path, default=packaged_demo_path(), help="corpus the replay server serves"
     )
     parser.add_argument("--speed", type=float, default=400.0, help="tokens per second per upstream stream")
@@ -484,6 +556,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--job-timeout-s", type=float, default=600.0)
     args = parser.parse_args(argv)
+    if args.workers and not args.redis_url:
+        parser.error("--workers needs --redis-url (separate workers take jobs from Redis)")
+    if args.workers and args.api_url:
+        parser.error("--workers starts its own service; leave out --api-url")
     args.run_id = f"{int(time.time())}-{os.getpid()}"
     args.redis_prefix = f"marsload:{args.run_id}"
     return args

@@ -236,12 +236,10 @@ def replay_server_command(
 
       mars replay-server --recording rec.jsonl --faults "429:1@0.05,stall:300@0.01" --seed 7
     """
-    import asyncio
-
     from orchestrator.replay.demo_generator import packaged_demo_path
     from orchestrator.replay.importers import load_corpus
     from orchestrator.replay.recordings import load_recording
-    from orchestrator.replay.server import ReplayOptions, ReplayServer, serve_forever
+    from orchestrator.replay.server import ReplayOptions, ReplayServer, run_forever
 
     if speed is not None and no_delay:
         _fail("--speed and --no-delay exclude each other")
@@ -260,7 +258,7 @@ def replay_server_command(
         recorded_timing=not no_delay,
     )
     server = ReplayServer(loaded, recordings=exchanges, options=options)
-    asyncio.run(serve_forever(server.app, host=host, port=port))
+    run_forever(server.app, host=host, port=port)
 
 
 @app.command("record")

@@ -16,8 +16,11 @@ when the provider can continue a prefix, otherwise restarted, and either way acc
 
 Checkpoint semantics are those of STOPPING.md §10 (see ``checkpoints.py``); the decision is a pure rule
 from ``orchestrator.stopping.registry`` applied to an immutable snapshot. On STOP the cancels are issued
-first and the deciding ``vote`` event is published after them; the result is written once every
-cancelled stream has closed (so "tokens past the checkpoint" are final). With ``shadow_traces`` > 0, that
+first and the deciding ``vote`` event is published after them: in the deciding step itself every
+victim's upstream connection is shut down (``TraceStreamer.hang_up``: the upstream sees all K closes
+before any task runs again, so it stops generating, and billing, at once), then its task is cancelled.
+The result is written once every cancelled stream has unwound (so "tokens past the checkpoint" are final:
+a trace counts what it had received when it was hung up). With ``shadow_traces`` > 0, that
 many running traces are left to finish after the stop (bounded by ``shadow_timeout_s``); the stored
 result is then rewritten with their final states and tokens, and their complete histories (and those of
 sequential warmup traces) update the (model, task) prior.
@@ -51,7 +54,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -358,10 +361,10 @@ class _JobRun:
                 await self.changed.wait()
             watcher.cancel()
             if self.cancel_requested:
-                for trace in self.warmup:
-                    if trace.task is not None and not trace.task.done():
-                        trace.status = TraceStatus.CANCELLED
-                        trace.task.cancel()
+                running = [t for t in self.warmup if t.task is not None and not t.task.done()]
+                for trace in running:
+                    trace.status = TraceStatus.CANCELLED
+                self._cancel(running)
         self.tg = None
         if self.cancel_requested:  # the job ends CANCELLED at once (``_launch`` starts nothing now)
             return WarmupFit(WarmupMode.SEQUENTIAL, notes=("warmup cut short: cancel requested",))
@@ -394,6 +397,16 @@ class _JobRun:
         assert self.tg is not None
         trace.status = TraceStatus.RUNNING
         trace.task = self.tg.create_task(self.streams.run(trace), name=f"trace-{trace.index}")
+
+    def _cancel(self, traces: Sequence[TraceState]) -> None:
+        """Hang up the traces' upstream connections at once (synchronously: the upstream stops billing
+        now), then cancel their tasks, which unwind later without holding a connection. All hang-ups
+        come first: they allocate nothing, so no garbage collection pause can fall between two of them."""
+        for trace in traces:
+            self.streams.hang_up(trace)
+        for trace in traces:
+            if trace.task is not None:
+                trace.task.cancel()
 
     # --- deciding -----------------------------------------------------------------------------
     async def _watch_cancel(self) -> None:
@@ -504,8 +517,7 @@ class _JobRun:
                 continue
             book.freeze(trace, views[index], snapshot.position_tokens)
             trace.status = TraceStatus.PRUNED
-            if trace.task is not None:
-                trace.task.cancel()
+            self._cancel([trace])
             pruned.append(index)
         return pruned
 
@@ -530,8 +542,7 @@ class _JobRun:
                     trace.cut_position = cut
         for trace in victims:
             trace.status = TraceStatus.CANCELLED
-            if trace.task is not None:
-                trace.task.cancel()
+        self._cancel(victims)  # every victim's connection is closed before any task runs again
         for trace in shadows:
             trace.shadow = True
         if self.stop_decision is not None:
@@ -573,12 +584,13 @@ class _JobRun:
 
     async def _await_shadows(self) -> bool:
         """Let shadow traces finish (bounded); True when there were any."""
-        shadows = [t.task for t in self.voting if t.shadow and t.task is not None and not t.task.done()]
+        shadows = [t for t in self.voting if t.shadow and t.task is not None and not t.task.done()]
         if not shadows:
             return any(t.shadow for t in self.voting)
-        _, late = await asyncio.wait(shadows, timeout=self.config.shadow_timeout_s)
-        for task in late:
-            task.cancel()
+        _, late = await asyncio.wait(
+            [t.task for t in shadows if t.task], timeout=self.config.shadow_timeout_s
+        )
+        self._cancel([t for t in shadows if t.task in late])
         if late:
             await asyncio.wait(late)
         return True

@@ -24,6 +24,7 @@ from orchestrator.checkpoints import Crossing, ProbeOutcome, TraceState
 from orchestrator.domain import JobSpec, ProbeStrategy, TraceStatus
 from orchestrator.errors import CallerError, MarsError, StoreUnavailable, UpstreamError
 from orchestrator.providers.base import Capabilities, ProbeRequest, Provider, StreamDelta, TraceRequest
+from orchestrator.providers.hangup import Hangup
 from orchestrator.providers.tokens import estimate_messages_tokens, estimate_tokens
 from orchestrator.store.base import Store, TokenChunk
 
@@ -79,6 +80,9 @@ class TraceStreamer:
         self.probe_slots = asyncio.Semaphore(config.probe_concurrency)
         self.probe_spend = ProbeSpend()
         self.fatal: MarsError | None = None  # a permanent error from a stream ends the job
+        self._hangups: dict[int, Hangup] = {}  # trace index -> its running task's upstream connections
+        # the prompt of every trace, when its stream ends before the upstream counted it (a stop)
+        self.messages_tokens_estimate = estimate_messages_tokens(list(spec.messages))
 
     def _request(self, trace: TraceState, prefix: str = "", done_tokens: int = 0) -> TraceRequest:
         spec, sampling = self.spec, self.spec.sampling
@@ -98,11 +102,22 @@ class TraceStreamer:
 
     async def run(self, trace: TraceState) -> None:
         """Stream one trace; its probes run in a nested group so cancelling the trace cancels them."""
+        hangup = self._hangups[trace.index] = Hangup()
         try:
-            async with asyncio.TaskGroup() as probes:
-                await self._stream_with_retries(trace, probes)
+            with hangup.bound():
+                async with asyncio.TaskGroup() as probes:
+                    await self._stream_with_retries(trace, probes)
         finally:
+            del self._hangups[trace.index]
             self.changed.set()
+
+    def hang_up(self, trace: TraceState) -> None:
+        """Close the trace's upstream connection now: the upstream sees it close (and stops generating)
+        before this returns, not once the trace's task gets to run. Cancel the task right after: what it
+        received before this call is still counted as it unwinds; it opens no new connection."""
+        hangup = self._hangups.get(trace.index)
+        if hangup is not None:
+            hangup.now()
 
     async def _stream_with_retries(self, trace: TraceState, probes: asyncio.TaskGroup) -> None:
         job_id = self.spec.job_id
@@ -191,9 +206,7 @@ class TraceStreamer:
             raise
         finally:
             if not prompt_reported:  # the request went out: its prompt was processed
-                trace.prompt_tokens += estimate_messages_tokens(list(self.spec.messages)) + estimate_tokens(
-                    prefix
-                )
+                trace.prompt_tokens += self.messages_tokens_estimate + estimate_tokens(prefix)
                 trace.usage_estimated = True
         await self._flush(trace, buffer)
         trace.total_tokens = trace.tokens

@@ -11,7 +11,8 @@
 Leaving the block drains with ``settings.shutdown_grace_s``. One consumer loop takes messages
 (``Store.dequeue``) while a slot is free; a reclaimer takes over messages other workers left
 unacknowledged for longer than a lease (``Store.reclaim``, XAUTOCLAIM on Redis). Every job runs in the
-pool's task group; ``alive()`` and ``in_flight()`` feed the health and metrics endpoints.
+pool's task group, once all its upstream streams fit under the provider's cap (``admission.py``);
+``alive()`` and ``in_flight()`` feed the health and metrics endpoints.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from orchestrator.logs import get_logger
 from orchestrator.providers.base import Provider
 from orchestrator.settings import Settings
 from orchestrator.store.base import QueueMessage, Store
+from workers.admission import StreamAdmission
 from workers.worker import JobHandler, WorkerConfig
 
 log = get_logger(__name__)
@@ -63,6 +65,7 @@ class WorkerPool:
             WorkerConfig.from_settings(settings, self.worker_id),
             settings=settings,
             coordinator_config=coordinator_config,
+            admission=StreamAdmission(settings),
         )
         self.poll_ms = poll_ms
         self.reclaim_interval_s = reclaim_interval_s or max(0.05, settings.lease_ms / 2000)

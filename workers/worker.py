@@ -13,6 +13,8 @@ The rules (ARCHITECTURE.md, Ownership; STYLE.md 13):
   and resumed from the stored tokens once the store is back.
 - Cancelling a handler (shutdown after the grace period) hands the job back: the lease is released and
   the message stays pending for another worker.
+- With a :class:`~workers.admission.StreamAdmission`, the leased job waits (heartbeat running) until all
+  its streams fit under the provider's stream cap, first come first served (``admission.py``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from orchestrator.logs import get_logger
 from orchestrator.providers.base import Provider
 from orchestrator.settings import Settings
 from orchestrator.store.base import QueueMessage, Store
+from workers.admission import StreamAdmission
 
 log = get_logger(__name__)
 
@@ -79,12 +82,14 @@ class JobHandler:
         *,
         settings: Settings | None = None,
         coordinator_config: CoordinatorConfig | None = None,
+        admission: StreamAdmission | None = None,
     ) -> None:
         self.store = store
         self.providers = providers
         self.config = config
         self.settings = settings or Settings()
         self.coordinator_config = coordinator_config
+        self.admission = admission
 
     async def handle(self, message: QueueMessage) -> JobResult | None:
         """Run the job behind ``message``; returns its result when this worker produced one."""
@@ -141,9 +146,16 @@ class JobHandler:
             config=self.coordinator_config,
             worker_id=self.config.worker_id,
         )
+
+        async def run() -> JobResult:
+            if self.admission is None:
+                return await coordinator.run(spec)
+            async with self.admission.admitted(spec):
+                return await coordinator.run(spec)
+
         try:
             async with asyncio.TaskGroup() as tg:
-                job = tg.create_task(coordinator.run(spec))
+                job = tg.create_task(run())
                 beat = tg.create_task(self._heartbeat(message, job))
                 result = await job
                 beat.cancel()

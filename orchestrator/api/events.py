@@ -62,11 +62,11 @@ async def job_events(
         str | None, Query(alias="last_event_id", pattern=_EVENT_ID_PATTERN, description="Same as the header.")
     ] = None,
 ) -> EventSourceResponse:
-    await owned_job(svc.store, job_id, tenant_name)
+    stored_id = (await owned_job(svc.store, job_id, tenant_name)).spec.job_id
     start = last_event_id or after
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
-        async for event in follow(svc.store, job_id, start, block_ms=int(svc.sse_ping_s * 1000)):
+        async for event in follow(svc.store, stored_id, start, block_ms=int(svc.sse_ping_s * 1000)):
             yield to_sse(event)
 
     return EventSourceResponse(

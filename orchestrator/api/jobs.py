@@ -2,8 +2,10 @@
 
 Admission (ARCHITECTURE.md, step 1): the body is validated (schema, then this server's caps), the
 tenant's concurrent-job cap is checked, the job is stored and enqueued in one store call. A caller-chosen
-``job_id`` makes submission idempotent: the same request again returns the same job (``created: false``);
-a different request under the same id is a 409. Jobs of other tenants answer 404.
+``job_id`` makes submission idempotent per tenant: the same request again returns the same job
+(``created: false``); a different request under the same id is a 409. Ids are scoped by tenant in the
+store (``auth.store_job_id``), so another tenant's use of an id changes nothing here, and jobs of other
+tenants answer 404. Responses show the id the client chose.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Response, status
 
-from orchestrator.api.auth import tenant
+from orchestrator.api.auth import client_job_id, store_job_id, tenant
 from orchestrator.api.schemas import (
     JOB_ID_PATTERN,
     ErrorResponse,
@@ -48,12 +50,9 @@ VOTE_EVENT_KINDS = frozenset({"vote"})
 
 
 async def submit(svc: Services, spec: JobSpec) -> tuple[JobRecord, bool]:
-    """Store and enqueue ``spec`` for its tenant, idempotently, within the tenant's concurrency cap.
-    Shared by the jobs API and the proxy."""
+    """Store and enqueue ``spec`` (built by ``to_job_spec``: its id is the tenant's scoped id)
+    idempotently, within the tenant's concurrency cap. Shared by the jobs API and the proxy."""
     existing = await svc.store.get_job(spec.job_id)
-    if existing is not None and existing.spec.tenant != spec.tenant:
-        # The id is taken by someone else: a conflict, without saying anything about their job.
-        raise JobConflict(f"job_id: {spec.job_id!r} is already in use; choose another job_id")
     if existing is None:
         active = await svc.store.count_active_jobs(spec.tenant)
         cap = svc.settings.max_concurrent_jobs
@@ -62,7 +61,13 @@ async def submit(svc: Services, spec: JobSpec) -> tuple[JobRecord, bool]:
                 f"this API key already has {active} unfinished jobs (the cap is {cap}); wait for one to "
                 "finish or cancel one"
             )
-    record, created = await svc.store.create_job(spec, request_fingerprint(spec))
+    try:
+        record, created = await svc.store.create_job(spec, request_fingerprint(spec))
+    except JobConflict:
+        raise JobConflict(
+            f"job_id: {client_job_id(spec.job_id)!r} was already used for a different request; resend "
+            "the same request or choose another job_id"
+        ) from None
     if created:
         log.info(
             "job accepted", job_id=spec.job_id, tenant=spec.tenant, budget=spec.budget, method=spec.method
@@ -71,8 +76,8 @@ async def submit(svc: Services, spec: JobSpec) -> tuple[JobRecord, bool]:
 
 
 async def owned_job(store: Store, job_id: str, tenant_name: str) -> JobRecord:
-    """The job if it belongs to ``tenant_name``; otherwise :class:`JobNotFound` (never a 403)."""
-    record = await store.get_job(job_id)
+    """``tenant_name``'s job ``job_id`` (the client's id); otherwise :class:`JobNotFound` (never a 403)."""
+    record = await store.get_job(store_job_id(tenant_name, job_id))
     if record is None or record.spec.tenant != tenant_name:
         raise JobNotFound(f"job {job_id!r} not found; check the id (jobs expire after the retention)")
     return record
@@ -113,8 +118,9 @@ def vote_from_event(data: Mapping[str, Any]) -> VoteView | None:
 
 def job_view(record: JobRecord, vote: VoteView | None) -> JobView:
     spec, result = record.spec, record.result
+    job_id = client_job_id(spec.job_id)
     view = JobView(
-        id=spec.job_id,
+        id=job_id,
         status=record.status.value,
         created_at=record.created_at,
         updated_at=record.updated_at,
@@ -125,7 +131,7 @@ def job_view(record: JobRecord, vote: VoteView | None) -> JobView:
         method=spec.method,
         vote=vote,
         cancel_requested=record.cancel_requested,
-        links=links(spec.job_id),
+        links=links(job_id),
     )
     if result is not None:
         data = result.to_dict()
@@ -162,8 +168,9 @@ async def create_job(
 ) -> JobAccepted:
     spec = to_job_spec(body, svc.settings, tenant_name)
     record, created = await submit(svc, spec)
-    response.headers["location"] = f"/v1/jobs/{spec.job_id}"
-    return JobAccepted(id=spec.job_id, status=record.status.value, created=created, links=links(spec.job_id))
+    job_id = client_job_id(spec.job_id)
+    response.headers["location"] = f"/v1/jobs/{job_id}"
+    return JobAccepted(id=job_id, status=record.status.value, created=created, links=links(job_id))
 
 
 @router.get("", response_model=JobList, responses=ERRORS, summary="The caller's jobs, newest first")
@@ -183,7 +190,7 @@ async def get_job(
     tenant_name: Annotated[str, Depends(tenant)],
 ) -> JobView:
     record = await owned_job(svc.store, job_id, tenant_name)
-    return job_view(record, await latest_vote(svc.store, job_id))
+    return job_view(record, await latest_vote(svc.store, record.spec.job_id))
 
 
 @router.delete("/{job_id}", response_model=JobView, responses=ERRORS, summary="Cancel a job")
@@ -194,7 +201,7 @@ async def cancel_job(
 ) -> JobView:
     record = await owned_job(svc.store, job_id, tenant_name)
     if not record.status.terminal:
-        await svc.store.request_cancel(job_id)
+        await svc.store.request_cancel(record.spec.job_id)
         svc.metrics.cancels.labels("api").inc()
         log.info("job cancel requested", job_id=job_id)
     record = await owned_job(svc.store, job_id, tenant_name)

@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from orchestrator.api.auth import tenant
+from orchestrator.api.auth import client_job_id, tenant
 from orchestrator.api.events import follow
 from orchestrator.api.handlers import mars_error_response
 from orchestrator.api.jobs import submit
@@ -302,7 +302,7 @@ def usage(result: JobResult) -> dict[str, Any]:
 def mars_summary(result: JobResult, budget: int) -> dict[str, Any]:
     acc = result.accounting
     return {
-        "job_id": result.job_id,
+        "job_id": client_job_id(result.job_id),
         "answer": result.answer,
         "votes": dict(result.votes),
         "stop_checkpoint": result.stop_checkpoint,
@@ -330,7 +330,7 @@ def answer_text(result: JobResult) -> str:
 
 def completion(result: JobResult, model: str, budget: int) -> dict[str, Any]:
     return {
-        "id": f"chatcmpl-mars-{result.job_id}",
+        "id": f"chatcmpl-mars-{client_job_id(result.job_id)}",
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
@@ -351,7 +351,7 @@ def completion_chunks(
     result: JobResult, model: str, budget: int, include_usage: bool
 ) -> list[dict[str, Any]]:
     base = {
-        "id": f"chatcmpl-mars-{result.job_id}",
+        "id": f"chatcmpl-mars-{client_job_id(result.job_id)}",
         "object": "chat.completion.chunk",
         "created": int(time.time()),
         "model": model,

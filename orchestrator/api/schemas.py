@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from orchestrator.api.auth import store_job_id
 from orchestrator.domain import JobSpec, ProbeSpec, ProbeStrategy, SamplingParams, WarmupMode
 from orchestrator.errors import InvalidRequest
 from orchestrator.settings import Settings
@@ -193,7 +194,8 @@ def check_method(method: str, params: Mapping[str, Any], *, field: str = "method
 
 def to_job_spec(body: JobCreate, settings: Settings, tenant: str) -> JobSpec:
     """Check ``body`` against this server's caps and configuration and build the job's spec. Defaults
-    the caller did not send are lowered to the caps; values the caller sent are checked against them."""
+    the caller did not send are lowered to the caps; values the caller sent are checked against them.
+    The spec's ``job_id`` is the store's id: the caller's id scoped by ``tenant`` (``store_job_id``)."""
     given = body.model_fields_set
     if "budget" not in given:
         body = body.model_copy(update={"budget": min(body.budget, settings.max_budget)})
@@ -231,7 +233,7 @@ def to_job_spec(body: JobCreate, settings: Settings, tenant: str) -> JobSpec:
     else:
         messages = ({"role": "user", "content": body.prompt or ""},)
     return JobSpec(
-        job_id=body.job_id or uuid.uuid4().hex,
+        job_id=store_job_id(tenant, body.job_id or uuid.uuid4().hex),
         messages=messages,
         provider=provider,
         model=body.model,

@@ -1,7 +1,8 @@
 """``mars eval`` and ``mars corpus inspect``: load corpora, run a protocol, report.
 
 Work is spread over processes by question (each task runs every method on every repetition of one
-question); answer classes are computed once per corpus before the fan-out.
+question; the costliest questions go first); answer classes are computed once per corpus before the
+fan-out, and the set-up (timelines, population-model rows, the cross-fitted fits) runs in the same pool.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from multiprocessing.pool import AsyncResult, Pool
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -42,7 +44,7 @@ from orchestrator.evaluation.report import (
 from orchestrator.evaluation.simulate import QuestionTimeline
 from orchestrator.evaluation.train_prior import cross_fitted_priors, leave_one_dataset_out, question_folds
 from orchestrator.evaluation.train_stop import Rows
-from orchestrator.replay.corpus import Corpus
+from orchestrator.replay.corpus import Corpus, CorpusQuestion
 from orchestrator.replay.importers import load_corpus
 
 PROTOCOLS = ("honest", "parallel-probe")
@@ -196,10 +198,72 @@ def _run_pp(
 
 
 def _honest_task(
-    args: tuple[str, HonestQuestion, list[str], int, int],
-) -> tuple[str, dict[str, list[RunRecord]]]:
-    name, hq, methods, budget, repetitions = args
-    return name, run_question(hq, methods, budget, repetitions)
+    args: tuple[int, HonestQuestion, list[str], int, int],
+) -> tuple[int, dict[str, list[RunRecord]]]:
+    n, hq, methods, budget, repetitions = args
+    return n, run_question(hq, methods, budget, repetitions)
+
+
+def _question_task(args: tuple[int, CorpusQuestion, int | None]) -> tuple[int, HonestQuestion]:
+    n, question, interval = args
+    return n, honest_question(question, interval, _KEYS)
+
+
+def _rows_task(args: tuple[int, QuestionTimeline, int, bool]) -> tuple[int, Rows]:
+    n, tl, budget, trees = args
+    return n, train_stop.question_rows(tl, budget, with_extra=trees)
+
+
+def _train_task(args: tuple[int, dict[str, Rows], bool]) -> tuple[int, tuple[Any, float]]:
+    n, rows, trees = args
+    return n, train_stop.train(rows, with_trees=trees)
+
+
+def _wants_trees(methods: Sequence[str]) -> bool:
+    """Whether mars-pop-gbt's cross-fitted trees are needed (the shipped variant carries its own)."""
+    return any(m.startswith("mars-pop-gbt") and m != "mars-pop-gbt-shipped" for m in methods)
+
+
+_KEYS: dict[str, str | None] = {}  # answer keys of the corpora, installed in each worker
+
+
+def _install_keys(keys: dict[str, str | None]) -> None:
+    _KEYS.clear()
+    _KEYS.update(keys)
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def _pool_map(
+    pool: Pool | None,
+    fn: Callable[[T], tuple[int, R]],
+    tasks: Sequence[T],
+    *,
+    cost: Callable[[T], float] | None = None,
+    on_result: Callable[[], None] | None = None,
+) -> list[R]:
+    """``fn`` over ``tasks`` (each task starts with its position ``n``), results in task order.
+
+    With a pool, the costliest tasks are handed out first, one at a time, so no worker is left with a
+    long task at the end; without one, tasks run here in order."""
+    out: dict[int, R] = {}
+    if pool is None:
+        results: Iterable[tuple[int, R]] = map(fn, tasks)
+    else:
+        order = sorted(tasks, key=cost, reverse=True) if cost is not None else list(tasks)
+        results = pool.imap_unordered(fn, order, chunksize=1)
+    for n, r in results:
+        out[n] = r
+        if on_result is not None:
+            on_result()
+    return [out[n] for n in range(len(tasks))]
+
+
+def _question_cost(hq: HonestQuestion) -> float:
+    """Checkpoints the traces run through: what a question's simulation costs, roughly."""
+    return float(sum(t.finish_checkpoint for t in hq.timeline.traces))
 
 
 def _run_honest(
@@ -216,77 +280,119 @@ def _run_honest(
     with console.status("grouping answers into equivalence classes"):
         strings = sorted({s for c in corpora for s in corpus_strings(c)})
         keys = answer_keys(strings, workers=workers)
-    questions: dict[str, HonestQuestion] = {}
-    for corpus, name in zip(corpora, names, strict=True):
-        for q in corpus.questions:
-            questions[f"{name}/{q.qid}"] = honest_question(q, interval, keys)
-    needs = {m for m in wanted if m.startswith("mars-prior")}
-    if needs:
+    # One pool of processes for the whole run: set-up (timelines, population-model rows and fits) and
+    # then the simulation, spread by question. Tasks carry their inputs (a question is ~100 kB).
+    pool: Pool | None = None
+    if workers > 1:
+        # forkserver, not fork: the fits may use OpenMP (scikit-learn), which deadlocks in a child
+        # forked from a process that has used it already.
+        ctx = multiprocessing.get_context("forkserver" if sys.platform == "linux" else "spawn")
+        pool = ctx.Pool(workers, initializer=_install_keys, initargs=(keys,))
+    else:
+        _install_keys(keys)
+    try:
+        return _run_honest_in(
+            pool, corpora, names, wanted, budget, repetitions, interval, len(corpora) > 1, console
+        )
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+
+
+def _run_honest_in(
+    pool: Pool | None,
+    corpora: Sequence[Corpus],
+    names: Sequence[str],
+    wanted: list[str],
+    budget: int,
+    repetitions: int,
+    interval: int | None,
+    lodo: bool,
+    console: Console,
+) -> tuple[dict[str, dict[str, MethodFigures]], dict[str, Any]]:
+    keys_in_order = [f"{name}/{q.qid}" for c, name in zip(corpora, names, strict=True) for q in c.questions]
+    raw = [q for c in corpora for q in c.questions]
+    with console.status("laying questions on the checkpoint grid"):
+        built = _pool_map(pool, _question_task, [(n, q, interval) for n, q in enumerate(raw)])
+    questions = dict(zip(keys_in_order, built, strict=True))
+    priors: dict[str, dict[str, object]] = {k: {} for k in questions}
+    pending: AsyncResult[list[tuple[int, Rows]]] | None = None
+    if any(m.startswith("mars-pop") for m in wanted):
+        trees = _wants_trees(wanted)
+        rows_tasks = [(n, hq.timeline, budget, trees) for n, hq in enumerate(questions.values())]
+        if pool is not None:  # rows run in the pool while this process fits the prior switch models
+            pending = pool.map_async(_rows_task, rows_tasks, chunksize=1)
+    if any(m.startswith("mars-prior") for m in wanted):
         with console.status("training cross-fitted prior switch models (whole questions held out)"):
             timelines = {k: hq.timeline for k, hq in questions.items()}
             kfold = cross_fitted_priors(timelines)
-            lodo = leave_one_dataset_out(timelines) if len(corpora) > 1 else {}
-            for k, hq in questions.items():
-                priors = {"mars-prior": kfold.get(k), "mars-prior-lodo": lodo.get(k, kfold.get(k))}
-                questions[k] = HonestQuestion(hq.timeline, hq.gold_exact, hq.answer_strings, priors)
+            by_dataset = leave_one_dataset_out(timelines) if lodo else {}
+            for k in questions:
+                priors[k]["mars-prior"] = kfold.get(k)
+                priors[k]["mars-prior-lodo"] = by_dataset.get(k, kfold.get(k))
     if any(m.startswith("mars-pop") for m in wanted):
-        _attach_population_models(questions, budget, workers, console, lodo=len(corpora) > 1)
+        with console.status("training population stop models (whole questions held out)"):
+            if pending is not None:
+                got = dict(pending.get())
+                rows = {k: got[n] for n, k in enumerate(questions)}
+            else:
+                rows = {k: _rows_task(t)[1] for k, t in zip(questions, rows_tasks, strict=True)}
+            _attach_population_models(pool, priors, rows, lodo=lodo, trees=trees)
+    for k, hq in questions.items():
+        if priors[k]:
+            questions[k] = HonestQuestion(hq.timeline, hq.gold_exact, hq.answer_strings, priors[k])
     records: dict[str, dict[str, list[RunRecord]]] = {n: {m: [] for m in wanted} for n in names}
-    tasks = [(k.split("/", 1)[0], hq, wanted, budget, repetitions) for k, hq in questions.items()]
+    tasks = [(n, hq, wanted, budget, repetitions) for n, hq in enumerate(questions.values())]
     with _progress(console) as progress:
         bar = progress.add_task(
             f"honest protocol: {len(wanted)} methods × {repetitions} reps", total=len(tasks)
         )
-        if workers > 1 and len(tasks) > 1:
-            ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
-            with ctx.Pool(workers) as pool:
-                for name, recs in pool.imap(_honest_task, tasks):
-                    _merge(records[name], recs)
-                    progress.advance(bar)
-        else:
-            for task in tasks:
-                name, recs = _honest_task(task)
-                _merge(records[name], recs)
-                progress.advance(bar)
+        results = _pool_map(
+            pool,
+            _honest_task,
+            tasks,
+            cost=lambda t: _question_cost(t[1]),
+            on_result=lambda: progress.advance(bar),
+        )
+    for k, recs in zip(questions, results, strict=True):  # merged in question order, as before
+        _merge(records[k.split("/", 1)[0]], recs)
     datasets = {n: {m: honest_figures(recs[m]) for m in wanted} for n, recs in records.items()}
     extra = {"records": records, "questions": questions}
     return datasets, extra
 
 
-def _rows_task(args: tuple[str, QuestionTimeline, int]) -> tuple[str, Rows]:
-    key, tl, budget = args
-    return key, train_stop.question_rows(tl, budget)
-
-
 def _attach_population_models(
-    questions: dict[str, HonestQuestion], budget: int, workers: int, console: Console, *, lodo: bool
+    pool: Pool | None,
+    priors: dict[str, dict[str, object]],
+    rows: dict[str, Rows],
+    *,
+    lodo: bool,
+    trees: bool,
 ) -> None:
-    """Cross-fitted population stop models: k-fold by question, and leave-one-dataset-out."""
-    tasks = [(k, hq.timeline, budget) for k, hq in questions.items()]
-    rows: dict[str, Rows] = {}
-    with _progress(console) as progress:
-        bar = progress.add_task("population model: training rows", total=len(tasks))
-        ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
-        with ctx.Pool(max(1, workers)) as pool:
-            for key, r in pool.imap(_rows_task, tasks):
-                rows[key] = r
-                progress.advance(bar)
+    """Cross-fitted population stop models: k-fold by question, and leave-one-dataset-out (the fits
+    run in parallel)."""
     folds = question_folds(sorted(rows))
-    models: dict[str, tuple[Any, float]] = {}
-    for f in sorted(set(folds.values())):
-        trained = train_stop.train({k: r for k, r in rows.items() if folds[k] != f})
-        models.update({k: trained for k in rows if folds[k] == f})
-    by_dataset: dict[str, tuple[Any, float]] = {}
+    fold_ids = sorted(set(folds.values()))
+    training = [{k: r for k, r in rows.items() if folds[k] != f} for f in fold_ids]
+    datasets: list[str] = []
     if lodo:
         for d in sorted({k.split("/", 1)[0] for k in rows}):
             others = {k: r for k, r in rows.items() if not k.startswith(d + "/")}
             if others:
-                by_dataset[d] = train_stop.train(others)
-    for k, hq in questions.items():
-        priors = dict(hq.priors)
-        priors["mars-pop"] = models[k]
-        priors["mars-pop-lodo"] = by_dataset.get(k.split("/", 1)[0], models[k])
-        questions[k] = HonestQuestion(hq.timeline, hq.gold_exact, hq.answer_strings, priors)
+                datasets.append(d)
+                training.append(others)
+    fitted = _pool_map(
+        pool,
+        _train_task,
+        [(n, t, trees) for n, t in enumerate(training)],
+        cost=lambda t: float(sum(len(r.label) for r in t[1].values())),
+    )
+    by_fold = dict(zip(fold_ids, fitted[: len(fold_ids)], strict=True))
+    by_dataset = dict(zip(datasets, fitted[len(fold_ids) :], strict=True))
+    for k in rows:
+        priors[k]["mars-pop"] = by_fold[folds[k]]
+        priors[k]["mars-pop-lodo"] = by_dataset.get(k.split("/", 1)[0], by_fold[folds[k]])
 
 
 def _merge(into: dict[str, list[RunRecord]], new: dict[str, list[RunRecord]]) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from orchestrator.errors import InvalidRequest
 from orchestrator.evaluation.fastfit import fast_fit
 from orchestrator.evaluation.simulate import QuestionTimeline
 from orchestrator.stopping.base import StoppingRule
@@ -47,7 +48,9 @@ class MethodSpec:
 
 # --- warmup fits, cached per run (mars and mars-cal share one) --------------------------------
 
-_FITS: OrderedDict[tuple[str, tuple[int, ...]], tuple[SwitchModel, float]] = OrderedDict()
+# Keyed by the timeline's identity (the entry holds the timeline, so the id stays its own): question
+# ids repeat across datasets (aime24/q0, aime25/q0) and must not share a fit.
+_FITS: OrderedDict[tuple[int, tuple[int, ...]], tuple[QuestionTimeline, SwitchModel, float]] = OrderedDict()
 
 
 def warmup_rows(
@@ -68,10 +71,10 @@ def warmup_rows(
 
 def _warmup_fit(ctx: MethodContext) -> tuple[SwitchModel, float]:
     """Switch model and calibrated γ from the run's warmup traces (STOPPING.md §3, §4)."""
-    key = (ctx.timeline.qid, ctx.warmup)
+    key = (id(ctx.timeline), ctx.warmup)
     hit = _FITS.get(key)
-    if hit is not None:
-        return hit
+    if hit is not None and hit[0] is ctx.timeline:
+        return hit[1], hit[2]
     x, y = warmup_rows(ctx.timeline, ctx.warmup)
     model = fast_fit(x, y)
     traces = [
@@ -79,7 +82,7 @@ def _warmup_fit(ctx: MethodContext) -> tuple[SwitchModel, float]:
         for tr in (ctx.timeline.traces[i] for i in ctx.warmup)
     ]
     gamma = calibrate_gamma(traces).gamma
-    _FITS[key] = (model, gamma)
+    _FITS[key] = (ctx.timeline, model, gamma)
     if len(_FITS) > 64:
         _FITS.popitem(last=False)
     return model, gamma
@@ -201,8 +204,46 @@ SPECS: dict[str, MethodSpec] = {
         ),
         MethodSpec("hindsight", _registry("sc"), description="the limit (uses the future)"),
         MethodSpec("default", _registry("default"), description="what the live service runs"),
+        MethodSpec(
+            "mars-pop-gbt",
+            lambda ctx: _population_gbt(ctx, "mars-pop"),
+            description="population stop, boosted trees on 28 features, learned on other questions (k-fold)",
+        ),
+        MethodSpec(
+            "mars-pop-gbt-lodo",
+            lambda ctx: _population_gbt(ctx, "mars-pop-lodo"),
+            description="as mars-pop-gbt, trained on the other dataset(s) only",
+        ),
+        MethodSpec(
+            "mars-pop-gbt-shipped",
+            _registry("mars-pop-gbt"),
+            description="the registry's mars-pop-gbt: the shipped tree prior (trained on the bundled corpus)",
+        ),
     )
 }
+
+
+def _population_gbt(ctx: MethodContext, key: str) -> StoppingRule:
+    """mars-pop-gbt from the trees trained alongside mars-pop (``train_stop.TrainedStop.gbt``): the same
+    cross-fitting, the same held-out questions."""
+    from orchestrator.stopping.population_gbt import PopulationTreeStop
+    from orchestrator.stopping.switch_model import CONSERVATIVE_DEFAULT
+
+    gbt = getattr(ctx.priors.get(key), "gbt", None)
+    if gbt is None:
+        # Never fall back to the shipped tree prior here: it was trained on the bundled corpus, so a
+        # held-out figure would silently become an in-sample one.
+        raise InvalidRequest(
+            f"{key}'s cross-fitted model carries no trees: train it with train_stop.train(with_trees=True)",
+            field="methods",
+        )
+    trees, threshold, persistence = gbt
+    return PopulationTreeStop(
+        model=trees,
+        switch_model=CONSERVATIVE_DEFAULT,
+        threshold=float(threshold),
+        persistence=int(persistence),
+    )
 
 
 def method_spec(name: str) -> MethodSpec:

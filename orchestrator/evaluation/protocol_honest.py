@@ -30,6 +30,7 @@ from orchestrator.evaluation.simulate import (
     PROBE_SUFFIX_TOKENS,
     CheckpointCache,
     QuestionTimeline,
+    SimRun,
     ViewCache,
     hindsight_checkpoint,
     leader_trajectory,
@@ -95,8 +96,9 @@ def run_question(
         # every method of this repetition sees the same traces (and, until it prunes, checkpoints)
         views: ViewCache = {}
         checkpoints: CheckpointCache = {}
+        runs: RunCache = {}
         for m, spec in specs.items():
-            out[m].append(_run(spec, ctx, hq, full, views, checkpoints))
+            out[m].append(_run(spec, ctx, hq, full, views, checkpoints, runs))
         if on_progress is not None:
             on_progress(1)
     return out
@@ -114,6 +116,12 @@ def _record(hq: HonestQuestion, full: int | None, answer: int | None, **kw: int 
     )
 
 
+RunCache = dict[tuple[object, ...], SimRun]
+# Runs of one permutation keyed by (rule, warmup answer, oracle, weights): rules are pure values, so
+# two methods that build equal rules (``default`` and ``mars-pop-shipped``; ``mars`` and ``mars-cal``
+# when γ calibrates to 1) make the same decisions, and the second reuses the first one's run.
+
+
 def _run(
     spec: MethodSpec,
     ctx: MethodContext,
@@ -121,6 +129,7 @@ def _run(
     full: int | None,
     views: ViewCache | None = None,
     checkpoints: CheckpointCache | None = None,
+    runs: RunCache | None = None,
 ) -> RunRecord:
     tl = ctx.timeline
     if spec.name == "hindsight":
@@ -133,16 +142,28 @@ def _run(
         warmup_class = majority(finals)
         warm_tokens = sum(tl.traces[i].total_tokens for i in ctx.warmup)
         warm_seq = max((tl.traces[i].total_tokens for i in ctx.warmup), default=0)
-    run = simulate(
-        rule,
-        tl,
-        ctx.voting,
-        warmup_answer_class=warmup_class,
-        oracle=spec.oracle,
-        weights=spec.weights(ctx) if spec.weights is not None else None,
-        cache=views,
-        checkpoints=checkpoints,
-    )
+    weights = spec.weights(ctx) if spec.weights is not None else None
+    key: tuple[object, ...] | None = None
+    if runs is not None:
+        key = (rule, warmup_class, spec.oracle, None if weights is None else tuple(weights))
+        try:
+            hash(key)
+        except TypeError:  # a rule holding an unhashable parameter: no sharing
+            key = None
+    run = runs.get(key) if runs is not None and key is not None else None
+    if run is None:
+        run = simulate(
+            rule,
+            tl,
+            ctx.voting,
+            warmup_answer_class=warmup_class,
+            oracle=spec.oracle,
+            weights=weights,
+            cache=views,
+            checkpoints=checkpoints,
+        )
+        if runs is not None and key is not None:
+            runs[key] = run
     return _record(
         hq,
         full,

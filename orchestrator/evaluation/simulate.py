@@ -17,8 +17,8 @@ Everything that depends only on the question (not on the permutation) is compute
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -27,6 +27,7 @@ from orchestrator.evaluation.prepared import PreparedQuestion
 from orchestrator.stopping.base import StoppingRule
 from orchestrator.stopping.deepconf import lowest_window_confidence
 from orchestrator.stopping.switch_model import feature_rows
+from orchestrator.stopping.tally import share_arrays
 
 PROBE_CLOSE_TOKENS = 1  # the closing brace the probe completion ends with
 PROBE_NO_ANSWER_TOKENS = 50  # a probe that closed nothing ran to its max_tokens (STOPPING.md §9)
@@ -111,7 +112,70 @@ def timeline(
     return QuestionTimeline(q.qid, interval, n_cp, tuple(traces), q.gold_class, q.answers)
 
 
-ViewCache = dict[tuple[int, int, bool, bool, bool], TraceView]
+def _view_constructor() -> Callable[..., TraceView]:
+    """``TraceView(...)`` (positional, ``stale`` False) filling the slots directly: the frozen
+    dataclass's ``__init__`` goes through ``object.__setattr__`` per field, and the simulator builds
+    millions of views. Falls back to the class itself if its fields ever change (a test compares)."""
+    names = tuple(f.name for f in fields(TraceView))
+    if names != _VIEW_FIELDS:
+        return TraceView
+    setters = [getattr(TraceView, name).__set__ for name in names]
+    (index_, answer_, weight_, eligible_, finished_, started_, pruned_, tokens_) = setters[:8]
+    (history_, features_, confidence_, final_, stale_) = setters[8:]
+    new = object.__new__
+
+    def view(
+        index: int,
+        answer_class: int | None,
+        weight: float,
+        eligible: bool,
+        finished: bool,
+        started: bool,
+        pruned: bool,
+        tokens: int,
+        history: tuple[int | None, ...],
+        features: tuple[float, ...],
+        confidence: float | None,
+        final_class: int | None,
+    ) -> TraceView:
+        v: TraceView = new(TraceView)
+        index_(v, index)
+        answer_(v, answer_class)
+        weight_(v, weight)
+        eligible_(v, eligible)
+        finished_(v, finished)
+        started_(v, started)
+        pruned_(v, pruned)
+        tokens_(v, tokens)
+        history_(v, history)
+        features_(v, features)
+        confidence_(v, confidence)
+        final_(v, final_class)
+        stale_(v, False)
+        return v
+
+    return view
+
+
+_VIEW_FIELDS = (
+    "index",
+    "answer_class",
+    "weight",
+    "eligible",
+    "finished",
+    "started",
+    "pruned",
+    "tokens",
+    "history",
+    "features",
+    "confidence",
+    "final_class",
+    "stale",
+)
+new_view = _view_constructor()
+
+ViewCache = dict[tuple[bool, bool], dict[int, TraceView]]
+# Trace views by (needs_probes, oracle), then by slot, checkpoint read and pruned flag (one int).
 # Whole checkpoints before any pruning, keyed (checkpoint, needs_probes, oracle): the views and the
 # probe calls, output tokens and input tokens that checkpoint charges.
 CheckpointCache = dict[tuple[int, bool, bool], tuple[tuple[TraceView, ...], int, int, int]]
@@ -187,6 +251,7 @@ def simulate(
             )
             if shared is not None:
                 shared[key] = hit
+                share_arrays(hit[0])  # the rules that see this checkpoint share its trace arrays
         traces, calls_cp, out_cp, in_cp = hit
         probe_calls += calls_cp
         probe_out += out_cp
@@ -250,36 +315,43 @@ def _views(
 ) -> tuple[tuple[TraceView, ...], int, int, int]:
     """The trace views of checkpoint ``cp`` and the probe calls, output and input tokens it charges."""
     probe_calls = probe_out = probe_in = 0
-    views = []
+    views: list[TraceView] = []
+    append = views.append
+    known = cache.setdefault((needs_probes, oracle), {}) if cache is not None else None
+    probe_in_each = position + PROBE_SUFFIX_TOKENS
     for s, tr in enumerate(slots):
+        classes = tr.classes
         frozen = pruned_at[s]
-        at = frozen or min(cp, len(tr.classes))
+        at = frozen or (cp if cp < len(classes) else len(classes))
         finished = tr.finish_checkpoint <= at
+        if finished and not frozen and not needs_probes:
+            at = tr.finish_checkpoint  # without probes a finished trace looks the same from then on
         if not frozen and not finished and needs_probes:
             probe_calls += 1
             probe_out += tr.probe_output_tokens[cp - 1] + PROBE_CLOSE_TOKENS
-            probe_in += position + PROBE_SUFFIX_TOKENS
-        key = (s, at, bool(frozen), needs_probes, oracle)
-        view = cache.get(key) if cache is not None else None
+            probe_in += probe_in_each
+        key = (s << 21) | (at << 1) | (1 if frozen else 0)  # slot, checkpoint read, pruned
+        view = known.get(key) if known is not None else None
         if view is None:
+            spent = at * interval
             # Positional arguments in TraceView's field order: this is the simulator's hot loop.
-            view = TraceView(
+            view = new_view(
                 s,  # index
-                tr.classes[at - 1] if (finished or needs_probes) else None,  # answer_class
+                classes[at - 1] if (finished or needs_probes) else None,  # answer_class
                 w[s],  # weight
                 ok[s],  # eligible
                 finished,
                 True,  # started
                 bool(frozen),  # pruned
-                min(tr.total_tokens, at * interval),  # tokens
-                tr.classes[:at] if needs_probes else (),  # history
+                tr.total_tokens if tr.total_tokens < spent else spent,  # tokens
+                classes[:at] if needs_probes else (),  # history
                 tr.features[at - 1] if needs_probes else (),  # features
                 tr.confidences[at - 1],  # confidence
                 tr.final_class if oracle else None,  # final_class
             )
-            if cache is not None:
-                cache[key] = view
-        views.append(view)
+            if known is not None:
+                known[key] = view
+        append(view)
     return tuple(views), probe_calls, probe_out, probe_in
 
 
@@ -293,18 +365,21 @@ def _simulate_waves(
     state: object = None
     decision: Decision | None = None
     wave_start = 0
+    # A slot shows one of two views: launched (run to completion) or not yet launched.
+    launched = [
+        TraceView(
+            index=s,
+            answer_class=tl.traces[i].final_class,
+            finished=True,
+            started=True,
+            tokens=tl.traces[i].total_tokens,
+        )
+        for s, i in enumerate(voting)
+    ]
+    waiting = [TraceView(index=s, answer_class=None, started=False) for s in range(budget)]
     while True:
         waves.append(max(tl.traces[i].total_tokens for i in voting[wave_start:started]))
-        views = tuple(
-            TraceView(
-                index=s,
-                answer_class=tl.traces[i].final_class if s < started else None,
-                finished=s < started,
-                started=s < started,
-                tokens=tl.traces[i].total_tokens if s < started else 0,
-            )
-            for s, i in enumerate(voting)
-        )
+        views = (*launched[:started], *waiting[started:])
         snapshot = Snapshot(
             checkpoint=0,
             position_tokens=0,

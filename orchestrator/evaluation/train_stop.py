@@ -24,6 +24,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -40,6 +41,8 @@ from orchestrator.stopping.population import (
     StopModel,
     population_features,
 )
+from orchestrator.stopping.population_gbt import EXTRA_FEATURES, GBT_DOC_VERSION, TreeEnsemble, extra_features
+from orchestrator.stopping.population_gbt import FEATURES as GBT_FEATURES
 from orchestrator.stopping.switch_model import CONSERVATIVE_DEFAULT
 from orchestrator.stopping.tally import trace_arrays
 
@@ -62,6 +65,7 @@ class Rows:
     run: npt.NDArray[np.int64]
     tokens: npt.NDArray[np.int64]  # generated tokens of the K traces up to this checkpoint
     full_tokens: npt.NDArray[np.int64]  # the run's SC tokens (all K traces to the end)
+    extra: FloatArray | None = None  # mars-pop-gbt's extra features (population_gbt.EXTRA_FEATURES)
 
     @staticmethod
     def concat(parts: Sequence[Rows]) -> Rows:
@@ -77,6 +81,9 @@ class Rows:
             np.concatenate(runs) if runs else np.empty(0, np.int64),
             np.concatenate([p.tokens for p in parts]) if parts else np.empty(0, np.int64),
             np.concatenate([p.full_tokens for p in parts]) if parts else np.empty(0, np.int64),
+            np.concatenate([p.extra for p in parts if p.extra is not None])
+            if parts and all(p.extra is not None for p in parts)
+            else None,
         )
 
 
@@ -86,9 +93,10 @@ class _Recorder:
     name = "recorder"
     needs_probes = True
 
-    def __init__(self) -> None:
+    def __init__(self, *, with_extra: bool = True) -> None:
         self.rule = PopulationStop(stop_model=None, switch_model=CONSERVATIVE_DEFAULT)
-        self.rows: list[tuple[FloatArray, int | None, bool, int]] = []
+        self.with_extra = with_extra
+        self.rows: list[tuple[FloatArray, int | None, bool, int, FloatArray | None]] = []
 
     def initial_traces(self, budget: int) -> int:
         return budget
@@ -104,21 +112,30 @@ class _Recorder:
         fin = arrays.finished & arrays.counted
         votes = np.bincount(arrays.classes[fin], minlength=leader + 1) if fin.any() else np.zeros(leader + 1)
         guard = int(votes[leader]) >= MIN_FINISHED_SUPPORT and int(votes[leader]) == int(votes.max())
-        self.rows.append((x, leader, guard, sum(t.tokens for t in snapshot.traces)))
+        extra = extra_features(snapshot, arrays, leader) if self.with_extra else None
+        self.rows.append((x, leader, guard, sum(t.tokens for t in snapshot.traces), extra))
         return Decision.cont(state=state)
 
 
-def question_rows(tl: QuestionTimeline, budget: int = 64, reps: Sequence[int] = TRAIN_REPETITIONS) -> Rows:
-    """Rows of one question over the training repetitions."""
-    xs, labels, guards, runs, tokens, fulls = [], [], [], [], [], []
+def question_rows(
+    tl: QuestionTimeline,
+    budget: int = 64,
+    reps: Sequence[int] = TRAIN_REPETITIONS,
+    *,
+    with_extra: bool = True,
+) -> Rows:
+    """Rows of one question over the training repetitions; ``with_extra=False`` leaves out mars-pop-gbt's
+    extra features (mars-pop does not read them, and they cost about as much as the rest)."""
+    xs, labels, guards, runs, tokens, fulls, extras = [], [], [], [], [], [], []
     for n, r in enumerate(reps):
         voting = permutation(r, len(tl.traces))[:budget]
         full = majority([tl.traces[i].final_class for i in voting])
         sc_tokens = sum(tl.traces[i].total_tokens for i in voting)
-        rec = _Recorder()
+        rec = _Recorder(with_extra=with_extra)
         simulate(rec, tl, voting)
-        for x, leader, guard, spent in rec.rows:
+        for x, leader, guard, spent, extra in rec.rows:
             xs.append(x)
+            extras.append(extra)
             labels.append(leader == full)
             guards.append(guard)
             runs.append(n)
@@ -131,6 +148,7 @@ def question_rows(tl: QuestionTimeline, budget: int = 64, reps: Sequence[int] = 
         np.asarray(runs, dtype=np.int64),
         np.asarray(tokens, dtype=np.int64),
         np.asarray(fulls, dtype=np.int64),
+        np.asarray(extras, dtype=np.float64).reshape(-1, len(EXTRA_FEATURES)) if with_extra else None,
     )
 
 
@@ -176,8 +194,24 @@ def choose_threshold(model: StopModel, rows: Rows, target: float = TARGET_AGREEM
     return THRESHOLDS[-1]
 
 
-def train(per_question: Mapping[str, Rows], target: float = TARGET_AGREEMENT) -> tuple[StopModel, float]:
-    """Model on all given questions; threshold chosen across two halves of them (by question)."""
+def fit_only_logistic(
+    per_question: Mapping[str, Rows], target: float = TARGET_AGREEMENT
+) -> tuple[StopModel, float]:
+    """``mars-pop`` alone (what :func:`train` returns first, without the trees)."""
+    stripped = {
+        k: Rows(r.x, r.label, r.guard, r.run, r.tokens, r.full_tokens) for k, r in per_question.items()
+    }
+    model, threshold = train(stripped, target)
+    return model, threshold
+
+
+def train(
+    per_question: Mapping[str, Rows], target: float = TARGET_AGREEMENT, *, with_trees: bool = True
+) -> TrainedStop:
+    """Model on all given questions; threshold chosen across two halves of them (by question). With
+    ``with_trees`` (and rows that carry the extra features) mars-pop-gbt's trees are trained on the same
+    questions too; they cost a few seconds per call, so ``mars eval`` asks for them only when a
+    ``mars-pop-gbt`` method is requested."""
     keys = sorted(per_question)
     halves = (keys[0::2], keys[1::2])
     picks = []
@@ -187,7 +221,206 @@ def train(per_question: Mapping[str, Rows], target: float = TARGET_AGREEMENT) ->
         m = fit_stop_model(Rows.concat([per_question[k] for k in fit_keys]))
         picks.append(choose_threshold(m, Rows.concat([per_question[k] for k in pick_keys]), target))
     model = fit_stop_model(Rows.concat([per_question[k] for k in keys]))
-    return model, max(picks) if picks else THRESHOLDS[-1]
+    trees_possible = all(r.extra is not None for r in per_question.values())
+    gbt = train_gbt(per_question) if with_trees and trees_possible else None
+    return TrainedStop((model, max(picks) if picks else THRESHOLDS[-1]), gbt)
+
+
+# --- mars-pop-gbt: boosted trees on mars-pop's features plus population_gbt.EXTRA_FEATURES ----------
+
+GBT_PARAMS: dict[str, float | int] = {
+    "max_iter": 200,
+    "learning_rate": 0.05,
+    "max_leaf_nodes": 15,
+    "min_samples_leaf": 80,
+    "l2_regularization": 1.0,
+}
+# Monotone constraints (domain knowledge, not fitted): more support for the leader never lowers
+# P(leader is final), more for its rivals never raises it; the other features are free.
+GBT_INCREASING = frozenset(
+    {
+        "leader_share",
+        "finished_leader_share",
+        "leader_age",
+        "leader_streak",
+        "mars_slack",
+        "margin_z",
+        "running_margin",
+        "finished_margin",
+        "running_leader_frac",
+        "finished_leader_frac",
+        "running_leader_stable_frac",
+    }
+)
+GBT_DECREASING = frozenset(
+    {
+        "runner_up_share",
+        "finished_other_share",
+        "runner_up_growth5",
+        "running_other_share",
+        "entropy",
+        "distinct_share",
+        "outflow",
+    }
+)
+GBT_MONOTONE = tuple(1 if n in GBT_INCREASING else -1 if n in GBT_DECREASING else 0 for n in GBT_FEATURES)
+GBT_THRESHOLDS = tuple(float(1.0 - 10.0**-x) for x in np.arange(1.0, 5.0001, 0.05))
+GBT_TARGET_AGREEMENT = 0.99
+GBT_INNER_FOLDS = 4
+GBT_PERSISTENCE = (1, 2, 3)
+
+
+def gbt_matrix(rows: Rows) -> FloatArray:
+    if rows.extra is None:
+        raise ValueError("these rows carry no extra features (built by an older question_rows?)")
+    return np.hstack([rows.x, rows.extra])
+
+
+def export_trees(clf: Any) -> TreeEnsemble:
+    """A fitted scikit-learn ``HistGradientBoostingClassifier`` (binary, numeric features) as padded
+    arrays for :class:`TreeEnsemble` (leaves point to themselves)."""
+    trees = [predictors[0].nodes for predictors in clf._predictors]
+    width = max(len(t) for t in trees)
+    n = len(trees)
+    feature = np.zeros((n, width), dtype=np.int64)
+    threshold = np.zeros((n, width), dtype=np.float64)
+    left = np.tile(np.arange(width, dtype=np.int64), (n, 1))
+    right = left.copy()
+    value = np.zeros((n, width), dtype=np.float64)
+    depth = 0
+    for i, nodes in enumerate(trees):
+        m = len(nodes)
+        leaf = nodes["is_leaf"].astype(bool)
+        inner = ~leaf
+        feature[i, :m] = np.where(inner, nodes["feature_idx"], 0)
+        threshold[i, :m] = np.where(inner, nodes["num_threshold"], 0.0)
+        left[i, :m] = np.where(inner, nodes["left"], np.arange(m))
+        right[i, :m] = np.where(inner, nodes["right"], np.arange(m))
+        value[i, :m] = np.where(leaf, nodes["value"], 0.0)
+        depth = max(depth, int(nodes["depth"].max()))
+    baseline = float(np.ravel(clf._baseline_prediction)[0])
+    return TreeEnsemble(feature, threshold, left, right, value, baseline, depth)
+
+
+def fit_trees(rows: Rows) -> TreeEnsemble:
+    """Trees on the checkpoints where the guard holds (the only ones where the rule can stop)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    x = gbt_matrix(rows)[rows.guard]
+    y = rows.label[rows.guard]
+    if y.size == 0 or y.all() or not y.any():  # degenerate: a constant model
+        p = float(np.clip(y.mean() if y.size else 0.5, 1e-6, 1 - 1e-6))
+        z = np.zeros((1, 1))
+        return TreeEnsemble(
+            z.astype(np.int64), z, z.astype(np.int64), z.astype(np.int64), z, float(np.log(p / (1 - p))), 0
+        )
+    clf = HistGradientBoostingClassifier(
+        random_state=0, early_stopping=False, monotonic_cst=list(GBT_MONOTONE), **GBT_PARAMS
+    )
+    clf.fit(x, y)
+    return export_trees(clf)
+
+
+def first_crossing_agreement_p(p: FloatArray, rows: Rows, threshold: float) -> float:
+    """As :func:`first_crossing_agreement` with the probabilities given."""
+    ok = (p >= threshold) & rows.guard
+    starts = np.flatnonzero(np.r_[True, rows.run[1:] != rows.run[:-1]])
+    ends = np.r_[starts[1:], len(rows.run)]
+    agree = []
+    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+        hit = np.flatnonzero(ok[a:b])
+        agree.append(bool(rows.label[a + hit[0]]) if hit.size else True)
+    return float(np.mean(agree)) if agree else 1.0
+
+
+def _first_stops(
+    p: FloatArray, rows: Rows, persistence: int, thresholds: FloatArray
+) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """For every threshold: how many runs agree at their first stop, the generated tokens up to the
+    stops and the runs' full tokens (a run that never stops ends at the full vote: agrees, all spent).
+    A checkpoint passes when the guard holds and p >= threshold; the rule stops at the first
+    ``persistence``-th pass in a row with the same leader (leader age > 1 within the streak)."""
+    score = np.where(rows.guard, p, 0.0)
+    fresh = rows.x[:, FEATURES.index("leader_age")] <= 0.1 + 1e-9  # the leader changed here
+    starts = np.flatnonzero(np.r_[True, rows.run[1:] != rows.run[:-1]])
+    ends = np.r_[starts[1:], len(rows.run)]
+    agree = np.zeros(len(thresholds))
+    spent = np.zeros(len(thresholds))
+    full = 0.0
+    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+        length = b - a
+        s = score[a:b].copy()
+        if persistence > 1:
+            cum = np.cumsum(fresh[a:b])
+            j = np.arange(length)
+            lo = j - persistence + 1  # the streak is rows lo..j; rows lo+1..j must keep the leader
+            ok = lo >= 0
+            changes = cum - cum[np.clip(lo, 0, None)]
+            for back in range(1, persistence):
+                s = np.minimum(s, np.r_[np.zeros(back), score[a:b][: length - back]][:length])
+            s = np.where(ok & (changes == 0), s, 0.0)
+        best = np.maximum.accumulate(s)
+        idx = np.searchsorted(best, thresholds, side="left")
+        hit = idx < (b - a)
+        safe = np.minimum(idx, b - a - 1)
+        agree += np.where(hit, rows.label[a + safe], True)
+        run_full = float(rows.full_tokens[a])
+        spent += np.where(hit, rows.tokens[a + safe], run_full)
+        full += run_full
+    return agree / max(len(starts), 1), spent, np.full(len(thresholds), full)
+
+
+def train_gbt(
+    per_question: Mapping[str, Rows], target: float = GBT_TARGET_AGREEMENT
+) -> tuple[TreeEnsemble, float, int]:
+    """Trees on all given questions, plus the threshold and persistence (:data:`GBT_PERSISTENCE`):
+    among the pairs whose *first-stop* agreement reaches ``target`` on questions held out of the fit
+    (inner :data:`GBT_INNER_FOLDS`-fold cross-fitting by question, every run pooled), the one that saves
+    the most tokens; none reaching it: the largest threshold and persistence."""
+    from orchestrator.evaluation.train_prior import question_folds
+
+    keys = sorted(per_question)
+    inner = question_folds(keys, GBT_INNER_FOLDS, seed=1)
+    held: list[Rows] = []
+    probs: list[FloatArray] = []
+    for f in sorted(set(inner.values())):
+        fit_keys = [k for k in keys if inner[k] != f]
+        out_keys = [k for k in keys if inner[k] == f]
+        if not fit_keys or not out_keys:
+            continue
+        trees = fit_trees(Rows.concat([per_question[k] for k in fit_keys]))
+        for k in out_keys:
+            r = per_question[k]
+            held.append(r)
+            probs.append(1.0 / (1.0 + np.exp(-np.clip(trees.raw_many(gbt_matrix(r)), -50, 50))))
+    threshold, persistence = GBT_THRESHOLDS[-1], GBT_PERSISTENCE[-1]
+    if held:
+        pooled = Rows.concat(held)
+        p = np.concatenate(probs)
+        grid = np.asarray(GBT_THRESHOLDS)
+        best = -np.inf
+        for n in GBT_PERSISTENCE:
+            agree, spent, full = _first_stops(p, pooled, n, grid)
+            saved = 1.0 - spent / np.maximum(full, 1.0)
+            for i in np.flatnonzero(agree >= target).tolist():
+                if saved[i] > best + 1e-12:
+                    best, threshold, persistence = float(saved[i]), float(grid[i]), n
+    return fit_trees(Rows.concat([per_question[k] for k in keys])), threshold, persistence
+
+
+class TrainedStop(tuple[StopModel, float]):
+    """What :func:`train` returns: ``(model, threshold)`` for ``mars-pop``, and on ``.gbt`` the
+    ``(trees, threshold, persistence)`` of ``mars-pop-gbt`` trained on the same questions (so every cross-fitting
+    that trains ``mars-pop`` also trains ``mars-pop-gbt`` on exactly the same rows)."""
+
+    gbt: tuple[TreeEnsemble, float, int] | None
+
+    def __new__(
+        cls, items: tuple[StopModel, float], gbt: tuple[TreeEnsemble, float, int] | None = None
+    ) -> TrainedStop:
+        obj = super().__new__(cls, items)
+        obj.gbt = gbt
+        return obj
 
 
 def document(model: StopModel, threshold: float, trained_on: Sequence[str]) -> dict[str, object]:
@@ -205,6 +438,26 @@ def document(model: StopModel, threshold: float, trained_on: Sequence[str]) -> d
     }
 
 
+def gbt_document(
+    trees: TreeEnsemble, threshold: float, persistence: int, trained_on: Sequence[str]
+) -> dict[str, object]:
+    return {
+        "version": GBT_DOC_VERSION,
+        "kind": "population-stop-gbt",
+        "features": list(GBT_FEATURES),
+        "trees": trees.to_dict(),
+        "switch_model": CONSERVATIVE_DEFAULT.to_dict(),
+        "threshold": threshold,
+        "persistence": persistence,
+        "min_finished_support": MIN_FINISHED_SUPPORT,
+        "target_agreement": GBT_TARGET_AGREEMENT,
+        "params": dict(GBT_PARAMS),
+        "monotone": list(GBT_MONOTONE),
+        "train_repetitions": [TRAIN_REPETITIONS[0], TRAIN_REPETITIONS[-1]],
+        "trained_on": list(trained_on),
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Train the shipped population prior on every question of the given corpora."""
     from orchestrator.evaluation.grouping import answer_keys
@@ -215,6 +468,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--corpus", action="append", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--budget", type=int, default=64)
+    parser.add_argument(
+        "--kind", choices=("logistic", "gbt"), default="logistic", help="mars-pop (logistic) or mars-pop-gbt"
+    )
     args = parser.parse_args(argv)
     corpora = [load_corpus(p) for p in args.corpus]
     keys = answer_keys(sorted({s for c in corpora for s in corpus_strings(c)}))
@@ -223,8 +479,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         for c in corpora
         for q in c.questions
     }
-    model, threshold = train(rows)
-    doc = document(model, threshold, [p.name for p in args.corpus])
+    names = [p.name for p in args.corpus]
+    if args.kind == "gbt":
+        trees, threshold, persistence = train_gbt(rows)
+        doc = gbt_document(trees, threshold, persistence, names)
+    else:
+        model, threshold = fit_only_logistic(rows)
+        doc = document(model, threshold, names)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1) + "\n")
     print(

@@ -14,6 +14,7 @@ from orchestrator.errors import InvalidRequest, UnsupportedCapability
 from orchestrator.providers.base import Provider
 from orchestrator.providers.openai_compat import CompatOptions, OpenAICompatProvider, Timeouts
 from orchestrator.providers.wrappers import (
+    DEFAULT_REDIS_PREFIX,
     RateLimitedProvider,
     RateLimits,
     RedisBuckets,
@@ -61,10 +62,12 @@ def build_provider(
     config: ProviderConfig,
     *,
     redis: Any | None = None,
+    redis_prefix: str = DEFAULT_REDIS_PREFIX,
     retry: RetryPolicy | None = None,
     compat_options: CompatOptions | None = None,
 ) -> Provider:
-    """Adapter wrapped in rate limits (shared through ``redis`` when given) and one retry layer."""
+    """Adapter wrapped in rate limits (shared through ``redis`` when given, under ``redis_prefix``) and
+    one retry layer."""
     adapter = build_adapter(config, compat_options=compat_options)
     if config.probe_strategy:
         try:
@@ -86,6 +89,7 @@ def build_provider(
         tokens_per_minute=config.tokens_per_minute,
         max_concurrent_streams=config.max_concurrent_streams,
     )
-    limited = RateLimitedProvider(adapter, limits, shared=RedisBuckets(redis) if redis is not None else None)
+    shared = RedisBuckets(redis, prefix=redis_prefix) if redis is not None else None
+    limited = RateLimitedProvider(adapter, limits, shared=shared)
     policy = retry or RetryPolicy(max_attempts=config.max_retries + 1)
     return RetryingProvider(limited, policy)

@@ -7,8 +7,10 @@ before the socket is closed, so a stop of K streams closes the last socket only 
 unwound. Here a stream owns its connection: an early exit, an error or a cancel shuts the socket down at
 once (the upstream sees the disconnect immediately) and a cancelled stream then yields once, so every
 stream cancelled by the same stop closes its socket in the same loop pass, before any of them spends
-time unwinding. Connections are not reused: a trace runs for seconds to minutes, and a fresh connection
-(or TLS handshake) per trace is noise next to it.
+time unwinding. Sooner still: a connection opened under a :class:`~orchestrator.providers.hangup.Hangup`
+can be shut down synchronously from outside the task reading it (the coordinator's stop does this for
+every stream before it cancels any task). Connections are not reused: a trace runs for seconds to
+minutes, and a fresh connection (or TLS handshake) per trace is noise next to it.
 
 HTTP/1.1 only; a response body is read by ``Content-Length``, ``chunked`` or until the server closes.
 Timeouts come from the request (``connect``; ``read`` is the longest silence between two reads); the
@@ -26,6 +28,8 @@ from contextlib import suppress
 
 import httpx2
 
+from orchestrator.providers import hangup as hangups
+
 MAX_HEAD_BYTES = 64 * 1024
 READ_HIGH_WATER = 256 * 1024  # pause reading from the socket above this many unconsumed bytes
 
@@ -38,7 +42,9 @@ class _Connection(asyncio.Protocol):
         self.buffer = bytearray()
         self.eof = False
         self.error: BaseException | None = None
-        self.closed = False
+        self.shut = False  # the FIN is sent
+        self.closed = False  # and the transport aborted
+        self.hangup: hangups.Hangup | None = None  # the consumer's, when it bound one
         self._paused = False
         self._waiter: asyncio.Future[None] | None = None
 
@@ -91,20 +97,28 @@ class _Connection(asyncio.Protocol):
             if timer is not None:
                 timer.cancel()
 
+    def hang_up(self) -> None:
+        """Send the FIN now: the peer sees the close before this returns. Only the ``shutdown``
+        syscall: the transport is torn down by ``close_now`` when the reader unwinds (a hangup shuts
+        down hundreds of connections in one synchronous pass, so the cheapest call that reaches the
+        peer goes first)."""
+        if self.shut:
+            return
+        self.shut = True
+        sock = None if self.transport is None else self.transport.get_extra_info("socket")
+        if sock is not None:
+            with suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
     def close_now(self) -> None:
         """Drop the connection at once: ``shutdown`` sends the FIN now (``abort`` alone closes the
         socket only on the loop's next pass), then the transport is aborted."""
         if self.closed:
             return
         self.closed = True
-        transport = self.transport
-        if transport is None:
-            return
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        transport.abort()
+        self.hang_up()
+        if self.transport is not None:
+            self.transport.abort()
 
 
 def _expire(waiter: asyncio.Future[None]) -> None:
@@ -162,6 +176,8 @@ class _Body(httpx2.AsyncByteStream):
                 if conn.eof:
                     if self._remaining is None and self._chunked is None:
                         return  # read until close: the close is the end
+                    if conn.shut:  # our own doing, not the peer cutting the body short
+                        raise httpx2.ReadError("connection closed by this client", request=self._request)
                     if conn.error is not None:
                         raise httpx2.ReadError(repr(conn.error), request=self._request)
                     raise httpx2.RemoteProtocolError(
@@ -255,6 +271,8 @@ class StreamTransport(httpx2.AsyncBaseTransport):
     def drop(self, conn: _Connection) -> None:
         conn.close_now()
         self._live.discard(conn)
+        if conn.hangup is not None:
+            conn.hangup.discard(conn)
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         timeouts = request.extensions.get("timeout", {})
@@ -292,6 +310,9 @@ class StreamTransport(httpx2.AsyncBaseTransport):
         url = request.url
         https = url.scheme == "https"
         port = url.port or (443 if https else 80)
+        hangup = hangups.current()
+        if hangup is not None and hangup.done:
+            raise httpx2.ConnectError("the stream's consumer has hung up", request=request)
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout_s):
@@ -307,6 +328,12 @@ class StreamTransport(httpx2.AsyncBaseTransport):
         except OSError as exc:  # ssl.SSLError is an OSError
             raise httpx2.ConnectError(f"connect to {url.host}:{port}: {exc}", request=request) from exc
         self._live.add(conn)
+        if hangup is not None:
+            conn.hangup = hangup
+            hangup.add(conn)  # hangs it up at once when the consumer hung up during the connect
+            if conn.shut:
+                self.drop(conn)
+                raise httpx2.ConnectError("the stream's consumer has hung up", request=request)
         return conn
 
     async def aclose(self) -> None:

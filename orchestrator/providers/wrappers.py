@@ -10,8 +10,8 @@ stream once a delta has been forwarded to the caller. Caller errors are never re
 locally), tokens per minute (a token bucket charged with the tokens each stream and probe actually
 used; a request waits while the bucket is in debt) and concurrent streams (a semaphore held for the
 stream's life). With a Redis client the request and token buckets are shared by every worker through
-a small Lua token bucket under ``mars:ratelimit:{provider}:{model}:{requests|tokens}``; concurrency caps
-stay per process.
+a small Lua token bucket under ``{prefix}:ratelimit:{provider}:{model}:{requests|tokens}`` (``prefix``:
+``MARS_REDIS_PREFIX``, like every other key); concurrency caps stay per process.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from orchestrator.providers.base import (
 
 log = structlog.get_logger("mars.providers")
 T = TypeVar("T")
-RATELIMIT_PREFIX = "mars:ratelimit"
+DEFAULT_REDIS_PREFIX = "mars"  # store/keys.py; kept apart so that providers/ does not import store/
 
 
 # --- retries -------------------------------------------------------------------------------------
@@ -224,16 +224,24 @@ return tostring(wait)
 
 
 class RedisBuckets:
-    """Token buckets shared by every worker through Redis (one Lua script; Redis's own clock)."""
+    """Token buckets shared by every worker through Redis (one Lua script; Redis's own clock), under
+    ``{prefix}:ratelimit:``."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, *, prefix: str = DEFAULT_REDIS_PREFIX) -> None:
         self._script = client.register_script(_LUA_BUCKET)
+        self._prefix = f"{prefix}:ratelimit:"
 
     async def _run(self, key: str, cost: float, capacity: float, per_s: float, force: bool) -> float:
+        task = asyncio.current_task()
+        cancels = task.cancelling() if task is not None else 0
         try:
-            raw = await self._script(keys=[key], args=[capacity, per_s, cost, 1 if force else 0])
+            raw = await self._script(
+                keys=[self._prefix + key], args=[capacity, per_s, cost, 1 if force else 0]
+            )
         except Exception as exc:  # redis.exceptions.* → our tree
             raise errors.StoreUnavailable(f"rate limiter: {exc!r}") from exc
+        if task is not None and task.cancelling() > cancels:
+            raise asyncio.CancelledError  # redis-py dropped it (see store/redis.py, ``_translated``)
         return float(raw.decode() if isinstance(raw, bytes) else raw)
 
     async def take(self, key: str, cost: float, capacity: float, per_s: float) -> None:
@@ -250,7 +258,7 @@ class RedisBuckets:
 class _ModelGate:
     def __init__(self, limits: RateLimits, provider: str, model: str, shared: Buckets | None) -> None:
         self.limits = limits
-        self.key = f"{RATELIMIT_PREFIX}:{provider}:{model}"
+        self.key = f"{provider}:{model}"
         self.shared = shared
         self.tokens: Buckets = shared or LocalBuckets()
         rpm = limits.requests_per_minute

@@ -32,7 +32,7 @@ from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -134,7 +134,13 @@ class ReplayServer:
     # --- API -----------------------------------------------------------------------------------
 
     async def _dispatch(self, request: Request) -> Response:
-        raw = await request.body()
+        try:
+            raw = await request.body()
+        except ClientDisconnect:
+            # The client left before its body arrived (a probe cancelled at a stop): nobody to answer.
+            rid = f"replay-{next(self._ids)}"
+            self.journal.record("disconnect", request_id=rid, path=request.url.path, phase="body")
+            return Response(status_code=499)
         body: Any = None
         if raw:
             try:
@@ -552,6 +558,20 @@ async def replay_server_process(corpus_path: Path, *args: str) -> AsyncIterator[
             proc.terminate()
             with suppress(ProcessLookupError):
                 await proc.wait()
+
+
+def run_forever(app: Any, *, host: str, port: int, label: str = "replay server") -> None:
+    """:func:`serve_forever` on the event loop ``uvicorn.run`` would pick: uvloop when it is installed.
+    The replay server stands in for a production upstream; at hundreds of concurrent streams the default
+    loop's per-connection cost shows in its pacing and in how soon it sees a burst of disconnects."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvicorn[standard] brings it
+        factory = None
+    else:
+        factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(serve_forever(app, host=host, port=port, label=label))
 
 
 async def serve_forever(app: Any, *, host: str, port: int, label: str = "replay server") -> None:

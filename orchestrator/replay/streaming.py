@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterator, Mapping
-from contextlib import suppress
 from dataclasses import dataclass
 
 from starlette.responses import Response
@@ -25,6 +24,9 @@ from orchestrator.replay.journal import Journal
 class Timing:
     tokens_per_s: float | None = None  # None: no delay
     ttft_s: float = 0.0
+
+
+STOP_GRACE_S = 0.05  # a sender whose client is gone stops within this (see ``StreamResponse._lost``)
 
 
 class AbortConnection(Exception):
@@ -72,36 +74,58 @@ class StreamResponse(Response):
         self._paced = paced
         self._error_event = error_event
         self.sent_tokens = 0
-        self._gone = False  # the disconnect is logged
+        self._gone = False  # the client's disconnect is logged
+        self._ended = False  # the response is complete (or aborted by a fault): nothing to log
+        self._waiter: asyncio.Future[None] | None = None  # the sender's pause, woken on a disconnect
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        pump = asyncio.ensure_future(self._pump(send))
-        watch = asyncio.ensure_future(self._watch(receive, pump))
+        # The chunks are sent from this task; one watcher task awaits the disconnect (no third task, no
+        # cancellation on a disconnect).
+        watch = asyncio.get_running_loop().create_task(self._watch(receive))
         try:
-            await asyncio.wait({pump, watch}, return_when=asyncio.FIRST_COMPLETED)
+            await self._pump(send)
+        except asyncio.CancelledError:
+            self._lost()  # e.g. the server shutting down mid-stream
+            raise
         finally:
-            self._disconnected(pump)  # e.g. the server shutting down mid-stream
+            self._ended = True
             watch.cancel()
-            with suppress(asyncio.CancelledError):
-                await watch
-            with suppress(asyncio.CancelledError):
-                await pump  # re-raises AbortConnection: uvicorn then drops the connection
 
-    async def _watch(self, receive: Receive, pump: asyncio.Future[None]) -> None:
-        # The disconnect is logged right here, the moment ``receive()`` reports it, not after this task
-        # and then ``__call__`` have been woken in turn (two more loop passes when K streams close).
+    async def _watch(self, receive: Receive) -> None:
+        # The disconnect is logged right here, the moment ``receive()`` reports it.
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                self._disconnected(pump)
+                self._lost()
                 return
 
-    def _disconnected(self, pump: asyncio.Future[None]) -> None:
-        if not pump.done() and not self._gone:
-            self._gone = True
-            self._journal.record("disconnect", request_id=self._rid, tokens_sent=self.sent_tokens)
-            pump.cancel()
+    def _lost(self) -> None:
+        """The client is gone: log it (once, and only while the response is still being sent). The
+        sender stops at its next chunk, or ``STOP_GRACE_S`` from now if that comes first: waking it at
+        once would run its teardown (the costly part of a disconnect) ahead of logging the other
+        disconnects of a burst, when a client hangs up hundreds of streams together."""
+        if self._gone or self._ended:
+            return
+        self._gone = True
+        self._journal.record("disconnect", request_id=self._rid, tokens_sent=self.sent_tokens)
+        asyncio.get_running_loop().call_later(STOP_GRACE_S, self._stop_sender)
+
+    def _stop_sender(self) -> None:
+        if self._waiter is not None:
+            _wake(self._waiter)
+
+    async def _pause(self, loop: asyncio.AbstractEventLoop, due: float | None) -> None:
+        """Like ``asyncio.sleep`` until ``due`` (loop time), but a disconnect can end it early
+        (``_stop_sender``); ``due=None`` waits for that alone."""
+        waiter = self._waiter = loop.create_future()
+        timer = None if due is None else loop.call_at(due, _wake, waiter)
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
 
     async def _pump(self, send: Send) -> None:
         opts = self._timing
@@ -114,35 +138,42 @@ class StreamResponse(Response):
             if fault is not None and (
                 (chunk.tokens > 0 and self.sent_tokens >= fault.after_tokens) or i == last
             ):
-                await self._inject(fault, send)
+                await self._inject(fault, send, loop)
                 return
             if self._paced and chunk.at_s is not None:
-                await _sleep_until(loop, t0 + chunk.at_s)
+                await self._pause(loop, t0 + chunk.at_s)
             elif self._paced and opts.tokens_per_s and chunk.tokens > 0:
-                due = t0 + opts.ttft_s + (self.sent_tokens + chunk.tokens) / opts.tokens_per_s
-                await _sleep_until(loop, due)
+                await self._pause(
+                    loop, t0 + opts.ttft_s + (self.sent_tokens + chunk.tokens) / opts.tokens_per_s
+                )
             elif i % 16 == 15:
                 await asyncio.sleep(0)  # no-delay mode: let the disconnect watcher run
+            if self._gone:
+                return
             await send({"type": "http.response.body", "body": chunk.data, "more_body": True})
             self.sent_tokens += chunk.tokens
+        self._ended = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})
         self._journal.record("stream_end", request_id=self._rid, tokens_sent=self.sent_tokens)
 
-    async def _inject(self, fault: Fault, send: Send) -> None:
+    async def _inject(self, fault: Fault, send: Send, loop: asyncio.AbstractEventLoop) -> None:
         self._journal.record(
             "fault", request_id=self._rid, fault=fault.describe(), tokens_sent=self.sent_tokens
         )
         if fault.kind is FaultKind.DISCONNECT:
+            self._ended = True  # our own doing: not logged as the client's disconnect
             raise AbortConnection(f"replay fault: disconnect after {self.sent_tokens} tokens")
         if fault.kind is FaultKind.STALL:
-            await asyncio.Event().wait()  # until the client gives up
+            await self._pause(loop, None)  # until the client gives up
+            return
         data = b'data: {"choices": [ this is not json\n\n'
         if fault.kind is FaultKind.ERROR_EVENT:
             data = self._error_event
         await send({"type": "http.response.body", "body": data, "more_body": True})
+        self._ended = True
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def _sleep_until(loop: asyncio.AbstractEventLoop, due: float) -> None:
-    delay = due - loop.time()
-    await asyncio.sleep(max(0.0, delay))
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

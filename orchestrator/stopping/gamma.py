@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from orchestrator.stopping.mars import certify
+from orchestrator.stopping.mars import QTally, q_tally, tally_slack
 from orchestrator.stopping.tally import NO_CLASS, tally
 
 GAMMA_GRID: tuple[float, ...] = tuple(round(i / 10, 1) for i in range(11))
@@ -59,9 +59,28 @@ def _cls(value: int | None) -> int:
 
 def warmup_stop(traces: Sequence[WarmupTrace], gamma: float) -> WarmupStop:
     """Where and on what the MARS test (oracle q, ε = 0, no guard) stops on the warmup traces."""
+    return _replay(traces).stop(gamma)
+
+
+@dataclass(frozen=True, slots=True)
+class _Replay:
+    """The warmup traces' tally at every checkpoint (γ-free), to test any γ against."""
+
+    tallies: tuple[tuple[QTally | None, int], ...]  # per checkpoint: the tally, counted traces
+    end: WarmupStop  # never stopped
+
+    def stop(self, gamma: float) -> WarmupStop:
+        for checkpoint, (t, counted) in enumerate(self.tallies, start=1):
+            if t is not None and tally_slack(t, gamma=gamma) > 0.0:  # certify's strict test
+                return WarmupStop(t.leader, checkpoint, counted)
+        return self.end
+
+
+def _replay(traces: Sequence[WarmupTrace]) -> _Replay:
     weights = np.array([t.weight for t in traces], dtype=np.float64)
     finals = np.array([_cls(t.final) for t in traces], dtype=np.int64)
     horizon = max((len(t.history) for t in traces), default=0)
+    tallies = []
     for checkpoint in range(1, horizon + 1):
         classes = np.array(
             [
@@ -72,11 +91,11 @@ def warmup_stop(traces: Sequence[WarmupTrace], gamma: float) -> WarmupStop:
         )
         counted = classes >= 0
         q = (classes != finals).astype(np.float64)
-        cert = certify(classes[counted], weights[counted], q[counted], gamma=gamma)
-        if cert.stop:
-            return WarmupStop(cert.leader, checkpoint, int(counted.sum()))
+        tallies.append((q_tally(classes[counted], weights[counted], q[counted]), int(counted.sum())))
     counted = finals >= 0
-    return WarmupStop(tally(finals, weights, counted).leader, None, int(counted.sum()))
+    return _Replay(
+        tuple(tallies), WarmupStop(tally(finals, weights, counted).leader, None, int(counted.sum()))
+    )
 
 
 def calibrate_gamma(
@@ -86,7 +105,8 @@ def calibrate_gamma(
     if len(traces) < MIN_WARMUP_TRACES:
         return GammaCalibration(1.0, 1.0, len(traces), {}, reason="fewer than 4 warmup traces")
     ordered = sorted(grid, reverse=True)  # 1.0 first
-    stops = {g: warmup_stop(traces, g) for g in ordered}
+    replay = _replay(traces)  # one pass over the checkpoints serves every γ
+    stops = {g: replay.stop(g) for g in ordered}
     answers = {g: s.answer for g, s in stops.items()}
     top = ordered[0]
     band = top

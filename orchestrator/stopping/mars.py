@@ -48,6 +48,45 @@ class Certificate:
     epsilon: float
 
 
+@dataclass(frozen=True, slots=True)
+class QTally:
+    """The γ-free part of the MARS test on one tally: votes, q-weighted votes and the leader."""
+
+    leader: int
+    v_lead: float
+    q_base: float  # T + Q_L
+    lhs: FloatArray  # V_L - V_k for every seen challenger k
+    q_seen: FloatArray  # Q_k for every seen challenger k
+
+
+def q_tally(classes: IntArray, weights: FloatArray, q: FloatArray, *, num_classes: int = 0) -> QTally | None:
+    """The tally :func:`certify` tests (None when no trace is counted)."""
+    if classes.size == 0:
+        return None
+    size = max(num_classes, int(classes.max()) + 1)
+    votes: FloatArray = np.bincount(classes, weights=weights, minlength=size).astype(np.float64, copy=False)
+    qvotes: FloatArray = np.bincount(classes, weights=q * weights, minlength=size).astype(
+        np.float64, copy=False
+    )
+    leader = int(np.argmax(votes))  # first maximum: the class that appeared first wins ties
+    v_lead = float(votes[leader])
+    seen = votes > 0
+    seen[leader] = False
+    return QTally(
+        leader, v_lead, float(qvotes.sum()) + float(qvotes[leader]), v_lead - votes[seen], qvotes[seen]
+    )
+
+
+def tally_slack(t: QTally, *, gamma: float, epsilon: float = 0.0, unseen_guard: bool = True) -> float:
+    """min over the tests of (lhs - rhs) at relaxation ``gamma``; > 0 iff every test passes."""
+    base = gamma * t.q_base
+    slack = t.v_lead - base - epsilon if unseen_guard else math.inf
+    if t.lhs.size:
+        rhs = base - (1.0 + gamma) * t.q_seen + epsilon
+        slack = min(slack, float((t.lhs - rhs).min()))
+    return slack
+
+
 def certify(
     classes: IntArray,
     weights: FloatArray,
@@ -60,23 +99,12 @@ def certify(
 ) -> Certificate:
     """The MARS test over counted traces only (``classes >= 0``); ``q`` is already 0 for traces that
     must not contribute. Pure numpy; shared by :class:`Mars`, γ calibration and MARS on DeepConf."""
-    if classes.size == 0:
+    t = q_tally(classes, weights, q, num_classes=num_classes)
+    if t is None:
         return Certificate(False, None, -math.inf, epsilon)
-    size = max(num_classes, int(classes.max()) + 1)
-    votes = np.bincount(classes, weights=weights, minlength=size)
-    qvotes = np.bincount(classes, weights=q * weights, minlength=size)
-    leader = int(np.argmax(votes))  # first maximum: the class that appeared first wins ties
-    v_lead = float(votes[leader])
-    base = gamma * (float(qvotes.sum()) + float(qvotes[leader]))
-    slack = v_lead - base - epsilon if unseen_guard else math.inf
-    seen = votes > 0
-    seen[leader] = False
-    if seen.any():
-        lhs = v_lead - votes[seen]
-        rhs = base - (1.0 + gamma) * qvotes[seen] + epsilon
-        slack = min(slack, float((lhs - rhs).min()))
+    slack = tally_slack(t, gamma=gamma, epsilon=epsilon, unseen_guard=unseen_guard)
     # A strict inequality: equality (slack == 0) continues.
-    return Certificate(slack > 0.0, leader, slack, epsilon)
+    return Certificate(slack > 0.0, t.leader, slack, epsilon)
 
 
 def epsilon_bound(w_max: float, running_counted: int, num_answers: int, delta: float) -> float:
@@ -164,7 +192,9 @@ class Mars:
         traces = snapshot.traces
         if self.q_source == "oracle":
             return np.fromiter(
-                (float(traces[i].answer_class != traces[i].final_class) for i in idx), np.float64, idx.size
+                (float(traces[i].answer_class != traces[i].final_class) for i in idx.tolist()),
+                np.float64,
+                idx.size,
             )
         model = self.switch_model or CONSERVATIVE_DEFAULT
         rows = [traces[i].features for i in idx.tolist()]

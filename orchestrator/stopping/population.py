@@ -169,6 +169,15 @@ def _features(snapshot: Snapshot, i: int) -> tuple[float, ...]:
     return switch_features(t.history or (t.answer_class,), snapshot.position_tokens)
 
 
+def finished_guard(arrays: TraceArrays, leader: int, min_support: int = 1) -> bool:
+    """At least ``min_support`` finished traces vote for ``leader`` and it is the plurality among
+    finished traces (ties allowed)."""
+    fin = arrays.finished & arrays.counted
+    fin_votes = np.bincount(arrays.classes[fin], minlength=leader + 1) if fin.any() else np.zeros(leader + 1)
+    support = int(fin_votes[leader])
+    return support >= min_support and support == int(fin_votes.max())
+
+
 @dataclass(frozen=True, slots=True)
 class PopulationStop:
     """Stop when the learned P(leader is final) reaches ``threshold`` with finished evidence."""
@@ -202,12 +211,7 @@ class PopulationStop:
         model = self.stop_model
         p = model.probability(x) if model is not None else 0.0
         details = {"p_final": p, "threshold": self.threshold}
-        fin = arrays.finished & arrays.counted
-        fin_votes = (
-            np.bincount(arrays.classes[fin], minlength=leader + 1) if fin.any() else np.zeros(leader + 1)
-        )
-        support = int(fin_votes[leader])
-        guard = support >= self.min_finished_support and support == int(fin_votes.max())
+        guard = finished_guard(arrays, leader, self.min_finished_support)
         if p >= self.threshold and guard:
             return Decision.halt(leader, "population evidence certified", state=state, details=details)
         return Decision.cont(reason="evidence not yet sufficient", state=state, details=details)

@@ -17,6 +17,7 @@ from orchestrator.stopping.hindsight import Hindsight
 from orchestrator.stopping.mars import Mars
 from orchestrator.stopping.parallel_probe import ParallelProbe
 from orchestrator.stopping.population import shipped as population_shipped
+from orchestrator.stopping.population_gbt import shipped as population_gbt_shipped
 from orchestrator.stopping.sac import SelfAdaptiveStop
 from orchestrator.stopping.sc import SelfConsistency
 from orchestrator.stopping.switch_model import SwitchModel
@@ -70,6 +71,7 @@ REGISTRY: dict[str, RuleFactory] = {
     "deepconf_mars": deepconf_mars,
     "hindsight": Hindsight,
     "mars-pop": population_shipped,  # population stop with the shipped prior (docs/methods.md)
+    "mars-pop-gbt": population_gbt_shipped,  # population stop, boosted trees (docs/methods.md)
     "default": default,
 }
 

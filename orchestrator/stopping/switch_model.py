@@ -17,9 +17,11 @@ evaluates the fitted affine map and the Platt sigmoid with numpy only: no scikit
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,16 +48,23 @@ JSON_VERSION = 1
 
 def flips_and_streak(history: Sequence[int | None]) -> tuple[int, int]:
     """Answer changes so far and the length of the current run (``None`` is a value like any other)."""
+    if type(history) is tuple:  # the snapshot's own (immutable) history: several rules ask about it
+        return _flips_and_streak_of(history)
+    return _flips_and_streak(history)
+
+
+def _flips_and_streak(history: Sequence[int | None]) -> tuple[int, int]:
     if not history:
         return 0, 1
-    flips = sum(1 for prev, cur in itertools.pairwise(history) if prev != cur)
-    streak = 1
+    flips = sum(map(operator.ne, history, itertools.islice(history, 1, None)))  # in C
     last = history[-1]
-    for value in reversed(history[:-1]):
-        if value != last:
-            break
-        streak += 1
-    return flips, streak
+    start = len(history) - 1
+    while start > 0 and history[start - 1] == last:  # int or None: "==" is "not !="
+        start -= 1
+    return flips, len(history) - start
+
+
+_flips_and_streak_of = functools.lru_cache(maxsize=4096)(_flips_and_streak)
 
 
 def switch_features(

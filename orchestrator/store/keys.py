@@ -11,7 +11,12 @@ key                           type       holds
 ``{p}:prior:{model}:{task}``  hash       a switch model (and γ) learned across jobs
 ``{p}:tenant:{t}:jobs``       zset       the tenant's job ids scored by creation time
 ``{p}:tenant:{t}:active``     set        the tenant's jobs that are not terminal yet
+``{p}:ratelimit:{pr}:{m}:*``  hash       shared request/token buckets of provider pr, model m
+                                         (written by ``providers/wrappers.py``, ``RedisBuckets``)
 ============================  =========  ==========================================================
+
+Job ids here are the store's ids: the API scopes a client's job id by its tenant
+(``api/auth.py``, ``store_job_id``), so two tenants' jobs never share a key.
 
 The prefix ``{p}`` is ``mars`` in production; tests give every test its own prefix so they can run
 against one shared server and clean up after themselves.

@@ -10,6 +10,7 @@ import pytest
 from fastapi import FastAPI
 
 from orchestrator.api.app import create_app
+from orchestrator.api.auth import store_job_id
 from orchestrator.providers.base import Provider
 from orchestrator.settings import ProviderConfig, Settings, hash_api_key
 from orchestrator.store.memory import MemoryStore
@@ -34,6 +35,11 @@ def make_settings(**changes: Any) -> Settings:
         max_body_bytes=8192,
     )
     return base.with_overrides(**changes)
+
+
+def stored(tenant: str, job_id: str) -> str:
+    """The store's id of ``tenant``'s job ``job_id`` (job ids are scoped by tenant in the store)."""
+    return store_job_id(tenant, job_id)
 
 
 def auth(key: str) -> dict[str, str]:

@@ -15,7 +15,7 @@ import pytest
 from orchestrator.api.runner import RunningService, running_service
 from orchestrator.domain import Accounting, JobResult, JobStatus
 from orchestrator.store.memory import MemoryStore
-from tests.api.conftest import ALICE, BOB, auth, job_body, make_settings
+from tests.api.conftest import ALICE, BOB, auth, job_body, make_settings, stored
 from tests.api.live import Received, sse_events
 
 pytestmark = pytest.mark.timeout(30)
@@ -71,11 +71,13 @@ async def test_events_arrive_live_then_the_feed_closes(live: RunningService, sto
             await asyncio.sleep(0.2)
             for checkpoint in (1, 2, 3):
                 published.append(time.monotonic())
-                await store.publish(job_id, "vote", {"checkpoint": checkpoint, "counts": {"42": checkpoint}})
+                await store.publish(
+                    stored("alice", job_id), "vote", {"checkpoint": checkpoint, "counts": {"42": checkpoint}}
+                )
                 async with asyncio.timeout(2):
                     await arrivals.get()
                 await asyncio.sleep(0.3)  # pacing: the next event is clearly later
-            await store.store_result(_result(job_id))
+            await store.store_result(_result(stored("alice", job_id)))
             async with asyncio.timeout(5):
                 await reader
     kinds = [e.event for e in received]
@@ -111,14 +113,16 @@ async def test_last_event_id_resumes_after_the_last_event_seen(
     async with httpx.AsyncClient(base_url=live.url, timeout=10) as http:
         job_id = await _submit(http)
         for checkpoint in range(1, 6):
-            await store.publish(job_id, "vote", {"checkpoint": checkpoint, "counts": {"42": checkpoint}})
+            await store.publish(
+                stored("alice", job_id), "vote", {"checkpoint": checkpoint, "counts": {"42": checkpoint}}
+            )
         first: list[Received] = []
         async with http.stream("GET", f"/v1/jobs/{job_id}/events", headers=auth(ALICE)) as resp:
             async for ev in sse_events(resp):
                 first.append(ev)
                 if len(first) == 2:
                     break
-        await store.store_result(_result(job_id))
+        await store.store_result(_result(stored("alice", job_id)))
         rest: list[Received] = []
         headers = {**auth(ALICE), "last-event-id": str(first[-1].id)}
         async with http.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers) as resp:
@@ -143,8 +147,8 @@ async def test_finished_job_replays_its_log_and_closes(live: RunningService, sto
     """The feed of a finished job is its whole event log, then the end."""
     async with httpx.AsyncClient(base_url=live.url, timeout=10) as http:
         job_id = await _submit(http)
-        await store.publish(job_id, "stop", {"answer": "42"})
-        await store.store_result(_result(job_id))
+        await store.publish(stored("alice", job_id), "stop", {"answer": "42"})
+        await store.store_result(_result(stored("alice", job_id)))
         started = time.monotonic()
         async with http.stream("GET", f"/v1/jobs/{job_id}/events", headers=auth(ALICE)) as resp:
             events = [ev async for ev in sse_events(resp)]
@@ -158,11 +162,11 @@ async def test_watcher_leaving_does_not_cancel_and_other_tenants_get_404(
     """Closing the feed leaves the job alone; another tenant cannot open it."""
     async with httpx.AsyncClient(base_url=live.url, timeout=10) as http:
         job_id = await _submit(http)
-        await store.publish(job_id, "vote", {"checkpoint": 1, "counts": {"42": 1}})
+        await store.publish(stored("alice", job_id), "vote", {"checkpoint": 1, "counts": {"42": 1}})
         async with http.stream("GET", f"/v1/jobs/{job_id}/events", headers=auth(ALICE)) as resp:
             async for _ in sse_events(resp):
                 break
         other = await http.get(f"/v1/jobs/{job_id}/events", headers=auth(BOB))
     assert other.status_code == 404
     await asyncio.sleep(0.1)
-    assert not await store.cancel_requested(job_id)
+    assert not await store.cancel_requested(stored("alice", job_id))

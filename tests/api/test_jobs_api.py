@@ -8,7 +8,7 @@ import pytest
 
 from orchestrator.domain import JobStatus
 from orchestrator.store.memory import MemoryStore
-from tests.api.conftest import ALICE, BOB, MODEL, auth, job_body
+from tests.api.conftest import ALICE, BOB, MODEL, auth, job_body, stored
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -24,7 +24,7 @@ async def test_submit_returns_202_with_id_and_links(client: httpx.AsyncClient, s
     assert resp.headers["location"] == f"/v1/jobs/{job_id}"
     assert body["links"]["events"] == f"/v1/jobs/{job_id}/events"
     assert await store.queue_depth() == 1
-    record = await store.get_job(job_id)
+    record = await store.get_job(stored("alice", job_id))
     assert record is not None
     assert record.spec.tenant == "alice"
     assert record.spec.messages == ({"role": "user", "content": "What is 6 * 7?"},)
@@ -80,7 +80,7 @@ async def test_defaults_respect_the_caps(client: httpx.AsyncClient, store: Memor
     """Defaults the caller did not send are lowered to this server's caps instead of being rejected."""
     resp = await client.post("/v1/jobs", json={"prompt": "q", "model": MODEL}, headers=auth(ALICE))
     assert resp.status_code == 202, resp.text
-    record = await store.get_job(resp.json()["id"])
+    record = await store.get_job(stored("alice", resp.json()["id"]))
     assert record is not None
     assert record.spec.max_tokens == 8192  # the default 32768 is over this server's cap
     assert record.spec.budget == 64
@@ -126,7 +126,8 @@ async def test_unknown_and_invalid_job_ids(client: httpx.AsyncClient) -> None:
 async def test_job_id_is_idempotent_and_conflicts_are_409(
     client: httpx.AsyncClient, store: MemoryStore
 ) -> None:
-    """The same request under the same job_id returns the same job; a different one is 409."""
+    """The same request under the same job_id returns the same job; a different one is 409. Ids are per
+    key: another key's job under that id is a job of its own."""
     first = await client.post("/v1/jobs", json=job_body(job_id="job-1"), headers=auth(ALICE))
     again = await client.post("/v1/jobs", json=job_body(job_id="job-1"), headers=auth(ALICE))
     assert first.status_code == again.status_code == 202
@@ -136,9 +137,10 @@ async def test_job_id_is_idempotent_and_conflicts_are_409(
     other = await client.post("/v1/jobs", json=job_body(job_id="job-1", budget=16), headers=auth(ALICE))
     assert other.status_code == 409
     assert other.json()["error"]["param"] == "job_id"
-    stolen = await client.post("/v1/jobs", json=job_body(job_id="job-1"), headers=auth(BOB))
-    assert stolen.status_code == 409
-    assert await store.queue_depth() == 1
+    bobs = await client.post("/v1/jobs", json=job_body(job_id="job-1"), headers=auth(BOB))
+    assert bobs.status_code == 202
+    assert bobs.json()["created"] is True
+    assert await store.queue_depth() == 2
 
 
 async def test_keys_are_required_when_configured(client: httpx.AsyncClient) -> None:
@@ -178,7 +180,7 @@ async def test_tenants_never_see_each_others_jobs(client: httpx.AsyncClient, sto
     assert job_id not in {j["id"] for j in bobs}
     alices = (await client.get("/v1/jobs", headers=auth(ALICE))).json()["jobs"]
     assert [j["id"] for j in alices] == [job_id]
-    record = await store.get_job(job_id)
+    record = await store.get_job(stored("alice", job_id))
     assert record is not None
     assert not record.cancel_requested
 
@@ -199,20 +201,21 @@ async def test_delete_requests_cancel(client: httpx.AsyncClient, store: MemorySt
     resp = await client.delete(f"/v1/jobs/{job_id}", headers=auth(ALICE))
     assert resp.status_code == 200
     assert resp.json()["cancel_requested"] is True
-    assert await store.cancel_requested(job_id)
+    assert await store.cancel_requested(stored("alice", job_id))
 
 
 async def test_job_view_shows_live_vote_then_result(client: httpx.AsyncClient, store: MemoryStore) -> None:
     """The latest vote event is the live state; the stored result adds answer, reason and accounting."""
     from orchestrator.domain import Accounting, JobResult
 
-    job_id = (await client.post("/v1/jobs", json=job_body(), headers=auth(ALICE))).json()["id"]
+    client_id = (await client.post("/v1/jobs", json=job_body(), headers=auth(ALICE))).json()["id"]
+    job_id = stored("alice", client_id)
     await store.set_status(job_id, JobStatus.RUNNING)
     await store.publish(job_id, "vote", {"checkpoint": 1, "counts": {"42": 2, "41": 1}, "leader": "42"})
     await store.publish(
         job_id, "vote", {"checkpoint": 2, "counts": {"42": 5, "41": 1}, "leader": "42", "threshold": 3.5}
     )
-    view = (await client.get(f"/v1/jobs/{job_id}", headers=auth(ALICE))).json()
+    view = (await client.get(f"/v1/jobs/{client_id}", headers=auth(ALICE))).json()
     assert view["status"] == "running"
     assert view["vote"] == {
         "classes": ["42", "41"],
@@ -230,7 +233,7 @@ async def test_job_view_shows_live_vote_then_result(client: httpx.AsyncClient, s
         "details": {"slack": -1.5},
     }
     await store.publish(job_id, "vote", mars_vote)
-    view = (await client.get(f"/v1/jobs/{job_id}", headers=auth(ALICE))).json()
+    view = (await client.get(f"/v1/jobs/{client_id}", headers=auth(ALICE))).json()
     assert view["vote"]["threshold"] == 6.5  # MARS: the margin its binding test asks for
     result = JobResult(
         job_id=job_id,
@@ -246,7 +249,7 @@ async def test_job_view_shows_live_vote_then_result(client: httpx.AsyncClient, s
         votes={"42": 5, "41": 1},
     )
     await store.store_result(result)
-    view = (await client.get(f"/v1/jobs/{job_id}", headers=auth(ALICE))).json()
+    view = (await client.get(f"/v1/jobs/{client_id}", headers=auth(ALICE))).json()
     assert view["status"] == "succeeded"
     assert view["answer"] == "42"
     assert view["stop_reason"] == "mars: margin certified"

@@ -15,7 +15,7 @@ from orchestrator.api.app import create_app
 from orchestrator.api.services import Services
 from orchestrator.domain import Accounting, JobResult, JobStatus
 from orchestrator.settings import ProviderConfig
-from tests.api.conftest import ALICE, BOB, auth, job_body, make_settings
+from tests.api.conftest import ALICE, BOB, auth, job_body, make_settings, stored
 from tests.api.live import sse_events
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(30)]
@@ -51,10 +51,14 @@ async def test_jobs_api_on_redis(redis_url: str, redis_client: object, prefix: s
         again = await client.post("/v1/jobs", json=job_body(job_id="redis-job-1"), headers=auth(ALICE))
         assert again.json()["created"] is False
         assert await svc.store.queue_depth() == 1
-        first = await svc.store.publish("redis-job-1", "vote", {"checkpoint": 1, "counts": {"42": 1}})
-        await svc.store.publish("redis-job-1", "vote", {"checkpoint": 2, "counts": {"42": 3}})
+        first = await svc.store.publish(
+            stored("alice", "redis-job-1"), "vote", {"checkpoint": 1, "counts": {"42": 1}}
+        )
+        await svc.store.publish(
+            stored("alice", "redis-job-1"), "vote", {"checkpoint": 2, "counts": {"42": 3}}
+        )
         result = JobResult(
-            job_id="redis-job-1",
+            job_id=stored("alice", "redis-job-1"),
             status=JobStatus.SUCCEEDED,
             answer="42",
             stop_checkpoint=2,

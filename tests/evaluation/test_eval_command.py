@@ -207,3 +207,21 @@ def test_deepconf_methods_run_when_confidences_exist(tmp_path: Path) -> None:
     )
     assert "deepconf" not in skipped["datasets"]["tiny"]
     assert any("deepconf skipped" in n for n in skipped["notes"])
+
+
+def test_honest_figures_do_not_depend_on_the_number_of_workers(tmp_path: Path) -> None:
+    """The pool hands out the costliest questions first, yet figures come out as in one process."""
+    corpus = _corpus(tmp_path / "tiny.jsonl")
+    docs = [
+        run_eval(
+            corpora=[corpus, corpus],
+            protocol="honest",
+            methods="default,sc,mars,mars-cal,mars-prior,mars-prior-lodo,mars-pop,mars-pop-lodo",
+            budget=4,
+            repetitions=3,
+            workers=workers,
+        )
+        for workers in (1, 2)
+    ]
+    assert docs[0]["datasets"] == docs[1]["datasets"]
+    assert docs[0]["mean"] == docs[1]["mean"]

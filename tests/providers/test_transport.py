@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 import httpx2
 import pytest
 
+from orchestrator.providers.hangup import Hangup
 from orchestrator.providers.transport import StreamTransport
 
 pytestmark = pytest.mark.timeout(10)
@@ -152,3 +155,61 @@ async def test_cancelling_a_reader_closes_its_socket_at_once() -> None:
                 await task
             async with asyncio.timeout(2):
                 await saw_eof.wait()
+
+
+async def test_a_hangup_sends_the_close_before_the_reader_runs_again() -> None:
+    """``Hangup.now()`` shuts the stream's socket down synchronously: the server reads EOF while this
+    event loop is still blocked (the reading task has not run since), and a connection opened later under
+    the same hangup fails without reaching the server. The cancelled reader leaves no socket behind."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    saw_eof = threading.Event()
+    accepted = []
+
+    def serve() -> None:  # a plain blocking server in a thread: it runs while our event loop is blocked
+        listener.settimeout(5)
+        sock, _ = listener.accept()
+        accepted.append(sock)
+        sock.settimeout(5)
+        request = b""
+        while b'{"a": 1}' not in request:
+            request += sock.recv(4096)
+        sock.sendall(CHUNKED_HEAD + _chunked(b"data: x\n\n")[:-5])  # no last chunk: the stream goes on
+        with suppress(OSError):
+            while sock.recv(4096):
+                pass
+        saw_eof.set()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    streaming = asyncio.Event()
+    hangup = Hangup()
+    transport = StreamTransport()
+    try:
+        async with httpx2.AsyncClient(transport=transport, timeout=5) as client:
+
+            async def read() -> None:
+                with hangup.bound():
+                    async with client.stream("POST", f"http://127.0.0.1:{port}", content=b'{"a": 1}') as r:
+                        async for _ in r.aiter_raw():
+                            streaming.set()
+
+            task = asyncio.create_task(read())
+            await streaming.wait()
+            hangup.now()
+            assert saw_eof.wait(5)  # blocking: the loop (and the reader task) did not run meanwhile
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert not transport._live  # the cancelled reader closed its connection
+
+            with hangup.bound(), pytest.raises(httpx2.ConnectError):
+                await client.post(f"http://127.0.0.1:{port}", content=b'{"a": 1}')
+        listener.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # the second request never connected
+    finally:
+        listener.close()
+        for sock in accepted:
+            sock.close()
+        thread.join(5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
@@ -283,6 +284,31 @@ async def test_cancel_request_is_visible(store: Store) -> None:
     record = await store.get_job(s.job_id)
     assert record is not None
     assert record.cancel_requested
+
+
+async def test_a_task_cancelled_during_a_store_call_always_ends(store: Store) -> None:
+    """A task polling the store ends when cancelled, wherever the cancel lands. On Redis, redis-py on
+    Python 3.11 dropped a cancel that landed as a command was sent (``asyncio.wait_for``): the task
+    polled on, and a job whose cancel watcher it was stayed in flight after its result was stored."""
+    s = spec("polled")
+    await store.create_job(s, request_fingerprint(s))
+
+    async def poll() -> None:
+        while True:
+            await store.cancel_requested(s.job_id)
+            await asyncio.sleep(0)
+
+    rng = random.Random(7)
+    for _ in range(10):
+        tasks = [asyncio.create_task(poll()) for _ in range(25)]
+        await asyncio.sleep(0.01)
+        for task in tasks:
+            task.cancel()
+            await asyncio.sleep(rng.random() / 1000)
+        _, running = await asyncio.wait(tasks, timeout=2.0)
+        for task in running:
+            task.cancel()  # the suite must not hang on the bug it shows
+        assert not running, f"{len(running)} of {len(tasks)} cancelled pollers still running"
 
 
 async def test_jobs_are_listed_per_tenant_newest_first(store: Store) -> None:

@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
+from orchestrator.coordinator import CoordinatorConfig
 from orchestrator.domain import JobResult, JobStatus
 from orchestrator.errors import JobConflict, StoreUnavailable
 from orchestrator.store.base import JobRecord, Store, request_fingerprint
@@ -177,6 +178,39 @@ async def test_a_killed_worker_is_replaced_and_the_job_resumes_to_the_same_answe
         if victim.returncode is None:
             victim.kill()
             await victim.wait()
+
+
+async def test_finished_jobs_leave_nothing_in_flight(redis_url: str, prefix: str) -> None:
+    """Once every result is stored, the pool reports no job in flight (``/metrics``). Each job's cancel
+    watcher polls Redis and is cancelled at the stop; a cancel that redis-py dropped kept the watcher,
+    and so its job, running for good (4 of 24 jobs "in flight" after a load run)."""
+    settings = scenario.settings(redis_url, prefix)
+    polling = CoordinatorConfig(flush_tokens=20, cancel_poll_s=0.0005)  # the watcher is mostly in a call
+    ids = [f"idle-{n}" for n in range(12)]
+    async with open_store(settings) as store:
+        for job_id in ids:
+            spec = scenario.spec(job_id)
+            await store.create_job(spec, request_fingerprint(spec))
+        async with WorkerPool(
+            settings,
+            store,
+            {"scripted": scenario.provider()},
+            concurrency=len(ids),
+            coordinator_config=polling,
+            poll_ms=50,
+        ) as pool:
+            for job_id in ids:
+                await wait_for_result(store, job_id)
+            try:
+                await wait_until(lambda: pool.in_flight() == 0, timeout_s=5.0)
+            finally:
+                if pool.in_flight():  # let stuck watchers end (they see a cancel flag) so the pool closes
+                    client = aioredis.from_url(redis_url)
+                    for job_id in ids:
+                        await client.hset(f"{prefix}:job:{job_id}", "cancel_requested", "1")
+                    await client.aclose()
+            assert pool.jobs_done == len(ids)
+            assert await store.queue_depth() == 0
 
 
 async def test_graceful_drain_hands_unfinished_jobs_back(redis_url: str, prefix: str) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from orchestrator.domain import JobSpec, WarmupMode
@@ -25,6 +25,12 @@ from orchestrator.logs import get_logger
 from orchestrator.settings import Settings
 
 log = get_logger(__name__)
+
+CANCEL_POLL_S = 0.25  # how often a job waiting for its slots checks whether it was cancelled
+
+
+class CancelledWhileWaiting(Exception):
+    """The job was cancelled (``DELETE /v1/jobs/{id}``) before it was admitted: it never ran."""
 
 
 class FifoSlots:
@@ -94,7 +100,12 @@ class StreamAdmission:
         return gate
 
     @asynccontextmanager
-    async def admitted(self, spec: JobSpec) -> AsyncIterator[None]:
+    async def admitted(
+        self, spec: JobSpec, cancelled: Callable[[], Awaitable[bool]] | None = None
+    ) -> AsyncIterator[None]:
+        """Hold the job's slots for the block. While it waits, ``cancelled()`` is polled; once it says
+        True the wait ends with :class:`CancelledWhileWaiting` (a queued job is cancelled at once, not
+        when slots free up)."""
         gate = self.gate(spec)
         if gate is None:
             yield
@@ -102,8 +113,27 @@ class StreamAdmission:
         need = min(self.streams_needed(spec), gate.capacity)
         if gate.waiting or gate.free < need:
             log.info("job waits for stream slots", need=need, free=gate.free, jobs_ahead=gate.waiting)
-        await gate.acquire(need)
+            await _acquire_unless_cancelled(gate, need, cancelled)
+        else:
+            await gate.acquire(need)
         try:
             yield
         finally:
             gate.release(need)
+
+
+async def _acquire_unless_cancelled(
+    gate: FifoSlots, need: int, cancelled: Callable[[], Awaitable[bool]] | None
+) -> None:
+    if cancelled is None:
+        await gate.acquire(need)
+        return
+    async with asyncio.TaskGroup() as tg:
+        waiting = tg.create_task(gate.acquire(need))
+        while not waiting.done():
+            await asyncio.wait((waiting,), timeout=CANCEL_POLL_S)
+            if not waiting.done() and await cancelled():
+                waiting.cancel()  # FifoSlots passes slots granted at this instant on to the next job
+                break
+    if waiting.cancelled():
+        raise CancelledWhileWaiting(f"cancelled while waiting for {need} stream slots")

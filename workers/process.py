@@ -35,17 +35,29 @@ _QUEUE_DEPTH_TIMEOUT_S = 2.0
 
 @asynccontextmanager
 async def open_providers(settings: Settings) -> AsyncIterator[Mapping[str, Provider]]:
-    """Every configured upstream, wrapped (retries, rate limits), closed when the block ends."""
+    """Every configured upstream, wrapped (retries, rate limits), closed when the block ends. With
+    ``REDIS_URL`` set, the request and token budgets (``requests_per_minute``, ``tokens_per_minute``) are
+    token buckets in Redis under ``{MARS_REDIS_PREFIX}:ratelimit:``, shared by every process that serves
+    the same upstream; without it they are per process. The stream cap stays per process."""
     from orchestrator.providers.factory import build_provider
 
     built: dict[str, Provider] = {}
+    shared_client = None
     try:
+        if settings.redis_url and any(
+            c.requests_per_minute or c.tokens_per_minute for c in settings.providers.values()
+        ):
+            import redis.asyncio as aioredis
+
+            shared_client = aioredis.Redis.from_url(settings.redis_url)
         for name, config in settings.providers.items():
-            built[name] = build_provider(config)
+            built[name] = build_provider(config, redis=shared_client, redis_prefix=settings.redis_prefix)
         yield built
     finally:
         for provider in built.values():
             await provider.aclose()
+        if shared_client is not None:
+            await shared_client.aclose()
 
 
 async def run_worker_process(

@@ -33,7 +33,7 @@ from orchestrator.logs import get_logger
 from orchestrator.providers.base import Provider
 from orchestrator.settings import Settings
 from orchestrator.store.base import QueueMessage, Store
-from workers.admission import StreamAdmission
+from workers.admission import CancelledWhileWaiting, StreamAdmission
 
 log = get_logger(__name__)
 
@@ -150,8 +150,14 @@ class JobHandler:
         async def run() -> JobResult:
             if self.admission is None:
                 return await coordinator.run(spec)
-            async with self.admission.admitted(spec):
-                return await coordinator.run(spec)
+            try:
+                async with self.admission.admitted(spec, lambda: self.store.cancel_requested(spec.job_id)):
+                    return await coordinator.run(spec)
+            except CancelledWhileWaiting as exc:
+                log.info("job cancelled before it was admitted", reason=str(exc))
+                result = failed_result(spec, "", status=JobStatus.CANCELLED)
+                await self.store.store_result(result)
+                return result
 
         try:
             async with asyncio.TaskGroup() as tg:

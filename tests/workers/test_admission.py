@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from orchestrator.domain import JobStatus
 from orchestrator.providers.base import (
     Capabilities,
     ModelInfo,
@@ -145,3 +146,55 @@ async def test_fifo_slots_serve_whole_requests_in_arrival_order() -> None:
     assert slots.free == 1
     await asyncio.gather(big, small, after)
     assert gone.cancelled()
+
+
+async def test_a_job_waiting_for_slots_is_cancelled_at_once() -> None:
+    """A job queued behind the stream cap that is cancelled ends CANCELLED while the job ahead of it still
+    runs (not when slots free up), never asks for a stream, and gives its turn to the job behind it."""
+    cap = scenario.BUDGET
+    settings = Settings(
+        providers={
+            "scripted": ProviderConfig(
+                name="scripted", kind="replay", base_url="http://127.0.0.1:9/v1", max_concurrent_streams=cap
+            )
+        }
+    )
+    clocked = Clocked(
+        RateLimitedProvider(scenario.provider(delay_s=0.02), RateLimits(max_concurrent_streams=cap))
+    )
+    store = MemoryStore()
+    first, waiting, behind = "slow-first", "cancelled-waiting", "behind"
+    for job_id in (first, waiting, behind):
+        spec = scenario.spec(job_id)
+        await store.create_job(spec, request_fingerprint(spec))
+    async with WorkerPool(
+        settings, store, {"scripted": clocked}, concurrency=3, coordinator_config=scenario.FLUSH
+    ) as pool:
+        await wait_until(lambda: first in clocked.first_stream_at, timeout_s=10)
+        await store.request_cancel(waiting)
+
+        async def cancelled() -> bool:
+            record = await store.get_job(waiting)
+            return record is not None and record.status.terminal
+
+        await wait_until(cancelled, timeout_s=5)
+        ahead = await store.get_job(first)
+        assert ahead is not None
+        assert not ahead.status.terminal
+
+        async def all_done() -> bool:
+            records = [await store.get_job(job_id) for job_id in (first, waiting, behind)]
+            return all(r is not None and r.status.terminal for r in records)
+
+        await wait_until(all_done, timeout_s=30)
+        await wait_until(lambda: pool.in_flight() == 0)
+    record = await store.get_job(waiting)
+    assert record is not None
+    assert record.result is not None
+    assert record.status is JobStatus.CANCELLED
+    assert waiting not in clocked.first_stream_at  # it never streamed
+    for job_id in (first, behind):
+        done = await store.get_job(job_id)
+        assert done is not None
+        assert done.result is not None
+        assert done.result.answer == "42"

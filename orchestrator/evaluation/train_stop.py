@@ -39,6 +39,7 @@ from orchestrator.stopping.population import (
     LeaderState,
     PopulationStop,
     StopModel,
+    finished_guard,
     population_features,
 )
 from orchestrator.stopping.population_gbt import EXTRA_FEATURES, GBT_DOC_VERSION, TreeEnsemble, extra_features
@@ -109,9 +110,7 @@ class _Recorder:
         leader = int(np.argmax(np.bincount(classes)))
         state = self.rule.leader_state(snapshot, leader)
         x = population_features(snapshot, CONSERVATIVE_DEFAULT, state.age, leader, arrays)
-        fin = arrays.finished & arrays.counted
-        votes = np.bincount(arrays.classes[fin], minlength=leader + 1) if fin.any() else np.zeros(leader + 1)
-        guard = int(votes[leader]) >= MIN_FINISHED_SUPPORT and int(votes[leader]) == int(votes.max())
+        guard = finished_guard(arrays, leader, MIN_FINISHED_SUPPORT)
         extra = extra_features(snapshot, arrays, leader) if self.with_extra else None
         self.rows.append((x, leader, guard, sum(t.tokens for t in snapshot.traces), extra))
         return Decision.cont(state=state)
@@ -174,35 +173,13 @@ def fit_stop_model(rows: Rows) -> StopModel:
     )
 
 
-def first_crossing_agreement(model: StopModel, rows: Rows, threshold: float) -> float:
-    """Agreement of the rule on these runs: the label at the first row passing threshold and guard
-    (a run that never passes ends at the full-budget vote and agrees)."""
-    p = np.array([model.probability(x) for x in rows.x])
-    ok = (p >= threshold) & rows.guard
-    agree = []
-    for run in np.unique(rows.run):
-        sel = np.flatnonzero(rows.run == run)
-        hit = sel[ok[sel]]
-        agree.append(bool(rows.label[hit[0]]) if hit.size else True)
-    return float(np.mean(agree)) if agree else 1.0
-
-
 def choose_threshold(model: StopModel, rows: Rows, target: float = TARGET_AGREEMENT) -> float:
+    """The smallest of :data:`THRESHOLDS` whose first-crossing agreement on ``rows`` reaches ``target``."""
+    p = np.array([model.probability(x) for x in rows.x])  # once, for every threshold
     for t in THRESHOLDS:
-        if first_crossing_agreement(model, rows, t) >= target:
+        if first_crossing_agreement_p(p, rows, t) >= target:
             return t
     return THRESHOLDS[-1]
-
-
-def fit_only_logistic(
-    per_question: Mapping[str, Rows], target: float = TARGET_AGREEMENT
-) -> tuple[StopModel, float]:
-    """``mars-pop`` alone (what :func:`train` returns first, without the trees)."""
-    stripped = {
-        k: Rows(r.x, r.label, r.guard, r.run, r.tokens, r.full_tokens) for k, r in per_question.items()
-    }
-    model, threshold = train(stripped, target)
-    return model, threshold
 
 
 def train(
@@ -322,7 +299,9 @@ def fit_trees(rows: Rows) -> TreeEnsemble:
 
 
 def first_crossing_agreement_p(p: FloatArray, rows: Rows, threshold: float) -> float:
-    """As :func:`first_crossing_agreement` with the probabilities given."""
+    """Agreement of the rule on these runs, given each row's stop probability ``p``: the label at the
+    first row passing threshold and guard (a run that never passes ends at the full-budget vote and
+    agrees). Rows of a run are contiguous (as :func:`question_rows` and :meth:`Rows.concat` lay them)."""
     ok = (p >= threshold) & rows.guard
     starts = np.flatnonzero(np.r_[True, rows.run[1:] != rows.run[:-1]])
     ends = np.r_[starts[1:], len(rows.run)]
@@ -474,17 +453,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     corpora = [load_corpus(p) for p in args.corpus]
     keys = answer_keys(sorted({s for c in corpora for s in corpus_strings(c)}))
+    trees = args.kind == "gbt"
     rows = {
-        f"{c.name}/{q.qid}": question_rows(honest_question(q, None, keys).timeline, args.budget)
+        f"{c.name}/{q.qid}": question_rows(
+            honest_question(q, None, keys).timeline, args.budget, with_extra=trees
+        )
         for c in corpora
         for q in c.questions
     }
     names = [p.name for p in args.corpus]
-    if args.kind == "gbt":
-        trees, threshold, persistence = train_gbt(rows)
-        doc = gbt_document(trees, threshold, persistence, names)
+    if trees:
+        ensemble, threshold, persistence = train_gbt(rows)
+        doc = gbt_document(ensemble, threshold, persistence, names)
     else:
-        model, threshold = fit_only_logistic(rows)
+        model, threshold = train(rows, with_trees=False)
         doc = document(model, threshold, names)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1) + "\n")

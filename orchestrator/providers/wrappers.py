@@ -29,6 +29,7 @@ import structlog
 from asyncio_throttle.throttler import Throttler
 
 from orchestrator import errors
+from orchestrator.cancellation import delivered_cancel
 from orchestrator.providers.base import (
     Capabilities,
     ModelInfo,
@@ -232,16 +233,13 @@ class RedisBuckets:
         self._prefix = f"{prefix}:ratelimit:"
 
     async def _run(self, key: str, cost: float, capacity: float, per_s: float, force: bool) -> float:
-        task = asyncio.current_task()
-        cancels = task.cancelling() if task is not None else 0
         try:
-            raw = await self._script(
-                keys=[self._prefix + key], args=[capacity, per_s, cost, 1 if force else 0]
-            )
+            with delivered_cancel():  # redis-py can swallow a cancel (orchestrator/cancellation.py)
+                raw = await self._script(
+                    keys=[self._prefix + key], args=[capacity, per_s, cost, 1 if force else 0]
+                )
         except Exception as exc:  # redis.exceptions.* → our tree
             raise errors.StoreUnavailable(f"rate limiter: {exc!r}") from exc
-        if task is not None and task.cancelling() > cancels:
-            raise asyncio.CancelledError  # redis-py dropped it (see store/redis.py, ``_translated``)
         return float(raw.decode() if isinstance(raw, bytes) else raw)
 
     async def take(self, key: str, cost: float, capacity: float, per_s: float) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
+from orchestrator.cancellation import delivered_cancel
 from orchestrator.domain import JobResult, JobSpec, JobStatus
 from orchestrator.errors import JobConflict, JobNotFound, StoreUnavailable
 from orchestrator.store.base import STATUS_EVENT, Event, JobRecord, QueueMessage, TokenChunk
@@ -107,26 +108,18 @@ return 1
 @contextlib.contextmanager
 def _translated(what: str) -> Iterator[None]:
     """Around every Redis call: redis-py errors become :class:`StoreUnavailable`, and a cancel of the
-    calling task always comes out as ``CancelledError``.
-
-    redis-py sends every command through ``asyncio.wait_for`` (when a socket timeout is set, which
-    ``connect`` always does). On Python 3.11 ``wait_for`` drops a cancel that lands just as the send
-    completes (CPython gh-86296): the command returns normally and the cancelled task runs on. A job's
-    cancel watcher (a ``while True`` poll) then never ended, its job stayed "in flight" for good after
-    its result was stored, and the pool never freed the slot. A cancel requested during the call and
-    not delivered is raised here when the call returns.
-    """
-    task = asyncio.current_task()
-    cancels = task.cancelling() if task is not None else 0
-    try:
-        yield
-    except RedisError as exc:
-        if task is not None and task.cancelling():
-            # redis-py can turn a cancel that races its own read timeout into an error: keep the cancel
-            raise asyncio.CancelledError from exc
-        raise StoreUnavailable(f"redis unavailable during {what}: {exc}") from exc
-    if task is not None and task.cancelling() > cancels:
-        raise asyncio.CancelledError
+    calling task always comes out as ``CancelledError``, also one that redis-py's ``wait_for`` swallowed
+    (:mod:`orchestrator.cancellation`; a job's cancel watcher once polled on forever that way, and its job
+    stayed "in flight" after its result was stored)."""
+    with delivered_cancel():
+        try:
+            yield
+        except RedisError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # redis-py can turn a cancel that races its own read timeout into an error: keep the cancel
+                raise asyncio.CancelledError from exc
+            raise StoreUnavailable(f"redis unavailable during {what}: {exc}") from exc
 
 
 def _opt_float(raw: str | None) -> float | None:

@@ -31,10 +31,10 @@ from pathlib import Path
 import httpx
 
 from orchestrator.coordinator import Coordinator, CoordinatorConfig
+from orchestrator.corpus import Corpus, CorpusQuestion, CorpusTrace
 from orchestrator.domain import Decision, JobSpec, ProbeSpec, ProbeStrategy, Snapshot, WarmupMode
 from orchestrator.logs import configure_logging
 from orchestrator.providers.factory import build_provider
-from orchestrator.replay.corpus import Corpus, CorpusQuestion, CorpusTrace
 from orchestrator.replay.jsonl import write_jsonl
 from orchestrator.replay.server import replay_server_process
 from orchestrator.settings import ProviderConfig, Settings

@@ -30,10 +30,10 @@ from types import ModuleType
 import redis.asyncio as aioredis
 
 from orchestrator.coordinator import Coordinator
+from orchestrator.corpus import Corpus, CorpusQuestion, CorpusTrace
 from orchestrator.domain import JobSpec, ProbeSpec, WarmupMode
 from orchestrator.logs import configure_logging
 from orchestrator.providers.factory import build_provider
-from orchestrator.replay.corpus import Corpus, CorpusQuestion, CorpusTrace
 from orchestrator.replay.jsonl import write_jsonl
 from orchestrator.replay.server import replay_server_process
 from orchestrator.settings import ProviderConfig, Settings

@@ -42,10 +42,11 @@ from starlette.requests import ClientDisconnect
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from orchestrator.replay.corpus import Corpus  # noqa: E402
+from orchestrator.corpus import Corpus  # noqa: E402
 from orchestrator.replay.demo_generator import packaged_demo_path  # noqa: E402
 from orchestrator.replay.importers import load_corpus  # noqa: E402
-from orchestrator.replay.server import ReplayOptions, ReplayServer, serve_app  # noqa: E402
+from orchestrator.replay.server import ReplayOptions, ReplayServer  # noqa: E402
+from orchestrator.serving import serve_app  # noqa: E402
 
 TARGET = {
     "errors": 0,

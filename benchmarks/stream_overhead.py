@@ -26,9 +26,9 @@ from pathlib import Path
 import httpx
 import openai
 
+from orchestrator.corpus import Corpus, CorpusQuestion, CorpusTrace
 from orchestrator.providers.base import TraceRequest
 from orchestrator.providers.factory import build_provider
-from orchestrator.replay.corpus import Corpus, CorpusQuestion, CorpusTrace
 from orchestrator.replay.jsonl import write_jsonl
 from orchestrator.replay.server import replay_server_process
 from orchestrator.settings import ProviderConfig

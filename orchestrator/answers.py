@@ -38,7 +38,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal
 
-from orchestrator.replay.corpus import NO_ANSWER
+from orchestrator.corpus import NO_ANSWER
 
 GroupingMode = Literal["math", "plain"]
 

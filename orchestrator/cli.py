@@ -89,7 +89,7 @@ def serve_command(
     """
     import asyncio
 
-    from orchestrator.api.server import serve
+    from orchestrator.console.server import serve
     from orchestrator.settings import load_settings
 
     asyncio.run(serve(load_settings(), host=host, port=port, replay=replay, run_workers=workers))
@@ -119,7 +119,7 @@ def ask_command(
 
     from rich.console import Console
 
-    from orchestrator.api.ask import ask
+    from orchestrator.console.ask import ask
     from orchestrator.settings import load_settings
 
     job = asyncio.run(
@@ -158,7 +158,7 @@ def demo_command(
 
     from rich.console import Console
 
-    from orchestrator.api.demo import run_demo
+    from orchestrator.console.demo import run_demo
 
     rows = asyncio.run(run_demo(Console(), questions=questions, budget=budget))
     failed = [r.qid for r in rows if r.status != "succeeded"]
@@ -239,7 +239,8 @@ def replay_server_command(
     from orchestrator.replay.demo_generator import packaged_demo_path
     from orchestrator.replay.importers import load_corpus
     from orchestrator.replay.recordings import load_recording
-    from orchestrator.replay.server import ReplayOptions, ReplayServer, run_forever
+    from orchestrator.replay.server import ReplayOptions, ReplayServer
+    from orchestrator.serving import run_forever
 
     if speed is not None and no_delay:
         _fail("--speed and --no-delay exclude each other")

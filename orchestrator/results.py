@@ -15,9 +15,9 @@ from orchestrator.accounting import ProbeSpend, TraceSpend, account
 from orchestrator.answers import AnswerGrouper
 from orchestrator.checkpoints import TraceState
 from orchestrator.domain import Decision, JobResult, JobSpec, JobStatus, Snapshot, TraceResult, TraceStatus
-from orchestrator.providers.tokens import estimate_messages_tokens
 from orchestrator.settings import Price
 from orchestrator.stopping.base import StoppingRule
+from orchestrator.tokens import estimate_messages_tokens
 
 
 @dataclass(frozen=True, slots=True)

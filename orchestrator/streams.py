@@ -25,8 +25,8 @@ from orchestrator.domain import JobSpec, ProbeStrategy, TraceStatus
 from orchestrator.errors import CallerError, MarsError, StoreUnavailable, UpstreamError
 from orchestrator.providers.base import Capabilities, ProbeRequest, Provider, StreamDelta, TraceRequest
 from orchestrator.providers.hangup import Hangup
-from orchestrator.providers.tokens import estimate_messages_tokens, estimate_tokens
 from orchestrator.store.base import Store, TokenChunk
+from orchestrator.tokens import estimate_messages_tokens, estimate_tokens
 
 Publish = Callable[[str, Mapping[str, Any]], Awaitable[None]]
 Retrying = Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]

@@ -20,7 +20,7 @@ from orchestrator.answers import (
     normalize,
     quick_equivalent,
 )
-from orchestrator.replay.corpus import NO_ANSWER
+from orchestrator.corpus import NO_ANSWER
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ Opens the store (Redis is required: workers on the embedded store could never se
 the configured providers, runs a :class:`~workers.pool.WorkerPool`, and on the first SIGTERM/SIGINT
 drains it within ``settings.shutdown_grace_s``; a second signal hands every job back at once.
 
-The store is wrapped in the API's :class:`~orchestrator.api.metrics.MeteredStore`, so the jobs this
+The store is wrapped in the API's :class:`~orchestrator.metrics.MeteredStore`, so the jobs this
 process runs are counted here (outcomes, tokens spent and saved, probes, stop reasons, time to decision,
 upstream errors), and the registry is served at ``http://<metrics_host>:<metrics_port>/metrics`` (port
 0: no endpoint). A port that cannot be bound is logged and the worker runs on without it.
@@ -13,14 +13,14 @@ upstream errors), and the registry is served at ``http://<metrics_host>:<metrics
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import cast
 
-from orchestrator.api.metrics import MeteredStore, Metrics, metrics_endpoint
 from orchestrator.errors import InvalidRequest, MarsError
 from orchestrator.logs import configure_logging, get_logger
-from orchestrator.providers.base import Provider
+from orchestrator.metrics import MeteredStore, Metrics, metrics_endpoint
+from orchestrator.providers.factory import open_providers
 from orchestrator.settings import Settings
 from orchestrator.store.base import Store
 from orchestrator.store.factory import open_store
@@ -31,33 +31,6 @@ log = get_logger(__name__)
 
 DEFAULT_METRICS_PORT = 9101
 _QUEUE_DEPTH_TIMEOUT_S = 2.0
-
-
-@asynccontextmanager
-async def open_providers(settings: Settings) -> AsyncIterator[Mapping[str, Provider]]:
-    """Every configured upstream, wrapped (retries, rate limits), closed when the block ends. With
-    ``REDIS_URL`` set, the request and token budgets (``requests_per_minute``, ``tokens_per_minute``) are
-    token buckets in Redis under ``{MARS_REDIS_PREFIX}:ratelimit:``, shared by every process that serves
-    the same upstream; without it they are per process. The stream cap stays per process."""
-    from orchestrator.providers.factory import build_provider
-
-    built: dict[str, Provider] = {}
-    shared_client = None
-    try:
-        if settings.redis_url and any(
-            c.requests_per_minute or c.tokens_per_minute for c in settings.providers.values()
-        ):
-            import redis.asyncio as aioredis
-
-            shared_client = aioredis.Redis.from_url(settings.redis_url)
-        for name, config in settings.providers.items():
-            built[name] = build_provider(config, redis=shared_client, redis_prefix=settings.redis_prefix)
-        yield built
-    finally:
-        for provider in built.values():
-            await provider.aclose()
-        if shared_client is not None:
-            await shared_client.aclose()
 
 
 async def run_worker_process(

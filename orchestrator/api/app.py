@@ -1,8 +1,9 @@
 """The FastAPI app: ``create_app(settings)`` builds it; its lifespan owns every resource.
 
 The lifespan opens, in order, and closes in reverse: the store (``open_store``), the upstream
-providers, the proxy's pass-through HTTP client, and (unless ``run_workers=False``) an embedded worker
-pool that runs queued jobs in this process. Routes reach them through ``app.state.services``.
+providers, the proxy's pass-through HTTP client, and the ``background`` work the caller hands in (the
+embedded worker pool of ``mars serve``: ``orchestrator.console.service`` composes the two, so this
+package never imports ``workers``). Routes reach them through ``app.state.services``.
 
 Middleware: a request id on every request and log line, and a cap on request bodies (413). Errors of the
 project's exception tree map to 4xx/5xx in ``handlers.py``. OpenAPI is served at ``/openapi.json``.
@@ -10,24 +11,23 @@ project's exception tree map to 4xx/5xx in ``handlers.py``. OpenAPI is served at
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager
-from typing import cast
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from typing import Protocol, cast
 
 import httpx
 from fastapi import FastAPI
 
 from orchestrator.api import dashboard, events, handlers, health, jobs, proxy
-from orchestrator.api.metrics import MeteredStore, Metrics
 from orchestrator.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from orchestrator.api.services import Services
 from orchestrator.logs import get_logger
+from orchestrator.metrics import MeteredStore, Metrics
 from orchestrator.providers.base import Provider
+from orchestrator.providers.factory import open_providers
 from orchestrator.settings import Settings
 from orchestrator.store.base import Store
 from orchestrator.store.factory import open_store
-from workers.pool import WorkerPool
-from workers.process import open_providers
 
 log = get_logger(__name__)
 
@@ -35,16 +35,28 @@ log = get_logger(__name__)
 PASSTHROUGH_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
 
 
+class BackgroundWork(Protocol):
+    """What the app runs beside its routes (the embedded workers): health and metrics read these."""
+
+    def alive(self) -> bool: ...
+
+    def in_flight(self) -> int | None: ...
+
+
+Background = Callable[[Settings, Store, Mapping[str, Provider]], AbstractAsyncContextManager[BackgroundWork]]
+
+
 def create_app(
     settings: Settings,
     store: Store | None = None,
     *,
     providers: Mapping[str, Provider] | None = None,
-    run_workers: bool = True,
+    background: Background | None = None,
     sse_ping_s: float = 15.0,
 ) -> FastAPI:
     """Build the app. A ``store`` or ``providers`` passed in stay owned by the caller; the ones the
-    lifespan opens itself are closed by it."""
+    lifespan opens itself are closed by it. ``background`` (if any) is entered last with the metered
+    store and the providers, and left first."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -68,16 +80,16 @@ def create_app(
                 providers=provs,
                 sse_ping_s=sse_ping_s,
             )
-            if run_workers:
-                pool = await stack.enter_async_context(start_worker_pool(settings, metered, provs))
-                svc.workers_alive = pool.alive
-                svc.jobs_in_flight = pool.in_flight
+            if background is not None:
+                work = await stack.enter_async_context(background(settings, metered, provs))
+                svc.workers_alive = work.alive
+                svc.jobs_in_flight = work.in_flight
             app.state.services = svc
             log.info(
                 "api ready",
                 store="redis" if settings.redis_url else "memory",
                 providers=sorted(provs),
-                workers=run_workers,
+                workers=background is not None,
                 auth="api keys" if settings.api_keys else "open",
             )
             yield
@@ -94,8 +106,3 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
     return app
-
-
-def start_worker_pool(settings: Settings, store: Store, providers: Mapping[str, Provider]) -> WorkerPool:
-    """The embedded workers: they run queued jobs in this process (``mars serve``)."""
-    return WorkerPool(settings, store, providers)

@@ -8,9 +8,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, Response
 
-from orchestrator.api.metrics import CONTENT_TYPE_LATEST
 from orchestrator.api.services import Services, services
 from orchestrator.errors import MarsError
+from orchestrator.metrics import CONTENT_TYPE_LATEST
 
 router = APIRouter(tags=["operations"])
 _PING_TIMEOUT_S = 2.0

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import httpx
 from starlette.requests import HTTPConnection
 
-from orchestrator.api.metrics import Metrics
+from orchestrator.metrics import Metrics
 from orchestrator.providers.base import Provider
 from orchestrator.settings import Settings
 from orchestrator.store.base import Store

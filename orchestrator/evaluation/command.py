@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from orchestrator.corpus import Corpus, CorpusQuestion
 from orchestrator.errors import InvalidRequest
 from orchestrator.evaluation import protocol_pp, train_stop
 from orchestrator.evaluation.corpus_stats import CorpusStats
@@ -44,7 +45,6 @@ from orchestrator.evaluation.report import (
 from orchestrator.evaluation.simulate import QuestionTimeline
 from orchestrator.evaluation.train_prior import cross_fitted_priors, leave_one_dataset_out, question_folds
 from orchestrator.evaluation.train_stop import Rows
-from orchestrator.replay.corpus import Corpus, CorpusQuestion
 from orchestrator.replay.importers import load_corpus
 
 PROTOCOLS = ("honest", "parallel-probe")

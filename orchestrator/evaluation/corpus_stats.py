@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.replay.corpus import NO_ANSWER, Corpus
+from orchestrator.corpus import NO_ANSWER, Corpus
 from orchestrator.replay.importers import load_corpus
 
 

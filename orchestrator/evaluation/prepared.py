@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from orchestrator.replay.corpus import CorpusQuestion
+from orchestrator.corpus import CorpusQuestion
 
 ClassOf = Callable[[Sequence[str]], list[int | None]]
 """Maps a question's distinct answer strings (first-appearance order) to class ids (or None)."""

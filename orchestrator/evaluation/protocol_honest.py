@@ -9,7 +9,7 @@ per question.
 Per run we record the answer (equivalence and exact accuracy), **agreement** with the full-budget vote of
 the same 64 traces, and every token view: generated tokens up to the stop, warmup tokens, probe output
 tokens (extracted answer plus closing brace, counted with the project's offline estimator
-``mars-regex-v1``, :mod:`orchestrator.providers.tokens`; a probe that extracted nothing is charged its
+``mars-regex-v1``, :mod:`orchestrator.tokens`; a probe that extracted nothing is charged its
 50-token cap), probe input tokens (cache-eligible, reported apart), probe calls, and sequential tokens
 (the longest voting trace up to the stop, plus the longest warmup trace for a sequential warmup).
 """
@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from orchestrator.answers import answer_or_none
+from orchestrator.corpus import Corpus, CorpusQuestion
 from orchestrator.domain import majority
 from orchestrator.evaluation.grouping import answer_keys, group_by_keys
 from orchestrator.evaluation.methods import MethodContext, MethodSpec, method_spec
@@ -37,8 +38,7 @@ from orchestrator.evaluation.simulate import (
     simulate,
     timeline,
 )
-from orchestrator.providers.tokens import estimate_tokens
-from orchestrator.replay.corpus import Corpus, CorpusQuestion
+from orchestrator.tokens import estimate_tokens
 
 WARMUP_TRACES = 16
 

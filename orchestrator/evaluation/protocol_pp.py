@@ -28,10 +28,10 @@ from functools import cache
 
 import numpy as np
 
+from orchestrator.corpus import Corpus
 from orchestrator.domain import majority
 from orchestrator.evaluation.prepared import PreparedQuestion, PreparedTrace, prepare
 from orchestrator.evaluation.simulate import QuestionTimeline, TraceTimeline, simulate
-from orchestrator.replay.corpus import Corpus
 from orchestrator.stopping.base import StoppingRule
 
 PP_METHODS = ("sc", "esc", "asc", "sac", "parallel-probe")

@@ -35,12 +35,12 @@ from orchestrator.providers.base import (
     TraceRequest,
     Usage,
 )
+from orchestrator.providers.config import Timeouts
 from orchestrator.providers.errors import status_error, stream_error_event, translate
 from orchestrator.providers.extract import extract_probe, probe_answer
-from orchestrator.providers.openai_compat import Timeouts
 from orchestrator.providers.sse import iter_events
-from orchestrator.providers.tokens import estimate_tokens
 from orchestrator.providers.transport import http_clients
+from orchestrator.tokens import estimate_tokens
 
 DEFAULT_BASE_URL = "https://api.anthropic.com"
 API_VERSION = "2023-06-01"

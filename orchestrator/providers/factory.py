@@ -7,12 +7,15 @@ Kinds: ``openai_compat`` (vLLM, SGLang, Together), ``openai``, ``anthropic``, ``
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
 
 from orchestrator.domain import ProbeStrategy
 from orchestrator.errors import InvalidRequest, UnsupportedCapability
 from orchestrator.providers.base import Provider
-from orchestrator.providers.openai_compat import CompatOptions, OpenAICompatProvider, Timeouts
+from orchestrator.providers.config import Timeouts
+from orchestrator.providers.openai_compat import CompatOptions, OpenAICompatProvider
 from orchestrator.providers.wrappers import (
     DEFAULT_REDIS_PREFIX,
     RateLimitedProvider,
@@ -21,7 +24,7 @@ from orchestrator.providers.wrappers import (
     RetryingProvider,
     RetryPolicy,
 )
-from orchestrator.settings import ProviderConfig
+from orchestrator.settings import ProviderConfig, Settings
 
 
 def build_adapter(config: ProviderConfig, *, compat_options: CompatOptions | None = None) -> Provider:
@@ -93,3 +96,28 @@ def build_provider(
     limited = RateLimitedProvider(adapter, limits, shared=shared)
     policy = retry or RetryPolicy(max_attempts=config.max_retries + 1)
     return RetryingProvider(limited, policy)
+
+
+@asynccontextmanager
+async def open_providers(settings: Settings) -> AsyncIterator[Mapping[str, Provider]]:
+    """Every configured upstream, wrapped (retries, rate limits), closed when the block ends. With
+    ``REDIS_URL`` set, the request and token budgets (``requests_per_minute``, ``tokens_per_minute``) are
+    token buckets in Redis under ``{MARS_REDIS_PREFIX}:ratelimit:``, shared by every process that serves
+    the same upstream; without it they are per process. The stream cap stays per process."""
+    built: dict[str, Provider] = {}
+    shared_client = None
+    try:
+        if settings.redis_url and any(
+            c.requests_per_minute or c.tokens_per_minute for c in settings.providers.values()
+        ):
+            import redis.asyncio as aioredis
+
+            shared_client = aioredis.Redis.from_url(settings.redis_url)
+        for name, config in settings.providers.items():
+            built[name] = build_provider(config, redis=shared_client, redis_prefix=settings.redis_prefix)
+        yield built
+    finally:
+        for provider in built.values():
+            await provider.aclose()
+        if shared_client is not None:
+            await shared_client.aclose()

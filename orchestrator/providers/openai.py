@@ -15,7 +15,8 @@ from typing import Any
 
 from orchestrator.domain import ProbeStrategy
 from orchestrator.providers.base import Capabilities, TraceRequest
-from orchestrator.providers.openai_compat import CompatOptions, OpenAICompatProvider, Timeouts
+from orchestrator.providers.config import Timeouts
+from orchestrator.providers.openai_compat import CompatOptions, OpenAICompatProvider
 
 REASONING_MODEL_PREFIXES = ("o1", "o3", "o4", "gpt-5")
 DEFAULT_BASE_URL = "https://api.openai.com/v1"

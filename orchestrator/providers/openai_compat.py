@@ -40,31 +40,18 @@ from orchestrator.providers.base import (
     TraceRequest,
     Usage,
 )
+from orchestrator.providers.config import Timeouts
 from orchestrator.providers.errors import status_error, stream_error_event, translate
 from orchestrator.providers.extract import extract_probe, last_boxed, probe_answer
 from orchestrator.providers.sse import iter_events
-from orchestrator.providers.tokens import estimate_messages_tokens, estimate_tokens
 from orchestrator.providers.transport import http_clients
+from orchestrator.tokens import estimate_messages_tokens, estimate_tokens
 
 
 def chatml_template(messages: Sequence[Mapping[str, str]]) -> str:
     """The ChatML template (Qwen, many open models) with the assistant turn opened."""
     parts = [f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages]
     return "".join(parts) + "<|im_start|>assistant\n"
-
-
-@dataclass(frozen=True, slots=True)
-class Timeouts:
-    """Timeouts as data. ``stall_s`` is the longest silence tolerated inside a stream."""
-
-    connect_s: float = 10.0
-    stall_s: float = 60.0
-    write_s: float = 30.0
-    pool_s: float = 30.0
-    request_s: float = 600.0  # whole non-streaming request (probes, model lists)
-
-    def httpx(self) -> httpx2.Timeout:
-        return httpx2.Timeout(connect=self.connect_s, read=self.stall_s, write=self.write_s, pool=self.pool_s)
 
 
 @dataclass(frozen=True, slots=True)

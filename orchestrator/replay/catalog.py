@@ -27,7 +27,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from orchestrator.replay.corpus import Corpus, CorpusQuestion, CorpusTrace
+from orchestrator.corpus import Corpus, CorpusQuestion, CorpusTrace
 from orchestrator.replay.synthetic import TraceText, build_trace_text, head_text
 
 KEY_LENGTHS_CHARS = (8, 64, 256, 1024, 4096)

@@ -37,7 +37,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from orchestrator.replay.corpus import NO_ANSWER, Corpus, CorpusQuestion, CorpusTrace
+from orchestrator.corpus import NO_ANSWER, Corpus, CorpusQuestion, CorpusTrace
 
 PROBE_INTERVAL_TOKENS = 500
 DEMO_FILE = "demo_corpus.jsonl"

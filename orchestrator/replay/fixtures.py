@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from orchestrator.replay.corpus import NO_ANSWER, Corpus, CorpusQuestion, CorpusTrace
+from orchestrator.corpus import NO_ANSWER, Corpus, CorpusQuestion, CorpusTrace
 
 
 def tiny_corpus(

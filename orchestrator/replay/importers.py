@@ -25,8 +25,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from orchestrator.corpus import NO_ANSWER, Corpus, CorpusQuestion, CorpusTrace
 from orchestrator.errors import CorpusFormatError
-from orchestrator.replay.corpus import NO_ANSWER, Corpus, CorpusQuestion, CorpusTrace
 from orchestrator.replay.jsonl import FORMAT as JSONL_FORMAT
 from orchestrator.replay.jsonl import read_jsonl
 

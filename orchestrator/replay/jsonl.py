@@ -15,8 +15,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from orchestrator.corpus import Corpus, CorpusQuestion, CorpusTrace
 from orchestrator.errors import CorpusFormatError
-from orchestrator.replay.corpus import Corpus, CorpusQuestion, CorpusTrace
 
 FORMAT = "mars-corpus"
 VERSION = 1

@@ -33,6 +33,7 @@ from orchestrator.replay.recordings import (
     redact_headers,
     redact_query,
 )
+from orchestrator.serving import serve_app, serve_forever
 
 _DROP_REQUEST = frozenset({"host", "content-length", "accept-encoding", "connection"})
 
@@ -103,8 +104,6 @@ class Recorder:
 @asynccontextmanager
 async def running_recorder(upstream: str, out: Path) -> AsyncIterator[str]:
     """A recorder on 127.0.0.1 with a free port, for tests; yields its base URL."""
-    from orchestrator.replay.server import serve_app
-
     recorder = Recorder(upstream, out)
     try:
         async with serve_app(recorder.app) as url:
@@ -115,8 +114,6 @@ async def running_recorder(upstream: str, out: Path) -> AsyncIterator[str]:
 
 async def record_forever(upstream: str, out: Path, *, host: str, port: int) -> None:
     """The ``mars record`` main."""
-    from orchestrator.replay.server import serve_forever
-
     recorder = Recorder(upstream, out)
     try:
         await serve_forever(

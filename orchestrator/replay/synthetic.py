@@ -23,7 +23,7 @@ import re
 from array import array
 from dataclasses import dataclass
 
-from orchestrator.replay.corpus import NO_ANSWER, CorpusTrace
+from orchestrator.corpus import NO_ANSWER, CorpusTrace
 
 _WORDS = [
     "so",

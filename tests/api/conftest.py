@@ -9,8 +9,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from orchestrator.api.app import create_app
 from orchestrator.api.auth import store_job_id
+from orchestrator.console.service import create_app
 from orchestrator.providers.base import Provider
 from orchestrator.settings import ProviderConfig, Settings, hash_api_key
 from orchestrator.store.memory import MemoryStore

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from orchestrator.replay.corpus import Corpus, CorpusQuestion, CorpusTrace
+from orchestrator.corpus import Corpus, CorpusQuestion, CorpusTrace
 
 QUESTION = "What is six times seven? Put the answer in a box."
 

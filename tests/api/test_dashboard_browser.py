@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from orchestrator.api.runner import RunningService, running_service
+from orchestrator.console.runner import RunningService, running_service
 from orchestrator.domain import Accounting, JobResult, JobStatus
 from orchestrator.replay.server import running_replay_server
 from orchestrator.settings import ProviderConfig

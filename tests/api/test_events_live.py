@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from orchestrator.api.runner import RunningService, running_service
+from orchestrator.console.runner import RunningService, running_service
 from orchestrator.domain import Accounting, JobResult, JobStatus
 from orchestrator.store.memory import MemoryStore
 from tests.api.conftest import ALICE, BOB, auth, job_body, make_settings, stored

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import structlog
 
-from orchestrator.api.app import create_app
+from orchestrator.console.service import create_app
 from orchestrator.logs import configure_logging, get_logger
 from orchestrator.settings import Settings
 from orchestrator.store.memory import MemoryStore

@@ -7,8 +7,8 @@ from typing import cast
 import httpx
 import pytest
 
-from orchestrator.api.metrics import MeteredStore, Metrics
 from orchestrator.domain import Accounting, JobResult, JobSpec, JobStatus
+from orchestrator.metrics import MeteredStore, Metrics
 from orchestrator.store.base import Store
 from orchestrator.store.memory import MemoryStore
 from tests.api.conftest import ALICE, MODEL, auth

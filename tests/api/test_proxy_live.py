@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from orchestrator.api.runner import RunningService, running_service
+from orchestrator.console.runner import RunningService, running_service
 from orchestrator.replay.server import ReplayServer, running_replay_server
 from orchestrator.settings import ProviderConfig
 from tests.api.conftest import ALICE, auth, make_settings

@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from orchestrator.api.app import create_app
 from orchestrator.api.services import Services
+from orchestrator.console.service import create_app
 from orchestrator.domain import Accounting, JobResult, JobStatus
 from orchestrator.settings import ProviderConfig
 from tests.api.conftest import ALICE, BOB, auth, job_body, make_settings, stored

@@ -17,9 +17,9 @@ import httpx
 import pytest
 
 from orchestrator.coordinator import Coordinator
+from orchestrator.corpus import Corpus, CorpusQuestion, CorpusTrace
 from orchestrator.domain import JobSpec, JobStatus, ProbeSpec, ProbeStrategy, TraceStatus, WarmupMode
 from orchestrator.providers.factory import build_provider
-from orchestrator.replay.corpus import Corpus, CorpusQuestion, CorpusTrace
 from orchestrator.replay.jsonl import write_jsonl
 from orchestrator.replay.server import replay_server_process, running_replay_server
 from orchestrator.settings import ProviderConfig

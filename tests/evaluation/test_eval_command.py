@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
+from orchestrator.corpus import Corpus, CorpusQuestion, CorpusTrace
 from orchestrator.evaluation.command import run_eval
-from orchestrator.replay.corpus import Corpus, CorpusQuestion, CorpusTrace
 from orchestrator.replay.jsonl import write_jsonl
 
 METHOD_KEYS = {

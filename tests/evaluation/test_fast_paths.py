@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from orchestrator.answers import answer_or_none, normalize
+from orchestrator.corpus import CorpusQuestion
 from orchestrator.domain import TraceView, majority
 from orchestrator.evaluation import protocol_pp as pp
 from orchestrator.evaluation.fastfit import fast_fit
@@ -27,7 +28,6 @@ from orchestrator.evaluation.protocol_honest import (
 )
 from orchestrator.evaluation.simulate import new_view
 from orchestrator.evaluation.train_stop import TrainedStop
-from orchestrator.replay.corpus import CorpusQuestion
 from orchestrator.replay.importers import load_corpus
 from orchestrator.stopping import population, population_gbt
 from orchestrator.stopping.gamma import GAMMA_GRID, WarmupStop, WarmupTrace, warmup_stop

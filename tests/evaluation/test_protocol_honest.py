@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from orchestrator.corpus import CorpusQuestion, CorpusTrace
 from orchestrator.evaluation.protocol_honest import HonestQuestion, _record, honest_question, run_question
 from orchestrator.evaluation.simulate import hindsight_checkpoint, leader_trajectory, simulate
-from orchestrator.replay.corpus import CorpusQuestion, CorpusTrace
 from orchestrator.stopping.registry import build_rule
 
 KEYS = {"1": "num:1", "2": "num:2", "2.0": "num:2", "ERR": None}

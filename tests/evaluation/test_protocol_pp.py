@@ -75,7 +75,7 @@ def test_published_numbers_to_the_digit(shared_data: Path, dataset: str) -> None
 
 def test_prepare_keeps_err_as_a_vote() -> None:
     """Under exact matching "ERR" is an ordinary class, so it can win a vote."""
-    from orchestrator.replay.corpus import CorpusQuestion, CorpusTrace
+    from orchestrator.corpus import CorpusQuestion, CorpusTrace
 
     q = CorpusQuestion(
         "q",

@@ -7,11 +7,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from orchestrator.corpus import Corpus
 from orchestrator.domain import ProbeStrategy
 from orchestrator.errors import UnsupportedCapability
 from orchestrator.providers.base import ProbeRequest, StreamDelta, TraceRequest
 from orchestrator.providers.openai_compat import CompatOptions, OpenAICompatProvider
-from orchestrator.replay.corpus import Corpus
 from orchestrator.replay.fixtures import tiny_corpus
 from orchestrator.replay.server import ReplayURL, running_replay_server
 

@@ -12,9 +12,9 @@ from orchestrator.providers.errors import retry_after_s, status_error, translate
 from orchestrator.providers.extract import close_box, extract_answer, last_boxed, probe_answer
 from orchestrator.providers.factory import build_adapter, build_provider
 from orchestrator.providers.openai_compat import OpenAICompatProvider
-from orchestrator.providers.tokens import ESTIMATOR_NAME, estimate_tokens
 from orchestrator.providers.wrappers import RetryingProvider
 from orchestrator.settings import ProviderConfig
+from orchestrator.tokens import ESTIMATOR_NAME, estimate_tokens
 
 
 def test_answer_readers() -> None:

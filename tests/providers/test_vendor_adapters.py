@@ -7,13 +7,13 @@ from dataclasses import replace
 
 import pytest
 
+from orchestrator.corpus import Corpus, CorpusTrace
 from orchestrator.domain import ProbeStrategy
 from orchestrator.errors import UnsupportedCapability
 from orchestrator.providers.anthropic import AnthropicProvider
 from orchestrator.providers.base import ProbeRequest, StreamDelta, TraceRequest
 from orchestrator.providers.deepseek import DeepSeekProvider
 from orchestrator.providers.openai import OpenAIProvider
-from orchestrator.replay.corpus import Corpus, CorpusTrace
 from orchestrator.replay.fixtures import tiny_corpus
 from orchestrator.replay.server import ReplayURL, running_replay_server
 

@@ -8,9 +8,11 @@ from collections.abc import AsyncIterator
 import pytest
 
 from orchestrator import errors
+from orchestrator.corpus import Corpus
 from orchestrator.domain import ProbeStrategy
 from orchestrator.providers.base import ProbeRequest, StreamDelta, TraceRequest
-from orchestrator.providers.openai_compat import OpenAICompatProvider, Timeouts
+from orchestrator.providers.config import Timeouts
+from orchestrator.providers.openai_compat import OpenAICompatProvider
 from orchestrator.providers.wrappers import (
     LocalBuckets,
     RateLimitedProvider,
@@ -19,7 +21,6 @@ from orchestrator.providers.wrappers import (
     RetryingProvider,
     RetryPolicy,
 )
-from orchestrator.replay.corpus import Corpus
 from orchestrator.replay.fixtures import tiny_corpus
 from orchestrator.replay.server import ReplayURL, running_replay_server
 

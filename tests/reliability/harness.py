@@ -27,6 +27,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator.coordinator import Coordinator
+from orchestrator.corpus import Corpus
 from orchestrator.domain import JobResult, JobSpec, ProbeSpec, TraceResult, TraceStatus, WarmupMode
 from orchestrator.providers.base import (
     Capabilities,
@@ -39,9 +40,9 @@ from orchestrator.providers.base import (
 )
 from orchestrator.providers.factory import build_provider
 from orchestrator.providers.wrappers import RetryPolicy
-from orchestrator.replay.corpus import Corpus
 from orchestrator.replay.fixtures import tiny_corpus
-from orchestrator.replay.server import ReplayOptions, ReplayServer, serve_app
+from orchestrator.replay.server import ReplayOptions, ReplayServer
+from orchestrator.serving import serve_app
 from orchestrator.settings import ProviderConfig
 from orchestrator.stopping.switch_model import FEATURES_NO_CONFIDENCE, SwitchModel
 from orchestrator.store.base import Event, request_fingerprint

@@ -13,9 +13,10 @@ from typing import Any
 import httpx
 import pytest
 
-from orchestrator.api.runner import running_service
+from orchestrator.console.runner import running_service
 from orchestrator.domain import JobStatus
-from orchestrator.replay.server import ReplayOptions, ReplayServer, serve_app
+from orchestrator.replay.server import ReplayOptions, ReplayServer
+from orchestrator.serving import serve_app
 from orchestrator.settings import ProviderConfig, Settings
 from orchestrator.store.factory import open_store
 from tests.fakes import wait_until

@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from orchestrator.corpus import NO_ANSWER, Corpus, CorpusQuestion, CorpusTrace
 from orchestrator.errors import CorpusFormatError
-from orchestrator.replay.corpus import NO_ANSWER, Corpus, CorpusQuestion, CorpusTrace
 from orchestrator.replay.importers import load_corpus
 from orchestrator.replay.jsonl import write_jsonl
 

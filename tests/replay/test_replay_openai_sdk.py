@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import openai
 import pytest
 
-from orchestrator.replay.corpus import Corpus
+from orchestrator.corpus import Corpus
 from orchestrator.replay.fixtures import tiny_corpus
 from orchestrator.replay.server import ReplayURL, running_replay_server
 

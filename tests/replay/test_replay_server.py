@@ -7,10 +7,10 @@ import random
 import httpx
 import pytest
 
+from orchestrator.corpus import Corpus, CorpusQuestion, CorpusTrace
 from orchestrator.errors import InvalidRequest
 from orchestrator.providers.extract import extract_answer
 from orchestrator.replay.catalog import Catalog
-from orchestrator.replay.corpus import Corpus, CorpusQuestion, CorpusTrace
 from orchestrator.replay.faults import FaultKind, FaultPlan, parse_fault, parse_rates
 from orchestrator.replay.fixtures import tiny_corpus
 from orchestrator.replay.server import running_replay_server

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from orchestrator.api.app import create_app
+from orchestrator.console.service import create_app
 from orchestrator.settings import ProviderConfig, Settings, hash_api_key
 from orchestrator.store.base import Store
 from orchestrator.store.factory import open_store

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis.generation import GenerationMode
 from starlette.testclient import TestClient
 
-from orchestrator.api.app import create_app
+from orchestrator.console.service import create_app
 from orchestrator.settings import ProviderConfig, Settings, hash_api_key
 from orchestrator.store.memory import MemoryStore
 

@@ -20,10 +20,11 @@ import redis.asyncio as aioredis
 import structlog
 from starlette.types import Receive, Scope, Send
 
-from orchestrator.api.runner import running_service
+from orchestrator.console.runner import running_service
 from orchestrator.logs import configure_logging
 from orchestrator.replay.recorder import running_recorder
-from orchestrator.replay.server import ReplayOptions, ReplayServer, serve_app
+from orchestrator.replay.server import ReplayOptions, ReplayServer
+from orchestrator.serving import serve_app
 from orchestrator.settings import load_settings
 from tests.reliability.harness import corpus
 

@@ -16,11 +16,11 @@ from typing import Any
 
 import pytest
 
+from orchestrator.corpus import NO_ANSWER, Corpus
 from orchestrator.domain import JobSpec, ProbeSpec, WarmupMode
 from orchestrator.evaluation.prepared import prepare
 from orchestrator.evaluation.simulate import simulate, timeline
 from orchestrator.providers.factory import build_provider
-from orchestrator.replay.corpus import NO_ANSWER, Corpus
 from orchestrator.replay.importers import load_corpus
 from orchestrator.replay.server import replay_server_process
 from orchestrator.settings import ProviderConfig, Settings

@@ -1,4 +1,4 @@
-"""Request and token budgets shared by every process through Redis (``workers.process.open_providers``).
+"""Request and token budgets shared by every process through Redis (``orchestrator.providers.factory.open_providers``).
 
 Two ``open_providers`` blocks stand for two worker processes on one Redis; each streams one trace from a
 replay server over HTTP. Both requests come out of one bucket under ``MARS_REDIS_PREFIX``, so the
@@ -12,10 +12,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from orchestrator.providers.base import TraceRequest
+from orchestrator.providers.factory import open_providers
 from orchestrator.replay.importers import load_corpus
 from orchestrator.replay.server import replay_server_process
 from orchestrator.settings import ProviderConfig, Settings
-from workers.process import open_providers
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
 

@@ -13,8 +13,8 @@ from typing import cast
 import httpx
 import pytest
 
-from orchestrator.api.metrics import MeteredStore, Metrics
 from orchestrator.domain import Accounting, JobResult, JobStatus
+from orchestrator.metrics import MeteredStore, Metrics
 from orchestrator.replay.server import running_replay_server
 from orchestrator.settings import Settings
 from orchestrator.store.base import Store, request_fingerprint

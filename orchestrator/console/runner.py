@@ -18,15 +18,15 @@ from typing import Any
 
 import uvicorn
 
-from orchestrator.api.app import create_app
+from orchestrator.console.service import create_app
+from orchestrator.corpus import Corpus
 from orchestrator.errors import InvalidRequest
 from orchestrator.logs import get_logger
 from orchestrator.providers.base import Provider
-from orchestrator.replay.corpus import Corpus
+from orchestrator.providers.factory import open_providers
 from orchestrator.settings import ProviderConfig, Settings
 from orchestrator.store.base import Store
 from orchestrator.store.factory import open_store
-from workers.process import open_providers
 
 log = get_logger(__name__)
 REPLAY_PROVIDER = "replay"

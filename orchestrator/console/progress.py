@@ -13,8 +13,8 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from orchestrator.api.client import SseEvent
 from orchestrator.api.jobs import vote_from_event
+from orchestrator.console.client import SseEvent
 
 _STATE_STYLE = {
     "running": "cyan",

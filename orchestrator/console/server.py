@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 from pathlib import Path
 
-from orchestrator.api.runner import check_bind, is_loopback, running_service, with_replay
+from orchestrator.console.runner import check_bind, is_loopback, running_service, with_replay
 from orchestrator.logs import configure_logging, get_logger
 from orchestrator.settings import Settings
 

@@ -14,9 +14,9 @@ from typing import Any
 from rich.console import Console
 from rich.live import Live
 
-from orchestrator.api.client import JobsClient
-from orchestrator.api.progress import LiveJob, summary
-from orchestrator.api.runner import running_service, with_replay
+from orchestrator.console.client import JobsClient
+from orchestrator.console.progress import LiveJob, summary
+from orchestrator.console.runner import running_service, with_replay
 from orchestrator.errors import InvalidRequest
 from orchestrator.logs import configure_logging
 from orchestrator.settings import Settings

@@ -29,11 +29,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from orchestrator.api.client import JobsClient
-from orchestrator.api.runner import REPLAY_PROVIDER, running_service, with_replay
+from orchestrator.console.client import JobsClient
+from orchestrator.console.runner import REPLAY_PROVIDER, running_service, with_replay
+from orchestrator.corpus import Corpus, CorpusQuestion
 from orchestrator.logs import configure_logging
 from orchestrator.replay.catalog import Catalog
-from orchestrator.replay.corpus import Corpus, CorpusQuestion
 from orchestrator.settings import Settings
 
 DEMO_TOKENS_PER_S = 4000.0  # replayed speed per stream: a short demo, still slow enough to stop early

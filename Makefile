@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test lint typecheck pytest bench clean
+.PHONY: setup demo test test-deps lint typecheck pytest bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-pytest: $(STAMP)
+# Redis and chromium for the integration and browser tests: installed/started when possible, else one line
+# naming the command to run (the same script as .ci/run).
+test-deps:
+	scripts/test-deps.sh
+
+pytest: $(STAMP) test-deps
 	$(BIN)/python -m pytest
 
 test: lint typecheck pytest

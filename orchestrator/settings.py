@@ -22,11 +22,24 @@ Environment variables (all optional):
 ``MARS_MAX_CONCURRENT_JOBS``        concurrent jobs per API key (16)
 ``MARS_MAX_BODY_BYTES``             request body cap (1 MiB)
 ``MARS_RETENTION_S``                how long finished jobs are kept (86400)
+``MARS_MAX_WATCHERS``               open event feeds and waiting votes per API process (4096)
+``MARS_MAX_WATCHERS_PER_KEY``       the same, per API key (256)
+``MARS_IDEMPOTENCY_WINDOW_S``       a repeated vote request within this joins the first one's job (600)
+``MARS_VOTE_GRACE_S``               a non-stream vote whose client left runs this long for a retry (10)
 ``MARS_WORKERS``                    jobs one worker process runs at once (8)
 ``MARS_LEASE_MS``                   job lease length (15000)
 ``MARS_LOG_FORMAT``                 ``json`` | ``console`` (default: console on a terminal)
 ``MARS_LOG_LEVEL``                  info
 ==================================  ===========================================================
+
+API keys and tenants: each entry of ``MARS_API_KEYS`` is ``tenant:key`` or a bare ``key``. A tenant
+owns its jobs (job ids are scoped by the tenant's name). A bare key's tenant is named after a digest
+of the key itself (``key-<16 hex>``, :func:`bare_key_tenant`), never after its place in the list, so
+adding or removing other keys changes nothing for it. Rotating keys: a named tenant keeps its jobs
+when its key changes (list ``team:new-key,team:old-key`` during the switch, then drop the old one);
+a bare key that is replaced is a new tenant, and the old key's jobs are no longer visible to anyone
+(they expire after the retention). A list that is a mistake (an empty entry, ``alice:``, one key for
+two tenants) stops the server at startup.
 """
 
 from __future__ import annotations
@@ -84,6 +97,10 @@ class Settings:
     max_concurrent_jobs: int = 16
     max_body_bytes: int = 1 << 20
     retention_s: int = 86400
+    max_watchers: int = 4096
+    max_watchers_per_tenant: int = 256
+    idempotency_window_s: float = 600.0
+    vote_grace_s: float = 10.0
     worker_concurrency: int = 8
     lease_ms: int = 15000
     heartbeat_ms: int = 5000
@@ -111,18 +128,48 @@ def hash_api_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+def bare_key_tenant(key: str) -> str:
+    """The tenant of a key listed without a name: derived from the key itself (a digest, domain-separated
+    from ``hash_api_key``), so it stays the same whatever other keys are added, removed or reordered."""
+    import hashlib
+
+    return "key-" + hashlib.sha256(b"mars-tenant\0" + key.encode()).hexdigest()[:16]
+
+
 def _parse_api_keys(raw: str | list[Any] | None) -> dict[str, str]:
-    if not raw:
+    """``sha256(key) -> tenant`` from ``tenant:key`` and bare ``key`` entries (see the module docstring).
+
+    A list that is set but is a mistake fails here, before the server starts: an empty entry (``" , "``
+    would otherwise run the server open), an empty key (``"alice:"``) or tenant (``":key"``), and one
+    key listed for two tenants (the last one would win)."""
+    if raw is None or (isinstance(raw, str) and not raw.strip()):
         return {}
     items = raw.split(",") if isinstance(raw, str) else [str(x) for x in raw]
     keys: dict[str, str] = {}
     for n, item in enumerate(i.strip() for i in items):
+        where = f"MARS_API_KEYS entry {n + 1}"
         if not item:
-            continue
+            raise InvalidRequest(
+                f"{where} is empty; list keys as tenant:key,tenant:key (no empty entries)",
+                field="MARS_API_KEYS",
+            )
         tenant, sep, key = item.partition(":")
+        tenant, key = tenant.strip(), key.strip()
         if not sep:
-            tenant, key = f"tenant-{n}", item
-        keys[hash_api_key(key)] = tenant
+            tenant, key = bare_key_tenant(item), item
+        elif not key or not tenant:
+            missing = "key" if not key else "tenant name"
+            raise InvalidRequest(
+                f"{where} has an empty {missing}; write it as tenant:key", field="MARS_API_KEYS"
+            )
+        digest = hash_api_key(key)
+        if keys.get(digest, tenant) != tenant:
+            raise InvalidRequest(
+                f"{where}: the same key is listed for two tenants ({keys[digest]!r} and {tenant!r}); "
+                "give each tenant its own key",
+                field="MARS_API_KEYS",
+            )
+        keys[digest] = tenant
     return keys
 
 
@@ -224,6 +271,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_concurrent_jobs=int(get("MARS_MAX_CONCURRENT_JOBS", "max_concurrent_jobs", 16)),
         max_body_bytes=int(get("MARS_MAX_BODY_BYTES", "max_body_bytes", 1 << 20)),
         retention_s=int(get("MARS_RETENTION_S", "retention_s", 86400)),
+        max_watchers=int(get("MARS_MAX_WATCHERS", "max_watchers", 4096)),
+        max_watchers_per_tenant=int(get("MARS_MAX_WATCHERS_PER_KEY", "max_watchers_per_tenant", 256)),
+        idempotency_window_s=float(get("MARS_IDEMPOTENCY_WINDOW_S", "idempotency_window_s", 600.0)),
+        vote_grace_s=float(get("MARS_VOTE_GRACE_S", "vote_grace_s", 10.0)),
         worker_concurrency=int(get("MARS_WORKERS", "worker_concurrency", 8)),
         lease_ms=int(get("MARS_LEASE_MS", "lease_ms", 15000)),
         heartbeat_ms=int(get("MARS_HEARTBEAT_MS", "heartbeat_ms", 5000)),

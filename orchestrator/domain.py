@@ -34,6 +34,10 @@ class JobStatus(enum.StrEnum):
 
 TERMINAL_JOB_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 
+#: ``stop_reason`` of a job that ran to its end but whose traces never gave an extractable answer: the
+#: job is FAILED (an empty answer is not a success), and clients tell it apart by this reason.
+NO_ANSWER = "no_answer"
+
 
 class TraceStatus(enum.StrEnum):
     """Lifecycle of one trace inside a job."""

@@ -15,7 +15,8 @@ outside ``providers/`` and ``store/`` imports them.
     │   │   ├── Overloaded             529 / overloaded_error
     │   │   └── UpstreamServerError    5xx
     │   ├── MalformedStream            the upstream sent bytes we cannot parse (bad SSE, bad JSON)
-    │   └── StoreUnavailable           Redis (or another store) cannot be reached right now
+    │   ├── StoreUnavailable           Redis (or another store) cannot be reached right now
+    │   └── NoLiveWorker               no running worker serves the job's provider right now
     └── CallerError                    permanent: the request itself is wrong; never retried
         ├── InvalidRequest             bad input (field, reason)
         ├── UnknownProvider            no upstream of that name is configured
@@ -26,6 +27,8 @@ outside ``providers/`` and ``store/`` imports them.
         ├── JobConflict                a job id reused with a different request
         ├── LimitExceeded              budgets, token limits or concurrent jobs over the configured cap
         ├── Unauthorized               missing or unknown API key
+        ├── NoAnswer                   the job ran but no trace gave an extractable answer
+        ├── JobCancelled               the job was cancelled before it answered
         └── CorpusFormatError          a trace corpus file is malformed (file, record, field)
 """
 
@@ -83,6 +86,10 @@ class StoreUnavailable(UpstreamError):
     """The store (Redis) cannot be reached right now."""
 
 
+class NoLiveWorker(UpstreamError):
+    """No running worker announces the job's provider: the job would wait or fail, so it is refused."""
+
+
 # --- permanent -------------------------------------------------------------------------------
 
 
@@ -132,6 +139,14 @@ class LimitExceeded(CallerError):
 
 class Unauthorized(CallerError):
     """Missing or unknown API key."""
+
+
+class NoAnswer(CallerError):
+    """The job ran to its end, but no trace gave an answer the extractor could read."""
+
+
+class JobCancelled(CallerError):
+    """The job was cancelled (``DELETE /v1/jobs/{id}``, or a shutdown) before it answered."""
 
 
 class CorpusFormatError(CallerError):

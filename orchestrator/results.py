@@ -6,7 +6,7 @@ payloads are documented in ``coordinator.py``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -14,7 +14,16 @@ import numpy as np
 from orchestrator.accounting import ProbeSpend, TraceSpend, account
 from orchestrator.answers import AnswerGrouper
 from orchestrator.checkpoints import TraceState
-from orchestrator.domain import Decision, JobResult, JobSpec, JobStatus, Snapshot, TraceResult, TraceStatus
+from orchestrator.domain import (
+    NO_ANSWER,
+    Decision,
+    JobResult,
+    JobSpec,
+    JobStatus,
+    Snapshot,
+    TraceResult,
+    TraceStatus,
+)
 from orchestrator.settings import Price
 from orchestrator.stopping.base import StoppingRule
 from orchestrator.tokens import estimate_messages_tokens
@@ -107,6 +116,8 @@ def build_result(
     restarts = sum(t.restarts for t in (*launched, *warmup))
     if restarts:
         all_notes.append(f"{restarts} trace restarts (tokens of lost attempts counted in total_tokens)")
+    if outcome.status is JobStatus.SUCCEEDED and answer is None:
+        outcome = no_answer(outcome, voting)
     return JobResult(
         job_id=spec.job_id,
         status=outcome.status,
@@ -123,6 +134,18 @@ def build_result(
         notes=tuple(all_notes),
         error=outcome.error,
     )
+
+
+def no_answer(outcome: Outcome, voting: Sequence[TraceState]) -> Outcome:
+    """A run that ended without an extractable answer is a failure (``NO_ANSWER``), not an empty
+    success. The error quotes how a finished trace ended, so what the upstream said (e.g. a replay
+    server's "no corpus question matches") reaches the user."""
+    finished = [t for t in voting if t.status is TraceStatus.FINISHED]
+    error = f"no trace gave an extractable answer ({len(finished)} finished, {outcome.reason})"
+    if finished:
+        tail = " ".join("".join(finished[-1].content).split())[-160:]
+        error += f"; a trace ended with: {tail!r}"
+    return replace(outcome, status=JobStatus.FAILED, reason=NO_ANSWER, error=error)
 
 
 def decision_events(

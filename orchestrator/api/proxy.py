@@ -34,9 +34,10 @@ from orchestrator.api.auth import client_job_id, tenant
 from orchestrator.api.events import follow
 from orchestrator.api.handlers import mars_error_response
 from orchestrator.api.jobs import submit
+from orchestrator.api.outcomes import outcome_error
 from orchestrator.api.schemas import JobCreate, ProbeOptions, Strict, resolve_provider, to_job_spec
 from orchestrator.api.services import Services, services
-from orchestrator.domain import JobResult, JobStatus, WarmupMode
+from orchestrator.domain import JobResult, WarmupMode
 from orchestrator.errors import (
     InvalidRequest,
     MarsError,
@@ -268,15 +269,12 @@ async def _cancel(svc: Services, job_id: str, why: str) -> None:
 
 
 def _result_or_error(record: JobRecord | None) -> JobResult | Response:
-    if record is None or record.result is None:
-        return mars_error_response(
-            UpstreamConnectionError("the job ended without a result; retry the request")
-        )
-    result = record.result
-    if result.status is not JobStatus.SUCCEEDED:
-        why = result.error or result.stop_reason or result.status.value
-        return mars_error_response(UpstreamConnectionError(f"the job {result.status.value}: {why}"))
-    return result
+    error = outcome_error(None if record is None else record.result)
+    if error is not None:
+        return mars_error_response(error)
+    assert record is not None
+    assert record.result is not None
+    return record.result
 
 
 # --- building completions -------------------------------------------------------------------------

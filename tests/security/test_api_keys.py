@@ -11,7 +11,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from orchestrator.api.runner import running_service
+from orchestrator.console.runner import running_service
 from orchestrator.errors import InvalidRequest
 from orchestrator.settings import Settings, bare_key_tenant, hash_api_key, load_settings
 from tests.security.conftest import auth, body, security_settings

@@ -1,34 +1,45 @@
 """The one exception tree of the project.
 
-Everything the project raises on purpose derives from :class:`MarsError`. Vendor exceptions (openai,
-anthropic, httpx, redis) are translated at the edge that talks to them (``raise ... from exc``); nothing
-outside ``providers/`` and ``store/`` imports them.
+Everything the project raises on purpose derives from :class:`MarsError`, on one of three branches: the
+upstream failed (transient, retried by ``providers/wrappers.py``), our own infrastructure failed (the
+store or the process; never retried as an upstream call, the worker leaves the job for reclaim), or the
+caller asked for something wrong (permanent; never retried). Vendor exceptions (openai, anthropic,
+httpx, redis) are translated at the edge that talks to them (``raise ... from exc``); what that edge
+cannot map is re-raised unchanged, never dressed up as an upstream error. Nothing outside
+``providers/`` and ``store/`` imports the vendors' exceptions.
+
+Errors travel as types, not strings: :func:`kind_of` names an error's class (stored as a failed job's
+``error_kind`` and in failure events), and :func:`error_type` turns a kind back into its class, so
+metrics and the proxy's status mapping never parse a message. ``tests/test_errors.py`` walks the tree
+below against the code.
 
 ::
 
     MarsError
-    ├── UpstreamError                  transient: the world outside failed; may be retried
+    ├── UpstreamError                  transient: the provider failed; may be retried
     │   ├── UpstreamTimeout            no bytes or no answer within the time limit (stalls included)
     │   ├── UpstreamConnectionError    connection refused, reset, or dropped mid-stream
     │   ├── UpstreamStatusError        an HTTP error status from the upstream (carries status, retry_after_s)
     │   │   ├── RateLimited            429
     │   │   ├── Overloaded             529 / overloaded_error
     │   │   └── UpstreamServerError    5xx
-    │   ├── MalformedStream            the upstream sent bytes we cannot parse (bad SSE, bad JSON)
+    │   └── MalformedStream            the upstream sent bytes we cannot parse (bad SSE, bad JSON)
+    ├── InfrastructureError            ours: our store or our process failed; the job is left for reclaim
     │   ├── StoreUnavailable           Redis (or another store) cannot be reached right now
+    │   ├── LeaseLost                  another worker holds the job's lease now
     │   └── NoLiveWorker               no running worker serves the job's provider right now
     └── CallerError                    permanent: the request itself is wrong; never retried
         ├── InvalidRequest             bad input (field, reason)
         ├── UnknownProvider            no upstream of that name is configured
-        ├── UnknownModel               the upstream does not serve that model
+        ├── UnknownModel               the upstream says it does not serve that model
         ├── UnsupportedCapability      e.g. a probe strategy the upstream cannot do
-        ├── UpstreamRejected           the upstream refused the request (4xx other than 429)
+        ├── UpstreamRejected           the upstream refused the request (4xx other than 429; carries status)
         ├── JobNotFound                unknown job id, or one the caller may not see
         ├── JobConflict                a job id reused with a different request
+        ├── JobCancelled               the job was cancelled before it finished
         ├── LimitExceeded              budgets, token limits or concurrent jobs over the configured cap
         ├── Unauthorized               missing or unknown API key
         ├── NoAnswer                   the job ran but no trace gave an extractable answer
-        ├── JobCancelled               the job was cancelled before it answered
         └── CorpusFormatError          a trace corpus file is malformed (file, record, field)
 """
 
@@ -39,11 +50,11 @@ class MarsError(Exception):
     """Base of every error the project raises on purpose."""
 
 
-# --- transient -------------------------------------------------------------------------------
+# --- upstream: transient ------------------------------------------------------------------------
 
 
 class UpstreamError(MarsError):
-    """Transient: the world outside failed. ``retry_after_s`` is the server's hint, if any."""
+    """Transient: the provider failed. ``retry_after_s`` is the server's hint, if any."""
 
     def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
         super().__init__(message)
@@ -82,15 +93,26 @@ class MalformedStream(UpstreamError):
     """The upstream sent bytes that are not valid SSE or JSON."""
 
 
-class StoreUnavailable(UpstreamError):
+# --- infrastructure: ours ------------------------------------------------------------------------
+
+
+class InfrastructureError(MarsError):
+    """Our own store or process failed; not the upstream's fault and not the caller's."""
+
+
+class StoreUnavailable(InfrastructureError):
     """The store (Redis) cannot be reached right now."""
 
 
-class NoLiveWorker(UpstreamError):
+class LeaseLost(InfrastructureError):
+    """Another worker holds the job's lease now (this worker stalled past it)."""
+
+
+class NoLiveWorker(InfrastructureError):
     """No running worker announces the job's provider: the job would wait or fail, so it is refused."""
 
 
-# --- permanent -------------------------------------------------------------------------------
+# --- caller: permanent -----------------------------------------------------------------------------
 
 
 class CallerError(MarsError):
@@ -133,6 +155,11 @@ class JobConflict(CallerError):
     """A job id was reused with a different request."""
 
 
+class JobCancelled(CallerError):
+    """The job was cancelled (``DELETE /v1/jobs/{id}``, a client that left, or a shutdown) before it
+    answered."""
+
+
 class LimitExceeded(CallerError):
     """A budget, token limit or concurrency cap was exceeded."""
 
@@ -145,10 +172,6 @@ class NoAnswer(CallerError):
     """The job ran to its end, but no trace gave an answer the extractor could read."""
 
 
-class JobCancelled(CallerError):
-    """The job was cancelled (``DELETE /v1/jobs/{id}``, or a shutdown) before it answered."""
-
-
 class CorpusFormatError(CallerError):
     """A trace corpus file is malformed; the message names the file, the record and the field."""
 
@@ -157,3 +180,28 @@ class CorpusFormatError(CallerError):
         self.path = path
         self.record = record
         self.field = field
+
+
+# --- kinds: errors as data -------------------------------------------------------------------------
+
+
+def kind_of(exc: BaseException) -> str:
+    """The stable name of an error's type (its class name): what a failed job stores as
+    ``error_kind``. Anything outside the tree is ``"MarsError"`` (an unexpected failure of ours)."""
+    return type(exc).__name__ if isinstance(exc, MarsError) else MarsError.__name__
+
+
+def describe(exc: BaseException) -> str:
+    """``"Kind: message"``, the human-readable form stored beside the kind (never parsed back)."""
+    return f"{kind_of(exc)}: {exc}"
+
+
+def error_type(kind: str | None) -> type[MarsError]:
+    """The class of the tree named ``kind`` (``MarsError`` when unknown or absent)."""
+    pending: list[type[MarsError]] = [MarsError]
+    while pending:
+        cls = pending.pop()
+        if cls.__name__ == kind:
+            return cls
+        pending.extend(cls.__subclasses__())
+    return MarsError

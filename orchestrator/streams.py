@@ -138,8 +138,6 @@ class TraceStreamer:
             try:
                 finished = await self._stream_once(trace, prefix, probes)
             except UpstreamError as exc:
-                if isinstance(exc, StoreUnavailable):
-                    raise
                 failures += 1
                 if failures > self.config.trace_retries:
                     trace.status, trace.error = TraceStatus.FAILED, f"{type(exc).__name__}: {exc}"
@@ -307,8 +305,6 @@ class TraceStreamer:
                 {"kind": "probe_timeout", "trace": trace.index, "checkpoint": t, "error": "probe timed out"},
             )
         except (UpstreamError, CallerError) as exc:
-            if isinstance(exc, StoreUnavailable):
-                raise
             trace.probes[t] = ProbeOutcome(None, "failed")
             await self._publish(
                 "failure",

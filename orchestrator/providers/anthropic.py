@@ -36,9 +36,9 @@ from orchestrator.providers.base import (
     Usage,
 )
 from orchestrator.providers.config import Timeouts
-from orchestrator.providers.errors import status_error, stream_error_event, translate
+from orchestrator.providers.errors import stream_error_event, stream_json, translated
 from orchestrator.providers.extract import extract_probe, probe_answer
-from orchestrator.providers.sse import iter_events
+from orchestrator.providers.sse import Events, open_stream
 from orchestrator.providers.transport import http_clients
 from orchestrator.tokens import estimate_tokens
 
@@ -141,76 +141,57 @@ class AnthropicProvider:
         headers = {**self._headers, "x-mars-trace-index": str(request.trace_index)}
         if request.job_id:
             headers["x-mars-job-id"] = request.job_id
-        try:
-            req = self._streams.build_request(
-                "POST", f"{self._base_url}/v1/messages", content=body, headers=headers
-            )
-            response = await self._streams.send(req, stream=True)
-        except Exception as exc:
-            raise translate(exc, where=self._name) from exc
-        try:
-            if response.status_code >= 400:
-                payload = await response.aread()
-                raise status_error(
-                    response.status_code, dict(response.headers.items()), payload, where=self._name
-                )
-            deltas = self._deltas(response, request.model)
-            try:
-                yield deltas
-            finally:
-                await deltas.aclose()
-        finally:
-            await response.aclose()  # an unfinished response drops the connection
+        async with open_stream(
+            self._streams,
+            f"{self._base_url}/v1/messages",
+            body=body,
+            headers=headers,
+            where=self._name,
+            read=lambda events: self._deltas(events, request.model),
+        ) as deltas:
+            yield deltas
 
-    async def _deltas(self, response: httpx2.Response, model: str) -> AsyncGenerator[StreamDelta, None]:
+    async def _deltas(self, events: Events, model: str) -> AsyncGenerator[StreamDelta, None]:
         prompt = cached = 0
         finish: str | None = None
-        try:
-            async for event, data in iter_events(response.aiter_raw()):
-                if event == "ping":
-                    continue
-                try:
-                    obj = json.loads(data)
-                except ValueError as exc:
-                    raise translate(exc, where=self._name) from exc
-                kind = obj.get("type", event)
-                if kind == "content_block_delta":
-                    d = obj.get("delta") or {}
-                    if d.get("type") == "text_delta":
-                        text = d.get("text", "")
-                        yield StreamDelta(text=text, tokens=estimate_tokens(text), tokens_estimated=True)
-                    elif d.get("type") == "thinking_delta":
-                        thought = d.get("thinking", "")
-                        yield StreamDelta(
-                            reasoning=thought, tokens=estimate_tokens(thought), tokens_estimated=True
-                        )
-                elif kind == "content_block_start":
-                    if (obj.get("content_block") or {}).get("type") in {"thinking", "redacted_thinking"}:
-                        self._thinking_models.add(model)
-                elif kind == "message_start":
-                    u = (obj.get("message") or {}).get("usage") or {}
-                    cached = int(u.get("cache_read_input_tokens") or 0)
-                    prompt = (
-                        int(u.get("input_tokens") or 0)
-                        + cached
-                        + int(u.get("cache_creation_input_tokens") or 0)
+        async for event, data in events:
+            if event == "ping":
+                continue
+            obj = stream_json(data, where=self._name)
+            kind = obj.get("type", event)
+            if kind == "content_block_delta":
+                d = obj.get("delta") or {}
+                if d.get("type") == "text_delta":
+                    text = d.get("text", "")
+                    yield StreamDelta(text=text, tokens=estimate_tokens(text), tokens_estimated=True)
+                elif d.get("type") == "thinking_delta":
+                    thought = d.get("thinking", "")
+                    yield StreamDelta(
+                        reasoning=thought, tokens=estimate_tokens(thought), tokens_estimated=True
                     )
-                elif kind == "message_delta":
-                    stop = (obj.get("delta") or {}).get("stop_reason")
-                    finish = _FINISH.get(stop, stop) if stop else None
-                    u = obj.get("usage") or {}
-                    usage = Usage(
-                        prompt_tokens=prompt,
-                        cached_tokens=cached,
-                        completion_tokens=int(u.get("output_tokens") or 0),
-                    )
-                    yield StreamDelta(finish_reason=finish, usage=usage)
-                elif kind == "error":
-                    raise stream_error_event(obj, where=self._name)
-                elif kind == "message_stop":
-                    break
-        except Exception as exc:
-            raise translate(exc, where=self._name) from exc
+            elif kind == "content_block_start":
+                if (obj.get("content_block") or {}).get("type") in {"thinking", "redacted_thinking"}:
+                    self._thinking_models.add(model)
+            elif kind == "message_start":
+                u = (obj.get("message") or {}).get("usage") or {}
+                cached = int(u.get("cache_read_input_tokens") or 0)
+                prompt = (
+                    int(u.get("input_tokens") or 0) + cached + int(u.get("cache_creation_input_tokens") or 0)
+                )
+            elif kind == "message_delta":
+                stop = (obj.get("delta") or {}).get("stop_reason")
+                finish = _FINISH.get(stop, stop) if stop else None
+                u = obj.get("usage") or {}
+                usage = Usage(
+                    prompt_tokens=prompt,
+                    cached_tokens=cached,
+                    completion_tokens=int(u.get("output_tokens") or 0),
+                )
+                yield StreamDelta(finish_reason=finish, usage=usage)
+            elif kind == "error":
+                raise stream_error_event(obj, where=self._name)
+            elif kind == "message_stop":
+                break
 
     async def probe(self, request: ProbeRequest) -> ProbeResult:
         model = request.model or self.probe_model or request.trace.model
@@ -226,20 +207,20 @@ class AnthropicProvider:
         messages.append({"role": "assistant", "content": (request.prefix + request.suffix).rstrip()})
         kwargs: dict[str, Any] = {"system": system} if system else {}
         try:
-            message = await self._sdk.messages.create(
-                model=model,
-                max_tokens=request.max_tokens,
-                messages=messages,  # type: ignore[arg-type]  # plain dicts are valid message params
-                **kwargs,
-            )
-        except Exception as exc:
-            err = translate(exc, where=self._name)
-            if isinstance(err, UpstreamRejected) and err.status == 400:
-                self._no_prefill.add(model)
-                raise UnsupportedCapability(
-                    f"{self._name}: {model!r} rejected prefill ({err}); degraded to none"
-                ) from exc
-            raise err from exc
+            with translated(self._name):
+                message = await self._sdk.messages.create(
+                    model=model,
+                    max_tokens=request.max_tokens,
+                    messages=messages,  # type: ignore[arg-type]  # plain dicts are valid message params
+                    **kwargs,
+                )
+        except UpstreamRejected as err:
+            if err.status != 400:
+                raise
+            self._no_prefill.add(model)
+            raise UnsupportedCapability(
+                f"{self._name}: {model!r} rejected prefill ({err}); degraded to none"
+            ) from err
         text = "".join(getattr(b, "text", "") for b in message.content if b.type == "text")
         u = message.usage
         cached_in = u.cache_read_input_tokens or 0
@@ -253,11 +234,9 @@ class AnthropicProvider:
         )
 
     async def models(self) -> Sequence[ModelInfo]:
-        try:
+        with translated(self._name):
             page = await self._sdk.models.list()
-        except Exception as exc:
-            raise translate(exc, where=self._name) from exc
-        return [ModelInfo(id=m.id, owned_by="anthropic") async for m in page]
+            return [ModelInfo(id=m.id, owned_by="anthropic") async for m in page]
 
     async def aclose(self) -> None:
         await self._sdk.close()

@@ -14,7 +14,7 @@ from typing import Any
 from orchestrator.domain import ProbeStrategy
 from orchestrator.errors import UnsupportedCapability, UpstreamRejected
 from orchestrator.providers.base import Capabilities, ProbeRequest, ProbeResult, TraceRequest
-from orchestrator.providers.errors import translate
+from orchestrator.providers.errors import translated
 from orchestrator.providers.openai import HostedProvider
 from orchestrator.providers.openai_compat import (
     probe_result,
@@ -55,16 +55,14 @@ class DeepSeekProvider(HostedProvider):
         messages: list[Any] = [dict(m) for m in request.trace.messages]
         messages.append({"role": "assistant", "content": request.prefix + request.suffix, "prefix": True})
         try:
-            chat = await self._sdk.chat.completions.create(
-                model=model, messages=messages, max_tokens=request.max_tokens, temperature=0.6, top_p=0.95
-            )
-        except Exception as exc:
-            err = translate(exc, where=self.name)
-            if isinstance(err, UpstreamRejected):
-                self._no_prefix.add(model)
-                raise UnsupportedCapability(
-                    f"{self.name}: model {model!r} rejected a prefix probe ({err}); use reprompt"
-                ) from exc
-            raise err from exc
+            with translated(self.name):
+                chat = await self._sdk.chat.completions.create(
+                    model=model, messages=messages, max_tokens=request.max_tokens, temperature=0.6, top_p=0.95
+                )
+        except UpstreamRejected as err:
+            self._no_prefix.add(model)
+            raise UnsupportedCapability(
+                f"{self.name}: model {model!r} rejected a prefix probe ({err}); use reprompt"
+            ) from err
         text = (chat.choices[0].message.content or "") if chat.choices else ""
         return probe_result(text, request, chat.usage)

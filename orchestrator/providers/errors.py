@@ -1,9 +1,13 @@
 """Translation of vendor exceptions (openai, anthropic, httpx2) into ``orchestrator.errors``.
 
-This is the edge: adapters call :func:`translate` in their ``except`` clauses and ``raise ... from exc``.
-Status mapping: 429 → ``RateLimited``, 529 or an ``overloaded_error`` → ``Overloaded``, other 5xx →
-``UpstreamServerError``, 404 → ``UnknownModel``, 401/403 and other 4xx → ``UpstreamRejected``. The server's
-``retry-after-ms`` hint wins over ``retry-after`` (seconds or an HTTP date).
+This is the edge. Adapters wrap every vendor call in :func:`translated` (httpx's
+``map_httpcore_exceptions`` is the model): a vendor or transport exception it knows leaves as the
+project's error (``raise ... from exc``); anything else (our own bugs: ``ValueError``, ``KeyError``, an
+unknown exception) is re-raised unchanged, never dressed up as a retryable upstream error. Status
+mapping: 429 → ``RateLimited``, 529 or an ``overloaded_error`` → ``Overloaded``, other 5xx →
+``UpstreamServerError``, a 404 that names the model → ``UnknownModel`` (any other 404, like a wrong
+base URL, and 401/403 and other 4xx → ``UpstreamRejected``). The server's ``retry-after-ms`` hint wins
+over ``retry-after`` (seconds or an HTTP date).
 """
 
 from __future__ import annotations
@@ -11,9 +15,10 @@ from __future__ import annotations
 import contextlib
 import email.utils
 import json
+import re
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import httpx2
@@ -57,11 +62,31 @@ def _message_of(body: object, fallback: str) -> str:
     return fallback
 
 
-def _is_overloaded(body: object) -> bool:
+def _error_object(body: object) -> Mapping[str, Any]:
+    """The ``error`` object of an error body (OpenAI, Anthropic, vLLM shapes), or ``{}``."""
     if isinstance(body, Mapping):
         err = body.get("error", body)
-        return isinstance(err, Mapping) and err.get("type") == "overloaded_error"
-    return False
+        if isinstance(err, Mapping):
+            return err
+    return {}
+
+
+def _is_overloaded(body: object) -> bool:
+    return _error_object(body).get("type") == "overloaded_error"
+
+
+_MODEL_WORD = re.compile(r"\bmodel\b", re.IGNORECASE)
+
+
+def _names_model(body: object) -> bool:
+    """Whether a 404 body says the *model* is unknown (OpenAI ``code: model_not_found``, a ``model``
+    param, or a message about the model: vLLM's "The model `x` does not exist.", Anthropic's
+    "model: x"), rather than the path (a wrong base URL)."""
+    err = _error_object(body)
+    if err.get("code") == "model_not_found" or err.get("param") == "model":
+        return True
+    message = err.get("message")
+    return isinstance(message, str) and _MODEL_WORD.search(message) is not None
 
 
 def status_error(
@@ -79,7 +104,7 @@ def status_error(
         return errors.Overloaded(message, status=status, retry_after_s=hint)
     if status >= 500:
         return errors.UpstreamServerError(message, status=status, retry_after_s=hint)
-    if status == 404:
+    if status == 404 and _names_model(body):
         return errors.UnknownModel(message)
     return errors.UpstreamRejected(message, status=status)
 
@@ -102,8 +127,9 @@ def _sdk_types(attr: str) -> tuple[type[BaseException], ...]:
     return tuple(found)
 
 
-def translate(exc: BaseException, *, where: str = "upstream") -> errors.MarsError:
-    """Map any vendor or transport exception to the project's tree (``MarsError`` passes through)."""
+def translate(exc: BaseException, *, where: str = "upstream") -> errors.MarsError | None:
+    """The project's error for a vendor or transport exception; ``None`` when it is not one (the
+    caller re-raises it as it is). A ``MarsError`` is returned unchanged."""
     if isinstance(exc, errors.MarsError):
         return exc
     if isinstance(exc, _sdk_types("APIStatusError")):
@@ -119,6 +145,27 @@ def translate(exc: BaseException, *, where: str = "upstream") -> errors.MarsErro
     if isinstance(exc, _sdk_types("APIError")):
         # An ``error`` payload inside a 200 stream; the SDK gives no status.
         return stream_error_event(getattr(exc, "body", None), where=where)
-    if isinstance(exc, ValueError):
-        return errors.MalformedStream(f"{where}: malformed response: {exc}")
-    return errors.UpstreamError(f"{where}: {exc!r}")
+    return None
+
+
+@contextlib.contextmanager
+def translated(where: str = "upstream") -> Iterator[None]:
+    """Around a vendor call: known vendor exceptions leave as the project's errors, ``from`` the
+    original; the project's own errors and anything unknown pass through unchanged."""
+    try:
+        yield
+    except errors.MarsError:
+        raise
+    except Exception as exc:
+        mapped = translate(exc, where=where)
+        if mapped is None:
+            raise
+        raise mapped from exc
+
+
+def stream_json(data: bytes, *, where: str = "upstream") -> Any:
+    """One SSE event's JSON payload; bytes that do not parse are the upstream's fault."""
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise errors.MalformedStream(f"{where}: malformed JSON in the stream: {exc}") from exc

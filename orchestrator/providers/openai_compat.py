@@ -41,9 +41,9 @@ from orchestrator.providers.base import (
     Usage,
 )
 from orchestrator.providers.config import Timeouts
-from orchestrator.providers.errors import status_error, stream_error_event, translate
+from orchestrator.providers.errors import stream_error_event, stream_json, translated
 from orchestrator.providers.extract import extract_probe, last_boxed, probe_answer
-from orchestrator.providers.sse import iter_events
+from orchestrator.providers.sse import Events, open_stream
 from orchestrator.providers.transport import http_clients
 from orchestrator.tokens import estimate_messages_tokens, estimate_tokens
 
@@ -136,17 +136,13 @@ class OpenAICompatProvider:
         self._check_strategy(request)
         if request.strategy is ProbeStrategy.EXTRACT:
             return extract_probe(request)
-        try:
+        with translated(self._name):
             return await self._probe(request)
-        except Exception as exc:
-            raise translate(exc, where=self._name) from exc
 
     async def models(self) -> Sequence[ModelInfo]:
-        try:
+        with translated(self._name):
             page = await self._sdk.models.list()
-        except Exception as exc:
-            raise translate(exc, where=self._name) from exc
-        return [ModelInfo(id=m.id, owned_by=m.owned_by or self._name) async for m in page]
+            return [ModelInfo(id=m.id, owned_by=m.owned_by or self._name) async for m in page]
 
     async def aclose(self) -> None:
         await self._sdk.close()
@@ -206,53 +202,29 @@ class OpenAICompatProvider:
     @asynccontextmanager
     async def _stream(self, request: TraceRequest) -> AsyncIterator[AsyncIterator[StreamDelta]]:
         self._check_trace(request)
-        body = json.dumps(self._trace_body(request)).encode()
-        try:
-            http_request = self._streams.build_request(
-                "POST",
-                f"{self._base_url}/chat/completions",
-                content=body,
-                headers=self._trace_headers(request),
-            )
-            response = await self._streams.send(http_request, stream=True)
-        except Exception as exc:
-            raise translate(exc, where=self._name) from exc
-        try:
-            if response.status_code >= 400:
-                payload = await response.aread()
-                raise status_error(
-                    response.status_code, dict(response.headers.items()), payload, where=self._name
-                )
-            deltas = self._deltas(response, request)
-            try:
-                yield deltas
-            finally:
-                await deltas.aclose()
-        finally:
-            # Closing an unfinished response drops the connection: the upstream sees the disconnect.
-            await response.aclose()
+        async with open_stream(
+            self._streams,
+            f"{self._base_url}/chat/completions",
+            body=json.dumps(self._trace_body(request)).encode(),
+            headers=self._trace_headers(request),
+            where=self._name,
+            read=lambda events: self._deltas(events, request),
+        ) as deltas:
+            yield deltas
 
-    async def _deltas(
-        self, response: httpx2.Response, request: TraceRequest
-    ) -> AsyncGenerator[StreamDelta, None]:
+    async def _deltas(self, events: Events, request: TraceRequest) -> AsyncGenerator[StreamDelta, None]:
         tally = _Tally()
         final_usage = False
-        try:
-            async for _event, data in iter_events(response.aiter_raw()):
-                if data == b"[DONE]":
-                    break
-                try:
-                    obj = json.loads(data)
-                except ValueError as exc:
-                    raise translate(exc, where=self._name) from exc
-                if "error" in obj and not obj.get("choices"):
-                    raise stream_error_event(obj, where=self._name)
-                delta = self._delta(obj, tally)
-                if delta is not None:
-                    final_usage = final_usage or (delta.usage is not None and not delta.usage.estimated)
-                    yield delta
-        except Exception as exc:
-            raise translate(exc, where=self._name) from exc
+        async for _event, data in events:
+            if data == b"[DONE]":
+                break
+            obj = stream_json(data, where=self._name)
+            if "error" in obj and not obj.get("choices"):
+                raise stream_error_event(obj, where=self._name)
+            delta = self._delta(obj, tally)
+            if delta is not None:
+                final_usage = final_usage or (delta.usage is not None and not delta.usage.estimated)
+                yield delta
         if not final_usage:
             yield StreamDelta(
                 usage=Usage(

@@ -3,13 +3,67 @@
 The SDKs parse every chunk into pydantic models; at hundreds of concurrent streams that dominates the
 client's CPU (see ``benchmarks/stream_overhead.py``). Streams are therefore read here, straight from the
 ``httpx2`` response bytes; the SDKs still build every other request.
+
+:func:`open_stream` is the one stream-opening path of the adapters: it sends the request on the
+stream client, turns an error status into the project's error, hands the adapter's reader the events,
+and closes the response (dropping the connection, so the upstream sees the disconnect) when the
+consumer leaves. Transport and vendor exceptions leave translated (``errors.translated``); the
+adapter's own exceptions pass through unchanged.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import TypeVar
+
+import httpx2
 
 from orchestrator.errors import MalformedStream
+from orchestrator.providers.errors import status_error, translated
+
+T = TypeVar("T")
+Events = AsyncIterator[tuple[str, bytes]]
+
+
+@asynccontextmanager
+async def open_stream(
+    client: httpx2.AsyncClient,
+    url: str,
+    *,
+    body: bytes,
+    headers: Mapping[str, str],
+    where: str,
+    read: Callable[[Events], AsyncGenerator[T, None]],
+) -> AsyncIterator[AsyncIterator[T]]:
+    """``async with open_stream(...) as items``: POST ``body`` to ``url`` as a stream; ``items`` is
+    ``read(events)``. Leaving the block closes the reader, then the response."""
+    with translated(where):
+        request = client.build_request("POST", url, content=body, headers=headers)
+        response = await client.send(request, stream=True)
+    try:
+        if response.status_code >= 400:
+            with translated(where):
+                payload = await response.aread()
+            raise status_error(response.status_code, dict(response.headers.items()), payload, where=where)
+        events = _translated_events(response, where)
+        items = read(events)
+        try:
+            yield items
+        finally:
+            await items.aclose()
+            await events.aclose()
+    finally:
+        # Closing an unfinished response drops the connection: the upstream sees the disconnect.
+        await response.aclose()
+
+
+async def _translated_events(
+    response: httpx2.Response, where: str
+) -> AsyncGenerator[tuple[str, bytes], None]:
+    with translated(where):
+        async for item in iter_events(response.aiter_raw()):
+            yield item
 
 
 async def iter_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[tuple[str, bytes]]:

@@ -64,7 +64,7 @@ class RetryPolicy:
 
 
 def retryable(err: BaseException) -> bool:
-    return isinstance(err, errors.UpstreamError) and not isinstance(err, errors.StoreUnavailable)
+    return isinstance(err, errors.UpstreamError)
 
 
 class RetryingProvider:

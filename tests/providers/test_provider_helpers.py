@@ -8,7 +8,7 @@ import pytest
 
 from orchestrator import errors
 from orchestrator.domain import ProbeStrategy
-from orchestrator.providers.errors import retry_after_s, status_error, translate
+from orchestrator.providers.errors import retry_after_s, status_error, translate, translated
 from orchestrator.providers.extract import close_box, extract_answer, last_boxed, probe_answer
 from orchestrator.providers.factory import build_adapter, build_provider
 from orchestrator.providers.openai_compat import OpenAICompatProvider
@@ -55,14 +55,47 @@ def test_status_and_vendor_errors_translate_into_the_tree() -> None:
         status_error(400, {}, b'{"error": {"type": "overloaded_error", "message": "x"}}'), errors.Overloaded
     )
     assert isinstance(status_error(503, {}, b""), errors.UpstreamServerError)
-    assert isinstance(status_error(404, {}, b""), errors.UnknownModel)
+    assert isinstance(status_error(404, {}, b""), errors.UpstreamRejected)
     rejected = status_error(401, {}, b'{"error": {"message": "bad key"}}')
     assert isinstance(rejected, errors.UpstreamRejected)
     assert "bad key" in str(rejected)
     request = httpx2.Request("POST", "http://x")
     assert isinstance(translate(httpx2.ReadTimeout("slow", request=request)), errors.UpstreamTimeout)
     assert isinstance(translate(openai.APIConnectionError(request=request)), errors.UpstreamConnectionError)
-    assert isinstance(translate(ValueError("bad json")), errors.MalformedStream)
+    assert translate(ValueError("a bug of ours")) is None
+    assert translate(KeyError("choices")) is None
+
+
+def test_a_404_is_an_unknown_model_only_when_it_names_the_model() -> None:
+    """OpenAI's model_not_found, vLLM's and Anthropic's model messages are UnknownModel; a 404 for a
+    wrong path (a base URL without /v1) is an UpstreamRejected that keeps its status."""
+    openai_body = b'{"error": {"message": "The model `x` does not exist", "code": "model_not_found"}}'
+    vllm_body = b'{"object": "error", "message": "The model `x` does not exist.", "type": "NotFoundError"}'
+    anthropic_body = b'{"type": "error", "error": {"type": "not_found_error", "message": "model: claude-x"}}'
+    for body in (openai_body, vllm_body, anthropic_body):
+        assert isinstance(status_error(404, {}, body), errors.UnknownModel), body
+    wrong_path = status_error(404, {}, b'{"detail": "Not Found"}')
+    assert isinstance(wrong_path, errors.UpstreamRejected)
+    assert wrong_path.status == 404
+    route = status_error(404, {}, b'{"error": {"message": "no route for POST /chat/completions"}}')
+    assert isinstance(route, errors.UpstreamRejected)
+
+
+def test_translated_maps_vendor_errors_and_reraises_our_own() -> None:
+    """Inside ``translated``: a transport timeout leaves as UpstreamTimeout chained to the original; a
+    ValueError (our bug) and a MarsError leave unchanged."""
+    request = httpx2.Request("POST", "http://x")
+    original = httpx2.ConnectTimeout("slow", request=request)
+    with pytest.raises(errors.UpstreamTimeout) as caught, translated("up"):
+        raise original
+    assert caught.value.__cause__ is original
+    assert str(caught.value).startswith("up: ")
+    with pytest.raises(ValueError, match="ours"), translated("up"):
+        raise ValueError("ours")
+    mine = errors.InvalidRequest("bad")
+    with pytest.raises(errors.InvalidRequest) as caught_mine, translated("up"):
+        raise mine
+    assert caught_mine.value is mine
 
 
 async def test_factory_builds_wrapped_adapters_and_checks_strategies() -> None:

@@ -6,7 +6,7 @@ payloads are documented in ``coordinator.py``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -15,8 +15,8 @@ from orchestrator.accounting import ProbeSpend, TraceSpend, account
 from orchestrator.answers import AnswerGrouper
 from orchestrator.checkpoints import TraceState
 from orchestrator.domain import Decision, JobResult, JobSpec, JobStatus, Snapshot, TraceResult, TraceStatus
+from orchestrator.pricing import PriceProfile
 from orchestrator.providers.tokens import estimate_messages_tokens
-from orchestrator.settings import Price
 from orchestrator.stopping.base import StoppingRule
 
 
@@ -41,7 +41,24 @@ def trace_spend(t: TraceState) -> TraceSpend:
         lost_tokens=t.lost_tokens,
         usage_estimated=t.usage_estimated,
         shadow_from_tokens=t.shadow_from_tokens if t.shadow else None,
+        continued_from_tokens=t.continued_from_tokens,
+        restarts=t.restarts,
     )
+
+
+def with_probe_prefixes(probes: ProbeSpend, traces: Sequence[TraceState]) -> ProbeSpend:
+    """``probes`` plus the prefix sums the cache model needs (``pricing.ProbeInput``): the position of
+    every probe the upstream answered (an ``extract`` probe reads the prefix and sends nothing)."""
+    prefix = last = 0
+    for t in traces:
+        positions = [
+            t.crossings[cp].position_tokens
+            for cp, o in t.probes.items()
+            if o.input_tokens > 0 and cp in t.crossings
+        ]
+        prefix += sum(positions)
+        last += max(positions, default=0)
+    return replace(probes, prefix_tokens=prefix, last_prefix_tokens=last)
 
 
 def trace_result(t: TraceState) -> TraceResult:
@@ -67,7 +84,7 @@ def build_result(
     warmup: Sequence[TraceState],
     grouper: AnswerGrouper,
     probes: ProbeSpend,
-    price: Price | None,
+    profile: PriceProfile,
     rule_name: str,
     probe_strategy: str,
     votes: Mapping[str, float],
@@ -82,8 +99,8 @@ def build_result(
         [trace_spend(t) for t in launched],
         budget=spec.budget,
         warmup=[trace_spend(t) for t in warmup],
-        probes=probes,
-        price=price,
+        probes=with_probe_prefixes(probes, launched),
+        profile=profile,
         prompt_estimate=estimate_messages_tokens(list(spec.messages)),
         max_tokens=spec.max_tokens,
         length_prior=length_prior,

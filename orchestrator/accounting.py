@@ -169,14 +169,12 @@ class Spend:
 
 
 def plain_prompt_tokens(traces: Sequence[TraceSpend], estimate: int) -> int:
-    """The prompt of one fresh request of this job: the smallest prompt a trace reported, less the
-    stored prefix a resumed trace re-sent; the offline estimate when no trace can tell."""
-    seen = [
-        t.prompt_tokens - t.continued_from_tokens
-        for t in traces
-        if t.restarts == 0 and t.prompt_tokens > t.continued_from_tokens
-    ]
-    return min(seen, default=estimate)
+    """The prompt of one fresh request of this job: the smallest prompt reported by a trace that was
+    neither resumed from a stored prefix nor restarted (a trace whose dropped stream was continued
+    reports more, so the smallest is the fresh one); the offline estimate when no trace can tell
+    (every trace resumed after a crash: a continuation's prompt carries the prefix it re-sent)."""
+    seen = [t.prompt_tokens for t in traces if t.restarts == 0 and t.continued_from_tokens == 0]
+    return min((n for n in seen if n > 0), default=estimate)
 
 
 def spend(

@@ -20,6 +20,7 @@ from orchestrator.domain import JobSpec, ProbeSpec, WarmupMode
 from orchestrator.evaluation.prepared import prepare
 from orchestrator.evaluation.simulate import simulate, timeline
 from orchestrator.providers.factory import build_provider
+from orchestrator.providers.tokens import estimate_messages_tokens
 from orchestrator.replay.corpus import NO_ANSWER, Corpus
 from orchestrator.replay.importers import load_corpus
 from orchestrator.replay.server import replay_server_process
@@ -186,3 +187,9 @@ async def test_a_worker_killed_mid_job_over_http_resumes_to_the_simulators_answe
     assert result.stop_checkpoint == expected.stop_checkpoint
     assert result.accounting.generated_tokens == expected.generated_tokens
     assert sum(t.continued_from_tokens for t in result.traces) >= BUDGET * 600
+    # issue 14 item 9: the continuation prompts are the crash's cost, never SC's: the counterfactual
+    # holds K plain prompts (the replay server counts them with the offline estimator), not K resumes
+    acc = result.accounting
+    plain = estimate_messages_tokens([{"role": "user", "content": q.question}])
+    assert abs(acc.full_budget_estimate_tokens - acc.full_budget_generated_tokens - BUDGET * plain) <= 1
+    assert acc.prompt_tokens > BUDGET * (plain + 600)  # spent: every resume re-sent its prefix

@@ -112,7 +112,7 @@ def price_profile(name: str) -> PriceProfile:
         return PROFILES[name]
     except KeyError:
         raise InvalidRequest(
-            f"unknown price profile {name!r}; known: {', '.join(PROFILES)}", field="price_profile"
+            f"price_profile: unknown profile {name!r}; known: {', '.join(PROFILES)}", field="price_profile"
         ) from None
 
 

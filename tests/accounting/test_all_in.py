@@ -3,10 +3,17 @@ than plain self-consistency says so, and a crash never inflates what SC would ha
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from orchestrator.accounting import ProbeSpend, TraceSpend, account, plain_prompt_tokens, spend, verdict
+from orchestrator.coordinator import Coordinator, CoordinatorConfig
+from orchestrator.domain import JobSpec, ProbeSpec, WarmupMode
 from orchestrator.pricing import OPENAI, SELF_HOSTED
+from orchestrator.store.base import request_fingerprint
+from orchestrator.store.memory import MemoryStore
+from tests.fakes import Script, ScriptedProvider
 
 P = 20
 
@@ -101,3 +108,40 @@ def test_the_plain_prompt_ignores_restarted_and_continued_attempts() -> None:
     ]
     assert plain_prompt_tokens(traces, estimate=99) == P
     assert plain_prompt_tokens(traces[:2], estimate=99) == 99
+
+
+async def test_a_live_job_is_billed_all_in_under_its_price_profile() -> None:
+    """Through the coordinator (scripted provider): every probe input token is in the all-in total, the
+    job names its profile, and the probe split follows the cache model at the probes' positions."""
+
+    spec = JobSpec(
+        job_id="priced",
+        messages=({"role": "user", "content": "What is 6*7?"},),
+        provider="scripted",
+        model="scripted-model",
+        budget=4,
+        method="consensus",
+        method_params={"threshold": 0.99},
+        probe=ProbeSpec(interval_tokens=100, timeout_s=5.0),
+        warmup=WarmupMode.NONE,
+        task="plain",
+        price_profile="anthropic",
+    )
+    scripts = {i: Script(350 + 50 * i, "42", ("42",) * 20) for i in range(4)}
+    store = MemoryStore()
+    await store.create_job(spec, request_fingerprint(spec))
+    async with asyncio.timeout(20):
+        result = await Coordinator(
+            store, ScriptedProvider(scripts, chunk_tokens=10), config=CoordinatorConfig(cancel_poll_s=0.02)
+        ).run(spec)
+    acc = result.accounting
+    assert acc.price_profile == "anthropic"
+    assert acc.probe_calls > 0
+    generated = acc.generated_tokens + acc.generated_past_checkpoint_tokens
+    assert (
+        acc.total_tokens == generated + acc.prompt_tokens + acc.probe_input_tokens + acc.probe_output_tokens
+    )
+    # hosted model: every probed trace writes its last probe's prefix (multiples of 100) once
+    assert acc.probe_cache_write_tokens > 0
+    assert acc.probe_cache_write_tokens % 100 == 0
+    assert acc.probe_cache_hit_tokens + acc.probe_cache_write_tokens <= acc.probe_input_tokens

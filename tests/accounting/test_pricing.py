@@ -90,7 +90,7 @@ def test_profiles_are_named_and_dated() -> None:
     assert OPENAI.cache_write == pytest.approx(1.25 * OPENAI.input)
     assert ANTHROPIC.cache_write == pytest.approx(1.25 * ANTHROPIC.input)
     assert DEEPSEEK.cached_input == pytest.approx(0.02 * DEEPSEEK.input)
-    with pytest.raises(InvalidRequest, match="unknown price profile"):
+    with pytest.raises(InvalidRequest, match="unknown profile"):
         price_profile("free-lunch")
 
 

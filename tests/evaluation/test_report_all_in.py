@@ -112,5 +112,5 @@ def test_mars_eval_reports_money_under_the_profiles_asked_for(tmp_path: Path) ->
     assert doc["price_profiles"]["openai"]["priced_on"] == OPENAI.priced_on
     for figs in doc["datasets"].values():
         assert set(figs["default"]["savings_money"]) == {"openai", "self-hosted"}
-    with pytest.raises(InvalidRequest, match="unknown price profile"):
+    with pytest.raises(InvalidRequest, match="unknown profile"):
         run_eval(corpora=[corpus], methods="sc", repetitions=1, workers=1, price_profiles=["nope"])

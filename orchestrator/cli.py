@@ -42,6 +42,14 @@ def eval_command(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the JSON report here.")] = None,
     plots: Annotated[Path | None, typer.Option(help="Write PNG plots into this folder.")] = None,
     workers: Annotated[int | None, typer.Option(help="Processes (default: all cores).")] = None,
+    price_profile: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--price-profile",
+            help="Report money savings under this price profile (repeatable; default: every one of "
+            "self-hosted, openai, anthropic, deepseek).",
+        ),
+    ] = None,
 ) -> None:
     """Measure stopping rules on recorded traces.
 
@@ -59,6 +67,7 @@ def eval_command(
         json_out=json_out,
         plots=plots,
         workers=workers,
+        price_profiles=price_profile or (),
     )
 
 

@@ -81,6 +81,7 @@ from orchestrator.errors import (
     UnsupportedCapability,
 )
 from orchestrator.logs import get_logger
+from orchestrator.pricing import job_price_profile
 from orchestrator.providers.base import Capabilities, Provider
 from orchestrator.results import Outcome, build_result, decision_events
 from orchestrator.settings import Settings
@@ -623,7 +624,7 @@ class _JobRun:
             warmup=self.warmup,
             grouper=self.grouper,
             probes=ProbeSpend(spend.calls, spend.input, spend.cached, spend.output),
-            price=self.c.settings.prices.get(self.spec.model),
+            profile=job_price_profile(self.spec, self.c.settings),
             rule_name=rule_name,
             probe_strategy=self.strategy.value,
             votes=self.last_votes,

@@ -201,6 +201,7 @@ class JobSpec:
     max_tokens: int = 32768
     task: str = "math"
     tenant: str = "default"
+    price_profile: str | None = None  # pricing.PROFILES; None: the provider kind's default
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -267,6 +268,11 @@ class Accounting:
     saved_generated_fraction: float = 0.0
     # what the full-budget figure rests on: complete | job | prior | lower_bound (accounting.py)
     full_budget_basis: str = "complete"
+    # money: the price profile (pricing.py) and the probe input split under its cache model
+    price_profile: str = ""
+    probe_cache_hit_tokens: int = 0
+    probe_cache_write_tokens: int = 0
+    saved_usd_fraction: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

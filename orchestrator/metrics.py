@@ -36,11 +36,39 @@ class Metrics:
         self.tokens_spent = Counter(
             "mars_tokens_spent", "Tokens really spent, by part of the job.", ["part"], registry=r
         )
+        # All-in savings against plain self-consistency (accounting.py). A counter cannot go down, so a
+        # job that cost more than SC adds its excess to the *_over_sc counters instead: net saving =
+        # saved - spent_over_sc, also kept as a signed gauge. Nothing is dropped.
         self.tokens_saved = Counter(
-            "mars_tokens_saved", "Tokens saved versus running the full budget.", registry=r
+            "mars_tokens_saved",
+            "All-in tokens saved versus plain self-consistency, by jobs that saved (losses: "
+            "mars_tokens_spent_over_sc_total).",
+            registry=r,
         )
-        self.usd_spent = Counter("mars_usd_spent", "Money spent (USD, from the price table).", registry=r)
-        self.usd_saved = Counter("mars_usd_saved", "Money saved versus the full budget (USD).", registry=r)
+        self.tokens_over_sc = Counter(
+            "mars_tokens_spent_over_sc",
+            "All-in tokens spent beyond plain self-consistency, by jobs that cost more than it.",
+            registry=r,
+        )
+        self.tokens_saved_net = Gauge(
+            "mars_tokens_saved_net",
+            "All-in tokens saved minus tokens spent over plain self-consistency (signed).",
+            registry=r,
+        )
+        self.jobs_over_sc = Counter(
+            "mars_jobs_over_sc", "Jobs whose all-in cost exceeded plain self-consistency.", registry=r
+        )
+        self.usd_spent = Counter("mars_usd_spent", "Money spent (USD, job's price profile).", registry=r)
+        self.usd_saved = Counter(
+            "mars_usd_saved",
+            "Money saved versus plain self-consistency, by jobs that saved (USD).",
+            registry=r,
+        )
+        self.usd_over_sc = Counter(
+            "mars_usd_spent_over_sc",
+            "Money spent beyond plain self-consistency, by jobs that cost more (USD).",
+            registry=r,
+        )
         self.probes = Counter("mars_probes", "Probe requests sent.", registry=r)
         self.jobs_finished = Counter(
             "mars_jobs_finished", "Jobs that ended, by status.", ["status"], registry=r
@@ -74,10 +102,16 @@ class Metrics:
                 self.tokens_spent.labels(part).inc(value)
         if acc.saved_tokens > 0:
             self.tokens_saved.inc(acc.saved_tokens)
+        elif acc.saved_tokens < 0:
+            self.tokens_over_sc.inc(-acc.saved_tokens)
+            self.jobs_over_sc.inc()
+        self.tokens_saved_net.inc(acc.saved_tokens)
         if acc.cost_usd > 0:
             self.usd_spent.inc(acc.cost_usd)
         if acc.saved_usd > 0:
             self.usd_saved.inc(acc.saved_usd)
+        elif acc.saved_usd < 0:
+            self.usd_over_sc.inc(-acc.saved_usd)
         if acc.probe_calls > 0:
             self.probes.inc(acc.probe_calls)
         if elapsed_s is not None and elapsed_s >= 0:
@@ -92,6 +126,11 @@ class Metrics:
                 self.tokens_spent.labels(part).inc(value - previous[part])
         if after.cost_usd > before.cost_usd:
             self.usd_spent.inc(after.cost_usd - before.cost_usd)
+        # shadow traces spent more after the stop: the saving shrinks by as much (never silently)
+        extra = before.saved_tokens - after.saved_tokens
+        if extra > 0:
+            self.tokens_over_sc.inc(extra)
+            self.tokens_saved_net.dec(extra)
 
     def observe_failure_event(self, data: Mapping[str, Any]) -> None:
         """A trace or probe failure event: counted by error class (``"RateLimited: ..."``) and where."""

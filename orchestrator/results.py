@@ -24,7 +24,7 @@ from orchestrator.domain import (
     TraceResult,
     TraceStatus,
 )
-from orchestrator.settings import Price
+from orchestrator.pricing import PriceProfile
 from orchestrator.stopping.base import StoppingRule
 from orchestrator.tokens import estimate_messages_tokens
 
@@ -50,7 +50,24 @@ def trace_spend(t: TraceState) -> TraceSpend:
         lost_tokens=t.lost_tokens,
         usage_estimated=t.usage_estimated,
         shadow_from_tokens=t.shadow_from_tokens if t.shadow else None,
+        continued_from_tokens=t.continued_from_tokens,
+        restarts=t.restarts,
     )
+
+
+def with_probe_prefixes(probes: ProbeSpend, traces: Sequence[TraceState]) -> ProbeSpend:
+    """``probes`` plus the prefix sums the cache model needs (``pricing.ProbeInput``): the position of
+    every probe the upstream answered (an ``extract`` probe reads the prefix and sends nothing)."""
+    prefix = last = 0
+    for t in traces:
+        positions = [
+            t.crossings[cp].position_tokens
+            for cp, o in t.probes.items()
+            if o.input_tokens > 0 and cp in t.crossings
+        ]
+        prefix += sum(positions)
+        last += max(positions, default=0)
+    return replace(probes, prefix_tokens=prefix, last_prefix_tokens=last)
 
 
 def trace_result(t: TraceState) -> TraceResult:
@@ -76,7 +93,7 @@ def build_result(
     warmup: Sequence[TraceState],
     grouper: AnswerGrouper,
     probes: ProbeSpend,
-    price: Price | None,
+    profile: PriceProfile,
     rule_name: str,
     probe_strategy: str,
     votes: Mapping[str, float],
@@ -91,8 +108,8 @@ def build_result(
         [trace_spend(t) for t in launched],
         budget=spec.budget,
         warmup=[trace_spend(t) for t in warmup],
-        probes=probes,
-        price=price,
+        probes=with_probe_prefixes(probes, launched),
+        profile=profile,
         prompt_estimate=estimate_messages_tokens(list(spec.messages)),
         max_tokens=spec.max_tokens,
         length_prior=length_prior,

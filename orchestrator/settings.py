@@ -63,6 +63,7 @@ class Price:
     input: float = 0.0
     cached_input: float = 0.0
     output: float = 0.0
+    cache_write: float | None = None  # None: the input price (no write surcharge)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,6 +30,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from orchestrator.accounting import verdict
 from orchestrator.api.auth import client_job_id, tenant
 from orchestrator.api.events import follow
 from orchestrator.api.handlers import mars_error_response
@@ -284,11 +285,10 @@ def usage(result: JobResult) -> dict[str, Any]:
     """Every token really spent, in OpenAI's terms: ``prompt_tokens`` are the trace prompts plus all
     probe input (``cached_tokens`` of it were cache hits), ``completion_tokens`` everything generated
     (traces up to and past the stop, warmup, shadow and restarted attempts, probe answers). So
-    ``total_tokens`` is the accounting's ``total_tokens`` (which leaves cache hits out) plus the hits."""
+    ``total_tokens`` is the accounting's all-in ``total_tokens``."""
     acc = result.accounting
     prompt = acc.prompt_tokens + acc.probe_input_tokens
-    uncached_probe_input = acc.probe_input_tokens - acc.probe_cached_tokens
-    completion_tokens = max(0, acc.total_tokens - acc.prompt_tokens - uncached_probe_input)
+    completion_tokens = max(0, acc.total_tokens - prompt)
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion_tokens,
@@ -311,8 +311,11 @@ def mars_summary(result: JobResult, budget: int) -> dict[str, Any]:
         "budget": budget,
         "traces": len(result.traces),
         "tokens_spent": acc.total_tokens,
-        "tokens_saved": acc.saved_tokens,
+        "tokens_saved": acc.saved_tokens,  # all-in, against plain SC; negative: it cost more
         "saved_fraction": acc.saved_fraction,
+        "verdict": verdict(acc.saved_fraction, budget),
+        "saved_fraction_paper_view": acc.saved_generated_fraction,
+        "price_profile": acc.price_profile,
         "usd_spent": acc.cost_usd,
         "usd_saved": acc.saved_usd,
         "full_budget_estimate_tokens": acc.full_budget_estimate_tokens,

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from orchestrator.api.auth import store_job_id
 from orchestrator.domain import JobSpec, ProbeSpec, ProbeStrategy, SamplingParams, WarmupMode
 from orchestrator.errors import InvalidRequest
+from orchestrator.pricing import price_profile
 from orchestrator.settings import Settings
 
 # No ":": it separates Redis key parts, so "x:events" would alias job x's event stream (store/keys.py).
@@ -73,6 +74,12 @@ class JobCreate(Strict):
     max_tokens: int = Field(default=32768, ge=1, le=ABSOLUTE_MAX_TOKENS, description="Per trace.")
     task: str = Field(default="math", min_length=1, max_length=64)
     job_id: JobId | None = Field(default=None, description="Caller-chosen id: makes submission idempotent.")
+    price_profile: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Price profile for the money figures: self-hosted | openai | anthropic | deepseek "
+        "(default: the model's configured price, else the provider kind's own profile, else self-hosted).",
+    )
 
     @model_validator(mode="after")
     def _one_prompt(self) -> JobCreate:
@@ -224,6 +231,8 @@ def to_job_spec(body: JobCreate, settings: Settings, tenant: str) -> JobSpec:
             field="probe.interval_tokens",
         )
     check_method(body.method, body.method_params)
+    if body.price_profile is not None:
+        price_profile(body.price_profile)  # an unknown name is a 422 naming the field
     provider = resolve_provider(settings, body.provider)
     check_model(settings, provider, body.model)
     if body.messages is not None:
@@ -247,6 +256,7 @@ def to_job_spec(body: JobCreate, settings: Settings, tenant: str) -> JobSpec:
         max_tokens=body.max_tokens,
         task=body.task,
         tenant=tenant,
+        price_profile=body.price_profile,
     )
 
 

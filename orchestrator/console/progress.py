@@ -13,6 +13,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from orchestrator.accounting import verdict
 from orchestrator.api.jobs import vote_from_event
 from orchestrator.console.client import SseEvent
 
@@ -127,10 +128,24 @@ def summary(job: dict[str, Any]) -> Panel:
             f"stopped at checkpoint {job.get('stop_checkpoint')} · probe strategy {job.get('probe_strategy')}"
         ),
         Text(
-            f"tokens  spent {acc.get('total_tokens', 0):,} · full budget ≈ {acc.get('full_budget_estimate_tokens', 0):,}"
-            f" · saved {acc.get('saved_tokens', 0):,} ({100 * float(acc.get('saved_fraction') or 0):.1f}%)"
+            f"all-in  {verdict(float(acc.get('saved_fraction') or 0), int(job.get('budget') or 0))}: "
+            f"spent {acc.get('total_tokens', 0):,} tokens against ≈ {acc.get('full_budget_estimate_tokens', 0):,}",
+            style="bold" if float(acc.get("saved_fraction") or 0) >= 0 else "bold red",
         ),
     ]
     if acc.get("cost_usd"):
-        lines.append(Text(f"money   spent ${acc['cost_usd']:.4f} · saved ${acc.get('saved_usd', 0):.4f}"))
+        lines.append(
+            Text(
+                f"money   spent ${acc['cost_usd']:.4f} against ${acc.get('full_budget_estimate_usd', 0):.4f}"
+                f" ({100 * float(acc.get('saved_usd_fraction') or 0):+.1f}% saved,"
+                f" price profile {acc.get('price_profile') or '–'})"
+            )
+        )
+    lines.append(
+        Text(
+            f"paper's view (generated tokens of the voting traces only): saved "
+            f"{100 * float(acc.get('saved_generated_fraction') or 0):.1f}%",
+            style="dim",
+        )
+    )
     return Panel(Group(*lines), title="decision", expand=False)

@@ -13,6 +13,7 @@ import shlex
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from multiprocessing.pool import AsyncResult, Pool
 from pathlib import Path
 from typing import Any, TypeVar
@@ -45,6 +46,7 @@ from orchestrator.evaluation.report import (
 from orchestrator.evaluation.simulate import QuestionTimeline
 from orchestrator.evaluation.train_prior import cross_fitted_priors, leave_one_dataset_out, question_folds
 from orchestrator.evaluation.train_stop import Rows
+from orchestrator.pricing import PROFILES, price_profile
 from orchestrator.replay.importers import load_corpus
 
 PROTOCOLS = ("honest", "parallel-probe")
@@ -98,8 +100,10 @@ def run_eval(
     plots: Path | None = None,
     workers: int | None = None,
     console: Console | None = None,
+    price_profiles: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Run ``protocol`` for ``methods`` on every corpus; print tables, write JSON and plots."""
+    """Run ``protocol`` for ``methods`` on every corpus; print tables, write JSON and plots. Money is
+    reported under each of ``price_profiles`` (default: every profile of :mod:`orchestrator.pricing`)."""
     console = console or Console()
     if protocol not in PROTOCOLS:
         raise InvalidRequest(f"protocol must be one of {', '.join(PROTOCOLS)}", field="protocol")
@@ -115,13 +119,22 @@ def run_eval(
                 f"{c.name}: a question has {smallest} traces, fewer than the budget {budget}"
             )
     chosen, notes = parse_methods(methods, loaded, protocol)
+    profiles = [price_profile(p) for p in dict.fromkeys(price_profiles or PROFILES)]
     n_workers = max(1, workers or os.cpu_count() or 1)
     if protocol == "parallel-probe":
         datasets = _run_pp(loaded, names, chosen, budget, repetitions, console)
         extra: dict[str, Any] = {}
     else:
         datasets, extra = _run_honest(
-            loaded, names, chosen, budget, repetitions, probe_interval_tokens, n_workers, console
+            loaded,
+            names,
+            chosen,
+            budget,
+            repetitions,
+            probe_interval_tokens,
+            n_workers,
+            console,
+            [p.name for p in profiles],
         )
         notes.append(
             "features without logprobs: position, flips, streak (STOPPING.md §3)"
@@ -138,6 +151,7 @@ def run_eval(
         notes=notes,
         runtime_s=round(runtime, 1),
         command="mars " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        price_profiles=profiles if protocol != "parallel-probe" else (),
     )
     print_tables(doc, console)
     console.print(f"runtime {runtime:.1f} s on {n_workers} worker(s)")
@@ -198,10 +212,10 @@ def _run_pp(
 
 
 def _honest_task(
-    args: tuple[int, HonestQuestion, list[str], int, int],
+    args: tuple[int, HonestQuestion, list[str], int, int, list[str]],
 ) -> tuple[int, dict[str, list[RunRecord]]]:
-    n, hq, methods, budget, repetitions = args
-    return n, run_question(hq, methods, budget, repetitions)
+    n, hq, methods, budget, repetitions, profiles = args
+    return n, run_question(hq, methods, budget, repetitions, profiles=profiles)
 
 
 def _question_task(args: tuple[int, CorpusQuestion, int | None]) -> tuple[int, HonestQuestion]:
@@ -275,6 +289,7 @@ def _run_honest(
     interval: int | None,
     workers: int,
     console: Console,
+    profiles: list[str],
 ) -> tuple[dict[str, dict[str, MethodFigures]], dict[str, Any]]:
     wanted = list(dict.fromkeys(["sc", "hindsight", *methods]))
     with console.status("grouping answers into equivalence classes"):
@@ -292,7 +307,7 @@ def _run_honest(
         _install_keys(keys)
     try:
         return _run_honest_in(
-            pool, corpora, names, wanted, budget, repetitions, interval, len(corpora) > 1, console
+            pool, corpora, names, wanted, budget, repetitions, interval, len(corpora) > 1, console, profiles
         )
     finally:
         if pool is not None:
@@ -310,6 +325,7 @@ def _run_honest_in(
     interval: int | None,
     lodo: bool,
     console: Console,
+    profiles: list[str],
 ) -> tuple[dict[str, dict[str, MethodFigures]], dict[str, Any]]:
     keys_in_order = [f"{name}/{q.qid}" for c, name in zip(corpora, names, strict=True) for q in c.questions]
     raw = [q for c in corpora for q in c.questions]
@@ -341,9 +357,9 @@ def _run_honest_in(
             _attach_population_models(pool, priors, rows, lodo=lodo, trees=trees)
     for k, hq in questions.items():
         if priors[k]:
-            questions[k] = HonestQuestion(hq.timeline, hq.gold_exact, hq.answer_strings, priors[k])
+            questions[k] = replace(hq, priors=priors[k])
     records: dict[str, dict[str, list[RunRecord]]] = {n: {m: [] for m in wanted} for n in names}
-    tasks = [(n, hq, wanted, budget, repetitions) for n, hq in enumerate(questions.values())]
+    tasks = [(n, hq, wanted, budget, repetitions, profiles) for n, hq in enumerate(questions.values())]
     with _progress(console) as progress:
         bar = progress.add_task(
             f"honest protocol: {len(wanted)} methods × {repetitions} reps", total=len(tasks)

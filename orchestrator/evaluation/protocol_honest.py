@@ -7,18 +7,33 @@ on the same snapshots the live coordinator builds, with answers grouped into equ
 per question.
 
 Per run we record the answer (equivalence and exact accuracy), **agreement** with the full-budget vote of
-the same 64 traces, and every token view: generated tokens up to the stop, warmup tokens, probe output
-tokens (extracted answer plus closing brace, counted with the project's offline estimator
-``mars-regex-v1``, :mod:`orchestrator.tokens`; a probe that extracted nothing is charged its
-50-token cap), probe input tokens (cache-eligible, reported apart), probe calls, and sequential tokens
-(the longest voting trace up to the stop, plus the longest warmup trace for a sequential warmup).
+the same 64 traces, and every token view, charged by the one accounting the live service uses
+(:func:`orchestrator.accounting.spend`, priced by :mod:`orchestrator.pricing`):
+
+- the paper's view: generated tokens of the voting traces up to the stop;
+- the **all-in** view: those, plus warmup traces run in full, the prompt of every launched trace,
+  every probe's input (plain prompt + the prefix read + the answer-forcing suffix, all of it: cache
+  hits are billed too) and output, and the same for SC@64 on the same traces (its 64 prompts and
+  whole traces), so every run knows whether it cost more than SC;
+- money under each price profile asked for, with the probe input split into cache hits, writes and
+  misses by the one cache model (``pricing.probe_cache_split``);
+- time to answer: the stop on the token clock (``seq_tokens``: the longest voting trace up to the stop,
+  waves one after another, plus the longest warmup trace for a sequential warmup) and SC@64's (its
+  longest trace).
+
+Offline there are no upstream counts: the prompt and the probe suffix are counted with the project's
+offline estimator ``mars-regex-v1`` (:mod:`orchestrator.tokens`) on the question text and on
+the suffix the adapters send; a probe's output is its extracted answer plus the closing brace (a probe
+that extracted nothing is charged its 50-token cap).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
+from orchestrator.accounting import ProbeSpend, Spend, TraceSpend, grid_probes, spend
 from orchestrator.answers import answer_or_none
 from orchestrator.corpus import Corpus, CorpusQuestion
 from orchestrator.domain import majority
@@ -28,7 +43,6 @@ from orchestrator.evaluation.prepared import prepare
 from orchestrator.evaluation.protocol_pp import permutation
 from orchestrator.evaluation.simulate import (
     PROBE_NO_ANSWER_TOKENS,
-    PROBE_SUFFIX_TOKENS,
     CheckpointCache,
     QuestionTimeline,
     SimRun,
@@ -38,9 +52,13 @@ from orchestrator.evaluation.simulate import (
     simulate,
     timeline,
 )
-from orchestrator.tokens import estimate_tokens
+from orchestrator.pricing import PROFILES, PriceProfile
+from orchestrator.providers.base import ANSWER_FORCING_SUFFIX
+from orchestrator.tokens import estimate_messages_tokens, estimate_tokens
 
 WARMUP_TRACES = 16
+# the answer-forcing suffix every probe sends after the prefix, counted offline
+PROBE_SUFFIX_TOKENS = estimate_tokens(ANSWER_FORCING_SUFFIX)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,10 +77,21 @@ class RunRecord:
     probe_calls: int
     stop_checkpoint: int
     stopped: bool
+    # all-in (accounting.spend), against SC@64 on the same traces
+    all_in_tokens: int = 0
+    sc_all_in_tokens: int = 0
+    prompt_tokens: int = 0
+    usd: Mapping[str, float] = field(default_factory=dict)  # price profile -> this run's bill
+    sc_usd: Mapping[str, float] = field(default_factory=dict)
+    sc_seq_tokens: int = 0  # SC@64's time to answer: its longest trace
 
     @property
     def tokens_full(self) -> int:
         return self.tokens + self.warmup_tokens + self.probe_output_tokens
+
+    @property
+    def over_sc(self) -> bool:
+        return self.all_in_tokens > self.sc_all_in_tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +102,7 @@ class HonestQuestion:
     gold_exact: str
     answer_strings: tuple[str, ...]
     priors: Mapping[str, object] = field(default_factory=dict)  # method name -> prior model
+    prompt_tokens: int = 0  # the question as a one-message chat prompt, estimated offline
 
 
 def run_question(
@@ -81,9 +111,11 @@ def run_question(
     budget: int,
     repetitions: int,
     on_progress: Callable[[int], None] | None = None,
+    profiles: Sequence[str] = tuple(PROFILES),
 ) -> dict[str, list[RunRecord]]:
-    """Every method on every repetition of one question."""
+    """Every method on every repetition of one question, priced under each of ``profiles``."""
     tl = hq.timeline
+    priced = [PROFILES[p] for p in profiles]
     n = len(tl.traces)
     out: dict[str, list[RunRecord]] = {m: [] for m in methods}
     specs = {m: method_spec(m) for m in methods}
@@ -93,18 +125,82 @@ def run_question(
         warmup = order[budget : budget + WARMUP_TRACES]
         full = majority([tl.traces[i].final_class for i in voting])
         ctx = MethodContext(tl, tuple(voting), tuple(warmup), hq.priors)
+        sc = Baseline.of(hq, voting, priced)
         # every method of this repetition sees the same traces (and, until it prunes, checkpoints)
         views: ViewCache = {}
         checkpoints: CheckpointCache = {}
         runs: RunCache = {}
         for m, spec in specs.items():
-            out[m].append(_run(spec, ctx, hq, full, views, checkpoints, runs))
+            out[m].append(_run(spec, ctx, hq, full, views, checkpoints, runs, sc))
         if on_progress is not None:
             on_progress(1)
     return out
 
 
-def _record(hq: HonestQuestion, full: int | None, answer: int | None, **kw: int | bool) -> RunRecord:
+@dataclass(frozen=True, slots=True)
+class Baseline:
+    """SC@64 on one repetition's voting traces: all 64 prompts and whole traces, no probes."""
+
+    tokens: int
+    seq_tokens: int
+    usd: Mapping[str, float]
+    profiles: tuple[PriceProfile, ...]
+
+    @classmethod
+    def of(cls, hq: HonestQuestion, voting: Sequence[int], profiles: Sequence[PriceProfile]) -> Baseline:
+        lengths = [hq.timeline.traces[i].total_tokens for i in voting]
+        s = spend(_whole(lengths, hq.prompt_tokens), prompt_estimate=hq.prompt_tokens)
+        return cls(s.total, max(lengths), {p.name: s.usd(p) for p in profiles}, tuple(profiles))
+
+    def costs(self, s: Spend) -> dict[str, Any]:
+        """A run's all-in figures beside this baseline's (the fields of :class:`RunRecord`)."""
+        return {
+            "all_in_tokens": s.total,
+            "sc_all_in_tokens": self.tokens,
+            "prompt_tokens": s.prompt,
+            "usd": {p.name: s.usd(p) for p in self.profiles},
+            "sc_usd": self.usd,
+            "sc_seq_tokens": self.seq_tokens,
+        }
+
+
+def _whole(lengths: Sequence[int], prompt_tokens: int) -> list[TraceSpend]:
+    return [TraceSpend(tokens=n, complete=True, prompt_tokens=prompt_tokens) for n in lengths]
+
+
+def run_spend(
+    hq: HonestQuestion,
+    voting: Sequence[int],
+    spent: Sequence[int],
+    probe_counts: Sequence[int],
+    probe_output_tokens: int,
+    warmup: Sequence[int] = (),
+) -> Spend:
+    """One simulated run through the live accounting: voting slot s generated ``spent[s]`` tokens
+    (launched when positive; complete when that is the whole trace) and was probed at checkpoints
+    1..``probe_counts[s]``; ``warmup`` traces ran to their end."""
+    tl, prompt = hq.timeline, hq.prompt_tokens
+    traces = [
+        TraceSpend(tokens=n, complete=n >= tl.traces[i].total_tokens, prompt_tokens=prompt)
+        for i, n in zip(voting, spent, strict=True)
+        if n > 0
+    ]
+    probes = (
+        grid_probes(
+            probe_counts,
+            tl.interval_tokens,
+            prompt_tokens=prompt,
+            suffix_tokens=PROBE_SUFFIX_TOKENS,
+            output_tokens=probe_output_tokens,
+        )
+        if any(probe_counts)
+        else ProbeSpend()
+    )
+    warm = _whole([tl.traces[i].total_tokens for i in warmup], prompt)
+    return spend(traces, warmup=warm, probes=probes, prompt_estimate=prompt)
+
+
+def _record(hq: HonestQuestion, full: int | None, answer: int | None, **kw: Any) -> RunRecord:
     gold = hq.timeline.gold_class
     text = hq.answer_strings[answer] if answer is not None and answer < len(hq.answer_strings) else None
     return RunRecord(
@@ -112,7 +208,7 @@ def _record(hq: HonestQuestion, full: int | None, answer: int | None, **kw: int 
         correct=answer is not None and answer == gold,
         correct_exact=text is not None and text == hq.gold_exact,
         agrees=answer == full,
-        **kw,  # type: ignore[arg-type]
+        **kw,
     )
 
 
@@ -130,10 +226,12 @@ def _run(
     views: ViewCache | None = None,
     checkpoints: CheckpointCache | None = None,
     runs: RunCache | None = None,
+    sc: Baseline | None = None,
 ) -> RunRecord:
     tl = ctx.timeline
+    sc = sc or Baseline.of(hq, ctx.voting, tuple(PROFILES.values()))
     if spec.name == "hindsight":
-        return _hindsight(ctx, hq, full)
+        return _hindsight(ctx, hq, full, sc)
     rule = spec.build(ctx)
     warm_tokens = warm_seq = 0
     warmup_class = None
@@ -164,6 +262,23 @@ def _run(
         )
         if runs is not None and key is not None:
             runs[key] = run
+    interval = tl.interval_tokens
+    slots = [tl.traces[i] for i in ctx.voting]
+    if run.slot_checkpoints:  # checkpoint runs: slot s read up to its last checkpoint
+        spent = [
+            min(t.total_tokens, cp * interval) for t, cp in zip(slots, run.slot_checkpoints, strict=True)
+        ]
+        probed = rule.needs_probes
+        counts = [
+            min(cp, t.finish_checkpoint - 1) if probed else 0
+            for t, cp in zip(slots, run.slot_checkpoints, strict=True)
+        ]
+    else:  # waves: the first traces_started ran to their end, the rest never launched
+        spent = [t.total_tokens if s < run.traces_started else 0 for s, t in enumerate(slots)]
+        counts = [0] * len(slots)
+    s = run_spend(
+        hq, ctx.voting, spent, counts, run.probe_output_tokens, ctx.warmup if spec.sequential_warmup else ()
+    )
     return _record(
         hq,
         full,
@@ -172,27 +287,28 @@ def _run(
         seq_tokens=run.seq_tokens + warm_seq,
         warmup_tokens=warm_tokens,
         probe_output_tokens=run.probe_output_tokens,
-        probe_input_tokens=run.probe_input_tokens,
+        probe_input_tokens=s.probes.input_tokens,
         probe_calls=run.probe_calls,
         stop_checkpoint=run.stop_checkpoint,
         stopped=run.stopped,
+        **sc.costs(s),
     )
 
 
-def _hindsight(ctx: MethodContext, hq: HonestQuestion, full: int | None) -> RunRecord:
+def _hindsight(ctx: MethodContext, hq: HonestQuestion, full: int | None, sc: Baseline) -> RunRecord:
     """The limit: stop at the first checkpoint after which the leader never changes and equals the
     full-budget answer (uses the future; charged like a probing method)."""
     tl = ctx.timeline
     cp = hindsight_checkpoint(leader_trajectory(tl, ctx.voting), full)
     interval = tl.interval_tokens
     spent = [min(tl.traces[i].total_tokens, cp * interval) for i in ctx.voting]
-    calls = out_tokens = in_tokens = 0
-    for i in ctx.voting:
-        tr = tl.traces[i]
-        for k in range(1, min(cp, tr.finish_checkpoint - 1) + 1):
-            calls += 1
-            out_tokens += tr.probe_output_tokens[k - 1] + 1
-            in_tokens += k * interval + PROBE_SUFFIX_TOKENS
+    counts = [min(cp, tl.traces[i].finish_checkpoint - 1) for i in ctx.voting]
+    out_tokens = sum(
+        tl.traces[i].probe_output_tokens[k - 1] + 1
+        for i, n in zip(ctx.voting, counts, strict=True)
+        for k in range(1, n + 1)
+    )
+    s = run_spend(hq, ctx.voting, spent, counts, out_tokens)
     return _record(
         hq,
         full,
@@ -201,10 +317,11 @@ def _hindsight(ctx: MethodContext, hq: HonestQuestion, full: int | None) -> RunR
         seq_tokens=max(spent),
         warmup_tokens=0,
         probe_output_tokens=out_tokens,
-        probe_input_tokens=in_tokens,
-        probe_calls=calls,
+        probe_input_tokens=s.probes.input_tokens,
+        probe_calls=s.probes.calls,
         stop_checkpoint=cp,
         stopped=True,
+        **sc.costs(s),
     )
 
 
@@ -232,7 +349,8 @@ def honest_question(
         for t in question.traces
     ]
     tl = timeline(prepared, interval_tokens, probe_tokens)
-    return HonestQuestion(tl, question.gold_answer, prepared.answers)
+    prompt = estimate_messages_tokens([{"role": "user", "content": question.question}])
+    return HonestQuestion(tl, question.gold_answer, prepared.answers, prompt_tokens=prompt)
 
 
 def corpus_strings(corpus: Corpus) -> list[str]:

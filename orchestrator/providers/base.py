@@ -64,6 +64,12 @@ class StreamDelta:
     tokens_estimated: bool = False
 
 
+ANSWER_FORCING_SUFFIX = (
+    " Considering the limited time by the user, I have to give the solution based on the"
+    " thinking directly now.\n</think>\n\n\\boxed{"
+)
+
+
 @dataclass(frozen=True, slots=True)
 class ProbeRequest:
     """Ask what the trace would answer if it stopped after ``prefix`` (its first ``position_tokens``)."""
@@ -74,10 +80,7 @@ class ProbeRequest:
     strategy: ProbeStrategy
     model: str | None = None
     max_tokens: int = 50
-    suffix: str = (
-        " Considering the limited time by the user, I have to give the solution based on the"
-        " thinking directly now.\n</think>\n\n\\boxed{"
-    )
+    suffix: str = ANSWER_FORCING_SUFFIX
 
 
 @dataclass(frozen=True, slots=True)

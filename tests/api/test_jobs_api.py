@@ -59,6 +59,7 @@ async def test_submit_returns_202_with_id_and_links(client: httpx.AsyncClient, s
         ),
         ({"sampling": {"temperature": 9}}, "sampling.temperature", "less than or equal to 2"),
         ({"job_id": "bad id with spaces"}, "job_id", "pattern"),
+        ({"price_profile": "free-lunch"}, "price_profile", "known: self-hosted, openai"),
     ],
 )
 async def test_bad_input_is_422_naming_the_field_and_the_fix(

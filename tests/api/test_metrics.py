@@ -75,3 +75,23 @@ async def test_unreachable_upstream_is_502_and_counted(client: httpx.AsyncClient
     metrics = (await client.get("/metrics")).text
     assert 'mars_upstream_errors_total{kind="ConnectError",where="passthrough"} 1.0' in metrics
     assert 'mars_proxy_requests_total{mode="passthrough"} 1.0' in metrics
+
+
+def test_a_job_that_cost_more_than_sc_is_counted_not_clamped() -> None:
+    """Savings are all-in and signed: a job 1,000 tokens over plain SC adds to the over-SC counters and
+    pulls the net gauge below zero; a job that saved 400 adds to the savings counter."""
+    metrics = Metrics()
+    spec = ("continue", (), "default")
+
+    def result(job_id: str, saved: int, saved_usd: float) -> JobResult:
+        acc = Accounting(total_tokens=5000, saved_tokens=saved, saved_usd=saved_usd, cost_usd=0.5)
+        return JobResult(job_id, JobStatus.SUCCEEDED, "1", 1, 500, "mars: stop", spec[2], spec[0], (), acc)
+
+    metrics.observe_result(result("over", -1000, -0.25), 1.0)
+    metrics.observe_result(result("under", 400, 0.1), 1.0)
+    text = metrics.render(queue_depth=None, jobs_in_flight=None).decode()
+    assert "mars_tokens_spent_over_sc_total 1000.0" in text
+    assert "mars_tokens_saved_total 400.0" in text
+    assert "mars_tokens_saved_net -600.0" in text
+    assert "mars_jobs_over_sc_total 1.0" in text
+    assert "mars_usd_spent_over_sc_total 0.25" in text

@@ -19,8 +19,8 @@ from orchestrator.errors import JobCancelled, NoAnswer, UpstreamError
 from orchestrator.replay.jsonl import write_jsonl
 from tests.api.conftest import ALICE, auth
 from tests.api.live import small_corpus
-from tests.console.test_cli_service import clean_env
 from tests.api.test_proxy_live import MESSAGES, stack
+from tests.console.test_cli_service import clean_env
 
 pytestmark = pytest.mark.timeout(90)
 MARS = str(Path(sys.executable).parent / "mars")

@@ -319,7 +319,7 @@ def assert_accounting_adds_up(run: Run, *, lost_tokens: int = 0) -> None:
     voting = [t for t in run.result.traces if t.status is not TraceStatus.PENDING]
     assert acc.generated_tokens + acc.generated_past_checkpoint_tokens == sum(t.tokens for t in voting)
     assert sum(t.tokens_past_stop for t in voting) == acc.generated_past_checkpoint_tokens
-    probes = acc.probe_input_tokens - acc.probe_cached_tokens + acc.probe_output_tokens
+    probes = acc.probe_input_tokens + acc.probe_output_tokens  # all-in: cache hits are billed too
     assert acc.total_tokens == (
         acc.generated_tokens + acc.generated_past_checkpoint_tokens + acc.prompt_tokens + probes + lost_tokens
     )

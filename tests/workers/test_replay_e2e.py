@@ -28,6 +28,7 @@ from orchestrator.stopping.registry import build_rule
 from orchestrator.stopping.switch_model import CONSERVATIVE_DEFAULT, FEATURES_NO_CONFIDENCE, SwitchModel
 from orchestrator.store.base import request_fingerprint
 from orchestrator.store.factory import open_store
+from orchestrator.tokens import estimate_messages_tokens
 from tests.fakes import wait_until
 from tests.workers import scenario
 from tests.workers.test_workers import REPO, tokens_at_least, wait_for_result
@@ -186,3 +187,9 @@ async def test_a_worker_killed_mid_job_over_http_resumes_to_the_simulators_answe
     assert result.stop_checkpoint == expected.stop_checkpoint
     assert result.accounting.generated_tokens == expected.generated_tokens
     assert sum(t.continued_from_tokens for t in result.traces) >= BUDGET * 600
+    # issue 14 item 9: the continuation prompts are the crash's cost, never SC's: the counterfactual
+    # holds K plain prompts (the replay server counts them with the offline estimator), not K resumes
+    acc = result.accounting
+    plain = estimate_messages_tokens([{"role": "user", "content": q.question}])
+    assert abs(acc.full_budget_estimate_tokens - acc.full_budget_generated_tokens - BUDGET * plain) <= 1
+    assert acc.prompt_tokens > BUDGET * (plain + 600)  # spent: every resume re-sent its prefix

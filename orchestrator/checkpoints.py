@@ -1,19 +1,19 @@
-"""Online checkpoint semantics (STOPPING.md §10): the global grid, per-trace crossings, readiness and the
-immutable snapshot a rule decides on.
+"""Online checkpoint semantics (STOPPING.md §10): per-trace crossings, readiness, and what each trace
+shows at each decision point.
 
-The grid is ``p_t = t * interval``. A trace *crosses* ``p_t`` at the first chunk boundary at or after
-``p_t`` (exactly at ``p_t`` when the upstream streams one token per chunk); the text up to that
-boundary is the prefix its probe for t sees. Checkpoint t is *ready* once every live trace (launched,
-not pruned, not failed) has finished at or before ``p_t``, or has a probe outcome for t (an answer, a
+When the rule is asked and which own checkpoint of a trace a decision point reads come from
+``timing.py``; the views come from the one builder in ``snapshots.py``; both are shared with the offline
+simulator (``orchestrator/evaluation/simulate.py``). A trace *crosses* its own checkpoint k at the first
+chunk boundary at or after ``k * interval`` tokens from its first token (exactly there when the
+upstream streams one token per chunk); the text up to that boundary is the prefix its probe for k sees.
+Decision point t is *ready* once every live trace launched before t (not pruned, not failed) has
+finished by its own position there or has a probe outcome for its own checkpoint there (an answer, a
 timeout or a failure: then its previous answer stands and its view says ``stale``).
 
-What a trace shows at checkpoint t depends only on its tokens, never on timing, so the live path builds
-the same snapshots as the offline simulator (``orchestrator/evaluation/simulate.py``): finished iff
-``total_tokens <= p_t`` (then its final answer), else its probe answer at ``p_t``; ``tokens`` is
-``min(total, p_t)``; ``history`` its classes at checkpoints 1..t; features from
-:func:`~orchestrator.stopping.switch_model.switch_features`. A trace that finished after ``p_t`` but
-before the decision still shows as running at t. Classes are assigned in trace order at decision time,
-so class ids (the rules' tie-break) do not depend on which probe came back first.
+What a trace shows depends only on its tokens, never on timing: finished iff ``total_tokens`` <= its
+own position (then its final answer), else its probe answer there. A trace that finished past that
+position but before the decision still shows as running. Classes are assigned in trace order at
+decision time, so class ids (the rules' tie-break) do not depend on which probe came back first.
 """
 
 from __future__ import annotations
@@ -25,8 +25,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.answers import AnswerGrouper
-from orchestrator.domain import Snapshot, TraceStatus, TraceView
+from orchestrator.domain import Snapshot, TraceStatus
+from orchestrator.snapshots import trace_view
 from orchestrator.stopping.switch_model import switch_features
+from orchestrator.timing import own_checkpoint, running, started
 
 CONFIDENCE_WINDOW_TOKENS = 2048
 
@@ -58,9 +60,14 @@ class Crossing:
 
 @dataclass(eq=False)
 class TraceState:
-    """One trace as the coordinator tracks it (mutable, owned by one job run on one event loop)."""
+    """One trace as the coordinator tracks it (mutable, owned by one job run on one event loop).
+
+    It is the live :class:`~orchestrator.snapshots.TraceRecord`: what it showed at each of its own
+    checkpoints (``answers``, ``history``, ``confidences``, ``features``, ``stales``; one entry per own
+    checkpoint decided, written by :meth:`CheckpointBook.record` only)."""
 
     index: int
+    interval_tokens: int  # its own checkpoints are every this many tokens from its first
     role: str = "vote"  # vote | warmup
     status: TraceStatus = TraceStatus.PENDING
     tokens: int = 0
@@ -76,11 +83,15 @@ class TraceState:
     window_sum: float = 0.0
     conf_sum: float = 0.0
     conf_count: int = 0
-    # what the rule saw, one entry per decided checkpoint
+    # where it stands in the run, on the global decision grid (orchestrator/timing.py)
+    launched_at: int | None = None
+    pruned_at: int | None = None
+    # what the rule saw, one entry per own checkpoint decided
     answers: list[str | None] = field(default_factory=list)
     history: list[int | None] = field(default_factory=list)
     confidences: list[float | None] = field(default_factory=list)
-    frozen_view: TraceView | None = None  # a pruned trace keeps the view it had
+    features: list[tuple[float, ...]] = field(default_factory=list)
+    stales: list[bool] = field(default_factory=list)
     cut_position: int | None = None  # generated tokens count up to here (stop or prune checkpoint)
     shadow: bool = False
     shadow_from_tokens: int = 0
@@ -128,10 +139,35 @@ class TraceState:
     def full_text(self) -> str:
         return "".join(self.text)
 
+    # --- TraceRecord (orchestrator/snapshots.py) ------------------------------------------------
+    def finished_at(self, k: int) -> bool:
+        return self.finished_by(k * self.interval_tokens)
+
+    def tokens_at(self, position: int) -> int:
+        return (
+            self.total_tokens if self.total_tokens is not None and self.total_tokens <= position else position
+        )
+
+    def class_at(self, k: int) -> int | None:
+        return self.history[k - 1]
+
+    def history_to(self, k: int) -> tuple[int | None, ...]:
+        return tuple(self.history[:k])
+
+    def features_at(self, k: int) -> tuple[float, ...]:
+        return self.features[k - 1]
+
+    def confidence_at(self, k: int) -> float | None:
+        return self.confidences[k - 1]
+
+    def stale_at(self, k: int) -> bool:
+        return self.stales[k - 1]
+
 
 @dataclass
 class CheckpointBook:
-    """The grid, the traces of one job and the answer classes: decides readiness, builds snapshots."""
+    """The grid, the traces of one job and the answer classes: decides readiness, records what each
+    trace shows and builds snapshots with the shared builder (orchestrator/snapshots.py)."""
 
     interval_tokens: int
     traces: list[TraceState]
@@ -146,19 +182,51 @@ class CheckpointBook:
     def live(self) -> list[TraceState]:
         return [t for t in self.traces if t.live]
 
-    def ready(self, checkpoint: int) -> bool:
-        """Every live trace finished by p_t or has a probe outcome for t."""
-        p = self.position(checkpoint)
+    def _reading(self, checkpoint: int) -> list[tuple[TraceState, int]]:
+        """The live traces that take part in ``checkpoint``, with their own checkpoint there."""
+        out = []
         for trace in self.live():
-            if trace.finished_by(p):
-                continue
-            if checkpoint not in trace.probes:
+            if trace.launched_at is not None and started(trace.launched_at, checkpoint):
+                out.append((trace, own_checkpoint(trace.launched_at, checkpoint)))
+        return out
+
+    def ready(self, checkpoint: int) -> bool:
+        """Every live trace launched before ``checkpoint`` finished by its own position there or has a
+        probe outcome for its own checkpoint there."""
+        for trace, k in self._reading(checkpoint):
+            if not trace.finished_at(k) and k not in trace.probes:
                 return False
         return True
 
     def any_running_at(self, checkpoint: int) -> bool:
-        p = self.position(checkpoint)
-        return any(not t.finished_by(p) for t in self.live())
+        return any(running(t, t.launched_at, checkpoint) for t in self.live() if t.launched_at is not None)
+
+    def record(self, checkpoint: int) -> None:
+        """Read what every live trace shows at ``checkpoint`` (in trace order, so class ids follow the
+        order the rule sees answers in)."""
+        for trace, k in self._reading(checkpoint):
+            if len(trace.history) >= k:
+                continue
+            position = k * self.interval_tokens
+            stale = False
+            if trace.finished_at(k):
+                answer = trace.final_answer
+                confidence = trace.trace_confidence()
+            else:
+                outcome = trace.probes[k]
+                crossing = trace.crossings.get(k)
+                confidence = crossing.confidence if crossing else None
+                if outcome.stale:
+                    stale = True
+                    answer = trace.answers[-1] if trace.answers else None
+                else:
+                    answer = outcome.answer if self.probes_enabled else None
+            previous = trace.confidences[-1] if trace.confidences else None
+            trace.answers.append(answer)
+            trace.history.append(self.grouper.classify(answer))
+            trace.confidences.append(confidence)
+            trace.stales.append(stale)
+            trace.features.append(self._features(tuple(trace.history), position, confidence, previous))
 
     def snapshot(
         self,
@@ -168,61 +236,26 @@ class CheckpointBook:
         warmup_answer_class: int | None,
         rule_state: Any,
     ) -> Snapshot:
-        """Build the immutable snapshot of checkpoint t and record each trace's answer and class."""
-        p = self.position(checkpoint)
-        views: list[TraceView] = []
-        for trace in self.traces:
-            if trace.frozen_view is not None:
-                views.append(trace.frozen_view)
-                continue
-            if not trace.live:
-                views.append(
-                    TraceView(
-                        index=trace.index,
-                        answer_class=None,
-                        eligible=False,
-                        started=trace.launched,
-                        tokens=trace.tokens,
-                    )
-                )
-                continue
-            finished = trace.finished_by(p)
-            stale = False
-            if finished:
-                answer = trace.final_answer
-                confidence = trace.trace_confidence()
-            else:
-                outcome = trace.probes[checkpoint]
-                crossing = trace.crossings.get(checkpoint)
-                confidence = crossing.confidence if crossing else None
-                if outcome.stale:
-                    stale = True
-                    answer = trace.answers[-1] if trace.answers else None
-                else:
-                    answer = outcome.answer if self.probes_enabled else None
-            cls = self.grouper.classify(answer)
-            previous_conf = trace.confidences[-1] if trace.confidences else None
-            trace.answers.append(answer)
-            trace.history.append(cls)
-            trace.confidences.append(confidence)
-            history = tuple(trace.history)
-            views.append(
-                TraceView(
-                    index=trace.index,
-                    answer_class=cls,
-                    finished=finished,
-                    tokens=min(trace.total_tokens if finished and trace.total_tokens else p, p),
-                    history=history,
-                    features=self._features(history, p, confidence, previous_conf),
-                    confidence=confidence,
-                    stale=stale,
-                )
+        """Record checkpoint t and build its immutable snapshot."""
+        self.record(checkpoint)
+        views = tuple(
+            trace_view(
+                trace,
+                trace.index,
+                checkpoint,
+                interval_tokens=self.interval_tokens,
+                launched_at=trace.launched_at,
+                pruned_at=trace.pruned_at,
+                probes=self.probes_enabled,
+                failed=trace.status is TraceStatus.FAILED,
             )
+            for trace in self.traces
+        )
         self.decided = checkpoint
         return Snapshot(
             checkpoint=checkpoint,
-            position_tokens=p,
-            traces=tuple(views),
+            position_tokens=self.position(checkpoint),
+            traces=views,
             budget=budget,
             num_classes=budget,
             probe_interval_tokens=self.interval_tokens,
@@ -239,44 +272,3 @@ class CheckpointBook:
         return switch_features(
             history, p, 0.0 if conf is None else conf, None if first else (previous or 0.0)
         )
-
-    def wave_snapshot(self, *, budget: int, rule_state: Any) -> Snapshot:
-        """Wave methods: launched traces have run to completion; the rule sees their final answers."""
-        views = []
-        for trace in self.traces:
-            done = trace.status is TraceStatus.FINISHED
-            views.append(
-                TraceView(
-                    index=trace.index,
-                    answer_class=self.grouper.classify(trace.final_answer) if done else None,
-                    eligible=done,
-                    finished=done,
-                    started=trace.launched,
-                    tokens=trace.tokens,
-                )
-            )
-        return Snapshot(
-            checkpoint=0,
-            position_tokens=0,
-            traces=tuple(views),
-            budget=budget,
-            num_classes=budget,
-            probe_interval_tokens=self.interval_tokens,
-            rule_state=rule_state,
-        )
-
-    def freeze(self, trace: TraceState, view: TraceView, position: int) -> None:
-        """A pruned trace keeps showing the view it had when it was pruned."""
-        trace.frozen_view = TraceView(
-            index=view.index,
-            answer_class=view.answer_class,
-            weight=view.weight,
-            eligible=view.eligible,
-            finished=view.finished,
-            pruned=True,
-            tokens=view.tokens,
-            history=view.history,
-            features=view.features,
-            confidence=view.confidence,
-        )
-        trace.cut_position = position

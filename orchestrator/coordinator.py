@@ -70,7 +70,6 @@ from orchestrator.domain import (
     Snapshot,
     TraceStatus,
     WarmupMode,
-    majority,
 )
 from orchestrator.errors import (
     CallerError,
@@ -90,6 +89,14 @@ from orchestrator.stopping.deepconf import lowest_window_confidence, warmup_thre
 from orchestrator.stopping.registry import build_rule
 from orchestrator.store.base import Store
 from orchestrator.streams import StreamConfig, TraceStreamer, trace_event
+from orchestrator.timing import (
+    EXHAUSTED_REASON,
+    cut_position,
+    ends_idle,
+    exhausted_answer,
+    launch_order,
+    running,
+)
 from orchestrator.warmup import (
     WarmupFit,
     complete_history,
@@ -189,7 +196,7 @@ class _JobRun:
         self.caps: Capabilities = owner.provider.capabilities(spec.model)
         self.grouper = owner.grouper_factory(spec)
         self.interval = spec.probe.interval_tokens
-        self.voting = [TraceState(i) for i in range(spec.budget)]
+        self.voting = [TraceState(i, self.interval) for i in range(spec.budget)]
         self.warmup: list[TraceState] = []
         self.length_prior: tuple[int, ...] = ()  # complete lengths of earlier jobs (accounting)
         self.changed = asyncio.Event()
@@ -248,7 +255,7 @@ class _JobRun:
             async with asyncio.TaskGroup() as tg:
                 self.tg = tg
                 watcher = tg.create_task(self._watch_cancel())
-                self._launch(rule.initial_traces(spec.budget))
+                self._launch(rule.initial_traces(spec.budget), at=0)
                 outcome = await self._decide(rule, book, warmup_class)
                 result = await self._stop(outcome, rule)
                 watcher.cancel()
@@ -348,7 +355,9 @@ class _JobRun:
 
     async def _sequential_warmup(self) -> WarmupFit:
         spec = self.spec
-        self.warmup = [TraceState(spec.budget + w, role="warmup") for w in range(spec.warmup_traces)]
+        self.warmup = [
+            TraceState(spec.budget + w, self.interval, role="warmup") for w in range(spec.warmup_traces)
+        ]
         # Warmup traces are probed at every checkpoint (their rows train q), whatever the job's rule.
         self.strategy = self._probe_strategy(True)
         async with asyncio.TaskGroup() as tg:
@@ -384,11 +393,14 @@ class _JobRun:
         )
 
     # --- launching and streaming ----------------------------------------------------------------
-    def _launch(self, n: int) -> list[TraceState]:
+    def _launch(self, n: int, *, at: int) -> list[TraceState]:
+        """Start ``n`` pending traces at decision point ``at`` (0: the job's start)."""
         if self.cancel_requested:
             return []
-        pending = [t for t in self.voting if t.status is TraceStatus.PENDING][: max(0, n)]
+        waiting = [t.index for t in self.voting if t.status is TraceStatus.PENDING]
+        pending = [self.voting[i] for i in launch_order(waiting, n)]
         for trace in pending:
+            trace.launched_at = at
             self._start_trace(trace)
         if pending:
             self._publish_soon("trace", {"traces": [trace_event(t, "running") for t in pending]})
@@ -422,7 +434,6 @@ class _JobRun:
                 continue  # the store is away; the job goes on and we look again
 
     async def _decide(self, rule: StoppingRule, book: CheckpointBook, warmup_class: int | None) -> Outcome:
-        waves = not rule.needs_probes and rule.initial_traces(self.spec.budget) < self.spec.budget
         while True:
             self.changed.clear()
             if self.cancel_requested:
@@ -430,11 +441,7 @@ class _JobRun:
             fatal = self.streams.fatal
             if fatal is not None:
                 return Outcome(JobStatus.FAILED, "error", error=f"{type(fatal).__name__}: {fatal}")
-            outcome = await (
-                self._decide_waves(rule, book)
-                if waves
-                else self._decide_checkpoints(rule, book, warmup_class)
-            )
+            outcome = await self._decide_checkpoints(rule, book, warmup_class)
             if outcome is not None:
                 return outcome
             await self.changed.wait()
@@ -442,6 +449,7 @@ class _JobRun:
     async def _decide_checkpoints(
         self, rule: StoppingRule, book: CheckpointBook, warmup_class: int | None
     ) -> Outcome | None:
+        """Ask the rule at every decision point that is ready (orchestrator/timing.py)."""
         while True:
             if not book.live():
                 return self._all_failed()
@@ -464,30 +472,11 @@ class _JobRun:
                     snapshot.position_tokens,
                 )
             pruned = self._prune(book, snapshot, decision)
-            launched = self._launch(decision.launch) if decision.launch > 0 else []
+            launched = self._launch(decision.launch, at=t) if decision.launch > 0 else []
             await self._publish_decision(rule, snapshot, decision, pruned, len(launched))
-            if not book.any_running_at(t) and not any(x.status is TraceStatus.PENDING for x in self.voting):
+            if ends_idle(book.any_running_at(t), len(launched)):
                 self.stop_snapshot = snapshot
                 return self._exhausted(t)
-
-    async def _decide_waves(self, rule: StoppingRule, book: CheckpointBook) -> Outcome | None:
-        if any(t.running for t in self.voting):
-            return None
-        if not book.live():
-            return self._all_failed()
-        snapshot = book.wave_snapshot(budget=self.spec.budget, rule_state=self.rule_state)
-        decision = rule.decide(snapshot)
-        self.rule_state = decision.state
-        if decision.stop:
-            self.stop_snapshot = snapshot
-            self.stop_decision = (rule, snapshot, decision)
-            return Outcome(JobStatus.SUCCEEDED, decision.reason or rule.name, decision.answer_class, 0, 0)
-        launched = self._launch(decision.launch) if decision.launch > 0 else []
-        await self._publish_decision(rule, snapshot, decision, [], len(launched))
-        if launched:
-            return None
-        self.stop_snapshot = snapshot
-        return self._exhausted(0)
 
     def _exhausted(self, checkpoint: int | None) -> Outcome:
         """Budget exhausted without a stop: the vote over the final answers of the live traces."""
@@ -495,8 +484,8 @@ class _JobRun:
         classes = [self.grouper.classify(t.final_answer) for t in live]
         return Outcome(
             JobStatus.SUCCEEDED,
-            "budget exhausted",
-            majority(classes),
+            EXHAUSTED_REASON,
+            exhausted_answer(classes),
             checkpoint,
             None if checkpoint is None else checkpoint * self.interval,
         )
@@ -510,13 +499,17 @@ class _JobRun:
     def _prune(self, book: CheckpointBook, snapshot: Snapshot, decision: Decision) -> list[int]:
         pruned = []
         views = {v.index: v for v in snapshot.traces}
+        t = snapshot.checkpoint
         for index in decision.prune:
             if not 0 <= index < len(self.voting):
                 continue
             trace = self.voting[index]
-            if not trace.live or trace.finished_by(snapshot.position_tokens):
+            if not trace.live or not views[index].started or trace.launched_at is None:
                 continue
-            book.freeze(trace, views[index], snapshot.position_tokens)
+            if not running(trace, trace.launched_at, t):
+                continue
+            trace.pruned_at = t
+            trace.cut_position = cut_position(trace.launched_at, t, self.interval)
             trace.status = TraceStatus.PRUNED
             self._cancel([trace])
             pruned.append(index)
@@ -536,11 +529,14 @@ class _JobRun:
         """Cancel what must stop, wait until the cancels landed, then write the result."""
         shadows = self._pick_shadows(outcome)
         victims = [t for t in self.voting if t.running and t not in shadows]
-        cut = outcome.position_tokens or None  # waves (position 0) ran their traces to the end
-        if cut is not None:  # traces not finished by p_stop count up to it; the rest is past the stop
+        cut = outcome.checkpoint
+        if cut:  # traces not finished by their own position at the stop count up to it; the rest is past it
             for trace in self.voting:
-                if trace.launched and trace.cut_position is None and not trace.finished_by(cut):
-                    trace.cut_position = cut
+                if trace.launched_at is None or trace.cut_position is not None:
+                    continue
+                position = cut_position(trace.launched_at, cut, self.interval)
+                if not trace.finished_by(position):
+                    trace.cut_position = position
         for trace in victims:
             trace.status = TraceStatus.CANCELLED
         self._cancel(victims)  # every victim's connection is closed before any task runs again

@@ -1,33 +1,41 @@
-"""Drive any :class:`StoppingRule` over one question's recorded traces, checkpoint by checkpoint.
+"""Drive any :class:`StoppingRule` over one question's recorded traces: the service's model.
 
-The simulator builds the same :class:`Snapshot` the live coordinator builds (ARCHITECTURE.md, data
-flow step 6; STOPPING.md §1, §10): at checkpoint t (position ``p_t = t * interval``) every started,
-unpruned trace shows its probe answer at ``p_t`` while running, its final answer once finished
-(``total_tokens <= p_t``), ``None`` when nothing could be extracted; its history of answer classes at
-every checkpoint so far; its switch features (:func:`orchestrator.stopping.switch_model.feature_rows`,
-the function the coordinator calls); its token count ``min(total, p_t)``. The rule's ``Decision.state``
-comes back as ``Snapshot.rule_state``; ``Decision.prune`` freezes traces where they are; wave methods
-(``needs_probes`` false and ``initial_traces < budget``) run their launched traces to completion and
-ask for more with ``Decision.launch``.
+The simulator asks the rule when the live coordinator asks it (:mod:`orchestrator.timing`: every grid
+checkpoint on the token clock, for every rule; launches through ``Decision.launch`` at any decision
+point, each launched trace counting its own checkpoints from its first token) and shows it the views the
+coordinator shows (:func:`orchestrator.snapshots.trace_view`, with :class:`TraceTimeline` as the
+offline trace record). The rule's ``Decision.state`` comes back as ``Snapshot.rule_state``;
+``Decision.prune`` freezes traces where they are. Probe calls are charged for every started, unpruned
+trace still running at its own checkpoint when the rule probes.
 
 Everything that depends only on the question (not on the permutation) is computed once in
-:class:`TraceTimeline`: the class at every grid checkpoint, the feature rows, the probe output tokens.
+:class:`TraceTimeline`: the class at every own checkpoint, the feature rows, the probe output tokens.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from orchestrator.domain import Decision, Snapshot, TraceView, majority
 from orchestrator.evaluation.prepared import PreparedQuestion
+from orchestrator.snapshots import trace_view
 from orchestrator.stopping.base import StoppingRule
 from orchestrator.stopping.deepconf import lowest_window_confidence
-from orchestrator.stopping.switch_model import feature_rows
+from orchestrator.stopping.switch_model import feature_rows, switch_features
 from orchestrator.stopping.tally import share_arrays
+from orchestrator.timing import (
+    ends_idle,
+    exhausted_answer,
+    launch_order,
+    own_checkpoint,
+    running,
+    started,
+    visible_checkpoint,
+)
 
 PROBE_CLOSE_TOKENS = 1  # the closing brace the probe completion ends with
 PROBE_NO_ANSWER_TOKENS = 50  # a probe that closed nothing ran to its max_tokens (STOPPING.md §9)
@@ -36,7 +44,8 @@ PROBE_SUFFIX_TOKENS = 34  # the reference answer-forcing suffix, estimated (prob
 
 @dataclass(frozen=True, slots=True)
 class TraceTimeline:
-    """One trace on the global checkpoint grid of a question (index t-1 = checkpoint t)."""
+    """One trace on its own checkpoint grid (index k-1 = its own checkpoint k); the offline
+    :class:`~orchestrator.snapshots.TraceRecord`."""
 
     classes: tuple[int | None, ...]  # answer class the trace shows at each checkpoint
     finish_checkpoint: int  # first checkpoint at which the trace is finished
@@ -46,6 +55,38 @@ class TraceTimeline:
     probe_output_tokens: tuple[int, ...]  # output tokens of the probe at each checkpoint (0 when done)
     confidences: tuple[float | None, ...]  # trailing-window confidence at each checkpoint (or None)
     lowest_window: float | None = None  # lowest 2048-token window confidence of the whole trace
+
+    # --- TraceRecord: past the question's last grid checkpoint a (finished) trace keeps its final view
+    def finished_at(self, k: int) -> bool:
+        return k >= self.finish_checkpoint
+
+    def tokens_at(self, position: int) -> int:
+        return self.total_tokens if self.total_tokens < position else position
+
+    def class_at(self, k: int) -> int | None:
+        return self.classes[min(k, len(self.classes)) - 1]
+
+    def history_to(self, k: int) -> tuple[int | None, ...]:
+        n = len(self.classes)
+        return self.classes[:k] if k <= n else self.classes + (self.final_class,) * (k - n)
+
+    def features_at(self, k: int) -> tuple[float, ...]:
+        n = len(self.features)
+        if k <= n:
+            return self.features[k - 1]
+        if not self.features[-1]:
+            return ()
+        position = round(self.features[-1][0] / n) * k  # the grid is (1..n) * interval
+        if len(self.features[-1]) == 3:
+            return switch_features(self.history_to(k), position)
+        confidence = self.confidences[-1] or 0.0  # finished: the whole-trace mean, unchanged since
+        return switch_features(self.history_to(k), position, confidence, confidence)
+
+    def confidence_at(self, k: int) -> float | None:
+        return self.confidences[min(k, len(self.confidences)) - 1]
+
+    def stale_at(self, k: int) -> bool:
+        return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,68 +153,6 @@ def timeline(
     return QuestionTimeline(q.qid, interval, n_cp, tuple(traces), q.gold_class, q.answers)
 
 
-def _view_constructor() -> Callable[..., TraceView]:
-    """``TraceView(...)`` (positional, ``stale`` False) filling the slots directly: the frozen
-    dataclass's ``__init__`` goes through ``object.__setattr__`` per field, and the simulator builds
-    millions of views. Falls back to the class itself if its fields ever change (a test compares)."""
-    names = tuple(f.name for f in fields(TraceView))
-    if names != _VIEW_FIELDS:
-        return TraceView
-    setters = [getattr(TraceView, name).__set__ for name in names]
-    (index_, answer_, weight_, eligible_, finished_, started_, pruned_, tokens_) = setters[:8]
-    (history_, features_, confidence_, final_, stale_) = setters[8:]
-    new = object.__new__
-
-    def view(
-        index: int,
-        answer_class: int | None,
-        weight: float,
-        eligible: bool,
-        finished: bool,
-        started: bool,
-        pruned: bool,
-        tokens: int,
-        history: tuple[int | None, ...],
-        features: tuple[float, ...],
-        confidence: float | None,
-        final_class: int | None,
-    ) -> TraceView:
-        v: TraceView = new(TraceView)
-        index_(v, index)
-        answer_(v, answer_class)
-        weight_(v, weight)
-        eligible_(v, eligible)
-        finished_(v, finished)
-        started_(v, started)
-        pruned_(v, pruned)
-        tokens_(v, tokens)
-        history_(v, history)
-        features_(v, features)
-        confidence_(v, confidence)
-        final_(v, final_class)
-        stale_(v, False)
-        return v
-
-    return view
-
-
-_VIEW_FIELDS = (
-    "index",
-    "answer_class",
-    "weight",
-    "eligible",
-    "finished",
-    "started",
-    "pruned",
-    "tokens",
-    "history",
-    "features",
-    "confidence",
-    "final_class",
-    "stale",
-)
-new_view = _view_constructor()
-
 ViewCache = dict[tuple[bool, bool], dict[int, TraceView]]
 # Trace views by (needs_probes, oracle), then by slot, checkpoint read and pruned flag (one int).
 # Whole checkpoints before any pruning, keyed (checkpoint, needs_probes, oracle): the views and the
@@ -213,42 +192,41 @@ def simulate(
 ) -> SimRun:
     """Run ``rule`` on the traces ``voting`` (in slot order) of question ``tl``.
 
+    The rule is asked at the decision points of :mod:`orchestrator.timing` (every grid checkpoint,
+    launches in waves included), on views from :func:`orchestrator.snapshots.trace_view`: the same
+    policy and the same builder as the live coordinator.
+
     ``cache`` shares trace views between rules run on the same ``voting`` order with default
     weights and eligibility (views are immutable, so sharing is safe); pass a fresh dict per order.
-    ``checkpoints`` (likewise one per order) shares whole checkpoints while nothing is pruned yet.
+    ``checkpoints`` (likewise one per order) shares whole checkpoints while every trace was launched
+    at the start and nothing is pruned yet.
     """
     if weights is not None or eligible is not None:
         cache = checkpoints = None
-    budget = len(voting)
-    if not rule.needs_probes and rule.initial_traces(budget) < budget:
-        return _simulate_waves(rule, tl, voting, num_classes=num_classes)
+    n = budget = len(voting)
     slots = [tl.traces[i] for i in voting]
-    n = len(slots)
+    interval = tl.interval_tokens
     k_classes = num_classes if num_classes is not None else budget
     w = list(weights) if weights is not None else [1.0] * n
     ok = list(eligible) if eligible is not None else [True] * n
-    pruned_at = [0] * n  # checkpoint at which a trace was pruned (0 = not pruned)
+    launched_at: list[int | None] = [None] * n
+    for s in launch_order(range(n), rule.initial_traces(budget)):
+        launched_at[s] = 0
+    pruned_at: list[int | None] = [None] * n
+    together = all(at == 0 for at in launched_at)  # everyone launched at the start, nothing pruned
+    last_finish = max(t.finish_checkpoint for t in slots)
     probe_calls = probe_out = probe_in = 0
     state: object = None
-    last_cp = max(t.finish_checkpoint for t in slots)
     decision: Decision | None = None
-    needs_probes = rule.needs_probes
+    probes = rule.needs_probes
     cp = 0
-    # One checkpoint past the last finish, so a rule that pruned the last running traces sees the
-    # exhausted snapshot and names its answer.
-    finishing = {t.finish_checkpoint for t in slots}
-    any_pruned = False
-    for cp in range(1, last_cp + 2):
-        if not needs_probes and cp not in finishing and cp <= last_cp:
-            continue  # a rule without probes sees nothing new until a trace finishes
-        position = cp * tl.interval_tokens
-        shared = checkpoints if checkpoints is not None and not any_pruned else None
-        key = (cp, needs_probes, oracle)
+    while True:
+        cp += 1
+        shared = checkpoints if checkpoints is not None and together else None
+        key = (cp, probes, oracle)
         hit = shared.get(key) if shared is not None else None
         if hit is None:
-            hit = _views(
-                slots, pruned_at, cp, position, tl.interval_tokens, w, ok, needs_probes, oracle, cache
-            )
+            hit = _views(slots, launched_at, pruned_at, cp, interval, w, ok, probes, oracle, cache)
             if shared is not None:
                 shared[key] = hit
                 share_arrays(hit[0])  # the rules that see this checkpoint share its trace arrays
@@ -258,156 +236,116 @@ def simulate(
         probe_in += in_cp
         snapshot = Snapshot(
             checkpoint=cp,
-            position_tokens=position,
+            position_tokens=cp * interval,
             traces=traces,
             budget=budget,
             num_classes=k_classes,
-            probe_interval_tokens=tl.interval_tokens,
+            probe_interval_tokens=interval,
             warmup_answer_class=warmup_answer_class,
             rule_state=state,
         )
         decision = rule.decide(snapshot)
         state = decision.state
-        for s in decision.prune:
-            if 0 <= s < n and not pruned_at[s] and slots[s].finish_checkpoint > cp:
-                pruned_at[s] = cp
-                any_pruned = True
         if decision.stop:
             break
+        for s in decision.prune:
+            at = launched_at[s] if 0 <= s < n else None
+            if at is not None and started(at, cp) and pruned_at[s] is None and running(slots[s], at, cp):
+                pruned_at[s] = cp
+                together = False
+        launched = 0
+        if decision.launch > 0:
+            for s in launch_order([s for s in range(n) if launched_at[s] is None], decision.launch):
+                launched_at[s] = cp
+                launched += 1
+                together = False
+        if together:
+            busy = cp < last_finish
+        else:
+            busy = any(
+                at is not None and pruned_at[s] is None and running(slots[s], at, cp)
+                for s, at in enumerate(launched_at)
+            )
+        if ends_idle(busy, launched):
+            break
     assert decision is not None
-    stop_cp = min(cp, last_cp)
-    spent = [
-        min(tr.total_tokens, (pruned_at[s] or stop_cp) * tl.interval_tokens) for s, tr in enumerate(slots)
+    read_to = [
+        None if at is None else own_checkpoint(at, pruned_at[s] or cp) for s, at in enumerate(launched_at)
     ]
+    spent = [0 if k is None else tr.tokens_at(k * interval) for k, tr in zip(read_to, slots, strict=True)]
+    clock = [
+        0 if at is None else at * interval + spent[s] for s, at in enumerate(launched_at)
+    ]  # when each trace stopped generating for the vote, on the token clock
     if decision.stop:
         answer = decision.answer_class
-    else:  # budget exhausted without a stop: vote over the final answers of what is left
-        live = [s for s in range(n) if not pruned_at[s] and ok[s]]
-        answer = majority([slots[s].final_class for s in live], [w[s] for s in live])
+    else:  # ended without a stop: vote over the final answers of what is left
+        live = [s for s in range(n) if launched_at[s] is not None and pruned_at[s] is None and ok[s]]
+        answer = exhausted_answer([slots[s].final_class for s in live], [w[s] for s in live])
     return SimRun(
         answer=answer,
         stopped=decision.stop,
-        stop_checkpoint=stop_cp,
+        stop_checkpoint=cp,
         generated_tokens=sum(spent),
-        seq_tokens=max(spent),
+        seq_tokens=max(clock),
         probe_calls=probe_calls,
         probe_output_tokens=probe_out,
         probe_input_tokens=probe_in,
-        traces_started=n,
+        traces_started=sum(at is not None for at in launched_at),
         reason=decision.reason,
         slot_checkpoints=tuple(
-            min(pruned_at[s] or stop_cp, tr.finish_checkpoint) for s, tr in enumerate(slots)
+            0 if k is None else min(k, tr.finish_checkpoint) for k, tr in zip(read_to, slots, strict=True)
         ),
     )
 
 
 def _views(
     slots: Sequence[TraceTimeline],
-    pruned_at: Sequence[int],
+    launched_at: Sequence[int | None],
+    pruned_at: Sequence[int | None],
     cp: int,
-    position: int,
     interval: int,
     w: Sequence[float],
     ok: Sequence[bool],
-    needs_probes: bool,
+    probes: bool,
     oracle: bool,
     cache: ViewCache | None,
 ) -> tuple[tuple[TraceView, ...], int, int, int]:
-    """The trace views of checkpoint ``cp`` and the probe calls, output and input tokens it charges."""
+    """The trace views of checkpoint ``cp`` and the probe calls, output and input tokens it charges
+    (a probe reads every started, unpruned trace still running at its own checkpoint)."""
     probe_calls = probe_out = probe_in = 0
     views: list[TraceView] = []
     append = views.append
-    known = cache.setdefault((needs_probes, oracle), {}) if cache is not None else None
-    probe_in_each = position + PROBE_SUFFIX_TOKENS
+    known = cache.setdefault((probes, oracle), {}) if cache is not None else None
     for s, tr in enumerate(slots):
-        classes = tr.classes
-        frozen = pruned_at[s]
-        at = frozen or (cp if cp < len(classes) else len(classes))
-        finished = tr.finish_checkpoint <= at
-        if finished and not frozen and not needs_probes:
-            at = tr.finish_checkpoint  # without probes a finished trace looks the same from then on
-        if not frozen and not finished and needs_probes:
+        at = launched_at[s]
+        k = 0 if at is None or at >= cp else visible_checkpoint(at, cp, pruned_at[s])
+        frozen = pruned_at[s] is not None and k > 0
+        finished = k > 0 and tr.finished_at(k)
+        if finished and not probes:
+            k = tr.finish_checkpoint  # without probes a finished trace looks the same from then on
+        if k and not frozen and not finished and probes:
             probe_calls += 1
-            probe_out += tr.probe_output_tokens[cp - 1] + PROBE_CLOSE_TOKENS
-            probe_in += probe_in_each
-        key = (s << 21) | (at << 1) | (1 if frozen else 0)  # slot, checkpoint read, pruned
+            probe_out += tr.probe_output_tokens[k - 1] + PROBE_CLOSE_TOKENS
+            probe_in += k * interval + PROBE_SUFFIX_TOKENS
+        key = (s << 21) | (k << 1) | (1 if frozen else 0)  # slot, own checkpoint read, pruned
         view = known.get(key) if known is not None else None
         if view is None:
-            spent = at * interval
-            # Positional arguments in TraceView's field order: this is the simulator's hot loop.
-            view = new_view(
-                s,  # index
-                classes[at - 1] if (finished or needs_probes) else None,  # answer_class
-                w[s],  # weight
-                ok[s],  # eligible
-                finished,
-                True,  # started
-                bool(frozen),  # pruned
-                tr.total_tokens if tr.total_tokens < spent else spent,  # tokens
-                classes[:at] if needs_probes else (),  # history
-                tr.features[at - 1] if needs_probes else (),  # features
-                tr.confidences[at - 1],  # confidence
-                tr.final_class if oracle else None,  # final_class
+            view = trace_view(
+                tr,
+                s,
+                k,
+                interval_tokens=interval,
+                launched_at=None if k == 0 else 0,
+                pruned_at=k if frozen else None,
+                probes=probes,
+                weight=w[s],
+                eligible=ok[s],
+                final_class=tr.final_class if oracle else None,
             )
             if known is not None:
                 known[key] = view
         append(view)
     return tuple(views), probe_calls, probe_out, probe_in
-
-
-def _simulate_waves(
-    rule: StoppingRule, tl: QuestionTimeline, voting: Sequence[int], *, num_classes: int | None
-) -> SimRun:
-    """Wave methods: launched traces run to completion; the rule sees only finished traces."""
-    budget = len(voting)
-    started = min(rule.initial_traces(budget), budget)
-    waves: list[int] = []
-    state: object = None
-    decision: Decision | None = None
-    wave_start = 0
-    # A slot shows one of two views: launched (run to completion) or not yet launched.
-    launched = [
-        TraceView(
-            index=s,
-            answer_class=tl.traces[i].final_class,
-            finished=True,
-            started=True,
-            tokens=tl.traces[i].total_tokens,
-        )
-        for s, i in enumerate(voting)
-    ]
-    waiting = [TraceView(index=s, answer_class=None, started=False) for s in range(budget)]
-    while True:
-        waves.append(max(tl.traces[i].total_tokens for i in voting[wave_start:started]))
-        views = (*launched[:started], *waiting[started:])
-        snapshot = Snapshot(
-            checkpoint=0,
-            position_tokens=0,
-            traces=views,
-            budget=budget,
-            num_classes=num_classes if num_classes is not None else budget,
-            probe_interval_tokens=tl.interval_tokens,
-            rule_state=state,
-        )
-        decision = rule.decide(snapshot)
-        state = decision.state
-        if decision.stop or decision.launch <= 0 or started >= budget:
-            break
-        wave_start, started = started, min(budget, started + decision.launch)
-    finals = [tl.traces[i].final_class for i in voting[:started]]
-    answer = decision.answer_class if decision.stop else majority(finals)
-    return SimRun(
-        answer=answer,
-        stopped=decision.stop,
-        stop_checkpoint=0,
-        generated_tokens=sum(tl.traces[i].total_tokens for i in voting[:started]),
-        seq_tokens=sum(waves),
-        probe_calls=0,
-        probe_output_tokens=0,
-        probe_input_tokens=0,
-        traces_started=started,
-        reason=decision.reason,
-    )
 
 
 def leader_trajectory(tl: QuestionTimeline, voting: Sequence[int]) -> list[int | None]:

@@ -26,9 +26,9 @@ from orchestrator.evaluation.protocol_honest import (
     honest_question,
     run_question,
 )
-from orchestrator.evaluation.simulate import new_view
 from orchestrator.evaluation.train_stop import TrainedStop
 from orchestrator.replay.importers import load_corpus
+from orchestrator.snapshots import new_view
 from orchestrator.stopping import population, population_gbt
 from orchestrator.stopping.gamma import GAMMA_GRID, WarmupStop, WarmupTrace, warmup_stop
 from orchestrator.stopping.mars import certify
@@ -213,11 +213,11 @@ def test_integer_keys_are_the_parsers_keys() -> None:
 
 
 def test_the_simulators_view_constructor_builds_trace_views() -> None:
-    """new_view(...) gives the TraceView(...) of the same arguments: equal, frozen, stale False."""
-    args = (3, None, 0.5, True, False, True, True, 1500, (None, 2, 2), (1500.0, 1.0, 2.0), 0.9, 2)
+    """new_view(...) gives the TraceView(...) of the same arguments: equal and frozen."""
+    args = (3, None, 0.5, True, False, True, True, 1500, (None, 2, 2), (1500.0, 1.0, 2.0), 0.9, 2, True)
     view = new_view(*args)
     assert type(view) is TraceView
     assert view == TraceView(*args)
-    assert not view.stale
+    assert view.stale
     with pytest.raises(dataclasses.FrozenInstanceError):
         view.index = 4  # type: ignore[misc]

@@ -1,0 +1,82 @@
+"""When a stopping rule is asked, for the live coordinator and the simulator alike (STOPPING.md §10-11).
+
+The clock is the token clock: every trace generates at one rate from its launch, so "time" is a count
+of tokens since the job started. Decision points are the global grid ``p_t = t * interval`` for
+t = 1, 2, ... . A trace launched at decision point ``l`` (0 = the job's start) counts its own
+checkpoints from its first token: its k-th checkpoint is its own position ``k * interval``, which falls
+on the global decision point ``l + k``. Launches happen only at decision points, so every trace's
+checkpoints are global decision points and one grid serves every trace, staggered or not.
+
+At every decision point t >= 1 the rule is asked once, whatever it is (probing or not, launching in
+waves or all at once): it may stop, prune, launch more traces or continue. A trace that finishes between
+two decision points is seen finished at the next one (finishes are batched onto the grid). After a
+decision that neither stopped nor launched, the run ends ("budget exhausted") when nothing is left
+running; its answer is the plurality of the live traces' final answers in trace order.
+
+Everything here is a pure function of (launch point, prune point, checkpoint, interval): the live
+:class:`~orchestrator.checkpoints.CheckpointBook` and :func:`orchestrator.evaluation.simulate.simulate`
+both call it, so the two cannot disagree about when, or on which prefix, a trace is read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from orchestrator.domain import majority
+
+EXHAUSTED_REASON = "budget exhausted"
+
+
+def own_checkpoint(launched_at: int, checkpoint: int) -> int:
+    """The trace's own checkpoint index at global decision point ``checkpoint`` (0: not yet reached)."""
+    return max(0, checkpoint - launched_at)
+
+
+def own_position(launched_at: int, checkpoint: int, interval_tokens: int) -> int:
+    """The trace's own position (tokens since its first) at global decision point ``checkpoint``."""
+    return own_checkpoint(launched_at, checkpoint) * interval_tokens
+
+
+def visible_checkpoint(launched_at: int, checkpoint: int, pruned_at: int | None) -> int:
+    """The own checkpoint whose reading a trace shows at ``checkpoint``: a pruned trace keeps the view it
+    had when it was pruned."""
+    return own_checkpoint(launched_at, checkpoint if pruned_at is None else min(pruned_at, checkpoint))
+
+
+def started(launched_at: int | None, checkpoint: int) -> bool:
+    """A trace takes part in the snapshot of ``checkpoint`` once it has had a whole interval to run."""
+    return launched_at is not None and launched_at < checkpoint
+
+
+class Finishes(Protocol):
+    def finished_at(self, k: int) -> bool:
+        """The trace had ended by its own checkpoint k."""
+        ...
+
+
+def running(trace: Finishes, launched_at: int, checkpoint: int) -> bool:
+    """Still generating at ``checkpoint``: not finished by its own checkpoint there."""
+    return not trace.finished_at(own_checkpoint(launched_at, checkpoint))
+
+
+def cut_position(launched_at: int, checkpoint: int, interval_tokens: int) -> int:
+    """Where a trace stopped or pruned at ``checkpoint`` stops counting generated tokens (its own
+    position there; the tokens it generated past it before the cancel landed are counted apart)."""
+    return own_position(launched_at, checkpoint, interval_tokens)
+
+
+def launch_order(pending: Sequence[int], n: int) -> list[int]:
+    """Which pending traces a ``Decision.launch`` of ``n`` starts: the first ``n`` in index order."""
+    return sorted(pending)[: max(0, n)]
+
+
+def ends_idle(any_running: bool, launched: int) -> bool:
+    """After a decision that did not stop: the run is over when nothing runs and nothing was launched."""
+    return not any_running and launched <= 0
+
+
+def exhausted_answer(finals: Sequence[int | None], weights: Sequence[float] | None = None) -> int | None:
+    """The answer of a run that ended without a stop: plurality of the live traces' final answers, in
+    trace order (ties: first in trace order)."""
+    return majority(finals, weights)

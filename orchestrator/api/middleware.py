@@ -65,10 +65,11 @@ class RequestIdMiddleware:
             try:
                 await self.app(scope, receive, send_with_id)
             except Exception as exc:
-                log.exception("unexpected error", error=type(exc).__name__, path=scope["path"])
                 await _cancel_started(scope)
                 if status == 0:  # nothing sent yet: one well-formed answer
                     await _send_error(send_with_id, request_id)
+                # Last: rendering a traceback can be slow, and the client should not wait for it.
+                log.exception("unexpected error", error=type(exc).__name__, path=scope["path"])
             finally:
                 if scope["path"] not in _QUIET_PATHS:
                     log.info(

@@ -5,6 +5,10 @@ status), ``id:`` its store id, ``data:`` its JSON payload. A client that reconne
 ``Last-Event-ID`` (browsers do so by themselves; or ``?last_event_id=``) gets exactly the events after
 that one. Keep-alive comments go out every ``sse_ping_s``; the stream closes after the job's terminal
 status event. Watching is passive: a watcher that leaves does not cancel the job (the proxy's callers do).
+
+Watchers read through the process's feeds (``feeds.py``: one reader per job, no Redis connection per
+watcher) under per-key and per-process caps (429 before the stream starts). A stream that meets a store
+error ends with one ``event: error`` whose data is the OpenAI-shaped error body.
 """
 
 from __future__ import annotations
@@ -15,30 +19,33 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Query
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.types import Receive, Scope, Send
 
 from orchestrator.api.auth import tenant
+from orchestrator.api.feeds import Claim
+from orchestrator.api.handlers import error_payload
 from orchestrator.api.jobs import ERRORS, JobIdPath, owned_job
+from orchestrator.api.schemas import ErrorResponse
 from orchestrator.api.services import Services, services
-from orchestrator.store.base import Event, Store
-from orchestrator.store.memory import is_terminal_event
+from orchestrator.errors import MarsError
+from orchestrator.store.base import Event
 
 router = APIRouter(tags=["jobs"])
 _EVENT_ID_PATTERN = r"^[0-9]{1,20}(-[0-9]{1,20})?$"
 
 
-async def follow(store: Store, job_id: str, after: str | None, block_ms: int) -> AsyncIterator[Event]:
-    """Every event of ``job_id`` after ``after``, live, until the job's terminal status event."""
-    position = after
-    while True:
-        record = await store.get_job(job_id)
-        finished = record is None or record.status.terminal
-        async for event in store.events(job_id, after=position, block_ms=1 if finished else block_ms):
-            position = event.id
-            yield event
-            if is_terminal_event(event.kind, event.data):
-                return
-        if finished:
-            return
+class ClaimedEventSource(EventSourceResponse):
+    """An SSE response holding a watcher's place (:meth:`Feeds.claim`) until it is over, however it ends."""
+
+    def __init__(self, content: AsyncIterator[ServerSentEvent], claim: Claim, **options: object) -> None:
+        super().__init__(content, **options)  # type: ignore[arg-type]
+        self._claim = claim
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._claim.release()
 
 
 def to_sse(event: Event) -> ServerSentEvent:
@@ -47,9 +54,18 @@ def to_sse(event: Event) -> ServerSentEvent:
     )
 
 
+def error_sse(exc: MarsError) -> ServerSentEvent:
+    """The last event of a stream that met ``exc``: ``event: error``, the OpenAI error body as data."""
+    return ServerSentEvent(data=json.dumps(error_payload(exc), separators=(",", ":")), event="error")
+
+
 @router.get(
     "/v1/jobs/{job_id}/events",
-    responses={**ERRORS, 200: {"content": {"text/event-stream": {}}, "description": "SSE stream"}},
+    responses={
+        **ERRORS,
+        200: {"content": {"text/event-stream": {}}, "description": "SSE stream"},
+        429: {"model": ErrorResponse, "description": "Too many open event streams for this key or server"},
+    },
     summary="Live events of a job (SSE), resumable with Last-Event-ID",
     response_class=EventSourceResponse,
 )
@@ -64,11 +80,18 @@ async def job_events(
 ) -> EventSourceResponse:
     stored_id = (await owned_job(svc.store, job_id, tenant_name)).spec.job_id
     start = last_event_id or after
+    claim = svc.feeds.claim(tenant_name)
 
     async def stream() -> AsyncIterator[ServerSentEvent]:
-        async for event in follow(svc.store, stored_id, start, block_ms=int(svc.sse_ping_s * 1000)):
-            yield to_sse(event)
+        try:
+            async for event in svc.feeds.follow(stored_id, start):
+                yield to_sse(event)
+        except MarsError as exc:
+            yield error_sse(exc)
 
-    return EventSourceResponse(
-        stream(), ping=svc.sse_ping_s, headers={"cache-control": "no-store", "x-accel-buffering": "no"}
+    return ClaimedEventSource(
+        stream(),
+        claim,
+        ping=svc.sse_ping_s,
+        headers={"cache-control": "no-store", "x-accel-buffering": "no"},
     )

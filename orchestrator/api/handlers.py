@@ -63,15 +63,19 @@ def status_for(exc: errors.MarsError) -> tuple[int, str]:
     return 500, "server_error"  # pragma: no cover - MarsError is the last row
 
 
-def mars_error_response(exc: errors.MarsError) -> JSONResponse:
-    status, type_ = status_for(exc)
+def error_payload(exc: errors.MarsError) -> dict[str, Any]:
+    """The OpenAI-shaped body for ``exc`` (also the data of a stream's final ``error`` event)."""
+    _status, type_ = status_for(exc)
     param = getattr(exc, "field", None) or _PARAM_FOR.get(type(exc))
+    return error_body(str(exc), type_, param, type(exc).__name__)
+
+
+def mars_error_response(exc: errors.MarsError) -> JSONResponse:
+    status, _type = status_for(exc)
     headers = {"www-authenticate": "Bearer"} if status == 401 else None
     if status >= 500:
         log.warning("request failed", error=type(exc).__name__, message=str(exc))
-    return JSONResponse(
-        error_body(str(exc), type_, param, type(exc).__name__), status_code=status, headers=headers
-    )
+    return JSONResponse(error_payload(exc), status_code=status, headers=headers)
 
 
 def describe_validation(problems: Sequence[Any]) -> tuple[str, str | None]:

@@ -1,7 +1,14 @@
-"""Two pure ASGI middlewares: a request id on every request, and a cap on request bodies.
+"""Two pure ASGI middlewares: a request id on every request (with the catch-all for unexpected errors),
+and a cap on request bodies.
 
 Pure ASGI (not ``BaseHTTPMiddleware``) so streaming responses and client disconnects pass through
 untouched: the proxy and the SSE feed depend on both.
+
+The catch-all: an exception no handler knows (a bug, not an error of the project's tree) never reaches
+the client as a plain-text 500. Before the response has started it is answered with a 500 in OpenAI's
+error shape carrying the request id (also in ``x-request-id``), and the jobs this request created
+(:func:`started_job`) are cancelled, so nothing runs on for a client that got an error. After the
+response started it can only be cut short; either way it is logged once, with its traceback.
 """
 
 from __future__ import annotations
@@ -14,11 +21,18 @@ import uuid
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from orchestrator.errors import MarsError
 from orchestrator.logs import get_logger
 
 log = get_logger(__name__)
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+_STARTED_JOBS = "started_jobs"
+
+
+def started_job(scope: Scope, job_id: str) -> None:
+    """Note that this request created job ``job_id``: an unexpected error in the request cancels it."""
+    scope.setdefault("state", {}).setdefault(_STARTED_JOBS, []).append(job_id)
 
 
 class RequestIdMiddleware:
@@ -50,6 +64,12 @@ class RequestIdMiddleware:
         with structlog.contextvars.bound_contextvars(request_id=request_id):
             try:
                 await self.app(scope, receive, send_with_id)
+            except Exception as exc:
+                await _cancel_started(scope)
+                if status == 0:  # nothing sent yet: one well-formed answer
+                    await _send_error(send_with_id, request_id)
+                # Last: rendering a traceback can be slow, and the client should not wait for it.
+                log.exception("unexpected error", error=type(exc).__name__, path=scope["path"])
             finally:
                 if scope["path"] not in _QUIET_PATHS:
                     log.info(
@@ -59,6 +79,42 @@ class RequestIdMiddleware:
                         status=status,
                         duration_ms=round((time.perf_counter() - started) * 1000, 1),
                     )
+
+
+async def _cancel_started(scope: Scope) -> None:
+    job_ids = scope.get("state", {}).get(_STARTED_JOBS) or []
+    if not job_ids:
+        return
+    store = scope["app"].state.services.store
+    for job_id in job_ids:
+        try:
+            await store.request_cancel(job_id)
+            log.info("job cancelled", job_id=job_id, reason="its request failed unexpectedly")
+        except MarsError as exc:
+            log.warning("cancel after an unexpected error failed", job_id=job_id, error=str(exc))
+
+
+async def _send_error(send: Send, request_id: str) -> None:
+    body = json.dumps(
+        {
+            "error": {
+                "message": f"internal server error; a job this request started was cancelled. Retry, and "
+                f"quote request id {request_id} when reporting it",
+                "type": "server_error",
+                "param": None,
+                "code": "internal_error",
+                "request_id": request_id,
+            }
+        }
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 500,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
 
 
 class BodyLimitMiddleware:

@@ -11,7 +11,12 @@ Two modes, chosen per request:
   With ``stream: true``: progress as SSE comments, then the answer as chunks, then usage when asked.
 
 Which upstream: ``mars.provider``, else the ``x-mars-provider`` header, else the default provider.
-A client that disconnects cancels its job (vote mode) or closes the upstream stream (pass-through).
+
+Vote mode validates the whole request before anything is enqueued. A repeat of a vote (the same
+``Idempotency-Key``, or else the same request, within ``idempotency_window_s``) joins the first one's job
+(``attach.py``). A client that disconnects cancels its job once no other request waits on it (a
+non-stream vote after ``vote_grace_s``, so a retry can join it; a stream at once); in pass-through it
+closes the upstream stream.
 """
 
 from __future__ import annotations
@@ -27,20 +32,24 @@ import httpx
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from orchestrator.accounting import verdict
+from orchestrator.api.attach import IDEMPOTENCY_HEADER, attach, detach, idempotent_spec, leave
 from orchestrator.api.auth import client_job_id, tenant
-from orchestrator.api.events import follow
-from orchestrator.api.handlers import mars_error_response
+from orchestrator.api.events import ClaimedEventSource
+from orchestrator.api.feeds import Claim
+from orchestrator.api.handlers import error_payload, mars_error_response
 from orchestrator.api.jobs import submit
+from orchestrator.api.middleware import started_job
 from orchestrator.api.outcomes import outcome_error
 from orchestrator.api.schemas import JobCreate, ProbeOptions, Strict, resolve_provider, to_job_spec
 from orchestrator.api.services import Services, services
 from orchestrator.domain import JobResult, WarmupMode
 from orchestrator.errors import (
     InvalidRequest,
+    JobConflict,
     MarsError,
     UpstreamConnectionError,
     UpstreamError,
@@ -73,6 +82,14 @@ class MarsOptions(Strict):
     job_id: str | None = Field(default=None, max_length=128)
 
 
+class StreamOptions(BaseModel):
+    """OpenAI's ``stream_options``; other keys (e.g. vLLM's) pass through."""
+
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: StrictBool = False
+
+
 class ChatRequest(BaseModel):
     """The fields the proxy reads; every other OpenAI field is passed through as sent."""
 
@@ -81,6 +98,7 @@ class ChatRequest(BaseModel):
     model: str = Field(min_length=1, max_length=200)
     messages: list[dict[str, Any]] = Field(min_length=1, max_length=1024)
     stream: bool = False
+    stream_options: StreamOptions | None = None
     mars: MarsOptions | None = None
 
 
@@ -186,6 +204,7 @@ def _translate(exc: httpx.HTTPError, svc: Services) -> UpstreamError:
 
 
 async def _vote(body: ChatRequest, request: Request, svc: Services, tenant_name: str) -> Response:
+    # Everything is checked before anything is enqueued: a bad field is a 422 and no job.
     options = body.mars or MarsOptions()
     model = body.model.removeprefix(MARS_MODEL_PREFIX)
     extra = body.model_extra or {}
@@ -211,15 +230,40 @@ async def _vote(body: ChatRequest, request: Request, svc: Services, tenant_name:
     except ValidationError as exc:
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors()]) from None
     spec = to_job_spec(job, svc.settings, tenant_name)
-    await submit(svc, spec)
-    include_usage = bool((extra.get("stream_options") or {}).get("include_usage"))
-    if body.stream:
-        return _vote_stream(spec.job_id, body.model, spec.budget, include_usage, svc)
+    include_usage = body.stream_options is not None and body.stream_options.include_usage
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if options.job_id is None:
+        spec = await idempotent_spec(svc, spec, key, body.stream)
+    claim = svc.feeds.claim(tenant_name)  # a 429 here, before the job exists
     try:
-        record = await _until_disconnect(request, _finished(svc, spec.job_id))
-    except _ClientGone:
-        await _cancel(svc, spec.job_id, "proxy client disconnected")
-        return Response(status_code=499)
+        try:
+            _record, created = await submit(svc, spec)
+        except JobConflict:
+            if options.job_id is not None:
+                raise
+            raise InvalidRequest(
+                "Idempotency-Key: this key was already used for a different request; send the same "
+                "request again or use a new key",
+                field="Idempotency-Key",
+            ) from None
+        if created:
+            started_job(request.scope, spec.job_id)
+        await attach(svc, spec.job_id)
+    except BaseException:
+        claim.release()
+        raise
+    if body.stream:
+        return _vote_stream(spec.job_id, body.model, spec.budget, include_usage, svc, claim)
+    with claim:
+        try:
+            record = await _until_disconnect(request, _finished(svc, spec.job_id))
+        except _ClientGone:
+            claim.release()
+            await leave(svc, spec.job_id, svc.settings.vote_grace_s, "proxy client disconnected")
+            return Response(status_code=499)
+        except MarsError:
+            await detach(svc, spec.job_id)  # this waiter answers with the error; a retry may join again
+            raise
     result = _result_or_error(record)
     if isinstance(result, Response):
         return result
@@ -227,16 +271,22 @@ async def _vote(body: ChatRequest, request: Request, svc: Services, tenant_name:
 
 
 def _vote_stream(
-    job_id: str, model: str, budget: int, include_usage: bool, svc: Services
+    job_id: str, model: str, budget: int, include_usage: bool, svc: Services, claim: Claim
 ) -> EventSourceResponse:
     async def stream() -> AsyncIterator[ServerSentEvent]:
         finished = False
         try:
-            async for event in follow(svc.store, job_id, None, block_ms=int(svc.sse_ping_s * 1000)):
-                yield ServerSentEvent(
-                    comment=f"mars {event.kind} {json.dumps(dict(event.data), separators=(',', ':'))}"
-                )
-            record = await svc.store.get_job(job_id)
+            try:
+                async for event in svc.feeds.follow(job_id):
+                    yield ServerSentEvent(
+                        comment=f"mars {event.kind} {json.dumps(dict(event.data), separators=(',', ':'))}"
+                    )
+                record = await svc.store.get_job(job_id)
+            except MarsError as exc:  # the store failed: say so and end the stream cleanly
+                finished = True
+                yield ServerSentEvent(data=json.dumps(error_payload(exc), separators=(",", ":")))
+                yield ServerSentEvent(data="[DONE]")
+                return
             finished = True
             result = _result_or_error(record)
             if isinstance(result, Response):
@@ -248,25 +298,15 @@ def _vote_stream(
         finally:
             if not finished:
                 with anyio.CancelScope(shield=True):
-                    await _cancel(svc, job_id, "proxy stream client disconnected")
+                    await leave(svc, job_id, 0.0, "proxy stream client disconnected")
 
-    return EventSourceResponse(stream(), ping=svc.sse_ping_s, headers={"cache-control": "no-store"})
+    return ClaimedEventSource(stream(), claim, ping=svc.sse_ping_s, headers={"cache-control": "no-store"})
 
 
 async def _finished(svc: Services, job_id: str) -> JobRecord | None:
-    async for _event in follow(svc.store, job_id, None, block_ms=int(svc.sse_ping_s * 1000)):
+    async for _event in svc.feeds.follow(job_id):
         pass
     return await svc.store.get_job(job_id)
-
-
-async def _cancel(svc: Services, job_id: str, why: str) -> None:
-    try:
-        await svc.store.request_cancel(job_id)
-    except MarsError as exc:
-        log.warning("cancel after disconnect failed", job_id=job_id, error=str(exc))
-        return
-    svc.metrics.cancels.labels("proxy").inc()
-    log.info("job cancelled", job_id=job_id, reason=why)
 
 
 def _result_or_error(record: JobRecord | None) -> JobResult | Response:

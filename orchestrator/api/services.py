@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import httpx
 from starlette.requests import HTTPConnection
 
+from orchestrator.api.feeds import Feeds
 from orchestrator.metrics import Metrics
 from orchestrator.providers.base import Provider
 from orchestrator.settings import Settings
@@ -32,6 +33,7 @@ class Services:
     store: Store
     metrics: Metrics
     http: httpx.AsyncClient  # the proxy's pass-through client
+    feeds: Feeds  # live event feeds: one reader per watched job (feeds.py)
     providers: Mapping[str, Provider] = field(default_factory=dict)
     workers_alive: Callable[[], bool] = _always
     jobs_in_flight: Callable[[], int | None] = _unknown

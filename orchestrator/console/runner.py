@@ -79,11 +79,21 @@ async def running_service(
     async with AsyncExitStack() as stack:
         # Opened here rather than in the app's lifespan so that a bad upstream configuration or an
         # unreachable Redis is one clear error before the server starts, not a failed startup.
+        worker_store: Store | None = None
         if store is None:
             store = await stack.enter_async_context(open_store(settings))
+            if run_workers and settings.redis_url:  # the workers' own pool: never behind API reads
+                worker_store = await stack.enter_async_context(open_store(settings))
         if providers is None:
             providers = await stack.enter_async_context(open_providers(settings))
-        app = create_app(settings, store, providers=providers, run_workers=run_workers, sse_ping_s=sse_ping_s)
+        app = create_app(
+            settings,
+            store,
+            providers=providers,
+            run_workers=run_workers,
+            sse_ping_s=sse_ping_s,
+            worker_store=worker_store,
+        )
         async with _serving(app, settings, host, port) as service:
             yield service
 

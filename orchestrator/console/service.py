@@ -31,12 +31,15 @@ def create_app(
     providers: Mapping[str, Provider] | None = None,
     run_workers: bool = True,
     sse_ping_s: float = 15.0,
+    worker_store: Store | None = None,
 ) -> FastAPI:
-    """The API app, with the embedded worker pool unless ``run_workers`` is False."""
+    """The API app, with the embedded worker pool unless ``run_workers`` is False (on ``worker_store``
+    when given: see ``api.app.create_app``)."""
     return api_app.create_app(
         settings,
         store,
         providers=providers,
         background=start_worker_pool if run_workers else None,
         sse_ping_s=sse_ping_s,
+        worker_store=worker_store,
     )

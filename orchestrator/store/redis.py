@@ -153,10 +153,19 @@ def _field(value: Any) -> str:
 
 
 # Blocking reads (XREAD/XREADGROUP BLOCK, up to the SSE ping interval) hold a connection and must not
-# trip the socket timeout; many SSE watchers at once must wait for a connection, not fail.
+# trip the socket timeout. Watchers share one reader per job (api/feeds.py), so the pool bounds readers,
+# not watchers; a call that finds the pool busy waits for a connection rather than failing.
 _SOCKET_TIMEOUT_S = 60.0
 _MAX_CONNECTIONS = 4096
 _POOL_WAIT_S = 30.0
+
+
+def pool_size(url: str) -> int:
+    """How many connections one store opened on ``url`` may hold (its ``max_connections``)."""
+    from urllib.parse import parse_qs, urlparse
+
+    given = parse_qs(urlparse(url).query).get("max_connections")
+    return int(given[0]) if given else _MAX_CONNECTIONS
 
 
 def _pool_from_url(url: str) -> aioredis.BlockingConnectionPool:

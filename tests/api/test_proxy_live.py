@@ -42,7 +42,8 @@ async def stack(tokens_per_s: float | None = 4000.0, traces: int = 8) -> AsyncIt
     corpus = small_corpus(traces=traces, total_tokens=1200)
     async with running_replay_server(corpus, tokens_per_s=tokens_per_s) as url:
         replay = ProviderConfig(name="replay", kind="replay", base_url=f"{url}/v1", models=("replay",))
-        settings = make_settings(providers={"replay": replay})
+        # A non-stream vote whose client left is cancelled after this grace (a retry could join it).
+        settings = make_settings(providers={"replay": replay}, vote_grace_s=0.5)
         async with running_service(settings, sse_ping_s=0.5) as service:
             yield Stack(service, url.server)
 
@@ -214,7 +215,8 @@ async def _latest_job(http: httpx.AsyncClient) -> dict[str, Any]:
 
 @pytest.mark.parametrize("stream", [True, False])
 async def test_client_disconnect_cancels_job_and_closes_upstream(stream: bool) -> None:
-    """A client that leaves mid-job (streaming or not) cancels the job; every upstream stream closes."""
+    """A client that leaves mid-job cancels the job (a stream at once, a non-stream vote after the
+    grace period in which a retry could have joined it); every upstream stream closes."""
     async with stack(tokens_per_s=100) as s, httpx.AsyncClient(base_url=s.service.url, timeout=30) as http:
         body = {
             "model": "mars/replay",

@@ -1,7 +1,8 @@
 """The jobs API: submit, read, list and cancel reasoning jobs.
 
-Admission (ARCHITECTURE.md, step 1): the body is validated (schema, then this server's caps), the
-tenant's concurrent-job cap is checked, the job is stored and enqueued in one store call. A caller-chosen
+Admission (ARCHITECTURE.md, step 1): the body is validated (schema, then this server's caps), a live
+worker must serve the job's provider (workers announce it in the store; else 503), the tenant's
+concurrent-job cap is checked, the job is stored and enqueued in one store call. A caller-chosen
 ``job_id`` makes submission idempotent per tenant: the same request again returns the same job
 (``created: false``); a different request under the same id is a 409. Ids are scoped by tenant in the
 store (``auth.store_job_id``), so another tenant's use of an id changes nothing here, and jobs of other
@@ -29,7 +30,7 @@ from orchestrator.api.schemas import (
 )
 from orchestrator.api.services import Services, services
 from orchestrator.domain import JobSpec
-from orchestrator.errors import JobConflict, JobNotFound, LimitExceeded
+from orchestrator.errors import JobConflict, JobNotFound, LimitExceeded, NoLiveWorker
 from orchestrator.logs import get_logger
 from orchestrator.store.base import JobRecord, Store, request_fingerprint
 
@@ -54,6 +55,11 @@ async def submit(svc: Services, spec: JobSpec) -> tuple[JobRecord, bool]:
     idempotently, within the tenant's concurrency cap. Shared by the jobs API and the proxy."""
     existing = await svc.store.get_job(spec.job_id)
     if existing is None:
+        if not await svc.store.serves(spec.provider):
+            raise NoLiveWorker(
+                f"provider {spec.provider!r}: no running worker serves it, so the job could never run; "
+                "retry once a worker serving it is up (`mars worker` with it configured)"
+            )
         active = await svc.store.count_active_jobs(spec.tenant)
         cap = svc.settings.max_concurrent_jobs
         if active >= cap:

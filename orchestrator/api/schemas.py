@@ -72,7 +72,11 @@ class JobCreate(Strict):
     warmup_traces: int = Field(default=16, ge=0, le=ABSOLUTE_MAX_BUDGET)
     sampling: SamplingOptions = Field(default_factory=SamplingOptions)
     max_tokens: int = Field(default=32768, ge=1, le=ABSOLUTE_MAX_TOKENS, description="Per trace.")
-    task: str = Field(default="math", min_length=1, max_length=64)
+    task: str = Field(
+        default="math",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="Names the learned prior: letters, digits and _.- (max 64).",
+    )
     job_id: JobId | None = Field(default=None, description="Caller-chosen id: makes submission idempotent.")
     price_profile: str | None = Field(
         default=None,

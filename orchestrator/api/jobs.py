@@ -17,6 +17,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Response, status
 
 from orchestrator.api.auth import client_job_id, store_job_id, tenant
+from orchestrator.api.outcomes import redact
 from orchestrator.api.schemas import (
     JOB_ID_PATTERN,
     ErrorResponse,
@@ -48,6 +49,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 JobIdPath = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="The job's id.")]
 VOTE_EVENT_KINDS = frozenset({"vote"})
+# A checkpoint publishes one vote and a few trace/checkpoint events: the newest vote is among these.
+VOTE_LOOKBACK_EVENTS = 128
 
 
 async def submit(svc: Services, spec: JobSpec) -> tuple[JobRecord, bool]:
@@ -90,12 +93,12 @@ async def owned_job(store: Store, job_id: str, tenant_name: str) -> JobRecord:
 
 
 async def latest_vote(store: Store, job_id: str) -> VoteView | None:
-    """The newest vote state in the job's event log (``None`` before the first checkpoint)."""
-    last: Mapping[str, Any] | None = None
-    async for event in store.events(job_id, after=None, block_ms=1):
+    """The newest vote state among the job's last ``VOTE_LOOKBACK_EVENTS`` events: one bounded read,
+    however busy the job (``None`` before the first checkpoint)."""
+    for event in await store.last_events(job_id, VOTE_LOOKBACK_EVENTS):
         if event.kind in VOTE_EVENT_KINDS:
-            last = event.data
-    return None if last is None else vote_from_event(last)
+            return vote_from_event(event.data)
+    return None
 
 
 def vote_from_event(data: Mapping[str, Any]) -> VoteView | None:
@@ -147,7 +150,7 @@ def job_view(record: JobRecord, vote: VoteView | None) -> JobView:
         view.probe_strategy = result.probe_strategy
         view.accounting = data["accounting"]
         view.traces = [dict(t) for t in data["traces"]]
-        view.error = result.error
+        view.error = None if result.error is None else redact(result.error)
         if vote is None and result.votes:
             view.vote = vote_from_event(
                 {"counts": result.votes, "leader": result.answer, "checkpoint": result.stop_checkpoint}

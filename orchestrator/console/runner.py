@@ -20,6 +20,7 @@ import uvicorn
 
 from orchestrator.console.service import create_app
 from orchestrator.corpus import Corpus
+from orchestrator.api.limits import HttpLimits
 from orchestrator.errors import InvalidRequest
 from orchestrator.logs import get_logger
 from orchestrator.providers.base import Provider
@@ -73,8 +74,10 @@ async def running_service(
     providers: Mapping[str, Provider] | None = None,
     run_workers: bool = True,
     sse_ping_s: float = 15.0,
+    limits: HttpLimits | None = None,
 ) -> AsyncIterator[RunningService]:
-    """The app on a real uvicorn socket in this event loop; port 0 picks a free one."""
+    """The app on a real uvicorn socket in this event loop; port 0 picks a free one. ``limits`` bound
+    slow and greedy clients (``limits.py``; defaults when not given)."""
     check_bind(settings, host)
     async with AsyncExitStack() as stack:
         # Opened here rather than in the app's lifespan so that a bad upstream configuration or an
@@ -84,12 +87,14 @@ async def running_service(
         if providers is None:
             providers = await stack.enter_async_context(open_providers(settings))
         app = create_app(settings, store, providers=providers, run_workers=run_workers, sse_ping_s=sse_ping_s)
-        async with _serving(app, settings, host, port) as service:
+        async with _serving(app, settings, host, port, limits or HttpLimits()) as service:
             yield service
 
 
 @asynccontextmanager
-async def _serving(app: Any, settings: Settings, host: str, port: int) -> AsyncIterator[RunningService]:
+async def _serving(
+    app: Any, settings: Settings, host: str, port: int, limits: HttpLimits
+) -> AsyncIterator[RunningService]:
     config = uvicorn.Config(
         app,
         host=host,
@@ -99,6 +104,7 @@ async def _serving(app: Any, settings: Settings, host: str, port: int) -> AsyncI
         lifespan="on",
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),
         timeout_keep_alive=30,
+        **limits.uvicorn_options(),
     )
     sock = _bind(host, port)
     server = uvicorn.Server(config)

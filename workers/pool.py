@@ -178,7 +178,7 @@ class WorkerPool:
 
     async def _announce(self) -> None:
         """Tell the API which providers this pool serves, for a few heartbeats (``Store.serves``)."""
-        ttl_ms = 3 * self.settings.heartbeat_ms
+        ttl_ms = 2 * self.settings.lease_ms  # a starved event loop must not make a live pool look gone
         try:
             await self.store.announce(self.worker_id, self.providers, ttl_ms)
         except StoreUnavailable as exc:

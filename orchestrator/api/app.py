@@ -83,6 +83,7 @@ def create_app(
             if background is not None:
                 work = await stack.enter_async_context(background(settings, metered, provs))
                 svc.workers_alive = work.alive
+                svc.served_here = frozenset(provs)
                 svc.jobs_in_flight = work.in_flight
             app.state.services = svc
             log.info(

@@ -58,7 +58,8 @@ async def submit(svc: Services, spec: JobSpec) -> tuple[JobRecord, bool]:
     idempotently, within the tenant's concurrency cap. Shared by the jobs API and the proxy."""
     existing = await svc.store.get_job(spec.job_id)
     if existing is None:
-        if not await svc.store.serves(spec.provider):
+        served_here = spec.provider in svc.served_here and svc.workers_alive()
+        if not served_here and not await svc.store.serves(spec.provider):
             raise NoLiveWorker(
                 f"provider {spec.provider!r}: no running worker serves it, so the job could never run; "
                 "retry once a worker serving it is up (`mars worker` with it configured)"

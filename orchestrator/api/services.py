@@ -34,6 +34,7 @@ class Services:
     http: httpx.AsyncClient  # the proxy's pass-through client
     providers: Mapping[str, Provider] = field(default_factory=dict)
     workers_alive: Callable[[], bool] = _always
+    served_here: frozenset[str] = frozenset()  # providers the embedded workers of this process serve
     jobs_in_flight: Callable[[], int | None] = _unknown
     sse_ping_s: float = 15.0  # keep-alive comments on SSE feeds
 

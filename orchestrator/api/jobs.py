@@ -114,8 +114,9 @@ def vote_from_event(data: Mapping[str, Any]) -> VoteView | None:
         margin = ordered[0] - (ordered[1] if len(ordered) > 1 else 0.0) if ordered else 0.0
     threshold = data.get("threshold")
     slack = (data.get("details") or {}).get("slack")
-    if threshold is None and isinstance(slack, int | float):
-        threshold = float(margin) - slack  # MARS: the margin its binding test asks for
+    # MARS: the margin (in votes) its binding test asks for; never mixed up with the rule's threshold,
+    # which is a probability or a share.
+    needed = float(margin) - slack if isinstance(slack, int | float) else None
     return VoteView(
         classes=list(counts),
         counts=counts,
@@ -123,6 +124,7 @@ def vote_from_event(data: Mapping[str, Any]) -> VoteView | None:
         margin=float(margin),
         checkpoint=int(data.get("checkpoint") or 0),
         threshold=None if threshold is None else float(threshold),
+        margin_needed=needed,
     )
 
 

@@ -111,7 +111,12 @@ class VoteView(BaseModel):
     leader: str | None
     margin: float
     checkpoint: int
-    threshold: float | None = None
+    threshold: float | None = Field(
+        default=None, description="The rule's threshold parameter (a probability or a share), if any."
+    )
+    margin_needed: float | None = Field(
+        default=None, description="Votes the leader's margin must reach for the rule to stop, when it says."
+    )
 
 
 class JobView(BaseModel):

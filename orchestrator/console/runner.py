@@ -18,9 +18,9 @@ from typing import Any
 
 import uvicorn
 
+from orchestrator.api.limits import HttpLimits
 from orchestrator.console.service import create_app
 from orchestrator.corpus import Corpus
-from orchestrator.api.limits import HttpLimits
 from orchestrator.errors import InvalidRequest
 from orchestrator.logs import get_logger
 from orchestrator.providers.base import Provider

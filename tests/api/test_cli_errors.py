@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from orchestrator.api.client import SseEvent
-from orchestrator.api.progress import LiveJob
+from orchestrator.console.client import SseEvent
+from orchestrator.console.progress import LiveJob
 from tests.api.test_cli_service import run
 
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from orchestrator.api.limits import HttpLimits
-from orchestrator.api.runner import RunningService, running_service
+from orchestrator.console.runner import RunningService, running_service
 from tests.api.conftest import make_settings
 
 pytestmark = pytest.mark.timeout(60)

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from orchestrator.api.app import create_app
+from orchestrator.console.service import create_app
 from orchestrator.store.factory import open_store
 from tests.api.conftest import ALICE, auth, job_body, make_settings, stored
 

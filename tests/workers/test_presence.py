@@ -13,7 +13,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
-from orchestrator.api.app import create_app
+from orchestrator.console.service import create_app
 from orchestrator.settings import ProviderConfig
 from orchestrator.store.factory import open_store
 from orchestrator.store.keys import CONSUMER_GROUP, Keys

@@ -7,7 +7,7 @@ from rich.console import Console
 
 from orchestrator.console.client import SseEvent
 from orchestrator.console.progress import LiveJob
-from tests.api.test_cli_service import run
+from tests.console.test_cli_service import run
 
 
 def test_ask_with_an_unreachable_url_is_one_line() -> None:

@@ -20,8 +20,32 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-corpus_app = typer.Typer(help="Inspect and convert trace corpora.", no_args_is_help=True)
+corpus_app = typer.Typer(
+    help="Inspect trace corpora: questions, traces, token and accuracy statistics.", no_args_is_help=True
+)
 app.add_typer(corpus_app, name="corpus")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            shown = version("mars-orchestrator")
+        except PackageNotFoundError:
+            shown = "unknown (not installed)"
+        typer.echo(f"mars {shown}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    _show_version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """MARS orchestrator: early-stopped parallel test-time scaling of LLM reasoning."""
 
 
 def _fail(message: str) -> None:
@@ -119,8 +143,11 @@ def ask_command(
 ) -> None:
     """Answer one question end to end, with live progress per trace and the vote shares.
 
+    A replay server answers only its corpus's questions: ask one of them (`mars corpus inspect` lists them).
+
     Examples:
-      mars ask "What is 17 * 23?" --replay ../shared/data/parallel-probe-qwen3-8b/aime24.json
+      mars ask "Synthetic demo question 1: a stand-in for a competition problem whose answer is an integer
+      from 0 to 999. (Generated; no real problem text.)" --replay orchestrator/replay/demo/demo_corpus.jsonl
       mars ask "Find x if 2x + 3 = 11." --provider openai --model gpt-4o-mini --budget 8
       mars ask "..." --url http://127.0.0.1:8000 --api-key $KEY --model replay
     """
@@ -311,6 +338,12 @@ def main() -> None:
         app()
     except MarsError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+    except BaseExceptionGroup as group:  # a task group's one user-fixable error, shown like any other
+        mars = group.subgroup(MarsError)
+        if mars is None or len(mars.exceptions) != 1 or isinstance(mars.exceptions[0], BaseExceptionGroup):
+            raise
+        typer.secho(f"error: {mars.exceptions[0]}", fg=typer.colors.RED, err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -103,6 +103,7 @@ from orchestrator.warmup import (
     fit_sequential,
     load_length_prior,
     load_prior,
+    prior_scope,
     uncut_lengths,
     update_prior,
 )
@@ -340,13 +341,13 @@ class _JobRun:
                 },
             )
         try:
-            self.length_prior = await load_length_prior(self.store, spec.model, spec.task)
+            self.length_prior = await load_length_prior(self.store, prior_scope(spec))
         except StoreUnavailable as exc:  # only the "saved" estimate needs it
             log.warning("length prior not read", job_id=spec.job_id, error=str(exc))
         if spec.warmup is WarmupMode.SEQUENTIAL and spec.warmup_traces > 0:
             fit = await self._sequential_warmup()
         elif spec.warmup is WarmupMode.PRIOR:
-            fit = await load_prior(self.store, spec.model, spec.task)
+            fit = await load_prior(self.store, prior_scope(spec))
         else:
             fit = WarmupFit(WarmupMode.NONE, notes=("warmup none: conservative default q, gamma 1",))
         self.notes.extend(fit.notes)
@@ -604,7 +605,7 @@ class _JobRun:
             return
         rows = [complete_history(t, self.interval, self.grouper) for t in complete]
         try:
-            await update_prior(self.store, self.spec.model, self.spec.task, rows, lengths=lengths)
+            await update_prior(self.store, prior_scope(self.spec), rows, lengths=lengths)
         except StoreUnavailable as exc:
             log.warning("prior not updated", job_id=self.spec.job_id, error=str(exc))
 

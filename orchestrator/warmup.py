@@ -4,11 +4,13 @@
   traces); the switch model is fitted on their rows (features at each checkpoint, label = "differs from
   the final answer") and γ is calibrated on them (``stopping/gamma.py``). DeepConf's τ comes from their
   lowest window confidence.
-- ``prior``: the switch model and γ stored per (model, task) by earlier jobs (``Store.get_prior``);
-  none stored yet: the shipped conservative model and γ = 1, said in the notes.
+- ``prior``: the switch model and γ stored per scope by earlier jobs (``Store.get_prior``); the scope
+  (:func:`prior_scope`) is the job's tenant, provider, model and task, so one tenant's jobs never shift
+  another's, nor one provider's the same model behind another. None stored yet: the shipped
+  conservative model and γ = 1 (read-only and global), said in the notes.
 - ``none``: the shipped conservative model and γ = 1.
 
-The prior document (``{p}:prior:{model}:{task}``) keeps the latest training rows, the model fitted on
+The prior document (``{p}:prior:{scope}``) keeps the latest training rows, the model fitted on
 them and a running mean of the γ calibrated per job. It is updated after a job from its complete
 traces: warmup traces and the optional "shadow" traces left to finish after the stop.
 
@@ -29,7 +31,7 @@ import numpy as np
 
 from orchestrator.answers import AnswerGrouper
 from orchestrator.checkpoints import TraceState
-from orchestrator.domain import TraceStatus, WarmupMode, majority
+from orchestrator.domain import JobSpec, TraceStatus, WarmupMode, majority
 from orchestrator.stopping.gamma import WarmupTrace, calibrate_gamma
 from orchestrator.stopping.switch_model import (
     CONSERVATIVE_DEFAULT,
@@ -40,6 +42,7 @@ from orchestrator.stopping.switch_model import (
     switch_labels,
 )
 from orchestrator.store.base import Store
+from orchestrator.store.keys import PriorScope
 
 PRIOR_VERSION = 1
 MAX_PRIOR_ROWS = 20_000
@@ -148,8 +151,13 @@ async def fit_sequential(
     )
 
 
-async def load_prior(store: Store, model: str, task: str) -> WarmupFit:
-    document = await store.get_prior(model, task)
+def prior_scope(spec: JobSpec) -> PriorScope:
+    """The prior a job reads and teaches: its tenant's, on its provider's model, for its task."""
+    return PriorScope(spec.tenant, spec.provider, spec.model, spec.task)
+
+
+async def load_prior(store: Store, scope: PriorScope) -> WarmupFit:
+    document = await store.get_prior(scope)
     if not document or document.get("version") != PRIOR_VERSION or "model" not in document:
         return WarmupFit(WarmupMode.PRIOR, notes=("prior: none stored yet; conservative default q, gamma 1",))
     switch = SwitchModel.from_dict(dict(document["model"]))
@@ -163,9 +171,9 @@ async def load_prior(store: Store, model: str, task: str) -> WarmupFit:
     )
 
 
-async def load_length_prior(store: Store, model: str, task: str) -> tuple[int, ...]:
-    """The complete trace lengths the (model, task) prior holds (none yet: empty)."""
-    document = await store.get_prior(model, task)
+async def load_length_prior(store: Store, scope: PriorScope) -> tuple[int, ...]:
+    """The complete trace lengths the scope's prior holds (none yet: empty)."""
+    document = await store.get_prior(scope)
     if not document or document.get("version") != PRIOR_VERSION:
         return ()
     return tuple(int(x) for x in document.get("lengths", ()))
@@ -192,18 +200,17 @@ def _uncut(trace: TraceState) -> bool:
 
 async def update_prior(
     store: Store,
-    model: str,
-    task: str,
+    scope: PriorScope,
     traces: Sequence[CompleteTrace],
     *,
     lengths: Sequence[int] = (),
 ) -> Mapping[str, Any] | None:
-    """Add the rows of complete traces to the (model, task) prior and refit it, and ``lengths`` to its
+    """Add the rows of complete traces to the scope's prior and refit it, and ``lengths`` to its
     length prior. Traces-only features: a prior must serve jobs with and without logprobs alike."""
     x, y = training_rows(traces, with_confidence=False)
     if len(y) == 0 and not lengths:
         return None
-    document = dict(await store.get_prior(model, task) or {})
+    document = dict(await store.get_prior(scope) or {})
     if document.get("version") != PRIOR_VERSION:
         document = {
             "version": PRIOR_VERSION,
@@ -216,7 +223,7 @@ async def update_prior(
     if lengths:
         document["lengths"] = [*document.get("lengths", []), *map(int, lengths)][-MAX_PRIOR_LENGTHS:]
     if len(y) == 0:
-        await store.put_prior(model, task, document)
+        await store.put_prior(scope, document)
         return document
     rows = [*document["rows"], *x.tolist()][-MAX_PRIOR_ROWS:]
     labels = [*document["labels"], *y.tolist()][-MAX_PRIOR_ROWS:]
@@ -236,5 +243,5 @@ async def update_prior(
         gamma_jobs=gamma_jobs,
         model=fitted.to_dict(),
     )
-    await store.put_prior(model, task, document)
+    await store.put_prior(scope, document)
     return document

@@ -12,7 +12,9 @@ Leaving the block drains with ``settings.shutdown_grace_s``. One consumer loop t
 (``Store.dequeue``) while a slot is free; a reclaimer takes over messages other workers left
 unacknowledged for longer than a lease (``Store.reclaim``, XAUTOCLAIM on Redis). Every job runs in the
 pool's task group, once all its upstream streams fit under the provider's cap (``admission.py``);
-``alive()`` and ``in_flight()`` feed the health and metrics endpoints.
+``alive()`` and ``in_flight()`` feed the health and metrics endpoints. Every heartbeat the pool
+announces the providers it serves (``Store.announce``; the API refuses jobs for a provider nobody
+serves) and removes the queue consumers of dead workers (``Store.prune_consumers``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,9 @@ from workers.worker import JobHandler, WorkerConfig
 
 log = get_logger(__name__)
 
+#: A queue consumer idle for this many leases, with nothing pending, belongs to a worker that is gone.
+DEAD_CONSUMER_LEASES = 4
+
 
 def new_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -59,6 +64,7 @@ class WorkerPool:
         self.store = store
         self.worker_id = worker_id or new_worker_id()
         self.concurrency = max(1, concurrency or settings.worker_concurrency)
+        self.providers = sorted(providers)
         self.handler = JobHandler(
             store,
             providers,
@@ -92,6 +98,7 @@ class WorkerPool:
 
     # --- lifecycle ----------------------------------------------------------------------------
     async def __aenter__(self) -> WorkerPool:
+        await self._announce()  # before the first job can be submitted against it
         self._main = asyncio.create_task(self._serve(), name=f"worker-pool-{self.worker_id}")
         log.info("worker pool started", worker_id=self.worker_id, concurrency=self.concurrency)
         return self
@@ -107,6 +114,8 @@ class WorkerPool:
         main = self._main
         if main is None or main.done():
             return
+        with contextlib.suppress(StoreUnavailable):  # the announcement expires by itself otherwise
+            await self.store.withdraw(self.worker_id, self.providers)
         if self._running:
             log.info("draining", worker_id=self.worker_id, in_flight=self._running, grace_s=grace_s)
             with contextlib.suppress(TimeoutError):
@@ -132,6 +141,7 @@ class WorkerPool:
         async with asyncio.TaskGroup() as tg:
             self._jobs = tg
             tg.create_task(self._reclaim_loop())
+            tg.create_task(self._presence_loop())
             await self._consume()
 
     async def _consume(self) -> None:
@@ -165,6 +175,31 @@ class WorkerPool:
                 await self._slots.acquire()
                 log.info("reclaimed job", job_id=message.job_id, deliveries=message.deliveries)
                 self._start(message)
+
+    async def _announce(self) -> None:
+        """Tell the API which providers this pool serves, for a few heartbeats (``Store.serves``)."""
+        ttl_ms = 2 * self.settings.lease_ms  # a starved event loop must not make a live pool look gone
+        try:
+            await self.store.announce(self.worker_id, self.providers, ttl_ms)
+        except StoreUnavailable as exc:
+            log.warning("announcement not stored", error=str(exc))
+
+    async def _presence_loop(self) -> None:
+        """Renew the announcement every heartbeat, and remove the queue consumers of workers that died
+        (idle for many leases with nothing pending: a live worker reads the queue every ``poll_ms``)."""
+        while not self._closing:
+            await asyncio.sleep(self.settings.heartbeat_ms / 1000)
+            if self._closing:
+                return
+            await self._announce()
+            try:
+                removed = await self.store.prune_consumers(
+                    idle_ms=DEAD_CONSUMER_LEASES * self.settings.lease_ms
+                )
+            except StoreUnavailable:
+                continue
+            if removed:
+                log.info("removed dead queue consumers", count=removed)
 
     def _start(self, message: QueueMessage) -> None:
         assert self._jobs is not None

@@ -43,16 +43,17 @@ async def run_worker_process(
 ) -> None:
     if not settings.redis_url:
         raise InvalidRequest("mars worker needs REDIS_URL (workers take jobs from Redis)", field="REDIS_URL")
+    if not settings.providers:  # it would take jobs only to fail them
+        raise InvalidRequest(
+            "mars worker has no provider to serve: set MARS_PROVIDER_<NAME>_KIND and _BASE_URL",
+            field="MARS_PROVIDER_<NAME>_KIND",
+        )
     configure_logging(settings)
     shutdown = shutdown or TwoStageShutdown()
     async with AsyncExitStack() as stack:
         metrics = Metrics()
         store = cast(Store, MeteredStore(await stack.enter_async_context(open_store(settings)), metrics))
         providers = await stack.enter_async_context(open_providers(settings))
-        if not providers:
-            log.warning(
-                "no providers configured: every job will fail (set MARS_PROVIDER_<NAME>_KIND/_BASE_URL)"
-            )
         stack.enter_context(shutdown.installed())
         pool = WorkerPool(settings, store, providers, concurrency=concurrency)
         if metrics_port:

@@ -105,6 +105,7 @@ def create_app(
                 )
                 work = await stack.enter_async_context(background(settings, worker_side, provs))
                 svc.workers_alive = work.alive
+                svc.served_here = frozenset(provs)
                 svc.jobs_in_flight = work.in_flight
             app.state.services = svc
             log.info(

@@ -1,7 +1,8 @@
 """The jobs API: submit, read, list and cancel reasoning jobs.
 
-Admission (ARCHITECTURE.md, step 1): the body is validated (schema, then this server's caps), the
-tenant's concurrent-job cap is checked, the job is stored and enqueued in one store call. A caller-chosen
+Admission (ARCHITECTURE.md, step 1): the body is validated (schema, then this server's caps), a live
+worker must serve the job's provider (workers announce it in the store; else 503), the tenant's
+concurrent-job cap is checked, the job is stored and enqueued in one store call. A caller-chosen
 ``job_id`` makes submission idempotent per tenant: the same request again returns the same job
 (``created: false``); a different request under the same id is a 409. Ids are scoped by tenant in the
 store (``auth.store_job_id``), so another tenant's use of an id changes nothing here, and jobs of other
@@ -16,6 +17,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Response, status
 
 from orchestrator.api.auth import client_job_id, store_job_id, tenant
+from orchestrator.api.outcomes import redact
 from orchestrator.api.schemas import (
     JOB_ID_PATTERN,
     ErrorResponse,
@@ -29,7 +31,7 @@ from orchestrator.api.schemas import (
 )
 from orchestrator.api.services import Services, services
 from orchestrator.domain import JobSpec
-from orchestrator.errors import JobConflict, JobNotFound, LimitExceeded
+from orchestrator.errors import JobConflict, JobNotFound, LimitExceeded, NoLiveWorker
 from orchestrator.logs import get_logger
 from orchestrator.store.base import JobRecord, Store, request_fingerprint
 
@@ -47,6 +49,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 JobIdPath = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="The job's id.")]
 VOTE_EVENT_KINDS = frozenset({"vote"})
+# A checkpoint publishes one vote and a few trace/checkpoint events: the newest vote is among these.
+VOTE_LOOKBACK_EVENTS = 128
 
 
 async def submit(svc: Services, spec: JobSpec) -> tuple[JobRecord, bool]:
@@ -54,6 +58,12 @@ async def submit(svc: Services, spec: JobSpec) -> tuple[JobRecord, bool]:
     idempotently, within the tenant's concurrency cap. Shared by the jobs API and the proxy."""
     existing = await svc.store.get_job(spec.job_id)
     if existing is None:
+        served_here = spec.provider in svc.served_here and svc.workers_alive()
+        if not served_here and not await svc.store.serves(spec.provider):
+            raise NoLiveWorker(
+                f"provider {spec.provider!r}: no running worker serves it, so the job could never run; "
+                "retry once a worker serving it is up (`mars worker` with it configured)"
+            )
         active = await svc.store.count_active_jobs(spec.tenant)
         cap = svc.settings.max_concurrent_jobs
         if active >= cap:
@@ -84,12 +94,12 @@ async def owned_job(store: Store, job_id: str, tenant_name: str) -> JobRecord:
 
 
 async def latest_vote(store: Store, job_id: str) -> VoteView | None:
-    """The newest vote state in the job's event log (``None`` before the first checkpoint)."""
-    last: Mapping[str, Any] | None = None
-    async for event in store.events(job_id, after=None, block_ms=1):
+    """The newest vote state among the job's last ``VOTE_LOOKBACK_EVENTS`` events: one bounded read,
+    however busy the job (``None`` before the first checkpoint)."""
+    for event in await store.last_events(job_id, VOTE_LOOKBACK_EVENTS):
         if event.kind in VOTE_EVENT_KINDS:
-            last = event.data
-    return None if last is None else vote_from_event(last)
+            return vote_from_event(event.data)
+    return None
 
 
 def vote_from_event(data: Mapping[str, Any]) -> VoteView | None:
@@ -104,8 +114,9 @@ def vote_from_event(data: Mapping[str, Any]) -> VoteView | None:
         margin = ordered[0] - (ordered[1] if len(ordered) > 1 else 0.0) if ordered else 0.0
     threshold = data.get("threshold")
     slack = (data.get("details") or {}).get("slack")
-    if threshold is None and isinstance(slack, int | float):
-        threshold = float(margin) - slack  # MARS: the margin its binding test asks for
+    # MARS: the margin (in votes) its binding test asks for; never mixed up with the rule's threshold,
+    # which is a probability or a share.
+    needed = float(margin) - slack if isinstance(slack, int | float) else None
     return VoteView(
         classes=list(counts),
         counts=counts,
@@ -113,6 +124,7 @@ def vote_from_event(data: Mapping[str, Any]) -> VoteView | None:
         margin=float(margin),
         checkpoint=int(data.get("checkpoint") or 0),
         threshold=None if threshold is None else float(threshold),
+        margin_needed=needed,
     )
 
 
@@ -141,7 +153,7 @@ def job_view(record: JobRecord, vote: VoteView | None) -> JobView:
         view.probe_strategy = result.probe_strategy
         view.accounting = data["accounting"]
         view.traces = [dict(t) for t in data["traces"]]
-        view.error = result.error
+        view.error = None if result.error is None else redact(result.error)
         if vote is None and result.votes:
             view.vote = vote_from_event(
                 {"counts": result.votes, "leader": result.answer, "checkpoint": result.stop_checkpoint}

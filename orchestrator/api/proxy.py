@@ -43,6 +43,7 @@ from orchestrator.api.feeds import Claim
 from orchestrator.api.handlers import error_payload, mars_error_response
 from orchestrator.api.jobs import submit
 from orchestrator.api.middleware import started_job
+from orchestrator.api.openai_params import vote_params
 from orchestrator.api.outcomes import outcome_error
 from orchestrator.api.schemas import JobCreate, ProbeOptions, Strict, resolve_provider, to_job_spec
 from orchestrator.api.services import Services, services
@@ -71,12 +72,12 @@ _UPSTREAM_HEADERS = ("content-type", "x-request-id", "openai-processing-ms")
 class MarsOptions(Strict):
     """The ``mars`` field of a chat completion request: how to vote and when to stop."""
 
-    budget: int = Field(default=64, ge=1, le=4096)
+    budget: int = Field(default=64, ge=1, strict=True, description="At most this server's cap.")
     method: str = Field(default="default", min_length=1, max_length=64)
     method_params: dict[str, float | int | bool | str] = Field(default_factory=dict, max_length=64)
     probe: ProbeOptions = Field(default_factory=ProbeOptions)
     warmup: WarmupMode = WarmupMode.PRIOR
-    warmup_traces: int = Field(default=16, ge=0, le=4096)
+    warmup_traces: int = Field(default=16, ge=0, strict=True)
     provider: str | None = Field(default=None, max_length=100)
     task: str = Field(default="math", min_length=1, max_length=64)
     job_id: str | None = Field(default=None, max_length=128)
@@ -97,7 +98,7 @@ class ChatRequest(BaseModel):
 
     model: str = Field(min_length=1, max_length=200)
     messages: list[dict[str, Any]] = Field(min_length=1, max_length=1024)
-    stream: bool = False
+    stream: bool = Field(default=False, strict=True)
     stream_options: StreamOptions | None = None
     mars: MarsOptions | None = None
 
@@ -208,6 +209,7 @@ async def _vote(body: ChatRequest, request: Request, svc: Services, tenant_name:
     options = body.mars or MarsOptions()
     model = body.model.removeprefix(MARS_MODEL_PREFIX)
     extra = body.model_extra or {}
+    params = vote_params(extra)  # every OpenAI parameter honoured or refused by name (openai_params.py)
     provider = options.provider or request.headers.get("x-mars-provider")
     try:
         job = JobCreate.model_validate(
@@ -253,7 +255,7 @@ async def _vote(body: ChatRequest, request: Request, svc: Services, tenant_name:
         claim.release()
         raise
     if body.stream:
-        return _vote_stream(spec.job_id, body.model, spec.budget, include_usage, svc, claim)
+        return _vote_stream(spec.job_id, body.model, spec.budget, include_usage, svc, claim, params.n)
     with claim:
         try:
             record = await _until_disconnect(request, _finished(svc, spec.job_id))
@@ -267,11 +269,11 @@ async def _vote(body: ChatRequest, request: Request, svc: Services, tenant_name:
     result = _result_or_error(record)
     if isinstance(result, Response):
         return result
-    return JSONResponse(completion(result, body.model, spec.budget))
+    return JSONResponse(completion(result, body.model, spec.budget, params.n))
 
 
 def _vote_stream(
-    job_id: str, model: str, budget: int, include_usage: bool, svc: Services, claim: Claim
+    job_id: str, model: str, budget: int, include_usage: bool, svc: Services, claim: Claim, n: int = 1
 ) -> EventSourceResponse:
     async def stream() -> AsyncIterator[ServerSentEvent]:
         finished = False
@@ -292,7 +294,7 @@ def _vote_stream(
             if isinstance(result, Response):
                 yield ServerSentEvent(data=bytes(result.body).decode())
             else:
-                for chunk in completion_chunks(result, model, budget, include_usage):
+                for chunk in completion_chunks(result, model, budget, include_usage, n):
                     yield ServerSentEvent(data=json.dumps(chunk, separators=(",", ":")))
             yield ServerSentEvent(data="[DONE]")
         finally:
@@ -369,7 +371,14 @@ def answer_text(result: JobResult) -> str:
     return result.supporting_text or result.answer or ""
 
 
-def completion(result: JobResult, model: str, budget: int) -> dict[str, Any]:
+def answer_texts(result: JobResult, n: int = 1) -> list[str]:
+    """The top ``n`` voted answers, best first: the job's answer (with its supporting text), then the
+    runners-up by votes. Fewer than ``n`` when fewer distinct answers were voted for."""
+    runners_up = sorted((a for a in result.votes if a != result.answer), key=lambda a: -result.votes[a])
+    return [answer_text(result), *runners_up][:n]
+
+
+def completion(result: JobResult, model: str, budget: int, n: int = 1) -> dict[str, Any]:
     return {
         "id": f"chatcmpl-mars-{client_job_id(result.job_id)}",
         "object": "chat.completion",
@@ -377,11 +386,12 @@ def completion(result: JobResult, model: str, budget: int) -> dict[str, Any]:
         "model": model,
         "choices": [
             {
-                "index": 0,
-                "message": {"role": "assistant", "content": answer_text(result)},
+                "index": i,
+                "message": {"role": "assistant", "content": text},
                 "finish_reason": "stop",
                 "logprobs": None,
             }
+            for i, text in enumerate(answer_texts(result, n))
         ],
         "usage": usage(result),
         "mars": mars_summary(result, budget),
@@ -389,7 +399,7 @@ def completion(result: JobResult, model: str, budget: int) -> dict[str, Any]:
 
 
 def completion_chunks(
-    result: JobResult, model: str, budget: int, include_usage: bool
+    result: JobResult, model: str, budget: int, include_usage: bool, n: int = 1
 ) -> list[dict[str, Any]]:
     base = {
         "id": f"chatcmpl-mars-{client_job_id(result.job_id)}",
@@ -397,14 +407,18 @@ def completion_chunks(
         "created": int(time.time()),
         "model": model,
     }
-    text = answer_text(result)
-    deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
-    deltas += [{"content": text[i : i + ANSWER_CHUNK_CHARS]} for i in range(0, len(text), ANSWER_CHUNK_CHARS)]
-    chunks = [{**base, "choices": [{"index": 0, "delta": d, "finish_reason": None}]} for d in deltas]
+    chunks: list[dict[str, Any]] = []
+    texts = answer_texts(result, n)
+    for index, text in enumerate(texts):
+        deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
+        deltas += [
+            {"content": text[i : i + ANSWER_CHUNK_CHARS]} for i in range(0, len(text), ANSWER_CHUNK_CHARS)
+        ]
+        chunks += [{**base, "choices": [{"index": index, "delta": d, "finish_reason": None}]} for d in deltas]
     chunks.append(
         {
             **base,
-            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+            "choices": [{"index": i, "delta": {}, "finish_reason": "stop"} for i in range(len(texts))],
             "mars": mars_summary(result, budget),
         }
     )

@@ -23,7 +23,6 @@ from orchestrator.settings import Settings
 # No ":": it separates Redis key parts, so "x:events" would alias job x's event stream (store/keys.py).
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 JobId = Annotated[str, Field(pattern=JOB_ID_PATTERN, description="Letters, digits and _.- (max 128).")]
-ABSOLUTE_MAX_BUDGET = 4096
 ABSOLUTE_MAX_TOKENS = 1 << 20
 # Rules that read hindsight (final answers) exist for offline evaluation only.
 OFFLINE_ONLY_METHODS = frozenset({"hindsight"})
@@ -43,18 +42,18 @@ class ProbeOptions(Strict):
         default=None, description="How partial traces are probed; null = the provider's best."
     )
     interval_tokens: int = Field(
-        default=2048, ge=16, le=ABSOLUTE_MAX_TOKENS, description="Checkpoint spacing."
+        default=2048, ge=16, le=ABSOLUTE_MAX_TOKENS, strict=True, description="Checkpoint spacing."
     )
     model: str | None = Field(default=None, max_length=200, description="Probe model for `reprompt`.")
-    max_tokens: int = Field(default=50, ge=1, le=4096)
+    max_tokens: int = Field(default=50, ge=1, le=4096, strict=True)
     timeout_s: float = Field(default=30.0, gt=0, le=600)
 
 
 class SamplingOptions(Strict):
     temperature: float = Field(default=0.6, ge=0, le=2)
     top_p: float = Field(default=0.95, gt=0, le=1)
-    top_k: int | None = Field(default=20, ge=1, le=1000)
-    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    top_k: int | None = Field(default=20, ge=1, le=1000, strict=True)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1, strict=True)
 
 
 class JobCreate(Strict):
@@ -64,15 +63,20 @@ class JobCreate(Strict):
     prompt: str | None = Field(default=None, min_length=1, max_length=1 << 20)
     provider: str | None = Field(default=None, max_length=100, description="Configured upstream name.")
     model: str = Field(min_length=1, max_length=200)
-    budget: int = Field(default=64, ge=1, le=ABSOLUTE_MAX_BUDGET, description="K: traces at most.")
+    # No upper bound here: the server's own cap is checked in ``to_job_spec``, with the cap in the message.
+    budget: int = Field(default=64, ge=1, strict=True, description="K: traces at most (this server's cap).")
     method: str = Field(default="default", min_length=1, max_length=64, description="Stopping rule.")
     method_params: dict[str, float | int | bool | str] = Field(default_factory=dict, max_length=64)
     probe: ProbeOptions = Field(default_factory=ProbeOptions)
     warmup: WarmupMode = WarmupMode.PRIOR
-    warmup_traces: int = Field(default=16, ge=0, le=ABSOLUTE_MAX_BUDGET)
+    warmup_traces: int = Field(default=16, ge=0, strict=True)
     sampling: SamplingOptions = Field(default_factory=SamplingOptions)
-    max_tokens: int = Field(default=32768, ge=1, le=ABSOLUTE_MAX_TOKENS, description="Per trace.")
-    task: str = Field(default="math", min_length=1, max_length=64)
+    max_tokens: int = Field(default=32768, ge=1, strict=True, description="Per trace (this server's cap).")
+    task: str = Field(
+        default="math",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="Names the learned prior: letters, digits and _.- (max 64).",
+    )
     job_id: JobId | None = Field(default=None, description="Caller-chosen id: makes submission idempotent.")
     price_profile: str | None = Field(
         default=None,
@@ -107,7 +111,12 @@ class VoteView(BaseModel):
     leader: str | None
     margin: float
     checkpoint: int
-    threshold: float | None = None
+    threshold: float | None = Field(
+        default=None, description="The rule's threshold parameter (a probability or a share), if any."
+    )
+    margin_needed: float | None = Field(
+        default=None, description="Votes the leader's margin must reach for the rule to stop, when it says."
+    )
 
 
 class JobView(BaseModel):

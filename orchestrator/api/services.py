@@ -36,6 +36,7 @@ class Services:
     feeds: Feeds  # live event feeds: one reader per watched job (feeds.py)
     providers: Mapping[str, Provider] = field(default_factory=dict)
     workers_alive: Callable[[], bool] = _always
+    served_here: frozenset[str] = frozenset()  # providers the embedded workers of this process serve
     jobs_in_flight: Callable[[], int | None] = _unknown
     sse_ping_s: float = 15.0  # keep-alive comments on SSE feeds
 

@@ -44,6 +44,7 @@ class LiveJob:
     leader: str | None = None
     margin: float = 0.0
     threshold: float | None = None
+    margin_needed: float | None = None
     checkpoint: int = 0
     position_tokens: int = 0
     status: str = "queued"
@@ -67,7 +68,7 @@ class LiveJob:
             vote = vote_from_event(data)
             if vote is not None:
                 self.counts, self.leader, self.margin = vote.counts, vote.leader, vote.margin
-                self.threshold = vote.threshold
+                self.threshold, self.margin_needed = vote.threshold, vote.margin_needed
         elif event.event == "stop":
             self.stop = data
         elif event.event == "status":
@@ -113,8 +114,9 @@ class LiveJob:
                 ProgressBar(total=total, completed=count, width=30),
                 f"{count:g}",
             )
-        threshold = "–" if self.threshold is None else f"{self.threshold:g}"
-        table.caption = f"leader {self.leader or '–'} · margin {self.margin:g} · threshold {threshold}"
+        needed = "" if self.margin_needed is None else f" ({self.margin_needed:g} needed)"
+        rule = "" if self.threshold is None else f" · rule threshold {self.threshold:g}"
+        table.caption = f"leader {self.leader or '–'} · margin {self.margin:g} votes{needed}{rule}"
         return table
 
 

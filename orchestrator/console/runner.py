@@ -18,6 +18,7 @@ from typing import Any
 
 import uvicorn
 
+from orchestrator.api.limits import HttpLimits
 from orchestrator.console.service import create_app
 from orchestrator.corpus import Corpus
 from orchestrator.errors import InvalidRequest
@@ -73,8 +74,10 @@ async def running_service(
     providers: Mapping[str, Provider] | None = None,
     run_workers: bool = True,
     sse_ping_s: float = 15.0,
+    limits: HttpLimits | None = None,
 ) -> AsyncIterator[RunningService]:
-    """The app on a real uvicorn socket in this event loop; port 0 picks a free one."""
+    """The app on a real uvicorn socket in this event loop; port 0 picks a free one. ``limits`` bound
+    slow and greedy clients (``limits.py``; defaults when not given)."""
     check_bind(settings, host)
     async with AsyncExitStack() as stack:
         # Opened here rather than in the app's lifespan so that a bad upstream configuration or an
@@ -94,12 +97,14 @@ async def running_service(
             sse_ping_s=sse_ping_s,
             worker_store=worker_store,
         )
-        async with _serving(app, settings, host, port) as service:
+        async with _serving(app, settings, host, port, limits or HttpLimits()) as service:
             yield service
 
 
 @asynccontextmanager
-async def _serving(app: Any, settings: Settings, host: str, port: int) -> AsyncIterator[RunningService]:
+async def _serving(
+    app: Any, settings: Settings, host: str, port: int, limits: HttpLimits
+) -> AsyncIterator[RunningService]:
     config = uvicorn.Config(
         app,
         host=host,
@@ -109,6 +114,7 @@ async def _serving(app: Any, settings: Settings, host: str, port: int) -> AsyncI
         lifespan="on",
         timeout_graceful_shutdown=int(settings.shutdown_grace_s),
         timeout_keep_alive=30,
+        **limits.uvicorn_options(),
     )
     sock = _bind(host, port)
     server = uvicorn.Server(config)

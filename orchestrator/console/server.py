@@ -6,6 +6,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 from orchestrator.console.runner import check_bind, is_loopback, running_service, with_replay
+from orchestrator.errors import InvalidRequest
 from orchestrator.logs import configure_logging, get_logger
 from orchestrator.settings import Settings
 
@@ -24,6 +25,12 @@ async def serve(
     host = host or settings.host
     port = settings.port if port is None else port
     check_bind(settings, host)  # before anything starts
+    if replay is not None and not run_workers:
+        raise InvalidRequest(
+            "--replay needs the embedded workers: the replay provider exists in this process only, so "
+            "no other worker could run its jobs; drop --no-workers",
+            field="--no-workers",
+        )
     corpus = None
     if replay is not None:
         from orchestrator.replay.importers import load_corpus

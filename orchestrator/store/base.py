@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from orchestrator.domain import JobResult, JobSpec, JobStatus
+from orchestrator.store.keys import PriorScope
 
 #: ``store_result`` publishes one event of this kind (``{"status": <terminal status>}``) in the same
 #: atomic write as the result; ``events()`` ends after it.
@@ -117,6 +118,10 @@ class Store(Protocol):
         ends after the job's terminal event or when ``block_ms`` passes with nothing new."""
         ...
 
+    async def last_events(self, job_id: str, count: int) -> Sequence[Event]:
+        """The job's newest ``count`` events, newest first: one bounded read (XREVRANGE)."""
+        ...
+
     # --- queue ------------------------------------------------------------------------------
     async def enqueue(self, job_id: str) -> str: ...
 
@@ -134,10 +139,26 @@ class Store(Protocol):
 
     async def queue_depth(self) -> int: ...
 
-    # --- priors -----------------------------------------------------------------------------
-    async def get_prior(self, model: str, task: str) -> Mapping[str, Any] | None: ...
+    async def prune_consumers(self, idle_ms: int) -> int:
+        """Remove queue consumers (workers) idle for ``idle_ms`` with nothing pending: the dead ones.
+        Returns how many were removed."""
+        ...
 
-    async def put_prior(self, model: str, task: str, document: Mapping[str, Any]) -> None: ...
+    # --- workers ----------------------------------------------------------------------------
+    async def announce(self, worker_id: str, providers: Sequence[str], ttl_ms: int) -> None:
+        """Say that ``worker_id`` serves ``providers`` for the next ``ttl_ms`` (renewed by heartbeats)."""
+        ...
+
+    async def withdraw(self, worker_id: str, providers: Sequence[str]) -> None: ...
+
+    async def serves(self, provider: str) -> bool:
+        """True while at least one live worker announces ``provider``."""
+        ...
+
+    # --- priors -----------------------------------------------------------------------------
+    async def get_prior(self, scope: PriorScope) -> Mapping[str, Any] | None: ...
+
+    async def put_prior(self, scope: PriorScope, document: Mapping[str, Any]) -> None: ...
 
     # --- lifecycle --------------------------------------------------------------------------
     async def ping(self) -> bool: ...

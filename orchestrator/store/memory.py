@@ -18,6 +18,7 @@ from typing import Any
 from orchestrator.domain import JobResult, JobSpec, JobStatus
 from orchestrator.errors import JobConflict, JobNotFound
 from orchestrator.store.base import STATUS_EVENT, Event, JobRecord, QueueMessage, TokenChunk
+from orchestrator.store.keys import PriorScope
 
 
 def event_seq(event_id: str) -> tuple[int, int]:
@@ -55,7 +56,8 @@ class MemoryStore:
         self._queue: dict[str, str] = {}  # message id -> job id, in insertion order
         self._undelivered: list[str] = []
         self._pending: dict[str, _Pending] = {}
-        self._priors: dict[tuple[str, str], dict[str, Any]] = {}
+        self._priors: dict[PriorScope, dict[str, Any]] = {}
+        self._serving: dict[str, dict[str, float]] = {}  # provider -> worker id -> expiry (monotonic s)
         self._seq = 0
         self._changed = asyncio.Condition()
         self._closed = False
@@ -218,6 +220,9 @@ class MemoryStore:
                 if is_terminal_event(event.kind, event.data):
                     return
 
+    async def last_events(self, job_id: str, count: int) -> Sequence[Event]:
+        return list(reversed(self._events.get(job_id, [])[-count:])) if count > 0 else []
+
     # --- queue ----------------------------------------------------------------------------
     async def enqueue(self, job_id: str) -> str:
         message_id = self._next_id()
@@ -262,13 +267,30 @@ class MemoryStore:
     async def queue_depth(self) -> int:
         return len(self._queue)
 
+    async def prune_consumers(self, idle_ms: int) -> int:
+        return 0  # consumers exist only while they hold a pending message here
+
+    # --- workers ----------------------------------------------------------------------------
+    async def announce(self, worker_id: str, providers: Sequence[str], ttl_ms: int) -> None:
+        until = time.monotonic() + ttl_ms / 1000
+        for provider in providers:
+            self._serving.setdefault(provider, {})[worker_id] = until
+
+    async def withdraw(self, worker_id: str, providers: Sequence[str]) -> None:
+        for provider in providers:
+            self._serving.get(provider, {}).pop(worker_id, None)
+
+    async def serves(self, provider: str) -> bool:
+        now = time.monotonic()
+        return any(until > now for until in self._serving.get(provider, {}).values())
+
     # --- priors ---------------------------------------------------------------------------
-    async def get_prior(self, model: str, task: str) -> Mapping[str, Any] | None:
-        doc = self._priors.get((model, task))
+    async def get_prior(self, scope: PriorScope) -> Mapping[str, Any] | None:
+        doc = self._priors.get(scope)
         return dict(doc) if doc is not None else None
 
-    async def put_prior(self, model: str, task: str, document: Mapping[str, Any]) -> None:
-        self._priors[(model, task)] = dict(document)
+    async def put_prior(self, scope: PriorScope, document: Mapping[str, Any]) -> None:
+        self._priors[scope] = dict(document)
 
     # --- lifecycle ------------------------------------------------------------------------
     async def ping(self) -> bool:

@@ -30,7 +30,7 @@ from orchestrator.cancellation import delivered_cancel
 from orchestrator.domain import JobResult, JobSpec, JobStatus
 from orchestrator.errors import JobConflict, JobNotFound, StoreUnavailable
 from orchestrator.store.base import STATUS_EVENT, Event, JobRecord, QueueMessage, TokenChunk
-from orchestrator.store.keys import Keys
+from orchestrator.store.keys import Keys, PriorScope
 from orchestrator.store.memory import is_terminal_event
 
 _TERMINAL_LUA = "local terminal = {succeeded=true, failed=true, cancelled=true}\n"
@@ -412,6 +412,11 @@ class RedisStore:
                 if is_terminal_event(event.kind, event.data):
                     return
 
+    async def last_events(self, job_id: str, count: int) -> Sequence[Event]:
+        with _translated("last_events"):
+            reply = await self._r.xrevrange(self._keys.events(job_id), count=max(1, count))
+        return [Event(str(i), f.get("kind", ""), json.loads(f.get("data", "{}"))) for i, f in reply]
+
     # --- queue ----------------------------------------------------------------------------
     async def enqueue(self, job_id: str) -> str:
         with _translated("enqueue"):
@@ -478,16 +483,54 @@ class RedisStore:
         with _translated("queue_depth"):
             return int(await self._r.xlen(self._keys.jobs_stream))
 
+    async def prune_consumers(self, idle_ms: int) -> int:
+        k = self._keys
+        removed = 0
+        with _translated("prune_consumers"):
+            try:
+                consumers = await self._r.xinfo_consumers(k.jobs_stream, k.group)
+            except ResponseError:
+                return 0  # no stream or group yet: nobody to prune
+            for consumer in consumers:
+                if int(consumer["pending"]) == 0 and int(consumer["idle"]) >= idle_ms:
+                    # DELCONSUMER drops pending entries too; it only ever runs on consumers with none.
+                    await self._r.xgroup_delconsumer(k.jobs_stream, k.group, consumer["name"])
+                    removed += 1
+        return removed
+
+    # --- workers --------------------------------------------------------------------------
+    async def announce(self, worker_id: str, providers: Sequence[str], ttl_ms: int) -> None:
+        now_ms = time.time() * 1000
+        with _translated("announce"):
+            async with self._r.pipeline(transaction=False) as pipe:
+                for provider in providers:
+                    key = self._keys.serving(provider)
+                    pipe.zadd(key, {worker_id: now_ms + ttl_ms})
+                    pipe.zremrangebyscore(key, "-inf", now_ms)
+                    pipe.pexpire(key, ttl_ms)  # the set of a provider nobody serves any more goes
+                await pipe.execute()
+
+    async def withdraw(self, worker_id: str, providers: Sequence[str]) -> None:
+        with _translated("withdraw"):
+            async with self._r.pipeline(transaction=False) as pipe:
+                for provider in providers:
+                    pipe.zrem(self._keys.serving(provider), worker_id)
+                await pipe.execute()
+
+    async def serves(self, provider: str) -> bool:
+        with _translated("serves"):
+            return int(await self._r.zcount(self._keys.serving(provider), time.time() * 1000, "+inf")) > 0
+
     # --- priors ---------------------------------------------------------------------------
-    async def get_prior(self, model: str, task: str) -> Mapping[str, Any] | None:
+    async def get_prior(self, scope: PriorScope) -> Mapping[str, Any] | None:
         with _translated("get_prior"):
-            raw = await self._r.hget(self._keys.prior(model, task), "document")
+            raw = await self._r.hget(self._keys.prior(scope), "document")
         return dict(json.loads(raw)) if raw else None
 
-    async def put_prior(self, model: str, task: str, document: Mapping[str, Any]) -> None:
+    async def put_prior(self, scope: PriorScope, document: Mapping[str, Any]) -> None:
         with _translated("put_prior"):
             await self._r.hset(
-                self._keys.prior(model, task),
+                self._keys.prior(scope),
                 mapping={"document": json.dumps(dict(document)), "updated_at": repr(time.time())},
             )
 

@@ -58,8 +58,12 @@ def settings() -> Settings:
 
 
 @pytest.fixture
-def store() -> MemoryStore:
-    return MemoryStore()
+async def store() -> MemoryStore:
+    """The embedded store, with a worker announced for the provider ``replay`` (no worker runs: jobs
+    stay queued unless a test runs them)."""
+    memory = MemoryStore()
+    await memory.announce("test-worker", ["replay"], ttl_ms=3_600_000)
+    return memory
 
 
 @pytest.fixture

@@ -225,6 +225,7 @@ async def test_job_view_shows_live_vote_then_result(client: httpx.AsyncClient, s
         "margin": 4.0,
         "checkpoint": 2,
         "threshold": 3.5,
+        "margin_needed": None,
     }
     mars_vote = {
         "checkpoint": 3,
@@ -235,7 +236,8 @@ async def test_job_view_shows_live_vote_then_result(client: httpx.AsyncClient, s
     }
     await store.publish(job_id, "vote", mars_vote)
     view = (await client.get(f"/v1/jobs/{client_id}", headers=auth(ALICE))).json()
-    assert view["vote"]["threshold"] == 6.5  # MARS: the margin its binding test asks for
+    assert view["vote"]["margin_needed"] == 6.5  # MARS: the margin its binding test asks for
+    assert view["vote"]["threshold"] is None  # never a vote count in the place of the rule's threshold
     result = JobResult(
         job_id=job_id,
         status=JobStatus.SUCCEEDED,

@@ -47,7 +47,9 @@ def test_json_off_a_terminal_and_secrets_masked(captured: io.StringIO) -> None:
 
 async def test_request_id_is_bound_to_request_lines(captured: io.StringIO) -> None:
     """Every line logged while serving a request carries its request id; the API key never appears."""
-    app = create_app(make_settings(), MemoryStore(), providers={}, run_workers=False)
+    store = MemoryStore()
+    await store.announce("test-worker", ["replay"], ttl_ms=3_600_000)  # jobs are accepted, stay queued
+    app = create_app(make_settings(), store, providers={}, run_workers=False)
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client,

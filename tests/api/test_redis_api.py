@@ -46,6 +46,7 @@ async def test_jobs_api_on_redis(redis_url: str, redis_client: object, prefix: s
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client,
     ):
         svc: Services = app.state.services
+        await svc.store.announce("test-worker", ["replay"], ttl_ms=60_000)  # no worker runs the job
         resp = await client.post("/v1/jobs", json=job_body(job_id="redis-job-1"), headers=auth(ALICE))
         assert resp.status_code == 202
         again = await client.post("/v1/jobs", json=job_body(job_id="redis-job-1"), headers=auth(ALICE))

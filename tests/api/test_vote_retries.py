@@ -18,8 +18,9 @@ import pytest
 import redis.asyncio as aioredis
 from starlette.types import Receive, Scope, Send
 
-from orchestrator.api.runner import RunningService, running_service
-from orchestrator.replay.server import ReplayOptions, ReplayServer, serve_app
+from orchestrator.console.runner import RunningService, running_service
+from orchestrator.replay.server import ReplayOptions, ReplayServer
+from orchestrator.serving import serve_app
 from orchestrator.settings import ProviderConfig
 from tests.api.conftest import ALICE, BOB, auth, make_settings
 from tests.api.live import QUESTION, small_corpus

@@ -20,7 +20,7 @@ from orchestrator.coordinator import Coordinator, CoordinatorConfig
 from orchestrator.domain import JobResult, JobSpec, JobStatus, ProbeSpec, TraceStatus, WarmupMode
 from orchestrator.store.base import request_fingerprint
 from orchestrator.store.memory import MemoryStore
-from orchestrator.warmup import load_length_prior
+from orchestrator.warmup import load_length_prior, prior_scope
 from tests.fakes import Script, ScriptedProvider
 
 pytestmark = pytest.mark.timeout(30)
@@ -154,7 +154,7 @@ async def test_a_job_stopped_before_any_trace_finished_reports_honest_savings() 
     spec = job("teacher", budget=4, warmup=WarmupMode.SEQUENTIAL, warmup_traces=8)
     first = await run(store, ScriptedProvider(teacher, chunk_tokens=10), spec)
     assert first.status is JobStatus.SUCCEEDED
-    assert sorted(await load_length_prior(store, "scripted-model", "plain")) == sorted(lengths)
+    assert sorted(await load_length_prior(store, prior_scope(spec))) == sorted(lengths)
 
     # Slow enough that no trace nears its end before the first checkpoint's decision.
     scripts = {i: Script(lengths[i], "42", answers, delay_s=0.002) for i in range(8)}

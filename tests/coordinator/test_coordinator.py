@@ -13,6 +13,7 @@ from orchestrator.domain import JobSpec, JobStatus, ProbeSpec, ProbeStrategy, Tr
 from orchestrator.stopping.switch_model import FEATURES_NO_CONFIDENCE, SwitchModel
 from orchestrator.store.base import STATUS_EVENT, Event, request_fingerprint
 from orchestrator.store.memory import MemoryStore
+from orchestrator.warmup import prior_scope
 from tests.fakes import Script, ScriptedProvider, uniform, wait_until
 
 pytestmark = pytest.mark.timeout(30)
@@ -259,7 +260,7 @@ async def test_prior_warmup_learns_from_shadow_traces() -> None:
     assert first.accounting.shadow_tokens > 0
     warm = next(e for e in await events(store, "j1") if e.kind == "warmup")
     assert warm.data["source"] == "default"
-    prior = await store.get_prior("scripted-model", "plain")
+    prior = await store.get_prior(prior_scope(spec))
     assert prior is not None
     assert prior["jobs"] == 1
     assert len(prior["rows"]) == 2 * 6

@@ -20,9 +20,11 @@ import pytest
 import redis.asyncio as aioredis
 from starlette.types import Receive, Scope, Send
 
-from orchestrator.api.runner import running_service
-from orchestrator.replay.server import ReplayOptions, ReplayServer, serve_app
+from orchestrator.console.runner import running_service
+from orchestrator.replay.server import ReplayOptions, ReplayServer
+from orchestrator.serving import serve_app
 from orchestrator.settings import ProviderConfig, Settings
+from orchestrator.store.factory import open_store
 from tests.api.conftest import ALICE, BOB, auth, job_body, make_settings
 from tests.api.live import QUESTION, Received, small_corpus, sse_events
 from tests.reliability.processes import private_redis
@@ -171,12 +173,19 @@ async def test_500_idle_watchers_on_a_20_connection_pool_while_the_job_runs(
     assert len({tuple(e.id for e in events) for events in feeds}) == 1  # every watcher saw the same log
 
 
+async def _a_worker_serves(settings: Settings) -> None:
+    """The API alone refuses jobs no live worker serves: say one does (it never runs them)."""
+    async with open_store(settings) as store:
+        await store.announce("test-worker", list(settings.providers), ttl_ms=600_000)
+
+
 async def test_watchers_are_capped_per_key_and_per_process(redis_url: str, prefix: str) -> None:
     """Over the per-key cap a watcher gets 429 in OpenAI's error shape (other keys still get in); over
     the process cap every key does; a watcher that leaves gives its place back."""
     settings: Settings = make_settings(
         redis_url=redis_url, redis_prefix=prefix, max_watchers_per_tenant=2, max_watchers=3
     )
+    await _a_worker_serves(settings)
     async with (
         running_service(settings, providers={}, run_workers=False, sse_ping_s=0.5) as service,
         httpx.AsyncClient(base_url=service.url, timeout=10) as http,
@@ -211,6 +220,7 @@ async def test_a_stream_that_meets_a_store_error_ends_with_an_error_event() -> N
     (OpenAI's error body, naming the store), no broken chunked body, no traceback."""
     async with private_redis() as redis_server:
         settings = make_settings(redis_url=redis_server.url, redis_prefix="marstest:storeerr")
+        await _a_worker_serves(settings)
         async with (
             running_service(settings, providers={}, run_workers=False, sse_ping_s=0.5) as service,
             httpx.AsyncClient(base_url=service.url, timeout=20) as http,

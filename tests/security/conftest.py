@@ -73,6 +73,7 @@ async def api(redis_url: str) -> AsyncIterator[Api]:
     raw = aioredis.from_url(redis_url)
     try:
         async with open_store(settings) as store:
+            await store.announce("test-worker", ["replay"], ttl_ms=600_000)  # jobs stay queued
             app = create_app(settings, store, providers={}, run_workers=False, sse_ping_s=0.05)
             async with app.router.lifespan_context(app):
                 transport = httpx.ASGITransport(app=app)

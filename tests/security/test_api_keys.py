@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 from orchestrator.console.runner import running_service
 from orchestrator.errors import InvalidRequest
 from orchestrator.settings import Settings, bare_key_tenant, hash_api_key, load_settings
+from orchestrator.store.factory import open_store
 from tests.security.conftest import auth, body, security_settings
 
 CAROL = "key-of-carol"
@@ -83,6 +84,8 @@ async def test_dave_cannot_see_carols_job_after_a_restart_without_carol(redis_ur
     """The reproduction, on Redis and a real socket: Carol submits ``carol-secret`` under
     ``key-of-carol,key-of-dave``; the service restarts with only ``key-of-dave``; Dave neither lists nor
     reads Carol's job. Carol (back in the list) still sees it."""
+    async with open_store(_settings(redis_url, prefix, DAVE)) as store:
+        await store.announce("test-worker", ["replay"], ttl_ms=600_000)  # the job stays queued
     async with (
         running_service(
             _settings(redis_url, prefix, f"{CAROL},{DAVE}"), providers={}, run_workers=False

@@ -9,6 +9,7 @@ except that the proxy gets negative requests only: a valid proxy request is a re
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -71,6 +72,7 @@ def harness() -> Iterator[Harness]:
         max_body_bytes=64 * 1024,
     )
     store = MemoryStore()
+    asyncio.run(store.announce("test-worker", ["replay"], ttl_ms=3_600_000))  # jobs stay queued
     app = create_app(config, store, providers={}, run_workers=False, sse_ping_s=0.05)
     with TestClient(app, raise_server_exceptions=False) as client:
         schema = schemathesis.openapi.from_dict(client.get("/openapi.json").json())

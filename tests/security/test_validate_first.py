@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from orchestrator.api.auth import store_job_id
-from orchestrator.api.runner import running_service
+from orchestrator.console.runner import running_service
 from orchestrator.store.base import Store
 from orchestrator.store.factory import open_store
 from tests.security.conftest import ALICE, MODEL, auth, security_settings
@@ -103,6 +103,7 @@ async def test_an_unexpected_error_is_a_json_500_with_the_request_id_and_cancels
     cancelled rather than left running for nobody."""
     settings = security_settings(redis_url, prefix)
     async with open_store(settings) as real:
+        await real.announce("test-worker", ["replay"], ttl_ms=600_000)  # a worker serves it; none runs
         buggy = cast(Store, BuggyStore(real))
         async with (
             running_service(settings, store=buggy, providers={}, run_workers=False) as service,

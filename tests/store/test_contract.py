@@ -14,7 +14,7 @@ from orchestrator.errors import JobConflict, JobNotFound, StoreUnavailable
 from orchestrator.settings import Settings
 from orchestrator.store.base import STATUS_EVENT, Event, Store, TokenChunk, request_fingerprint
 from orchestrator.store.factory import open_store
-from orchestrator.store.keys import Keys
+from orchestrator.store.keys import Keys, PriorScope
 from orchestrator.store.memory import MemoryStore
 from orchestrator.store.redis import RedisStore
 
@@ -322,13 +322,52 @@ async def test_jobs_are_listed_per_tenant_newest_first(store: Store) -> None:
     assert await store.count_active_jobs("b") == 1
 
 
-async def test_priors_round_trip(store: Store) -> None:
-    """A prior document is stored per (model, task) and read back unchanged."""
-    assert await store.get_prior("m", "math") is None
+async def test_priors_round_trip_per_scope(store: Store) -> None:
+    """A prior document is stored per (tenant, provider, model, task) and read back unchanged; another
+    tenant, provider or task sees none of it."""
+    scope = PriorScope("acme", "replay", "m", "math")
+    assert await store.get_prior(scope) is None
     doc = {"model": {"coef": [0.1, -0.2]}, "gamma": 0.8, "rows": 12}
-    await store.put_prior("m", "math", doc)
-    assert await store.get_prior("m", "math") == doc
-    assert await store.get_prior("m", "code") is None
+    await store.put_prior(scope, doc)
+    assert await store.get_prior(scope) == doc
+    assert await store.get_prior(PriorScope("acme", "replay", "m", "code")) is None
+    assert await store.get_prior(PriorScope("globex", "replay", "m", "math")) is None
+    assert await store.get_prior(PriorScope("acme", "openai", "m", "math")) is None
+
+
+def test_prior_keys_cannot_alias_or_carry_control_bytes() -> None:
+    """Request-given key parts are encoded: a ":" cannot make two scopes share a key, a NUL never
+    reaches Redis."""
+    keys = Keys("p")
+    assert keys.prior(PriorScope("a:b", "c", "m", "t")) != keys.prior(PriorScope("a", "b:c", "m", "t"))
+    key = keys.prior(PriorScope("acme", "replay", "qwen3:8b", "math\x00x"))
+    assert "\x00" not in key
+    assert key == "p:prior:acme:replay:qwen3%3A8b:math%00x"
+
+
+async def test_workers_announce_what_they_serve_until_they_withdraw_or_expire(store: Store) -> None:
+    """serves(provider) holds while a worker's announcement lives; withdraw or expiry ends it."""
+    assert not await store.serves("replay")
+    await store.announce("w1", ["replay", "openai"], ttl_ms=60_000)
+    assert await store.serves("replay")
+    assert await store.serves("openai")
+    assert not await store.serves("anthropic")
+    await store.withdraw("w1", ["replay"])
+    assert not await store.serves("replay")
+    await store.announce("w2", ["replay"], ttl_ms=50)
+    await asyncio.sleep(0.12)
+    assert not await store.serves("replay")
+
+
+async def test_last_events_is_one_bounded_read_newest_first(store: Store) -> None:
+    """last_events returns at most ``count`` events, newest first, without waiting."""
+    s = spec("busy")
+    await store.create_job(s, request_fingerprint(s))
+    for i in range(50):
+        await store.publish("busy", "vote" if i % 10 == 0 else "trace", {"i": i})
+    newest = await store.last_events("busy", 5)
+    assert [e.data["i"] for e in newest] == [49, 48, 47, 46, 45]
+    assert await store.last_events("nothing-here", 5) == []
 
 
 async def test_open_store_without_redis_is_embedded() -> None:

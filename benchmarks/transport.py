@@ -222,6 +222,7 @@ async def main_async(
         runs: list[float] = []
         for _ in range(args.rounds):
             runs.extend(await cancel_latency(make, url, args.cancel_streams, server, how))
+        runs.sort()
         cancel[name] = {
             "closes": len(runs),
             "p50_ms": round(_pct(runs, 0.5), 2),

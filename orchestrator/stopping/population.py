@@ -39,7 +39,7 @@ from orchestrator.domain import Decision, Snapshot
 from orchestrator.stopping.logistic import LogisticModel
 from orchestrator.stopping.mars import certify
 from orchestrator.stopping.switch_model import CONSERVATIVE_DEFAULT, SwitchModel, flips_and_streak
-from orchestrator.stopping.tally import TraceArrays, budget_decision, exhausted, trace_arrays
+from orchestrator.stopping.tally import TraceArrays, preamble, trace_arrays
 
 FEATURES: tuple[str, ...] = (
     "leader_share",
@@ -172,9 +172,9 @@ class PopulationStop:
         return LeaderState(leader, prev.age + 1 if leader == prev.leader and leader is not None else 1)
 
     def decide(self, snapshot: Snapshot) -> Decision:
-        arrays = trace_arrays(snapshot.traces)
-        if exhausted(arrays):
-            return budget_decision(snapshot, arrays)
+        arrays, done = preamble(snapshot)
+        if done is not None:
+            return done
         classes = arrays.classes[arrays.counted]
         if classes.size == 0:
             return Decision.cont(reason="no votes yet", state=self.leader_state(snapshot, None))

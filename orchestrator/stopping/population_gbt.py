@@ -44,7 +44,7 @@ from orchestrator.stopping.population import (
     population_features,
 )
 from orchestrator.stopping.switch_model import CONSERVATIVE_DEFAULT, SwitchModel
-from orchestrator.stopping.tally import TraceArrays, budget_decision, exhausted, trace_arrays
+from orchestrator.stopping.tally import TraceArrays, preamble
 
 EXTRA_FEATURES: tuple[str, ...] = (
     "running_margin",
@@ -254,9 +254,9 @@ class PopulationTreeStop:
         return budget
 
     def decide(self, snapshot: Snapshot) -> Decision:
-        arrays = trace_arrays(snapshot.traces)
-        if exhausted(arrays):
-            return budget_decision(snapshot, arrays)
+        arrays, done = preamble(snapshot)
+        if done is not None:
+            return done
         prev = snapshot.rule_state if isinstance(snapshot.rule_state, TreeStopState) else TreeStopState()
         classes = arrays.classes[arrays.counted]
         if classes.size == 0:

@@ -141,6 +141,13 @@ def budget_decision(snapshot: Snapshot, arrays: TraceArrays, *, reason: str = "b
     return Decision.halt(t.leader, reason, details={"leader_votes": t.leader_votes, "total_votes": t.total})
 
 
+def preamble(snapshot: Snapshot) -> tuple[TraceArrays, Decision | None]:
+    """What every snapshot-tally rule does first: the snapshot's arrays, and the budget stop
+    (:func:`budget_decision`) when nothing runs any more (``None`` while traces run)."""
+    arrays = trace_arrays(snapshot.traces)
+    return arrays, budget_decision(snapshot, arrays) if exhausted(arrays) else None
+
+
 def vote_in_trace_order(traces: Sequence[TraceView], *, include_pruned: bool = False) -> int | None:
     """Plurality over started traces' current answers, ties to the answer met first in trace order
     (EVALUATION.md Protocol A). Pruned traces vote only when ``include_pruned``."""

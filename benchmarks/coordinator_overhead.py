@@ -37,7 +37,7 @@ from orchestrator.providers.factory import build_provider
 from orchestrator.replay.jsonl import write_jsonl
 from orchestrator.replay.server import replay_server_process
 from orchestrator.settings import ProviderConfig, Settings
-from orchestrator.stopping.switch_model import SwitchModel
+from orchestrator.stopping.switch_model import constant_q
 from orchestrator.store.base import request_fingerprint
 from orchestrator.store.factory import open_store
 
@@ -79,7 +79,7 @@ async def job(url: str, question: str, k: int, interval: int, redis_url: str) ->
         model="replay",
         budget=k,
         method="mars",
-        method_params={"switch_model": SwitchModel.constant(0.99).to_dict()},
+        method_params={"switch_model": constant_q(0.99).to_dict()},
         probe=ProbeSpec(interval_tokens=interval, timeout_s=60.0),
         warmup=WarmupMode.NONE,
         max_tokens=1_000_000,

@@ -18,7 +18,7 @@ from orchestrator.domain import Snapshot, TraceView
 from orchestrator.stopping.base import StoppingRule
 from orchestrator.stopping.mars import Mars
 from orchestrator.stopping.registry import build_rule
-from orchestrator.stopping.switch_model import SwitchModel, feature_rows
+from orchestrator.stopping.switch_model import SwitchModel, feature_rows, fit_switch_model
 
 NUM_CLASSES = 20
 CHECKPOINT = 20
@@ -58,7 +58,7 @@ def fitted_model(rng: random.Random) -> SwitchModel:
         final = history[-1]
         rows.extend(feature_rows(history, [PROBE_INTERVAL * (t + 1) for t in range(40)]).tolist())
         labels.extend(int(a != final) for a in history)
-    return SwitchModel.fit(rows, labels)
+    return fit_switch_model(rows, labels)
 
 
 def measure(rule: StoppingRule, k: int, rng: random.Random, repeats: int = 2000) -> dict[str, float]:

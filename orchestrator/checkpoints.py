@@ -103,6 +103,7 @@ class TraceState:
     lost_tokens: int = 0  # generated in an attempt that was then restarted
     all_confidences: list[float] = field(default_factory=list)  # warmup traces only (DeepConf τ)
     error: str | None = None
+    error_kind: str | None = None  # errors.kind_of of the failure
     task: asyncio.Task[Any] | None = None
 
     @property

@@ -78,6 +78,9 @@ from orchestrator.errors import (
     MarsError,
     StoreUnavailable,
     UnsupportedCapability,
+    common_kind,
+    describe,
+    kind_of,
 )
 from orchestrator.logs import get_logger
 from orchestrator.pricing import job_price_profile
@@ -297,11 +300,18 @@ class _JobRun:
     async def _finish_early(self, exc: MarsError) -> JobResult:
         """A permanent error before any trace ran (bad method, unsupported probe strategy...)."""
         result = self._result(
-            Outcome(JobStatus.FAILED, "error", error=f"{type(exc).__name__}: {exc}"),
+            Outcome(JobStatus.FAILED, "error", error=describe(exc), error_kind=kind_of(exc)),
             rule_name=self.spec.method,
         )
         await self._publish(
-            "failure", {"kind": "job", "trace": None, "checkpoint": None, "error": result.error}
+            "failure",
+            {
+                "kind": "job",
+                "trace": None,
+                "checkpoint": None,
+                "error": result.error,
+                "error_kind": result.error_kind,
+            },
         )
         await self._store_result(result)
         return result
@@ -441,7 +451,7 @@ class _JobRun:
                 return Outcome(JobStatus.CANCELLED, "cancel requested")
             fatal = self.streams.fatal
             if fatal is not None:
-                return Outcome(JobStatus.FAILED, "error", error=f"{type(fatal).__name__}: {fatal}")
+                return Outcome(JobStatus.FAILED, "error", error=describe(fatal), error_kind=kind_of(fatal))
             outcome = await self._decide_checkpoints(rule, book, warmup_class)
             if outcome is not None:
                 return outcome
@@ -494,7 +504,10 @@ class _JobRun:
     def _all_failed(self) -> Outcome:
         errors = sorted({t.error for t in self.voting if t.error})
         return Outcome(
-            JobStatus.FAILED, "every trace failed", error="; ".join(errors) or "every trace failed"
+            JobStatus.FAILED,
+            "every trace failed",
+            error="; ".join(errors) or "every trace failed",
+            error_kind=common_kind(t.error_kind for t in self.voting if t.error_kind),
         )
 
     def _prune(self, book: CheckpointBook, snapshot: Snapshot, decision: Decision) -> list[int]:
@@ -570,7 +583,14 @@ class _JobRun:
         )
         if result.status is JobStatus.FAILED:
             await self._publish(
-                "failure", {"kind": "job", "trace": None, "checkpoint": None, "error": result.error}
+                "failure",
+                {
+                    "kind": "job",
+                    "trace": None,
+                    "checkpoint": None,
+                    "error": result.error,
+                    "error_kind": result.error_kind,
+                },
             )
         await self._store_result(result)
         return result

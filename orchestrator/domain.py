@@ -304,6 +304,7 @@ class JobResult:
     supporting_text: str | None = None
     notes: tuple[str, ...] = ()
     error: str | None = None
+    error_kind: str | None = None  # the error's type in ``orchestrator.errors`` (``errors.kind_of``)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -326,6 +327,7 @@ class JobResult:
             supporting_text=data.get("supporting_text"),
             notes=tuple(data.get("notes") or ()),
             error=data.get("error"),
+            error_kind=data.get("error_kind"),
         )
 
 

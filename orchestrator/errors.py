@@ -45,6 +45,8 @@ below against the code.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 
 class MarsError(Exception):
     """Base of every error the project raises on purpose."""
@@ -192,8 +194,20 @@ def kind_of(exc: BaseException) -> str:
 
 
 def describe(exc: BaseException) -> str:
-    """``"Kind: message"``, the human-readable form stored beside the kind (never parsed back)."""
-    return f"{kind_of(exc)}: {exc}"
+    """``"ClassName: message"``, the human-readable form stored beside the kind (never parsed back)."""
+    return f"{type(exc).__name__}: {exc}"
+
+
+def common_kind(kinds: Iterable[str | None]) -> str | None:
+    """The most specific kind every one of ``kinds`` is (``RateLimited`` and ``UpstreamServerError``
+    are both ``UpstreamStatusError``); ``None`` when there are none."""
+    classes = [error_type(kind) for kind in kinds]
+    if not classes:
+        return None
+    for base in classes[0].__mro__:
+        if issubclass(base, MarsError) and all(issubclass(cls, base) for cls in classes):
+            return base.__name__
+    return MarsError.__name__  # pragma: no cover - MarsError is in every MRO
 
 
 def error_type(kind: str | None) -> type[MarsError]:
@@ -205,3 +219,16 @@ def error_type(kind: str | None) -> type[MarsError]:
             return cls
         pending.extend(cls.__subclasses__())
     return MarsError
+
+
+def rebuild(kind: str | None, message: str) -> MarsError:
+    """An error of ``kind`` carrying ``message``, for a failure that travelled as data (a stored job's
+    ``error_kind``): the kind's own class when it takes a bare message, else its nearest base that
+    does (a ``RateLimited`` without its status comes back as an ``UpstreamError``)."""
+    for cls in error_type(kind).__mro__:
+        if issubclass(cls, MarsError):
+            try:
+                return cls(message)
+            except TypeError:
+                continue
+    return MarsError(message)  # pragma: no cover - MarsError takes a message

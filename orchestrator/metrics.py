@@ -133,13 +133,12 @@ class Metrics:
             self.tokens_saved_net.dec(extra)
 
     def observe_failure_event(self, data: Mapping[str, Any]) -> None:
-        """A trace or probe failure event: counted by error class (``"RateLimited: ..."``) and where."""
+        """A trace or probe failure event: counted by the error's kind (``error_kind``, a class of
+        ``orchestrator.errors``) and where; the message is never parsed."""
         where = str(data.get("kind") or "unknown")
         if where == "job":
             return  # the job's own failure; its upstream causes were counted as they happened
-        error = str(data.get("error") or "")
-        head = error.split(":", 1)[0]
-        kind = head if head.isidentifier() else ("Timeout" if where == "probe_timeout" else "unknown")
+        kind = str(data.get("error_kind") or "unknown")
         self.upstream_errors.labels(kind[:64], where[:32]).inc()
 
     def render(self, *, queue_depth: int | None, jobs_in_flight: int | None) -> bytes:

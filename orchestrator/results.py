@@ -39,6 +39,7 @@ class Outcome:
     checkpoint: int | None = None
     position_tokens: int | None = None
     error: str | None = None
+    error_kind: str | None = None
 
 
 def trace_spend(t: TraceState) -> TraceSpend:
@@ -150,6 +151,7 @@ def build_result(
         supporting_text=supporting,
         notes=tuple(all_notes),
         error=outcome.error,
+        error_kind=outcome.error_kind,
     )
 
 

@@ -22,7 +22,15 @@ from typing import Any
 from orchestrator.answers import DEFAULT_EXTRACTOR, answer_or_none, last_boxed
 from orchestrator.checkpoints import Crossing, ProbeOutcome, TraceState
 from orchestrator.domain import JobSpec, ProbeStrategy, TraceStatus
-from orchestrator.errors import CallerError, MarsError, StoreUnavailable, UpstreamError
+from orchestrator.errors import (
+    CallerError,
+    MarsError,
+    StoreUnavailable,
+    UpstreamError,
+    UpstreamTimeout,
+    describe,
+    kind_of,
+)
 from orchestrator.providers.base import Capabilities, ProbeRequest, Provider, StreamDelta, TraceRequest
 from orchestrator.providers.hangup import Hangup
 from orchestrator.store.base import Store, TokenChunk
@@ -140,10 +148,20 @@ class TraceStreamer:
             except UpstreamError as exc:
                 failures += 1
                 if failures > self.config.trace_retries:
-                    trace.status, trace.error = TraceStatus.FAILED, f"{type(exc).__name__}: {exc}"
+                    trace.status, trace.error, trace.error_kind = (
+                        TraceStatus.FAILED,
+                        describe(exc),
+                        kind_of(exc),
+                    )
                     await self._publish(
                         "failure",
-                        {"kind": "trace", "trace": trace.index, "checkpoint": None, "error": trace.error},
+                        {
+                            "kind": "trace",
+                            "trace": trace.index,
+                            "checkpoint": None,
+                            "error": trace.error,
+                            "error_kind": trace.error_kind,
+                        },
                     )
                     await self._publish("trace", {"traces": [trace_event(trace, "failed")]})
                     return
@@ -151,7 +169,7 @@ class TraceStreamer:
                     await self._restart(trace)
                 continue
             except CallerError as exc:
-                trace.status, trace.error = TraceStatus.FAILED, f"{type(exc).__name__}: {exc}"
+                trace.status, trace.error, trace.error_kind = TraceStatus.FAILED, describe(exc), kind_of(exc)
                 self.fatal = exc
                 return
             if finished:
@@ -302,7 +320,13 @@ class TraceStreamer:
             trace.probes[t] = ProbeOutcome(None, "timeout")
             await self._publish(
                 "failure",
-                {"kind": "probe_timeout", "trace": trace.index, "checkpoint": t, "error": "probe timed out"},
+                {
+                    "kind": "probe_timeout",
+                    "trace": trace.index,
+                    "checkpoint": t,
+                    "error": "probe timed out",
+                    "error_kind": UpstreamTimeout.__name__,
+                },
             )
         except (UpstreamError, CallerError) as exc:
             trace.probes[t] = ProbeOutcome(None, "failed")
@@ -312,7 +336,8 @@ class TraceStreamer:
                     "kind": "probe",
                     "trace": trace.index,
                     "checkpoint": t,
-                    "error": f"{type(exc).__name__}: {exc}",
+                    "error": describe(exc),
+                    "error_kind": kind_of(exc),
                 },
             )
         else:

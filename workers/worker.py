@@ -28,7 +28,15 @@ import structlog
 
 from orchestrator.coordinator import Coordinator, CoordinatorConfig
 from orchestrator.domain import Accounting, JobResult, JobSpec, JobStatus
-from orchestrator.errors import JobNotFound, StoreUnavailable
+from orchestrator.errors import (
+    JobNotFound,
+    LeaseLost,
+    MarsError,
+    StoreUnavailable,
+    UnknownProvider,
+    describe,
+    kind_of,
+)
 from orchestrator.logs import get_logger
 from orchestrator.providers.base import Provider
 from orchestrator.settings import Settings
@@ -52,8 +60,10 @@ class WorkerConfig:
 
 
 def failed_result(
-    spec_or_id: JobSpec | str, error: str, *, status: JobStatus = JobStatus.FAILED
+    spec_or_id: JobSpec | str, error: BaseException | None, *, status: JobStatus = JobStatus.FAILED
 ) -> JobResult:
+    """A result for a job that ends without running: cancelled (``error`` None), or failed with
+    ``error``, stored as its message and its kind (``errors.describe``, ``errors.kind_of``)."""
     job_id = spec_or_id if isinstance(spec_or_id, str) else spec_or_id.job_id
     method = "" if isinstance(spec_or_id, str) else spec_or_id.method
     return JobResult(
@@ -67,7 +77,8 @@ def failed_result(
         probe_strategy="none",
         traces=(),
         accounting=Accounting(),
-        error=None if status is JobStatus.CANCELLED else error,
+        error=None if error is None else describe(error),
+        error_kind=None if error is None else kind_of(error),
     )
 
 
@@ -107,9 +118,9 @@ class JobHandler:
             log.info("job leased by another worker", owner=record.owner)
             return None  # the holder acknowledges it; if the holder dies the message comes back
         if record.cancel_requested:
-            return await self._finish(message, failed_result(spec, "", status=JobStatus.CANCELLED))
+            return await self._finish(message, failed_result(spec, None, status=JobStatus.CANCELLED))
         if message.deliveries > self.config.max_deliveries:
-            error = (
+            error = MarsError(
                 f"gave up after {message.deliveries - 1} attempts (the job keeps failing or crashing workers)"
             )
             return await self._finish(message, failed_result(spec, error))
@@ -118,7 +129,7 @@ class JobHandler:
             known = ", ".join(sorted(self.providers)) or "none"
             return await self._finish(
                 message,
-                failed_result(spec, f"UnknownProvider: no provider {spec.provider!r} here (known: {known})"),
+                failed_result(spec, UnknownProvider(f"no provider {spec.provider!r} here (known: {known})")),
             )
         try:
             result = await self._run_leased(message, spec, provider)
@@ -129,12 +140,12 @@ class JobHandler:
         except asyncio.CancelledError:
             await self._release(job_id)  # hand the job back: another worker reclaims and resumes it
             raise
-        except _LeaseLost:
+        except LeaseLost:
             log.warning("lease lost; another worker owns the job now")
             return None
         except Exception as exc:  # a bug must not kill the pool; the job fails with the reason
             log.exception("job crashed")
-            return await self._finish(message, failed_result(spec, f"{type(exc).__name__}: {exc}"))
+            return await self._finish(message, failed_result(spec, exc))
         await store.ack(message)
         return result
 
@@ -155,7 +166,7 @@ class JobHandler:
                     return await coordinator.run(spec)
             except CancelledWhileWaiting as exc:
                 log.info("job cancelled before it was admitted", reason=str(exc))
-                result = failed_result(spec, "", status=JobStatus.CANCELLED)
+                result = failed_result(spec, None, status=JobStatus.CANCELLED)
                 await self.store.store_result(result)
                 return result
 
@@ -167,7 +178,7 @@ class JobHandler:
                 beat.cancel()
         except* StoreUnavailable as group:
             raise group.exceptions[0] from None
-        except* _LeaseLost as group:
+        except* LeaseLost as group:
             raise group.exceptions[0] from None
         return result
 
@@ -186,7 +197,7 @@ class JobHandler:
                 if record is not None and record.status.terminal:
                     return  # the result is stored; the job task is finishing its shadows
                 job.cancel()
-                raise _LeaseLost(job_id)
+                raise LeaseLost(job_id)
 
     async def _finish(self, message: QueueMessage, result: JobResult) -> JobResult:
         with contextlib.suppress(JobNotFound):
@@ -199,7 +210,3 @@ class JobHandler:
         with contextlib.suppress(StoreUnavailable, TimeoutError):
             async with asyncio.timeout(self.config.release_timeout_s):
                 await asyncio.shield(self.store.release_lease(job_id, self.config.worker_id))
-
-
-class _LeaseLost(Exception):
-    """The job's lease is held by another worker now."""

@@ -5,7 +5,9 @@ says why there is none, in words fit for a tenant.
 - ``failed`` with ``stop_reason == NO_ANSWER``: :class:`~orchestrator.errors.NoAnswer` (422): the job
   ran, but no trace gave an answer the extractor could read; the message quotes how a trace ended.
 - ``cancelled``: :class:`~orchestrator.errors.JobCancelled` (409), never an upstream failure.
-- ``failed`` otherwise: an upstream error (502) carrying the job's error.
+- ``failed`` otherwise: an error of the job's stored ``error_kind`` (``errors.rebuild``), so the status
+  follows the kind: a caller error is 4xx, an upstream failure 502 or 504, ours 503/500. A result stored
+  before kinds existed is an upstream error (502), as it was then.
 
 Messages shown to tenants never carry upstream addresses (:func:`redact`): the service's topology is
 its own business.
@@ -16,7 +18,14 @@ from __future__ import annotations
 import re
 
 from orchestrator.domain import NO_ANSWER, JobResult, JobStatus
-from orchestrator.errors import JobCancelled, MarsError, NoAnswer, UpstreamConnectionError, UpstreamError
+from orchestrator.errors import (
+    JobCancelled,
+    MarsError,
+    NoAnswer,
+    UpstreamConnectionError,
+    UpstreamError,
+    rebuild,
+)
 
 _URL = re.compile(r"\b[a-z][a-z0-9+.-]*://[^\s'\"<>]+", re.IGNORECASE)
 _HOST_PORT = re.compile(
@@ -43,4 +52,4 @@ def outcome_error(result: JobResult | None) -> MarsError | None:
         return NoAnswer(
             f"no answer: {why}; ask for the final answer in a form the extractor reads (e.g. \\boxed{{...}})"
         )
-    return UpstreamError(f"the job failed: {why}")
+    return rebuild(result.error_kind or UpstreamError.__name__, f"the job failed: {why}")

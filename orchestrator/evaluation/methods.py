@@ -17,12 +17,11 @@ from typing import Any
 import numpy as np
 
 from orchestrator.errors import InvalidRequest
-from orchestrator.evaluation.fastfit import fast_fit
 from orchestrator.evaluation.simulate import QuestionTimeline
 from orchestrator.stopping.base import StoppingRule
 from orchestrator.stopping.gamma import WarmupTrace, calibrate_gamma
 from orchestrator.stopping.mars import Mars
-from orchestrator.stopping.switch_model import SwitchModel
+from orchestrator.stopping.switch_model import SwitchModel, fit_switch_model
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +75,7 @@ def _warmup_fit(ctx: MethodContext) -> tuple[SwitchModel, float]:
     if hit is not None and hit[0] is ctx.timeline:
         return hit[1], hit[2]
     x, y = warmup_rows(ctx.timeline, ctx.warmup)
-    model = fast_fit(x, y)
+    model = fit_switch_model(x, y)
     traces = [
         WarmupTrace(tuple(tr.classes[: tr.finish_checkpoint - 1]), tr.final_class)
         for tr in (ctx.timeline.traces[i] for i in ctx.warmup)
@@ -125,14 +124,15 @@ def _prior(ctx: MethodContext, key: str) -> SwitchModel:
 
 
 def _population(ctx: MethodContext, key: str) -> StoppingRule:
-    from orchestrator.stopping.population import PopulationStop, StopModel
+    from orchestrator.stopping.logistic import LogisticModel
+    from orchestrator.stopping.population import PopulationStop
     from orchestrator.stopping.switch_model import CONSERVATIVE_DEFAULT
 
     entry = ctx.priors.get(key)
     if not isinstance(entry, tuple):
         raise KeyError(f"no population stop model {key!r} was prepared for this run")
     model, threshold = entry
-    assert isinstance(model, StopModel)
+    assert isinstance(model, LogisticModel)
     return PopulationStop(stop_model=model, switch_model=CONSERVATIVE_DEFAULT, threshold=float(threshold))
 
 

@@ -26,7 +26,7 @@ from orchestrator.snapshots import trace_view
 from orchestrator.stopping.base import StoppingRule
 from orchestrator.stopping.deepconf import lowest_window_confidence
 from orchestrator.stopping.switch_model import feature_rows, switch_features
-from orchestrator.stopping.tally import share_arrays
+from orchestrator.stopping.tally import SharedViews
 from orchestrator.timing import (
     ends_idle,
     exhausted_answer,
@@ -228,8 +228,9 @@ def simulate(
         if hit is None:
             hit = _views(slots, launched_at, pruned_at, cp, interval, w, ok, probes, oracle, cache)
             if shared is not None:
+                # the rules that see this checkpoint share its views and their trace arrays
+                hit = (SharedViews(hit[0]), *hit[1:])
                 shared[key] = hit
-                share_arrays(hit[0])  # the rules that see this checkpoint share its trace arrays
         traces, calls_cp, out_cp, in_cp = hit
         probe_calls += calls_cp
         probe_out += out_cp

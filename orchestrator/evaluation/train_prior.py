@@ -22,9 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.evaluation.fastfit import fast_fit
 from orchestrator.evaluation.simulate import QuestionTimeline
-from orchestrator.stopping.switch_model import SwitchModel
+from orchestrator.stopping.switch_model import SwitchModel, fit_switch_model
 
 DEFAULT_FOLDS = 5
 MAX_ROWS = 200_000  # subsample above this (deterministically) to keep fits fast
@@ -48,7 +47,7 @@ def fit_prior(timelines: Sequence[QuestionTimeline], *, seed: int = 0) -> Switch
     if len(y) > MAX_ROWS:
         keep = np.random.default_rng(seed).choice(len(y), MAX_ROWS, replace=False)
         x, y = x[keep], y[keep]
-    return fast_fit(x, y)
+    return fit_switch_model(x, y)
 
 
 def question_folds(keys: Sequence[str], folds: int = DEFAULT_FOLDS, seed: int = 0) -> dict[str, int]:

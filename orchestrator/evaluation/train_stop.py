@@ -30,15 +30,15 @@ import numpy as np
 import numpy.typing as npt
 
 from orchestrator.domain import Decision, Snapshot, majority
-from orchestrator.evaluation.fastfit import _newton_logistic
 from orchestrator.evaluation.protocol_pp import permutation
 from orchestrator.evaluation.simulate import QuestionTimeline, simulate
+from orchestrator.stopping.logistic import LogisticModel
 from orchestrator.stopping.population import (
     DOC_VERSION,
     FEATURES,
+    STOP_L2,
     LeaderState,
     PopulationStop,
-    StopModel,
     finished_guard,
     population_features,
 )
@@ -50,7 +50,6 @@ from orchestrator.stopping.tally import trace_arrays
 TRAIN_REPETITIONS = tuple(range(1000, 1008))
 THRESHOLDS = (0.9, 0.95, 0.97, 0.98, 0.99, 0.993, 0.995, 0.997, 0.998, 0.999, 0.9995)
 TARGET_AGREEMENT = 0.995
-STOP_L2 = 1.0
 MIN_FINISHED_SUPPORT = 1
 
 FloatArray = npt.NDArray[np.float64]
@@ -151,29 +150,11 @@ def question_rows(
     )
 
 
-def fit_stop_model(rows: Rows) -> StopModel:
-    x = rows.x
-    y = rows.label.astype(np.float64)
-    mean = x.mean(axis=0)
-    scale = x.std(axis=0)
-    scale[scale == 0.0] = 1.0
-    z = (x - mean) / scale
-    penalty = np.full(z.shape[1] + 1, STOP_L2)
-    penalty[0] = 0.0
-    beta = _newton_logistic(z, y, penalty)
-    decision = (z @ beta[1:] + beta[0]).reshape(-1, 1)
-    platt = _newton_logistic(decision, y, np.array([0.0, 1e-6]))
-    return StopModel(
-        tuple(float(v) for v in mean),
-        tuple(float(v) for v in scale),
-        tuple(float(v) for v in beta[1:]),
-        float(beta[0]),
-        float(platt[1]),
-        float(platt[0]),
-    )
+def fit_stop_model(rows: Rows) -> LogisticModel:
+    return LogisticModel.fit(rows.x, rows.label, feature_names=FEATURES, l2=STOP_L2)
 
 
-def choose_threshold(model: StopModel, rows: Rows, target: float = TARGET_AGREEMENT) -> float:
+def choose_threshold(model: LogisticModel, rows: Rows, target: float = TARGET_AGREEMENT) -> float:
     """The smallest of :data:`THRESHOLDS` whose first-crossing agreement on ``rows`` reaches ``target``."""
     p = np.array([model.probability(x) for x in rows.x])  # once, for every threshold
     for t in THRESHOLDS:
@@ -387,7 +368,7 @@ def train_gbt(
     return fit_trees(Rows.concat([per_question[k] for k in keys])), threshold, persistence
 
 
-class TrainedStop(tuple[StopModel, float]):
+class TrainedStop(tuple[LogisticModel, float]):
     """What :func:`train` returns: ``(model, threshold)`` for ``mars-pop``, and on ``.gbt`` the
     ``(trees, threshold, persistence)`` of ``mars-pop-gbt`` trained on the same questions (so every cross-fitting
     that trains ``mars-pop`` also trains ``mars-pop-gbt`` on exactly the same rows)."""
@@ -395,14 +376,14 @@ class TrainedStop(tuple[StopModel, float]):
     gbt: tuple[TreeEnsemble, float, int] | None
 
     def __new__(
-        cls, items: tuple[StopModel, float], gbt: tuple[TreeEnsemble, float, int] | None = None
+        cls, items: tuple[LogisticModel, float], gbt: tuple[TreeEnsemble, float, int] | None = None
     ) -> TrainedStop:
         obj = super().__new__(cls, items)
         obj.gbt = gbt
         return obj
 
 
-def document(model: StopModel, threshold: float, trained_on: Sequence[str]) -> dict[str, object]:
+def document(model: LogisticModel, threshold: float, trained_on: Sequence[str]) -> dict[str, object]:
     return {
         "version": DOC_VERSION,
         "kind": "population-stop",

@@ -1,5 +1,8 @@
 """Wrap, don't flag: retries and rate limits around one ``Provider``.
 
+``WrapperProvider`` is the base of every wrapper (pydantic-ai's ``WrapperModel`` is the model): it
+delegates each ``Provider`` method to ``inner``, so a wrapper overrides only what it changes.
+
 ``RetryingProvider`` is the one retry layer. It retries transient upstream errors (429, 5xx, 529,
 timeouts, dropped connections, malformed streams) with exponential backoff and jitter, waiting exactly
 the server's ``retry-after-ms`` / ``retry-after`` hint when there is one; it is bounded by attempts and by
@@ -45,6 +48,32 @@ T = TypeVar("T")
 DEFAULT_REDIS_PREFIX = "mars"  # store/keys.py; kept apart so that providers/ does not import store/
 
 
+class WrapperProvider:
+    """A ``Provider`` that delegates everything to ``inner``; subclasses override what they change."""
+
+    def __init__(self, inner: Provider) -> None:
+        self.inner = inner
+
+    @property
+    def name(self) -> str:
+        return self.inner.name
+
+    def capabilities(self, model: str) -> Capabilities:
+        return self.inner.capabilities(model)
+
+    def stream(self, request: TraceRequest) -> AbstractAsyncContextManager[AsyncIterator[StreamDelta]]:
+        return self.inner.stream(request)
+
+    async def probe(self, request: ProbeRequest) -> ProbeResult:
+        return await self.inner.probe(request)
+
+    async def models(self) -> Sequence[ModelInfo]:
+        return await self.inner.models()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
 # --- retries -------------------------------------------------------------------------------------
 
 
@@ -63,11 +92,7 @@ class RetryPolicy:
         return backoff * (1.0 + self.jitter * (2.0 * rng.random() - 1.0))
 
 
-def retryable(err: BaseException) -> bool:
-    return isinstance(err, errors.UpstreamError)
-
-
-class RetryingProvider:
+class RetryingProvider(WrapperProvider):
     """Retries around ``inner``. ``sleep`` and ``clock`` are injectable so tests run on a fake clock."""
 
     def __init__(
@@ -79,18 +104,11 @@ class RetryingProvider:
         clock: Callable[[], float] = time.monotonic,
         seed: int | None = None,
     ) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.policy = policy or RetryPolicy()
         self._sleep = sleep
         self._clock = clock
         self._rng = random.Random(seed)
-
-    @property
-    def name(self) -> str:
-        return self.inner.name
-
-    def capabilities(self, model: str) -> Capabilities:
-        return self.inner.capabilities(model)
 
     async def _wait_or_raise(
         self, err: errors.UpstreamError, attempt: int, started: float, what: str
@@ -116,9 +134,7 @@ class RetryingProvider:
             attempt += 1
             try:
                 return await fn()
-            except errors.UpstreamError as err:
-                if not retryable(err):
-                    raise
+            except errors.UpstreamError as err:  # transient by the tree; caller and our own errors pass
                 await self._wait_or_raise(err, attempt, started, what)
 
     async def probe(self, request: ProbeRequest) -> ProbeResult:
@@ -151,12 +167,9 @@ class RetryingProvider:
                         yield delta
                 return
             except errors.UpstreamError as err:
-                if forwarded or not retryable(err):
+                if forwarded:
                     raise
                 await self._wait_or_raise(err, attempt, started, "stream")
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 # --- rate limits -----------------------------------------------------------------------------------
@@ -282,9 +295,9 @@ class _ModelGate:
             await self.tokens.charge(self.key + ":tokens", float(tokens), tpm, tpm / 60.0)
 
 
-class RateLimitedProvider:
+class RateLimitedProvider(WrapperProvider):
     def __init__(self, inner: Provider, limits: RateLimits, *, shared: Buckets | None = None) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.limits = limits
         self._shared = shared
         self._gates: dict[str, _ModelGate] = {}
@@ -294,13 +307,6 @@ class RateLimitedProvider:
         if gate is None:
             gate = self._gates[model] = _ModelGate(self.limits, self.inner.name, model, self._shared)
         return gate
-
-    @property
-    def name(self) -> str:
-        return self.inner.name
-
-    def capabilities(self, model: str) -> Capabilities:
-        return self.inner.capabilities(model)
 
     def stream(self, request: TraceRequest) -> AbstractAsyncContextManager[AsyncIterator[StreamDelta]]:
         return self._stream(request)
@@ -338,9 +344,3 @@ class RateLimitedProvider:
         result = await self.inner.probe(request)
         await gate.charge(result.input_tokens + result.output_tokens)
         return result
-
-    async def models(self) -> Sequence[ModelInfo]:
-        return await self.inner.models()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()

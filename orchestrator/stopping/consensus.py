@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from orchestrator.domain import Decision, Snapshot
-from orchestrator.stopping.tally import budget_decision, exhausted, snapshot_tally, trace_arrays
+from orchestrator.stopping.tally import preamble, snapshot_tally
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,9 +24,9 @@ class Consensus:
         return budget
 
     def decide(self, snapshot: Snapshot) -> Decision:
-        arrays = trace_arrays(snapshot.traces)
-        if exhausted(arrays):
-            return budget_decision(snapshot, arrays)
+        arrays, done = preamble(snapshot)
+        if done is not None:
+            return done
         t = snapshot_tally(snapshot, arrays)
         live = arrays.running | (arrays.finished & arrays.counted)
         denominator = float(arrays.weights[live].sum())

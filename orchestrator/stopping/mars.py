@@ -32,7 +32,7 @@ from orchestrator.stopping.switch_model import (
     SwitchModel,
     switch_features,
 )
-from orchestrator.stopping.tally import IntArray, TraceArrays, budget_decision, exhausted, trace_arrays
+from orchestrator.stopping.tally import IntArray, TraceArrays, preamble
 
 QSource = Literal["model", "oracle"]
 _NO_CONFIDENCE_COLUMNS = [FEATURES_WITH_CONFIDENCE.index(name) for name in FEATURES_NO_CONFIDENCE]
@@ -146,9 +146,9 @@ class Mars:
         return budget
 
     def decide(self, snapshot: Snapshot) -> Decision:
-        arrays = trace_arrays(snapshot.traces)
-        if exhausted(arrays):
-            return budget_decision(snapshot, arrays)
+        arrays, done = preamble(snapshot)
+        if done is not None:
+            return done
         return self.decide_arrays(snapshot, arrays)
 
     def decide_arrays(self, snapshot: Snapshot, arrays: TraceArrays) -> Decision:

@@ -8,6 +8,7 @@ how the MARS margin looks under a prior switch model. This rule turns those into
 
     P(leader now == full-budget vote | snapshot)  =  sigmoid(platt_a * (w · standardise(x)) + platt_b)
 
+(the project's one logistic-plus-Platt model, :class:`~orchestrator.stopping.logistic.LogisticModel`)
 learned across questions (never on the job at hand) and stops when it reaches ``threshold`` *and* the
 finished-evidence guard holds (at least ``min_finished_support`` finished traces vote for the leader,
 and the leader is the plurality among finished traces). Features (:func:`population_features`):
@@ -23,6 +24,8 @@ Pure: numpy only, the leader's age travels in ``Decision.state``.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import math
 from dataclasses import dataclass
@@ -33,9 +36,10 @@ import numpy as np
 import numpy.typing as npt
 
 from orchestrator.domain import Decision, Snapshot
+from orchestrator.stopping.logistic import LogisticModel
 from orchestrator.stopping.mars import certify
 from orchestrator.stopping.switch_model import CONSERVATIVE_DEFAULT, SwitchModel, flips_and_streak
-from orchestrator.stopping.tally import TraceArrays, budget_decision, exhausted, trace_arrays
+from orchestrator.stopping.tally import TraceArrays, preamble, trace_arrays
 
 FEATURES: tuple[str, ...] = (
     "leader_share",
@@ -54,6 +58,7 @@ FEATURES: tuple[str, ...] = (
 PRIORS_DIR = Path(__file__).resolve().parent / "priors"
 SHIPPED_PRIOR = PRIORS_DIR / "qwen3-8b-math.json"
 DOC_VERSION = 1
+STOP_L2 = 1.0  # the population model's penalty on the slopes (its features are not all on one scale)
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -64,42 +69,12 @@ class LeaderState:
     age: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class StopModel:
-    """Standardised logistic regression with Platt scaling, evaluated with numpy."""
-
-    mean: tuple[float, ...]
-    scale: tuple[float, ...]
-    coef: tuple[float, ...]
-    intercept: float
-    platt_a: float = 1.0
-    platt_b: float = 0.0
-
-    def probability(self, x: FloatArray) -> float:
-        z = (x - np.asarray(self.mean)) / np.asarray(self.scale)
-        d = float(z @ np.asarray(self.coef)) + self.intercept
-        s = self.platt_a * d + self.platt_b
-        return 1.0 / (1.0 + math.exp(-max(min(s, 50.0), -50.0)))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "mean": list(self.mean),
-            "scale": list(self.scale),
-            "coef": list(self.coef),
-            "intercept": self.intercept,
-            "platt": {"a": self.platt_a, "b": self.platt_b},
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> StopModel:
-        return cls(
-            tuple(float(v) for v in d["mean"]),
-            tuple(float(v) for v in d["scale"]),
-            tuple(float(v) for v in d["coef"]),
-            float(d["intercept"]),
-            float(d["platt"]["a"]),
-            float(d["platt"]["b"]),
-        )
+def stop_model_from_dict(data: dict[str, Any]) -> LogisticModel:
+    """The stop model of a prior document (older documents do not name the features)."""
+    model = LogisticModel.from_dict(data, feature_names=FEATURES, l2=STOP_L2)
+    if model.feature_names != FEATURES:
+        raise ValueError(f"stop model features {model.feature_names} differ from this code's {FEATURES}")
+    return model
 
 
 def population_features(
@@ -182,7 +157,7 @@ def finished_guard(arrays: TraceArrays, leader: int, min_support: int = 1) -> bo
 class PopulationStop:
     """Stop when the learned P(leader is final) reaches ``threshold`` with finished evidence."""
 
-    stop_model: StopModel | None = None
+    stop_model: LogisticModel | None = None
     switch_model: SwitchModel | None = None
     threshold: float = 0.99
     min_finished_support: int = 1
@@ -197,9 +172,9 @@ class PopulationStop:
         return LeaderState(leader, prev.age + 1 if leader == prev.leader and leader is not None else 1)
 
     def decide(self, snapshot: Snapshot) -> Decision:
-        arrays = trace_arrays(snapshot.traces)
-        if exhausted(arrays):
-            return budget_decision(snapshot, arrays)
+        arrays, done = preamble(snapshot)
+        if done is not None:
+            return done
         classes = arrays.classes[arrays.counted]
         if classes.size == 0:
             return Decision.cont(reason="no votes yet", state=self.leader_state(snapshot, None))
@@ -226,7 +201,7 @@ def load_prior_document(path: Path = SHIPPED_PRIOR) -> dict[str, Any]:
 
 def from_document(doc: dict[str, Any], **overrides: Any) -> PopulationStop:
     params: dict[str, Any] = {
-        "stop_model": StopModel.from_dict(doc["stop_model"]),
+        "stop_model": stop_model_from_dict(doc["stop_model"]),
         "switch_model": SwitchModel.from_dict(doc["switch_model"]),
         "threshold": float(doc["threshold"]),
         "min_finished_support": int(doc.get("min_finished_support", 1)),
@@ -235,6 +210,14 @@ def from_document(doc: dict[str, Any], **overrides: Any) -> PopulationStop:
     return PopulationStop(**params)
 
 
+@functools.cache
+def shipped_rule(path: Path = SHIPPED_PRIOR) -> PopulationStop:
+    """The rule of a prior document the package ships, parsed once per process (the files are package
+    data and never change while it runs; the rule is frozen)."""
+    return from_document(load_prior_document(path))
+
+
 def shipped(**overrides: Any) -> PopulationStop:
     """The population rule with the prior the product ships (``priors/qwen3-8b-math.json``)."""
-    return from_document(load_prior_document(), **overrides)
+    rule = shipped_rule()
+    return dataclasses.replace(rule, **overrides) if overrides else rule

@@ -22,6 +22,8 @@ Pure: numpy only; the leader's age and the run of passed checkpoints travel in `
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import math
 from collections.abc import Sequence
@@ -42,7 +44,7 @@ from orchestrator.stopping.population import (
     population_features,
 )
 from orchestrator.stopping.switch_model import CONSERVATIVE_DEFAULT, SwitchModel
-from orchestrator.stopping.tally import TraceArrays, budget_decision, exhausted, trace_arrays
+from orchestrator.stopping.tally import TraceArrays, preamble
 
 EXTRA_FEATURES: tuple[str, ...] = (
     "running_margin",
@@ -173,6 +175,8 @@ class TreeEnsemble:
             (self.right + offset).ravel(),
             self.value.ravel(),
         )
+        for a in (self.feature, self.threshold, self.left, self.right, self.value, *flat):
+            a.flags.writeable = False  # one ensemble may serve every job of the process
         object.__setattr__(self, "flat", flat)
 
     def raw(self, x: FloatArray) -> float:
@@ -250,9 +254,9 @@ class PopulationTreeStop:
         return budget
 
     def decide(self, snapshot: Snapshot) -> Decision:
-        arrays = trace_arrays(snapshot.traces)
-        if exhausted(arrays):
-            return budget_decision(snapshot, arrays)
+        arrays, done = preamble(snapshot)
+        if done is not None:
+            return done
         prev = snapshot.rule_state if isinstance(snapshot.rule_state, TreeStopState) else TreeStopState()
         classes = arrays.classes[arrays.counted]
         if classes.size == 0:
@@ -294,6 +298,15 @@ def from_document(doc: dict[str, Any], **overrides: Any) -> PopulationTreeStop:
     return PopulationTreeStop(**params)
 
 
+@functools.cache
+def shipped_rule(path: Path = SHIPPED_GBT_PRIOR) -> PopulationTreeStop:
+    """The rule of a tree prior the package ships (322 KB of JSON, several ms to parse), parsed once
+    per process: the file is package data that never changes while it runs, the rule is frozen and
+    its arrays are read-only."""
+    return from_document(load_document(path))
+
+
 def shipped(**overrides: Any) -> PopulationTreeStop:
     """The tree population rule with the prior the product ships (``priors/qwen3-8b-math-gbt.json``)."""
-    return from_document(load_document(), **overrides)
+    rule = shipped_rule()
+    return dataclasses.replace(rule, **overrides) if overrides else rule

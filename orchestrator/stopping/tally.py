@@ -10,7 +10,6 @@ started, not finished and not pruned.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -38,14 +37,28 @@ class TraceArrays:
 
 
 def trace_arrays(traces: Sequence[TraceView]) -> TraceArrays:
-    entry = _SHARED.get(id(traces)) if _SHARED else None
-    if entry is None or entry.traces is not traces:
-        return _build_arrays(traces)
-    if entry.arrays is None:
-        entry.arrays = arrays = _build_arrays(traces)
-        for a in (arrays.classes, arrays.weights, arrays.counted, arrays.finished, arrays.running):
-            a.flags.writeable = False  # shared by every rule that sees this snapshot
-    return entry.arrays
+    """The arrays of ``traces`` (computed once for a :class:`SharedViews`)."""
+    if isinstance(traces, SharedViews):
+        return traces.arrays()
+    return _build_arrays(traces)
+
+
+class SharedViews(tuple[TraceView, ...]):
+    """A snapshot's trace views that remember their arrays. The offline evaluator drives a dozen rules
+    over the very same snapshot; it hands them its views as this tuple, and the first rule's
+    :func:`trace_arrays` computes the arrays for all of them (read-only). The memo lives on the tuple
+    it is derived from (immutable), so it can never describe other views. The live service does not
+    use it: one rule decides on each snapshot."""
+
+    _arrays: TraceArrays | None = None
+
+    def arrays(self) -> TraceArrays:
+        arrays = self._arrays
+        if arrays is None:
+            arrays = self._arrays = _build_arrays(self)
+            for a in (arrays.classes, arrays.weights, arrays.counted, arrays.finished, arrays.running):
+                a.flags.writeable = False  # shared by every rule that sees this snapshot
+        return arrays
 
 
 def _build_arrays(traces: Sequence[TraceView]) -> TraceArrays:
@@ -70,31 +83,6 @@ def _build_arrays(traces: Sequence[TraceView]) -> TraceArrays:
     finished = table[:, 3] != 0.0
     live = table[:, 4] != 0.0
     return TraceArrays(classes, weights, usable & (classes >= 0), finished, live & ~finished)
-
-
-# The offline evaluator drives a dozen rules over the very same snapshot tuple; it registers such a
-# tuple here (keyed by identity, the tuple kept alive while registered) and the first rule's
-# ``trace_arrays`` call computes the arrays for all of them (read-only). The live service registers
-# nothing: one rule decides on each snapshot.
-@dataclass(slots=True)
-class _Shared:
-    traces: tuple[TraceView, ...]
-    arrays: TraceArrays | None = None  # computed by the first rule that asks
-
-
-_SHARED: OrderedDict[int, _Shared] = OrderedDict()
-SHARED_SNAPSHOTS = 512
-
-
-def share_arrays(traces: tuple[TraceView, ...]) -> None:
-    """Let every :func:`trace_arrays` call on this very tuple share one computation (the most recent
-    :data:`SHARED_SNAPSHOTS` tuples are kept)."""
-    entry = _SHARED.get(id(traces))
-    if entry is not None and entry.traces is traces:
-        return
-    _SHARED[id(traces)] = _Shared(traces)
-    if len(_SHARED) > SHARED_SNAPSHOTS:
-        _SHARED.popitem(last=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +139,13 @@ def budget_decision(snapshot: Snapshot, arrays: TraceArrays, *, reason: str = "b
     """The stop every snapshot-tally rule takes when nothing runs any more: the tally leader."""
     t = snapshot_tally(snapshot, arrays)
     return Decision.halt(t.leader, reason, details={"leader_votes": t.leader_votes, "total_votes": t.total})
+
+
+def preamble(snapshot: Snapshot) -> tuple[TraceArrays, Decision | None]:
+    """What every snapshot-tally rule does first: the snapshot's arrays, and the budget stop
+    (:func:`budget_decision`) when nothing runs any more (``None`` while traces run)."""
+    arrays = trace_arrays(snapshot.traces)
+    return arrays, budget_decision(snapshot, arrays) if exhausted(arrays) else None
 
 
 def vote_in_trace_order(traces: Sequence[TraceView], *, include_pruned: bool = False) -> int | None:

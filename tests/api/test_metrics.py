@@ -18,7 +18,7 @@ pytestmark = pytest.mark.timeout(20)
 
 async def test_results_and_failures_feed_the_metrics() -> None:
     """A stored result counts tokens, savings, probes, the stop reason and the time to decision; a
-    trace failure counts as an upstream error by class and place; a job failure does not."""
+    trace failure counts as an upstream error by its kind and place; a job failure does not."""
     metrics = Metrics()
     inner = MemoryStore()
     now = [0.0]
@@ -26,8 +26,18 @@ async def test_results_and_failures_feed_the_metrics() -> None:
     spec = JobSpec(job_id="j1", messages=({"role": "user", "content": "q"},), provider="p", model="m")
     record, _ = await store.create_job(spec, "f")
     now[0] = record.created_at + 2.5
-    await store.publish("j1", "failure", {"kind": "trace", "trace": 3, "error": "RateLimited: slow down"})
-    await store.publish("j1", "failure", {"kind": "probe_timeout", "trace": 1, "error": "probe timed out"})
+    await store.publish(
+        "j1",
+        "failure",
+        {"kind": "trace", "trace": 3, "error": "RateLimited: slow down", "error_kind": "RateLimited"},
+    )
+    await store.publish(
+        "j1",
+        "failure",
+        {"kind": "probe_timeout", "trace": 1, "error": "probe timed out", "error_kind": "UpstreamTimeout"},
+    )
+    # The kind is read, never parsed back out of the message.
+    await store.publish("j1", "failure", {"kind": "probe", "trace": 2, "error": "Overloaded: busy"})
     await store.publish("j1", "failure", {"kind": "job", "error": "all traces failed"})
     acc = Accounting(
         generated_tokens=900,
@@ -56,7 +66,8 @@ async def test_results_and_failures_feed_the_metrics() -> None:
     assert "mars_time_to_decision_seconds_count 1.0" in text
     assert "mars_time_to_decision_seconds_sum 2.5" in text
     assert 'mars_upstream_errors_total{kind="RateLimited",where="trace"} 1.0' in text
-    assert 'mars_upstream_errors_total{kind="Timeout",where="probe_timeout"} 1.0' in text
+    assert 'mars_upstream_errors_total{kind="UpstreamTimeout",where="probe_timeout"} 1.0' in text
+    assert 'mars_upstream_errors_total{kind="unknown",where="probe"} 1.0' in text
     assert 'where="job"' not in text
     assert "mars_queue_depth 1.0" in text
     assert "mars_jobs_in_flight 2.0" in text

@@ -165,6 +165,7 @@ async def test_failing_probe_keeps_the_previous_answer() -> None:
     got = await events(store, "j2")
     failures = [e.data for e in got if e.kind == "failure"]
     assert failures[0]["kind"] == "probe"
+    assert failures[0]["error_kind"] == "UpstreamServerError"
     assert failures[0]["trace"] == 0
     assert failures[0]["checkpoint"] == 2
     checkpoint2 = next(e for e in got if e.kind == "checkpoint" and e.data["checkpoint"] == 2)
@@ -360,6 +361,7 @@ async def test_unsupported_probe_strategy_fails_the_job_clearly() -> None:
     assert result.status is JobStatus.FAILED
     assert result.error is not None
     assert "prefill" in result.error
+    assert result.error_kind == "UnsupportedCapability"  # the type travels beside the message
     assert provider.streams_started == 0
 
 
@@ -368,6 +370,7 @@ async def test_unknown_method_fails_the_job_clearly() -> None:
     result, _ = await run(ScriptedProvider(uniform(2)), job(budget=2, method="nope"))
     assert result.status is JobStatus.FAILED
     assert "nope" in (result.error or "")
+    assert result.error_kind == "InvalidRequest"
 
 
 async def test_extract_strategy_reads_the_partial_text() -> None:

@@ -15,7 +15,6 @@ from orchestrator.answers import answer_or_none, normalize
 from orchestrator.corpus import CorpusQuestion
 from orchestrator.domain import TraceView, majority
 from orchestrator.evaluation import protocol_pp as pp
-from orchestrator.evaluation.fastfit import fast_fit
 from orchestrator.evaluation.grouping import _value_key, answer_keys, group_by_keys, integer_key
 from orchestrator.evaluation.methods import MethodContext, known_methods, method_spec
 from orchestrator.evaluation.prepared import prepare
@@ -33,28 +32,36 @@ from orchestrator.stopping import population, population_gbt
 from orchestrator.stopping.gamma import GAMMA_GRID, WarmupStop, WarmupTrace, warmup_stop
 from orchestrator.stopping.mars import certify
 from orchestrator.stopping.registry import build_rule
-from orchestrator.stopping.switch_model import CONSERVATIVE_DEFAULT, SwitchModel, flips_and_streak
-from orchestrator.stopping.tally import share_arrays, tally, trace_arrays
+from orchestrator.stopping.switch_model import (
+    CONSERVATIVE_DEFAULT,
+    constant_q,
+    fit_switch_model,
+    flips_and_streak,
+)
+from orchestrator.stopping.tally import SharedViews, tally, trace_arrays
 
 
-def test_fast_fit_matches_switch_model_fit() -> None:
-    """Newton's method reaches scikit-learn's optimum: q agrees to 1e-3 on the training rows."""
+def test_the_one_fitter_reaches_scikit_learns_optimum() -> None:
+    """Newton's method reaches scikit-learn's optimum of the same objective (C = 1 / (2 l2), then an
+    unpenalised Platt fit): q agrees to 1e-3 on the training rows."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
     rng = np.random.default_rng(3)
     n = 400
     x = np.column_stack([rng.integers(1, 60, n) * 500.0, rng.integers(0, 6, n), rng.integers(1, 20, n)])
     logit = 1.5 - 0.3 * x[:, 2] + 0.4 * x[:, 1] - 0.00002 * x[:, 0]
     y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(np.int64)
-    ref = SwitchModel.fit(x, y)
-    fast = fast_fit(x, y)
-    assert np.max(np.abs(ref.predict_q(x) - fast.predict_q(x))) < 1e-3
-    assert fast.mean == ref.mean
-
-
-def test_fast_fit_degenerate_labels_give_the_constant_model() -> None:
-    """All-zero labels: the same smoothed constant model as SwitchModel.fit."""
-    x = np.ones((5, 3))
-    y = np.zeros(5, dtype=np.int64)
-    assert fast_fit(x, y).intercept == SwitchModel.fit(x, y).intercept
+    scaler = StandardScaler().fit(x)
+    z = scaler.transform(x)
+    lr = LogisticRegression(C=1.0 / (2.0 * 0.01), max_iter=1000).fit(z, y)
+    decision = lr.decision_function(z).reshape(-1, 1)
+    calib = LogisticRegression(C=np.inf, max_iter=1000).fit(decision, y)
+    reference = calib.predict_proba(decision)[:, 1]
+    fitted = fit_switch_model(x, y)
+    assert np.max(np.abs(reference - fitted.predict_q(x))) < 1e-3
+    assert np.allclose(fitted.mean, scaler.mean_)
+    assert np.allclose(fitted.scale, scaler.scale_)
 
 
 def test_answer_keys_group_equivalent_answers() -> None:
@@ -98,12 +105,12 @@ def _pp_questions(shared_data: Path, dataset: str, n: int) -> list[HonestQuestio
     strings = {s for q in corpus.questions[:n] for s in (q.gold_answer, *_answers(q))}
     keys = {s: (None if answer_or_none(s) is None else f"str:{normalize(s)}") for s in strings}
     shipped = population.load_prior_document()
-    stop = population.StopModel.from_dict(shipped["stop_model"])
+    stop = population.stop_model_from_dict(shipped["stop_model"])
     tree_rule = population_gbt.shipped()
     trees = (tree_rule.model, tree_rule.threshold, tree_rule.persistence)
     priors = {
         "mars-prior": CONSERVATIVE_DEFAULT,
-        "mars-prior-lodo": SwitchModel.constant(0.3),
+        "mars-prior-lodo": constant_q(0.3),
         "mars-pop": TrainedStop((stop, 0.99), trees),
         "mars-pop-lodo": TrainedStop((stop, 0.995), trees),
     }
@@ -150,10 +157,10 @@ def test_shared_trace_arrays_equal_fresh_ones_and_are_read_only() -> None:
         TraceView(i, None if i % 3 == 0 else i % 2, finished=i % 4 == 0, pruned=i == 5) for i in range(9)
     )
     fresh = trace_arrays(views)
-    share_arrays(views)
-    shared = trace_arrays(views)
-    assert trace_arrays(views) is shared
-    assert trace_arrays(list(views)) is not shared  # only that very tuple
+    shared_views = SharedViews(views)
+    shared = trace_arrays(shared_views)
+    assert trace_arrays(shared_views) is shared
+    assert trace_arrays(views) is not shared  # only the tuple that remembers them
     for a, b in zip(dataclasses.astuple(fresh), dataclasses.astuple(shared), strict=True):
         assert np.array_equal(a, b)
     with pytest.raises(ValueError, match="read-only"):

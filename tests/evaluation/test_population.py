@@ -5,19 +5,22 @@ from __future__ import annotations
 import json
 
 from orchestrator.domain import Snapshot, TraceView
+from orchestrator.stopping.logistic import LogisticModel
 from orchestrator.stopping.population import (
     FEATURES,
     SHIPPED_PRIOR,
     LeaderState,
     PopulationStop,
-    StopModel,
     population_features,
     shipped,
+    stop_model_from_dict,
 )
 from orchestrator.stopping.registry import build_rule
 from orchestrator.stopping.switch_model import CONSERVATIVE_DEFAULT
 
-CONFIDENT = StopModel((0.0,) * len(FEATURES), (1.0,) * len(FEATURES), (0.0,) * len(FEATURES), 20.0)
+CONFIDENT = LogisticModel(
+    FEATURES, (0.0,) * len(FEATURES), (1.0,) * len(FEATURES), (0.0,) * len(FEATURES), 20.0
+)
 
 
 def _snapshot(finished: tuple[bool, ...], answers: tuple[int | None, ...], state: object = None) -> Snapshot:
@@ -83,5 +86,6 @@ def test_shipped_prior_loads_through_the_registry() -> None:
     assert isinstance(rule, PopulationStop)
     assert rule.threshold == doc["threshold"]
     assert shipped(threshold=0.5).threshold == 0.5
-    model = StopModel.from_dict(doc["stop_model"])
-    assert StopModel.from_dict(model.to_dict()) == model
+    model = stop_model_from_dict(doc["stop_model"])
+    assert stop_model_from_dict(model.to_dict()) == model
+    assert shipped() is shipped()  # parsed once per process

@@ -9,8 +9,8 @@ import pytest
 
 from orchestrator.domain import Snapshot, TraceView
 from orchestrator.evaluation.train_stop import Rows, TrainedStop, export_trees, first_crossing_agreement_p
+from orchestrator.stopping.logistic import LogisticModel
 from orchestrator.stopping.population import FEATURES as BASE_FEATURES
-from orchestrator.stopping.population import StopModel
 from orchestrator.stopping.population_gbt import (
     EXTRA_FEATURES,
     FEATURES,
@@ -112,7 +112,7 @@ def test_state_carries_age_and_passes() -> None:
 
 def test_trained_stop_is_the_old_pair_and_pickles() -> None:
     """``train`` still returns (model, threshold) for mars-pop; the trees ride along on ``.gbt``."""
-    model = StopModel((0.0,), (1.0,), (0.0,), 0.0)
+    model = LogisticModel(("x",), (0.0,), (1.0,), (0.0,), 0.0)
     trained = TrainedStop((model, 0.99), (_constant(1.0), 0.995, 2))
     m, t = trained
     assert m is model

@@ -213,3 +213,47 @@ async def test_a_hangup_sends_the_close_before_the_reader_runs_again() -> None:
         for sock in accepted:
             sock.close()
         thread.join(5)
+
+
+async def test_keep_alive_is_refused_and_the_connection_closes_after_the_body() -> None:
+    """The request says ``Connection: close`` (once, whatever the caller set); a server that offers
+    keep-alive still sees the client close as soon as the body is read, with the client still open."""
+    saw_eof = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await _read_request(reader)
+        connection_lines = [
+            line for line in request.split(b"\r\n") if line.lower().startswith(b"connection:")
+        ]
+        assert connection_lines == [b"Connection: close"]
+        writer.write(b"HTTP/1.1 200 OK\r\nconnection: keep-alive\r\ncontent-length: 2\r\n\r\nok")
+        await writer.drain()
+        if await reader.read(1) == b"":
+            saw_eof.set()
+
+    async with raw_server(handler) as url, httpx2.AsyncClient(transport=StreamTransport()) as client:
+        response = await client.post(url + "/v1/x", content=b"{}", headers={"Connection": "keep-alive"})
+        assert response.content == b"ok"
+        async with asyncio.timeout(2):
+            await saw_eof.wait()  # closed by the client, which is still open
+
+
+@pytest.mark.parametrize("piece", [1, 2, 5])
+async def test_trailers_are_consumed_and_bytes_after_the_message_ignored(piece: int) -> None:
+    """Several trailer fields, split across reads at any byte, end the body; nothing after them (a
+    server that misbehaves) leaks into it."""
+    payload = (
+        CHUNKED_HEAD
+        + b"5\r\nhello\r\n0\r\nx-one: 1\r\nx-two: a; b\r\n\r\n"
+        + b"HTTP/1.1 200 OK\r\n\r\nnot part of this response"
+    )
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_request(reader)
+        for i in range(0, len(payload), piece):
+            writer.write(payload[i : i + piece])
+            await writer.drain()
+        await reader.read()
+
+    async with raw_server(handler) as url:
+        assert await _body(url) == b"hello"

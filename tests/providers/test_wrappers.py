@@ -10,7 +10,7 @@ import pytest
 from orchestrator import errors
 from orchestrator.corpus import Corpus
 from orchestrator.domain import ProbeStrategy
-from orchestrator.providers.base import ProbeRequest, StreamDelta, TraceRequest
+from orchestrator.providers.base import ProbeRequest, ProbeResult, Provider, StreamDelta, TraceRequest
 from orchestrator.providers.config import Timeouts
 from orchestrator.providers.openai_compat import OpenAICompatProvider
 from orchestrator.providers.wrappers import (
@@ -20,9 +20,11 @@ from orchestrator.providers.wrappers import (
     RedisBuckets,
     RetryingProvider,
     RetryPolicy,
+    WrapperProvider,
 )
 from orchestrator.replay.fixtures import tiny_corpus
 from orchestrator.replay.server import ReplayURL, running_replay_server
+from tests.fakes import ScriptedProvider, uniform
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -284,3 +286,51 @@ async def test_wrapped_provider_from_factory_closes_on_break(corpus: Corpus) -> 
             assert entry["tokens_sent"] < 100
         finally:
             await provider.aclose()
+
+
+async def test_wrapper_base_delegates_every_method() -> None:
+    """A bare WrapperProvider is the provider it wraps: name, capabilities, stream, probe, models."""
+    inner = ScriptedProvider(uniform(1, total=40), chunk_tokens=10)
+    wrapped = WrapperProvider(inner)
+    assert isinstance(wrapped, Provider)
+    assert wrapped.name == inner.name
+    assert wrapped.capabilities("m") == inner.capabilities("m")
+    request = TraceRequest(messages=({"role": "user", "content": "q"},), model="m", max_tokens=50)
+    async with wrapped.stream(request) as deltas:
+        tokens = sum([d.tokens async for d in deltas])
+    assert tokens == 40
+    assert inner.streams_started == 1
+    assert inner.open_streams == 0
+    probe = ProbeRequest(trace=request, prefix="", position_tokens=0, strategy=ProbeStrategy.CONTINUE)
+    assert (await wrapped.probe(probe)).strategy is ProbeStrategy.CONTINUE
+    assert inner.probe_calls == 1
+    assert [m.id for m in await wrapped.models()] == ["scripted-model"]
+    await wrapped.aclose()
+
+
+class _Raising(ScriptedProvider):
+    """Every probe raises ``error``; counts the calls."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(uniform(1))
+        self.error = error
+
+    async def probe(self, request: ProbeRequest) -> ProbeResult:
+        self.probe_calls += 1
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    "error", [errors.StoreUnavailable("redis away"), ValueError("a bug of ours"), errors.UnknownModel("m")]
+)
+async def test_only_upstream_errors_are_retried(error: BaseException) -> None:
+    """The store going away, our own bugs and caller errors pass through the retry layer at once."""
+    clock = FakeClock()
+    inner = _Raising(error)
+    provider = RetryingProvider(inner, RetryPolicy(max_attempts=5), sleep=clock.sleep, clock=clock)
+    request = TraceRequest(messages=({"role": "user", "content": "q"},), model="m", max_tokens=50)
+    probe = ProbeRequest(trace=request, prefix="", position_tokens=0, strategy=ProbeStrategy.CONTINUE)
+    with pytest.raises(type(error)):
+        await provider.probe(probe)
+    assert inner.probe_calls == 1
+    assert clock.sleeps == []

@@ -11,7 +11,7 @@ from orchestrator.stopping.hindsight import Hindsight, hindsight_checkpoint
 from orchestrator.stopping.mars import Mars
 from orchestrator.stopping.parallel_probe import ParallelProbe
 from orchestrator.stopping.registry import REGISTRY, build_rule
-from orchestrator.stopping.switch_model import SwitchModel
+from orchestrator.stopping.switch_model import constant_q
 from orchestrator.stopping.tally import tally
 
 from .builders import snapshot, trace
@@ -52,7 +52,7 @@ def test_registry_contents_and_default() -> None:
 
 def test_params_reach_the_rule() -> None:
     """Job params arrive as plain JSON values: a switch model as a dict, DeepConf+MARS flat."""
-    model = SwitchModel.constant(0.1)
+    model = constant_q(0.1)
     rule = build_rule("mars", gamma=0.7, use_epsilon=True, switch_model=model.to_dict())
     assert isinstance(rule, Mars)
     assert rule.gamma == 0.7

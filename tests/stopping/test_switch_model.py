@@ -14,6 +14,7 @@ from orchestrator.stopping.switch_model import (
     FEATURES_WITH_CONFIDENCE,
     SwitchModel,
     feature_rows,
+    fit_switch_model,
     flips_and_streak,
     oracle_q,
     switch_features,
@@ -63,7 +64,7 @@ def _synthetic(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def test_fit_recovers_a_known_logistic_relation() -> None:
     """On data drawn from a logistic model the fitted q tracks the true probabilities."""
     x, y, p = _synthetic(20_000, seed=1)
-    model = SwitchModel.fit(x, y)
+    model = fit_switch_model(x, y)
     q = model.predict_q(x)
     assert np.mean(np.abs(q - p)) < 0.02
     # raw-unit slopes folded into the serving map: w = a·coef/scale
@@ -74,8 +75,8 @@ def test_fit_recovers_a_known_logistic_relation() -> None:
 def test_platt_leaves_a_well_specified_model_nearly_unchanged() -> None:
     """Platt scaling of a correctly specified logistic fit is close to the identity."""
     x, y, _ = _synthetic(20_000, seed=2)
-    with_platt = SwitchModel.fit(x, y)
-    without = SwitchModel.fit(x, y, platt=False)
+    with_platt = fit_switch_model(x, y)
+    without = fit_switch_model(x, y, platt=False)
     assert with_platt.platt_a == pytest.approx(1.0, abs=0.05)
     assert with_platt.platt_b == pytest.approx(0.0, abs=0.05)
     assert np.max(np.abs(with_platt.predict_q(x) - without.predict_q(x))) < 0.01
@@ -86,7 +87,7 @@ def test_fitted_model_is_calibrated_in_the_large() -> None:
     rng = np.random.default_rng(3)
     x = rng.normal(size=(5000, 3))
     y = ((x[:, 0] + rng.normal(scale=3.0, size=5000)) > 0).astype(int)
-    model = SwitchModel.fit(x, y, l2=0.01)
+    model = fit_switch_model(x, y, l2=0.01)
     assert 0.5 < model.platt_a < 1.5  # calibrated in-sample: already near the identity
     p = model.predict_q(x)
     assert abs(p.mean() - y.mean()) < 0.01  # calibration in the large
@@ -95,15 +96,15 @@ def test_fitted_model_is_calibrated_in_the_large() -> None:
 def test_degenerate_labels_give_a_constant_model() -> None:
     """All labels equal (or no rows): a constant smoothed rate, never exactly 0 or 1."""
     x = np.ones((9, 3))
-    model = SwitchModel.fit(x, np.zeros(9))
+    model = fit_switch_model(x, np.zeros(9))
     assert model.predict_q(x) == pytest.approx([0.05] * 9)
-    assert SwitchModel.fit(np.empty((0, 3)), np.empty(0)).predict_q(x)[0] == pytest.approx(0.5)
+    assert fit_switch_model(np.empty((0, 3)), np.empty(0)).predict_q(x)[0] == pytest.approx(0.5)
 
 
 def test_json_round_trip_is_exact() -> None:
     """The cross-job prior document restores an identical model."""
     x, y, _ = _synthetic(2000, seed=4)
-    model = SwitchModel.fit(x, y)
+    model = fit_switch_model(x, y)
     restored = SwitchModel.from_json(model.to_json())
     assert restored == model
     assert np.array_equal(restored.predict_q(x), model.predict_q(x))
@@ -117,7 +118,7 @@ def test_five_feature_model_and_shape_checks() -> None:
     rng = np.random.default_rng(5)
     x = rng.normal(size=(500, 5))
     y = (x[:, 1] < 0).astype(int)
-    model = SwitchModel.fit(x, y)
+    model = fit_switch_model(x, y)
     assert model.feature_names == FEATURES_WITH_CONFIDENCE
     with pytest.raises(ValueError, match="shape"):
         model.predict_q(np.zeros((2, 3)))

@@ -17,9 +17,9 @@ the same 64 traces, and every token view, charged by the one accounting the live
   whole traces), so every run knows whether it cost more than SC;
 - money under each price profile asked for, with the probe input split into cache hits, writes and
   misses by the one cache model (``pricing.probe_cache_split``);
-- time to answer: the stop on the token clock (``seq_tokens``: the longest voting trace up to the stop,
-  waves one after another, plus the longest warmup trace for a sequential warmup) and SC@64's (its
-  longest trace).
+- time to answer: the stop on the token clock (``seq_tokens``: when the last voting trace stopped
+  generating for the vote, launch offsets of later waves included, plus the longest warmup trace for
+  a sequential warmup) and SC@64's (its longest trace).
 
 Offline there are no upstream counts: the prompt and the probe suffix are counted with the project's
 offline estimator ``mars-regex-v1`` (:mod:`orchestrator.tokens`) on the question text and on
@@ -168,6 +168,21 @@ def _whole(lengths: Sequence[int], prompt_tokens: int) -> list[TraceSpend]:
     return [TraceSpend(tokens=n, complete=True, prompt_tokens=prompt_tokens) for n in lengths]
 
 
+def slot_spend(
+    run: SimRun, tl: QuestionTimeline, voting: Sequence[int], *, probes: bool
+) -> tuple[list[int], list[int]]:
+    """Per voting slot: tokens generated up to its own last checkpoint read (0: never launched) and
+    how many probes it got (one at each of its own checkpoints before it finished)."""
+    slots = [tl.traces[i] for i in voting]
+    interval = tl.interval_tokens
+    spent = [t.tokens_at(k * interval) for t, k in zip(slots, run.slot_checkpoints, strict=True)]
+    counts = [
+        min(k, t.finish_checkpoint - 1) if probes else 0
+        for t, k in zip(slots, run.slot_checkpoints, strict=True)
+    ]
+    return spent, counts
+
+
 def run_spend(
     hq: HonestQuestion,
     voting: Sequence[int],
@@ -262,20 +277,7 @@ def _run(
         )
         if runs is not None and key is not None:
             runs[key] = run
-    interval = tl.interval_tokens
-    slots = [tl.traces[i] for i in ctx.voting]
-    if run.slot_checkpoints:  # checkpoint runs: slot s read up to its last checkpoint
-        spent = [
-            min(t.total_tokens, cp * interval) for t, cp in zip(slots, run.slot_checkpoints, strict=True)
-        ]
-        probed = rule.needs_probes
-        counts = [
-            min(cp, t.finish_checkpoint - 1) if probed else 0
-            for t, cp in zip(slots, run.slot_checkpoints, strict=True)
-        ]
-    else:  # waves: the first traces_started ran to their end, the rest never launched
-        spent = [t.total_tokens if s < run.traces_started else 0 for s, t in enumerate(slots)]
-        counts = [0] * len(slots)
+    spent, counts = slot_spend(run, tl, ctx.voting, probes=rule.needs_probes)
     s = run_spend(
         hq, ctx.voting, spent, counts, run.probe_output_tokens, ctx.warmup if spec.sequential_warmup else ()
     )

@@ -175,14 +175,23 @@ async def test_job_page_follows_events_and_shows_the_decision(
             method="default",
             probe_strategy="extract",
             traces=(),
-            accounting=Accounting(total_tokens=1000, saved_tokens=3000, saved_fraction=0.75),
+            # a job that cost more than plain SC all-in, though its generated tokens saved 40%
+            accounting=Accounting(
+                total_tokens=1305,
+                full_budget_estimate_tokens=720,
+                saved_tokens=-585,
+                saved_fraction=-0.8125,
+                saved_generated_fraction=0.4,
+            ),
             votes={"42": 4},
         )
     )
     await browser.until(lambda: browser.text_now("#final-answer") == "42")
     assert await browser.text("#status") == "SUCCEEDED"
     assert await browser.text("#reason") == "mars: margin certified"
-    assert "saved 3,000 (75.0%)" in await browser.text("#savings")
+    assert await browser.text("#all-in") == "All-in: cost 81% more than running all 8 traces"
+    assert "spent 1,305 tokens against ≈ 720" in await browser.text("#savings")
+    assert "paper's view (generated tokens only): saved 40%" in await browser.text("#paper-view")
     assert "cancelled" in (await browser.run("return document.querySelector('.trace').className"))
 
 

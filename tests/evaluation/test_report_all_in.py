@@ -11,8 +11,16 @@ import pytest
 from orchestrator.corpus import CorpusQuestion, CorpusTrace
 from orchestrator.errors import InvalidRequest
 from orchestrator.evaluation.command import run_eval
-from orchestrator.evaluation.protocol_honest import PROBE_SUFFIX_TOKENS, honest_question, run_question
+from orchestrator.evaluation.methods import MethodContext, method_spec
+from orchestrator.evaluation.protocol_honest import (
+    PROBE_SUFFIX_TOKENS,
+    honest_question,
+    run_question,
+    run_spend,
+    slot_spend,
+)
 from orchestrator.evaluation.report import document, honest_figures
+from orchestrator.evaluation.simulate import simulate
 from orchestrator.pricing import OPENAI, PROFILES, SELF_HOSTED
 from orchestrator.tokens import estimate_messages_tokens
 
@@ -114,3 +122,22 @@ def test_mars_eval_reports_money_under_the_profiles_asked_for(tmp_path: Path) ->
         assert set(figs["default"]["savings_money"]) == {"openai", "self-hosted"}
     with pytest.raises(InvalidRequest, match="unknown profile"):
         run_eval(corpora=[corpus], methods="sc", repetitions=1, workers=1, price_profiles=["nope"])
+
+
+def test_the_all_in_spend_agrees_with_the_simulator_on_every_method() -> None:
+    """The per-slot spend and probe counts fed to the accounting reproduce the simulator's own totals
+    (generated tokens, probe calls, probe output) for probing, pruning and wave methods alike."""
+    hq = honest_question(_question(), keys=KEYS)
+    tl = hq.timeline
+    for name in ("sc", "consensus", "esc", "asc", "sac", "parallel-probe", "mars-oracle", "default"):
+        spec = method_spec(name)
+        for voting in ((2, 0, 1), (0, 1, 2), (1, 2, 0)):
+            ctx = MethodContext(tl, voting, (), {})
+            rule = spec.build(ctx)
+            run = simulate(rule, tl, voting, oracle=spec.oracle)
+            spent, counts = slot_spend(run, tl, voting, probes=rule.needs_probes)
+            s = run_spend(hq, voting, spent, counts, run.probe_output_tokens)
+            assert s.generated == run.generated_tokens, name
+            assert s.probes.calls == run.probe_calls, name
+            assert s.probes.output_tokens == run.probe_output_tokens, name
+            assert s.total == s.generated + s.prompt + s.probes.input_tokens + s.probes.output_tokens

@@ -101,5 +101,12 @@ const Mars = (() => {
     return String(n).replace(/\B(?=(\d{3})+(?!\d))/g, ",");
   }
 
-  return { headers, getJSON, follow, el, fmt };
+  // The all-in saving against plain self-consistency in words (as accounting.verdict says it).
+  function verdict(fraction, budget) {
+    const pct = 100 * (fraction || 0);
+    if (pct < 0) return "cost " + (-pct).toFixed(0) + "% more than running all " + budget + " traces";
+    return "saved " + pct.toFixed(0) + "% against running all " + budget + " traces";
+  }
+
+  return { headers, getJSON, follow, el, fmt, verdict };
 })();

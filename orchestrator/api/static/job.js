@@ -158,9 +158,19 @@
       }
       const a = job.accounting;
       if (a) {
-        $("savings").textContent = "tokens spent " + Mars.fmt(a.total_tokens) + " · saved " + Mars.fmt(a.saved_tokens) +
-          " (" + (100 * (a.saved_fraction || 0)).toFixed(1) + "%) versus the full budget" +
-          (a.saved_usd ? " · $" + a.saved_usd.toFixed(4) + " saved" : "");
+        // All-in first (every token billed, against plain SC with the same K); the paper's view beside it.
+        const savings = $("savings");
+        savings.replaceChildren();
+        const lost = (a.saved_fraction || 0) < 0;
+        savings.appendChild(Mars.el("strong", { id: "all-in", class: lost ? "over-sc" : "" },
+          "All-in: " + Mars.verdict(a.saved_fraction, job.budget)));
+        savings.appendChild(document.createTextNode(
+          " · spent " + Mars.fmt(a.total_tokens) + " tokens against ≈ " + Mars.fmt(a.full_budget_estimate_tokens) +
+          " for plain self-consistency" +
+          (a.cost_usd ? " · $" + a.cost_usd.toFixed(4) + " against $" + (a.full_budget_estimate_usd || 0).toFixed(4) +
+            " (" + (a.price_profile || "price profile") + ")" : "")));
+        savings.appendChild(Mars.el("span", { id: "paper-view", class: "muted" },
+          " · paper's view (generated tokens only): saved " + (100 * (a.saved_generated_fraction || 0)).toFixed(0) + "%"));
       }
     }
   }

@@ -17,8 +17,10 @@
     tr.appendChild(Mars.el("td", {}, Mars.fmt(job.budget)));
     tr.appendChild(Mars.el("td", { class: "answer" }, job.answer === null ? "–" : job.answer));
     tr.appendChild(Mars.el("td", {}, job.stop_reason || "–"));
-    const saved = job.accounting ? Mars.fmt(job.accounting.saved_tokens) : "–";
-    tr.appendChild(Mars.el("td", {}, saved));
+    // all-in saving against plain SC, signed: a job that cost more shows it
+    const a = job.accounting;
+    const saved = a ? (a.saved_fraction < 0 ? "−" : "") + (100 * Math.abs(a.saved_fraction || 0)).toFixed(0) + "%" : "–";
+    tr.appendChild(Mars.el("td", { class: "saved" + (a && a.saved_fraction < 0 ? " over-sc" : "") }, saved));
     return tr;
   }
 

@@ -246,7 +246,9 @@ class _JobRun:
             self.voting,
             self.grouper,
             probes_enabled=self.strategy is not ProbeStrategy.NONE,
-            confidence_features=fit.switch_model.width == 5,
+            # features carry confidence when the upstream gives logprobs (as offline when the corpus
+            # has confidences), or when the switch model needs them
+            confidence_features=bool(self.caps.logprobs) or fit.switch_model.width == 5,
         )
         warmup_class = self.grouper.classify(fit.warmup_answer) if fit.warmup_answer else None
         result: JobResult | None = None

@@ -195,7 +195,9 @@ async def run_live(rule: Recorder, traces: Sequence[Trace], *, confidences: bool
     return Live(result, rule.seen, groupers[0])
 
 
-def run_offline(rule: Recorder, traces: Sequence[Trace], *, confidences: bool) -> tuple[SimRun, tuple[str, ...]]:
+def run_offline(
+    rule: Recorder, traces: Sequence[Trace], *, confidences: bool
+) -> tuple[SimRun, tuple[str, ...]]:
     hq = honest_question(corpus_question(traces, confidences=confidences), INTERVAL)
     return simulate(rule, hq.timeline, list(range(len(traces)))), hq.answer_strings
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator.answers import answer_or_none, normalize
+from orchestrator.answers import answer_or_none, normalize, parsed_key
 from orchestrator.domain import TraceView, majority
 from orchestrator.evaluation import protocol_pp as pp
 from orchestrator.evaluation.fastfit import fast_fit
-from orchestrator.evaluation.grouping import _value_key, answer_keys, group_by_keys, integer_key
+from orchestrator.evaluation.grouping import answer_keys, group_by_keys, integer_key
 from orchestrator.evaluation.methods import MethodContext, known_methods, method_spec
 from orchestrator.evaluation.prepared import prepare
 from orchestrator.evaluation.protocol_honest import (
@@ -65,6 +65,7 @@ def test_answer_keys_group_equivalent_answers() -> None:
     assert keys["ERR"] is None
     assert keys[""] is None
     assert keys["7"] != keys["8"]
+    assert keys["x+1"] == keys["1+x "]
     assert group_by_keys([keys["7"], None, keys["8"], keys["2^{3}"]]) == [0, None, 1, 1]
 
 
@@ -207,7 +208,7 @@ def test_integer_keys_are_the_parsers_keys() -> None:
     """A plain integer is keyed without math-verify, exactly as the parser would key it."""
     for text in ["0", "7", "-12", "042", "+5", "1000000", "123456789012345", "-999999999999999"]:
         norm = normalize(text)
-        assert integer_key(norm) == _value_key(norm), text
+        assert integer_key(norm) == parsed_key(norm), text
     assert integer_key("1234567890123456") is None  # beyond a float's exact integers: the parser
     assert integer_key("2^{3}") is None
 

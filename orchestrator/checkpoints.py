@@ -29,7 +29,7 @@ from orchestrator.answers import AnswerGrouper
 from orchestrator.domain import Snapshot, TraceStatus
 from orchestrator.snapshots import trace_view
 from orchestrator.stopping.switch_model import switch_features
-from orchestrator.timing import own_checkpoint, running, started
+from orchestrator.timing import finishes_at, own_checkpoint, running, started
 
 CONFIDENCE_WINDOW_TOKENS = 2048
 
@@ -236,32 +236,40 @@ class CheckpointBook:
     def any_running_at(self, checkpoint: int) -> bool:
         return any(running(t, t.launched_at, checkpoint) for t in self.live() if t.launched_at is not None)
 
+    def any_finishing_at(self, checkpoint: int) -> bool:
+        """Some live trace finished since the previous decision point (timing.finishes_at)."""
+        return any(
+            finishes_at(t, t.launched_at, checkpoint) for t in self.live() if t.launched_at is not None
+        )
+
     def record(self, checkpoint: int) -> None:
         """Read what every live trace shows at ``checkpoint`` (in trace order, so class ids follow the
-        order the rule sees answers in)."""
+        order the rule sees answers in), and at any own checkpoint before it not read yet."""
         for trace, k in self._reading(checkpoint):
-            if len(trace.history) >= k:
-                continue
-            position = k * self.interval_tokens
-            stale = False
-            if trace.finished_at(k):
-                answer = trace.final_answer
-                confidence = trace.trace_confidence()
+            while len(trace.history) < k:
+                self._record_one(trace, len(trace.history) + 1)
+
+    def _record_one(self, trace: TraceState, k: int) -> None:
+        position = k * self.interval_tokens
+        stale = False
+        if trace.finished_at(k):
+            answer = trace.final_answer
+            confidence = trace.trace_confidence()
+        else:
+            outcome = trace.probes[k]
+            crossing = trace.crossings.get(k)
+            confidence = crossing.confidence if crossing else None
+            if outcome.stale:
+                stale = True
+                answer = trace.answers[-1] if trace.answers else None
             else:
-                outcome = trace.probes[k]
-                crossing = trace.crossings.get(k)
-                confidence = crossing.confidence if crossing else None
-                if outcome.stale:
-                    stale = True
-                    answer = trace.answers[-1] if trace.answers else None
-                else:
-                    answer = outcome.answer if self.probes_enabled else None
-            previous = trace.confidences[-1] if trace.confidences else None
-            trace.answers.append(answer)
-            trace.history.append(self.grouper.classify(answer))
-            trace.confidences.append(confidence)
-            trace.stales.append(stale)
-            trace.features.append(self._features(tuple(trace.history), position, confidence, previous))
+                answer = outcome.answer if self.probes_enabled else None
+        previous = trace.confidences[-1] if trace.confidences else None
+        trace.answers.append(answer)
+        trace.history.append(self.grouper.classify(answer))
+        trace.confidences.append(confidence)
+        trace.stales.append(stale)
+        trace.features.append(self._features(tuple(trace.history), position, confidence, previous))
 
     def snapshot(
         self,

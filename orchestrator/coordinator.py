@@ -93,6 +93,7 @@ from orchestrator.timing import (
     cut_position,
     ends_idle,
     exhausted_answer,
+    finishes_only,
     launch_order,
     running,
 )
@@ -457,6 +458,9 @@ class _JobRun:
             t = book.decided + 1
             if not book.ready(t):
                 return None
+            if finishes_only(rule) and not book.any_finishing_at(t):
+                book.decided = t  # nothing it reads changed (timing.py)
+                continue
             snapshot = book.snapshot(
                 t, budget=self.spec.budget, warmup_answer_class=warmup_class, rule_state=self.rule_state
             )

@@ -30,6 +30,7 @@ from orchestrator.stopping.tally import share_arrays
 from orchestrator.timing import (
     ends_idle,
     exhausted_answer,
+    finishes_only,
     launch_order,
     own_checkpoint,
     running,
@@ -316,9 +317,15 @@ def simulate(
     probe_calls = probe_out = probe_in = 0
     state: object = None
     decision: Decision | None = None
+    only_finishes = finishes_only(rule)
+    finish_cp = [None if at is None else at + slots[s].finish_checkpoint for s, at in enumerate(launched_at)]
     cp = 0
+    together_until = 0  # the last decision point before the run left the relabelled order
     while True:
-        cp += 1
+        if only_finishes:  # asked only where a trace finishes: jump there (timing.py)
+            cp = min(c for s, c in enumerate(finish_cp) if c is not None and c > cp and pruned_at[s] is None)
+        else:
+            cp += 1
         shared = checkpoints if checkpoints is not None and together else None
         key = (cp, probes, oracle, warmup)
         hit = shared.get(key) if shared is not None else None
@@ -328,9 +335,12 @@ def simulate(
                 shared[key] = hit
                 share_arrays(hit[0])  # the rules that see this checkpoint share its trace arrays
         traces, calls_cp, out_cp, in_cp = hit
-        if not together:
-            if renumbering is None:
-                renumbering = _Renumbering(labels.seen_through[min(cp - 1, len(labels.seen_through) - 1)])
+        if together:
+            together_until = cp
+        else:
+            if renumbering is None:  # the run read what the relabelled order read until then
+                seen = labels.seen_through[min(together_until, len(labels.seen_through) - 1)]
+                renumbering = _Renumbering(seen)
             traces = renumbering.views(traces)
         probe_calls += calls_cp
         probe_out += out_cp
@@ -358,6 +368,7 @@ def simulate(
         if decision.launch > 0:
             for s in launch_order([s for s in range(n) if launched_at[s] is None], decision.launch):
                 launched_at[s] = cp
+                finish_cp[s] = cp + slots[s].finish_checkpoint
                 launched += 1
                 together = False
         if together:

@@ -32,9 +32,9 @@ from orchestrator.snapshots import new_view
 from orchestrator.stopping import population, population_gbt
 from orchestrator.stopping.gamma import GAMMA_GRID, WarmupStop, WarmupTrace, warmup_stop
 from orchestrator.stopping.mars import certify
-from orchestrator.stopping.registry import build_rule
 from orchestrator.stopping.switch_model import CONSERVATIVE_DEFAULT, SwitchModel, flips_and_streak
 from orchestrator.stopping.tally import share_arrays, tally, trace_arrays
+from tests.evaluation import pp_reference
 
 
 def test_fast_fit_matches_switch_model_fit() -> None:
@@ -70,16 +70,14 @@ def test_answer_keys_group_equivalent_answers() -> None:
 
 
 def test_shared_rules_reproduce_protocol_a_runs(shared_data: Path) -> None:
-    """The live sac and parallel_probe rules, driven by the simulator under Protocol A's charging, give
-    the reference bookkeeping's answer, Cost and Seq_Cost run by run (2 repetitions × 30 questions)."""
+    """Every Protocol A method's shipped rule, driven by the simulator under the protocol's charging,
+    gives the authors' hand-written bookkeeping's answer, Cost, Seq_Cost and probe reads run by run
+    (2 repetitions × 30 questions)."""
     corpus = load_corpus(shared_data / "parallel-probe-qwen3-8b" / "aime25.json")
     questions = [prepare(q) for q in corpus.questions]
     params = pp.PPParams()
-    pairs = [
-        (pp.run_sac, pp.rule_runner(build_rule("sac"))),
-        (pp.run_parallel_probe, pp.rule_runner(build_rule("parallel_probe"))),
-    ]
-    for reference, shared in pairs:
+    for method, reference in pp_reference.RUNNERS.items():
+        shared = pp.runner(method, params)
         for r in range(2):
             order = pp.permutation(r, 128)
             for q in questions:
@@ -89,7 +87,7 @@ def test_shared_rules_reproduce_protocol_a_runs(shared_data: Path) -> None:
                     b.cost,
                     b.seq_cost,
                     b.probe_reads,
-                )
+                ), method
 
 
 def _pp_questions(shared_data: Path, dataset: str, n: int) -> list[HonestQuestion]:

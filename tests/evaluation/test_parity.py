@@ -38,6 +38,7 @@ from orchestrator.stopping.base import StoppingRule
 from orchestrator.stopping.registry import REGISTRY, build_rule
 from orchestrator.store.base import request_fingerprint
 from orchestrator.store.memory import MemoryStore
+from orchestrator.timing import finishes_only
 from tests.fakes import Script, ScriptedProvider
 
 INTERVAL = 100
@@ -79,6 +80,10 @@ class Recorder:
     @property
     def needs_probes(self) -> bool:
         return self.rule.needs_probes
+
+    @property
+    def decides_on_finishes(self) -> bool:
+        return finishes_only(self.rule)
 
     def initial_traces(self, budget: int) -> int:
         return min(1, budget) if self.staggered else self.rule.initial_traces(budget)

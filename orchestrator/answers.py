@@ -8,16 +8,16 @@ Extraction
       found; ``None`` means nothing could be extracted.
 
 Equivalence
-    Votes count classes, not strings. :class:`AnswerGrouper` gives each new answer the id of the first
-    existing class it is equivalent to, testing the largest classes first, or a fresh id (ids are
-    incremental, in order of first appearance). Cheap string normalisation and exact rational
-    comparison decide most pairs in-process; the rest go to ``math-verify``, which runs in a child
-    process (:class:`MathVerifier`) with its own signal-based timeouts disabled and our time limit
-    applied from outside: a pair that outlasts the limit kills the child and counts as "not
-    equivalent" (a string that does so twice is refused at once from then on). Inside the child each
-    string is parsed once and closed-form numbers are compared by value before ``verify`` is tried.
-    Results are cached in an LRU keyed on the normalised pair. :func:`group_answers` groups a whole
-    list in one call.
+    Votes count classes, not strings, and two answers are one class iff they have the same *answer
+    key* (see "the answer key" below): a value for numbers, a canonical form for expressions and sets,
+    the normalised string otherwise; math-verify's parser does the reading. One key serves the live
+    service (:class:`AnswerGrouper`, a per-job lookup, ids in order of first appearance) and the
+    offline evaluator (``evaluation/grouping.py``, one batch per corpus), so ``x+1`` and ``1+x`` or
+    ``\\{1,2\\}`` and ``\\{2,1\\}`` are one class in both. The parser runs in a child process
+    (:class:`MathVerifier`) with its own signal-based timeouts disabled and our time limit applied from
+    outside: a string that outlasts the limit kills the child and is keyed by its normalised form (one
+    that does so twice is not sent again). Keys are cached in an LRU. :func:`group_answers` groups a
+    whole list in one call.
 """
 
 from __future__ import annotations
@@ -34,15 +34,14 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from orchestrator.corpus import NO_ANSWER
 
 GroupingMode = Literal["math", "plain"]
 
-_BOX_OPENERS = ("\\boxed{", "\\fbox{")
+BOX_OPENERS = ("\\boxed{", "\\fbox{")
 DEFAULT_FALLBACK_PATTERNS: tuple[str, ...] = (
     r"(?i)final answer\s*(?:is|:)?\s*:?\s*\$?([^\n$]+?)\$?\s*(?:\.\s*)?$",
     r"(?i)the answer is\s*:?\s*\$?([^\n$]+?)\$?\s*(?:\.\s*)?$",
@@ -85,7 +84,7 @@ def _close_brace(text: str, start: int) -> int | None:
 def last_boxed(text: str) -> str | None:
     """Content of the last balanced ``\\boxed{...}`` (or ``\\fbox{...}``) in ``text``."""
     starts = sorted(
-        (m.end() for opener in _BOX_OPENERS for m in re.finditer(re.escape(opener), text)), reverse=True
+        (m.end() for opener in BOX_OPENERS for m in re.finditer(re.escape(opener), text)), reverse=True
     )
     for start in starts:
         end = _close_brace(text, start)
@@ -150,13 +149,10 @@ _REMOVE = (
 _WS = re.compile(r"\s+")
 _INT = re.compile(r"^[+-]?\d+$")
 _TRAILING_ZEROS = re.compile(r"^([+-]?\d+)\.0*$")
-_DECIMAL = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)$")
-_FRAC = re.compile(r"^([+-]?)\\frac\{([+-]?\d+)\}\{([+-]?\d+)\}$")
-_SLASH = re.compile(r"^([+-]?\d+)/(\d+)$")
 
 
 def _unwrap_once(s: str) -> str:
-    for opener in (*_BOX_OPENERS, "\\text{", "\\mathrm{", "\\textbf{"):
+    for opener in (*BOX_OPENERS, "\\text{", "\\mathrm{", "\\textbf{"):
         if s.startswith(opener) and _close_brace(s, len(opener)) == len(s) - 1:
             return s[len(opener) : -1].strip()
     for left, right in _WRAPPERS:
@@ -188,92 +184,88 @@ def normalize(answer: str, mode: GroupingMode = "math") -> str:
     return s
 
 
-def _rational(s: str) -> Fraction | None:
-    """Exact value of a normalised plain number, decimal or integer fraction; None otherwise."""
-    if _DECIMAL.match(s):
-        return Fraction(s)
-    m = _FRAC.match(s) or None
-    if m:
-        num, den = int(m.group(2)), int(m.group(3))
-        if den == 0:
-            return None
-        value = Fraction(num, den)
-        return -value if m.group(1) == "-" else value
-    m = _SLASH.match(s)
-    if m and int(m.group(2)) != 0:
-        return Fraction(int(m.group(1)), int(m.group(2)))
+# --- the answer key ------------------------------------------------------------------------------
+#
+# Two answers are equivalent iff they have the same key. The key of a normalised string is, in order:
+# its value when it is a plain integer of at most 15 digits (no parser needed: about half of a corpus);
+# else, through math-verify's parser, its value to 12 significant digits when it is a closed-form
+# number (``\frac{1}{8}`` meets ``0.125``, ``2^{15}-2^{12}`` meets ``28672``); else the canonical form
+# of the parsed expression, expanded (``x+1`` meets ``1+x``, ``\{1,2\}`` meets ``\{2,1\}``,
+# ``x^2-1`` meets ``(x-1)(x+1)``); else (text, parse failures, a parse over the time limit) the
+# normalised string. The live grouper keys each new string of a job (:class:`AnswerGrouper`); the
+# offline evaluator keys a whole corpus at once (``evaluation/grouping.py``); both call the same
+# functions.
+
+_PLAIN_INT = re.compile(r"-?[0-9]{1,15}")
+
+
+def integer_key(norm: str) -> str | None:
+    """The key of a normalised plain integer (exact in a float up to 15 digits), else None."""
+    if not _PLAIN_INT.fullmatch(norm):
+        return None
+    return f"num:{float(int(norm)):.12g}"
+
+
+def string_key(norm: str) -> str:
+    """The key of a string nothing better is known about: its normalised form."""
+    return f"str:{norm}"
+
+
+def quick_key(norm: str, mode: GroupingMode = "math") -> str | None:
+    """The key when it needs no parser (plain mode; plain integers), else None."""
+    if mode == "plain":
+        return string_key(norm)
+    return integer_key(norm)
+
+
+def parsed_key(norm: str) -> str | None:  # pragma: no cover - runs in a child process
+    """The key math-verify's parser gives ``norm`` (a value or a canonical form), or None."""
+    import sympy
+    from math_verify import parse
+
+    try:
+        parsed = parse(f"${norm}$", parsing_timeout=None)
+    except Exception:
+        return None
+    for item in parsed:
+        if not isinstance(item, sympy.Basic):
+            continue
+        if isinstance(item, sympy.Expr) and not item.free_symbols:
+            try:
+                value = complex(sympy.N(item, 20))
+            except Exception:
+                value = None
+            if value is not None:
+                if value.imag == 0:
+                    return f"num:{value.real:.12g}"
+                return f"num:{value.real:.12g}{value.imag:+.12g}j"
+        try:
+            canonical = sympy.expand(item) if isinstance(item, sympy.Expr) else item
+        except Exception:
+            canonical = item
+        return f"sym:{sympy.srepr(canonical)}"
     return None
 
 
-def quick_equivalent(a: str, b: str) -> bool | None:
-    """Decide a pair of *normalised* math answers without math-verify: True/False when certain,
-    None when the pair needs the full check."""
-    if a == b:
-        return True
-    if _INT.match(a) and _INT.match(b):
-        return False  # different integers are never equal
-    ra, rb = _rational(a), _rational(b)
-    if ra is not None and rb is not None and ra == rb:
-        return True
-    return None
-
-
-# --- math-verify in a child process --------------------------------------------------------------
+def answer_key(norm: str) -> str:  # pragma: no cover - runs in a child process
+    """The full key of a normalised math answer (the parser is imported on first use)."""
+    return integer_key(norm) or (parsed_key(norm) if norm else None) or string_key(norm)
 
 
 def serve_stdio() -> None:  # pragma: no cover - runs in the child process
-    """Child loop: read one JSON list of pairs per line on stdin, write one verdict line ("1"/"0")
-    per pair on stdout, in order.
-
-    Each string is parsed once. Two closed-form numbers are compared by value first: clearly equal
-    (relative 1e-12) or clearly different (relative 1e-6, math-verify's own rounding scale) decides
-    at once; only the rest, and anything symbolic, goes through ``verify`` (which can take a second on
-    an integer against a surd)."""
+    """Child loop: read one JSON list of normalised strings per line on stdin, write one JSON key per
+    string on stdout, in order."""
     import logging
 
     logging.disable(logging.WARNING)  # math-verify warns that its timeouts are off: we know
-    import sympy
-    from math_verify import parse, verify
-
-    parsed: dict[str, tuple[Any, complex | None]] = {}
-
-    def load(s: str) -> tuple[Any, complex | None]:
-        if s not in parsed:
-            if len(parsed) > 100_000:
-                parsed.clear()
-            items = parse(f"${s}$", parsing_timeout=None)
-            value = None
-            for item in items:
-                if isinstance(item, sympy.Expr) and not item.free_symbols:
-                    try:
-                        value = complex(item.evalf(30))
-                    except Exception:
-                        value = None
-                    break
-            parsed[s] = (items, value)
-        return parsed[s]
-
-    def same(a: str, b: str) -> bool:
-        (pa, va), (pb, vb) = load(a), load(b)
-        if not pa or not pb:
-            return False
-        if va is not None and vb is not None:
-            scale = max(1.0, abs(va), abs(vb))
-            gap = abs(va - vb)
-            if gap <= 1e-12 * scale:
-                return True
-            if gap > 1e-6 * scale:
-                return False
-        return bool(verify(pa, pb, timeout_seconds=None))
-
     out = sys.stdout
     for line in sys.stdin:
-        for a, b in json.loads(line):
+        for norm in json.loads(line):
             try:
-                result = same(a, b)
+                key = answer_key(norm)
             except Exception:
-                result = False
-            out.write("1\n" if result else "0\n")
+                key = string_key(norm)
+            out.write(json.dumps(key) + "\n")
             out.flush()
 
 
@@ -286,24 +278,26 @@ _STARTUP_GRACE_S = 30.0  # a fresh child imports sympy and math-verify before it
 
 
 class MathVerifier:
-    """``math-verify`` behind a process boundary, a time limit per pair and an LRU cache.
+    """The answer key's parser (math-verify) behind a process boundary, a time limit per string and an
+    LRU cache.
 
-    One long-lived child process (started on first use) does the work. A pair that takes longer than
-    ``timeout_s`` gets the child killed (math-verify on a pathological input may never return) and
-    counts as not equivalent; so does a child that dies. The next call starts a fresh child.
-    Thread-safe; a context manager (``close`` ends the child).
+    One long-lived child process (started on first use) does the work. A string that takes longer than
+    ``timeout_s`` gets the child killed (the parser on a pathological input may never return) and is
+    keyed by its normalised form; so is one whose child dies. The next call starts a fresh child; a
+    string that timed out twice is not sent again. Thread-safe; a context manager (``close`` ends the
+    child).
     """
 
     def __init__(self, *, timeout_s: float = 5.0, cache_size: int = 100_000) -> None:
         self.timeout_s = timeout_s
         self.cache_size = cache_size
-        self._cache: OrderedDict[tuple[str, str], bool] = OrderedDict()
+        self._cache: OrderedDict[str, str] = OrderedDict()
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
         self._buffer = b""
-        self.timeouts = 0  # pairs that outlasted the limit (each cost a child restart)
+        self.timeouts = 0  # strings that outlasted the limit (each cost a child restart)
         self._strikes: dict[str, int] = {}  # timeouts per string; two make it pathological
-        self.failures = 0  # pairs whose child died under them
+        self.failures = 0  # strings whose child died under them
         self.cache_hits = 0
         self.child_starts = 0
 
@@ -343,44 +337,41 @@ class MathVerifier:
         self.child_starts += 1
         return self._proc, True
 
-    def equivalent(self, a: str, b: str) -> bool:
-        """math-verify's verdict on two normalised answers (symmetric by construction)."""
-        return self.equivalent_many([(a, b)])[0]
+    def key(self, norm: str) -> str:
+        """The answer key of one normalised math answer."""
+        return self.keys([norm])[0]
 
-    def equivalent_many(self, pairs: Sequence[tuple[str, str]]) -> list[bool]:
-        """Verdicts for many pairs in one round trip per child; cached pairs skip the child."""
-        keys = [(a, b) if a <= b else (b, a) for a, b in pairs]
+    def keys(self, norms: Sequence[str]) -> list[str]:
+        """Keys of many normalised answers in one round trip per child; cached strings skip it."""
         with self._lock:
-            results: dict[tuple[str, str], bool] = {}
-            todo: dict[tuple[str, str], None] = {}  # ordered set
-            for key in keys:
-                if key in self._cache:
+            results: dict[str, str] = {}
+            pending: list[str] = []
+            for norm in dict.fromkeys(norms):
+                if norm in self._cache:
                     self.cache_hits += 1
-                    self._cache.move_to_end(key)
-                    results[key] = self._cache[key]
+                    self._cache.move_to_end(norm)
+                    results[norm] = self._cache[norm]
+                elif self._strikes.get(norm, 0) >= 2:
+                    results[norm] = string_key(norm)  # not cached: the verdict is ours, not the parser's
                 else:
-                    todo[key] = None
-            pending = []
-            for key in todo:
-                if self._pathological(key):
-                    results[key] = False  # not cached: the verdict is ours, not math-verify's
-                else:
-                    pending.append(key)
+                    pending.append(norm)
             while pending:
                 done = self._run(pending)
-                for key, value in zip(pending, done, strict=False):
-                    results[key] = value
-                    self._remember(key, value)
+                for norm, (key, parsed) in zip(pending, done, strict=False):
+                    results[norm] = key
+                    if parsed:
+                        self._remember(norm, key)
                 pending = pending[len(done) :]
-            return [results[key] for key in keys]
+            return [results[norm] for norm in norms]
 
-    def _run(self, todo: list[tuple[str, str]]) -> list[bool]:
-        """Send ``todo`` to the child and read verdicts until one times out or the child dies (that
-        pair is False and the child is gone); returns the verdicts read, at least one."""
+    def _run(self, todo: list[str]) -> list[tuple[str, bool]]:
+        """Send ``todo`` to the child and read keys until one times out or the child dies (that string
+        is keyed by its normalised form and the child is gone); returns (key, from the parser) for the
+        strings read, at least one."""
         proc, fresh = self._child()
         assert proc.stdin is not None
         assert proc.stdout is not None
-        out: list[bool] = []
+        out: list[tuple[str, bool]] = []
         try:
             proc.stdin.write(json.dumps(todo).encode() + b"\n")
             proc.stdin.flush()
@@ -390,22 +381,16 @@ class MathVerifier:
                 line = self._read_line(fd, time.monotonic() + limit)
                 if line is None:
                     self.timeouts += 1
-                    for text in todo[i]:
-                        self._strikes[text] = self._strikes.get(text, 0) + 1
+                    self._strikes[todo[i]] = self._strikes.get(todo[i], 0) + 1
                     self._kill()
-                    out.append(False)
+                    out.append((string_key(todo[i]), False))
                     break
-                out.append(line == b"1")
+                out.append((str(json.loads(line)), True))
         except (BrokenPipeError, ConnectionError, EOFError):
             self.failures += 1
             self._kill()
-            out.append(False)
+            out.append((string_key(todo[len(out)]), False))
         return out
-
-    def _pathological(self, key: tuple[str, str]) -> bool:
-        """A string that already timed out twice is not sent again: each retry would cost a full
-        time limit and a child restart."""
-        return any(self._strikes.get(text, 0) >= 2 for text in key)
 
     def _read_line(self, fd: int, deadline: float) -> bytes | None:
         """One line from the child's stdout before ``deadline`` (None on timeout); EOFError when the
@@ -421,8 +406,8 @@ class MathVerifier:
         line, _, self._buffer = self._buffer.partition(b"\n")
         return line
 
-    def _remember(self, key: tuple[str, str], value: bool) -> None:
-        self._cache[key] = value
+    def _remember(self, norm: str, key: str) -> None:
+        self._cache[norm] = key
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
 
@@ -445,19 +430,19 @@ def default_verifier() -> MathVerifier:
 
 
 class AnswerGrouper:
-    """Incremental equivalence classes with int ids in order of first appearance.
+    """Incremental equivalence classes with int ids in order of first appearance: the live, per-job
+    lookup of the answer key (the offline evaluator keys whole corpora with the same functions).
 
-    ``mode="math"``: normalisation, exact rationals, then math-verify; ``mode="plain"``: normalised
-    string equality only (non-math tasks). A new answer joins the first existing class it is
-    equivalent to, testing classes by decreasing size (ties: lower id first), comparing against the
-    class's first member. ``None`` (no answer) stays ``None``.
+    ``mode="math"``: the answer key (quick keys in-process, the parser in the verifier's child);
+    ``mode="plain"``: normalised string equality only (non-math tasks). ``None`` (no answer) stays
+    ``None``.
     """
 
     def __init__(self, mode: GroupingMode = "math", *, verifier: MathVerifier | None = None) -> None:
         self.mode: GroupingMode = mode
         self._verifier = verifier
         self._by_string: dict[str, int] = {}
-        self._norms: list[str] = []
+        self._by_key: dict[str, int] = {}
         self._representatives: list[str] = []
         self._sizes: list[int] = []
 
@@ -472,10 +457,18 @@ class AnswerGrouper:
         return tuple(self._sizes)
 
     def __len__(self) -> int:
-        return len(self._norms)
+        return len(self._representatives)
 
     def representative(self, class_id: int) -> str:
         return self._representatives[class_id]
+
+    def key(self, answer: str) -> str:
+        """The answer key of ``answer`` (module notes)."""
+        norm = normalize(answer, self.mode)
+        quick = quick_key(norm, self.mode)
+        if quick is not None:
+            return quick
+        return (self._verifier or default_verifier()).key(norm)
 
     def classify(self, answer: str | None) -> int | None:
         """The class id of ``answer`` (creating a class if needed); None for no answer."""
@@ -483,7 +476,12 @@ class AnswerGrouper:
             return None
         cid = self._by_string.get(answer)
         if cid is None:
-            cid = self._find(answer)
+            key = self.key(answer)
+            cid = self._by_key.get(key)
+            if cid is None:
+                cid = self._by_key[key] = len(self._representatives)
+                self._representatives.append(answer)
+                self._sizes.append(0)
             self._by_string[answer] = cid
         self._sizes[cid] += 1
         return cid
@@ -491,32 +489,6 @@ class AnswerGrouper:
     def classify_many(self, answers: Iterable[str | None]) -> list[int | None]:
         """Class ids for many answers, in order (the same as calling :meth:`classify` on each)."""
         return [self.classify(a) for a in answers]
-
-    def _find(self, answer: str) -> int:
-        norm = normalize(answer, self.mode)
-        order = sorted(range(len(self._norms)), key=lambda c: (-self._sizes[c], c))
-        verdicts: list[bool | None] = [
-            (norm == self._norms[c]) if self.mode == "plain" else quick_equivalent(norm, self._norms[c])
-            for c in order
-        ]
-        # Only classes tested before the first certain match can still take precedence over it.
-        first_sure = next((i for i, v in enumerate(verdicts) if v is True), len(order))
-        undecided = [i for i in range(first_sure) if verdicts[i] is None]
-        if undecided:
-            verifier = self._verifier or default_verifier()
-            checked = verifier.equivalent_many([(norm, self._norms[order[i]]) for i in undecided])
-            for i, ok in zip(undecided, checked, strict=True):
-                verdicts[i] = ok
-        for i, verdict in enumerate(verdicts):
-            if verdict:
-                return order[i]
-        return self._new_class(answer, norm)
-
-    def _new_class(self, answer: str, norm: str) -> int:
-        self._norms.append(norm)
-        self._representatives.append(answer)
-        self._sizes.append(0)
-        return len(self._norms) - 1
 
 
 def group_answers(

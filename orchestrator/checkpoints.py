@@ -19,6 +19,7 @@ decision time, so class ids (the rules' tie-break) do not depend on which probe 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,9 +29,43 @@ from orchestrator.answers import AnswerGrouper
 from orchestrator.domain import Snapshot, TraceStatus
 from orchestrator.snapshots import trace_view
 from orchestrator.stopping.switch_model import switch_features
-from orchestrator.timing import own_checkpoint, running, started
+from orchestrator.timing import finishes_at, own_checkpoint, running, started
 
 CONFIDENCE_WINDOW_TOKENS = 2048
+
+
+class ExactSum:
+    """A running sum of floats that reads correctly rounded (Shewchuk's partials, as :func:`math.fsum`),
+    so a trace's window and whole-trace confidence means are the very numbers the simulator computes
+    with ``math.fsum`` over the same tokens, whatever order they were added and removed in."""
+
+    __slots__ = ("_partials",)
+
+    def __init__(self) -> None:
+        self._partials: list[float] = []
+
+    def add(self, x: float) -> None:
+        partials = self._partials
+        i = 0
+        for y in partials:
+            if abs(x) < abs(y):
+                x, y = y, x
+            hi = x + y
+            lo = y - (hi - x)
+            if lo:
+                partials[i] = lo
+                i += 1
+            x = hi
+        partials[i:] = [x]
+
+    @property
+    def value(self) -> float:
+        return math.fsum(self._partials)
+
+
+def mean_confidence(values: Sequence[float]) -> float | None:
+    """The mean of per-token confidences, correctly rounded sum over count (None for no tokens)."""
+    return math.fsum(values) / len(values) if len(values) else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +115,8 @@ class TraceState:
     total_tokens: int | None = None  # set when the upstream ended the trace
     # confidence (DeepConf, switch features with logprobs): trailing window over generated tokens
     window: deque[float] = field(default_factory=lambda: deque(maxlen=CONFIDENCE_WINDOW_TOKENS))
-    window_sum: float = 0.0
-    conf_sum: float = 0.0
+    window_sum: ExactSum = field(default_factory=ExactSum)
+    conf_sum: ExactSum = field(default_factory=ExactSum)
     conf_count: int = 0
     # where it stands in the run, on the global decision grid (orchestrator/timing.py)
     launched_at: int | None = None
@@ -125,17 +160,17 @@ class TraceState:
     def add_confidences(self, values: Sequence[float]) -> None:
         for v in values:
             if len(self.window) == self.window.maxlen:
-                self.window_sum -= self.window[0]
+                self.window_sum.add(-self.window[0])
             self.window.append(v)
-            self.window_sum += v
-        self.conf_sum += sum(values)
+            self.window_sum.add(v)
+            self.conf_sum.add(v)
         self.conf_count += len(values)
 
     def window_confidence(self) -> float | None:
-        return self.window_sum / len(self.window) if self.window else None
+        return self.window_sum.value / len(self.window) if self.window else None
 
     def trace_confidence(self) -> float | None:
-        return self.conf_sum / self.conf_count if self.conf_count else None
+        return self.conf_sum.value / self.conf_count if self.conf_count else None
 
     def full_text(self) -> str:
         return "".join(self.text)
@@ -202,32 +237,40 @@ class CheckpointBook:
     def any_running_at(self, checkpoint: int) -> bool:
         return any(running(t, t.launched_at, checkpoint) for t in self.live() if t.launched_at is not None)
 
+    def any_finishing_at(self, checkpoint: int) -> bool:
+        """Some live trace finished since the previous decision point (timing.finishes_at)."""
+        return any(
+            finishes_at(t, t.launched_at, checkpoint) for t in self.live() if t.launched_at is not None
+        )
+
     def record(self, checkpoint: int) -> None:
         """Read what every live trace shows at ``checkpoint`` (in trace order, so class ids follow the
-        order the rule sees answers in)."""
+        order the rule sees answers in), and at any own checkpoint before it not read yet."""
         for trace, k in self._reading(checkpoint):
-            if len(trace.history) >= k:
-                continue
-            position = k * self.interval_tokens
-            stale = False
-            if trace.finished_at(k):
-                answer = trace.final_answer
-                confidence = trace.trace_confidence()
+            while len(trace.history) < k:
+                self._record_one(trace, len(trace.history) + 1)
+
+    def _record_one(self, trace: TraceState, k: int) -> None:
+        position = k * self.interval_tokens
+        stale = False
+        if trace.finished_at(k):
+            answer = trace.final_answer
+            confidence = trace.trace_confidence()
+        else:
+            outcome = trace.probes[k]
+            crossing = trace.crossings.get(k)
+            confidence = crossing.confidence if crossing else None
+            if outcome.stale:
+                stale = True
+                answer = trace.answers[-1] if trace.answers else None
             else:
-                outcome = trace.probes[k]
-                crossing = trace.crossings.get(k)
-                confidence = crossing.confidence if crossing else None
-                if outcome.stale:
-                    stale = True
-                    answer = trace.answers[-1] if trace.answers else None
-                else:
-                    answer = outcome.answer if self.probes_enabled else None
-            previous = trace.confidences[-1] if trace.confidences else None
-            trace.answers.append(answer)
-            trace.history.append(self.grouper.classify(answer))
-            trace.confidences.append(confidence)
-            trace.stales.append(stale)
-            trace.features.append(self._features(tuple(trace.history), position, confidence, previous))
+                answer = outcome.answer if self.probes_enabled else None
+        previous = trace.confidences[-1] if trace.confidences else None
+        trace.answers.append(answer)
+        trace.history.append(self.grouper.classify(answer))
+        trace.confidences.append(confidence)
+        trace.stales.append(stale)
+        trace.features.append(self._features(tuple(trace.history), position, confidence, previous))
 
     def snapshot(
         self,

@@ -97,6 +97,7 @@ from orchestrator.timing import (
     cut_position,
     ends_idle,
     exhausted_answer,
+    finishes_only,
     launch_order,
     running,
 )
@@ -251,7 +252,9 @@ class _JobRun:
             self.voting,
             self.grouper,
             probes_enabled=self.strategy is not ProbeStrategy.NONE,
-            confidence_features=fit.switch_model.width == 5,
+            # features carry confidence when the upstream gives logprobs (as offline when the corpus
+            # has confidences), or when the switch model needs them
+            confidence_features=bool(self.caps.logprobs) or fit.switch_model.width == 5,
         )
         warmup_class = self.grouper.classify(fit.warmup_answer) if fit.warmup_answer else None
         result: JobResult | None = None
@@ -467,6 +470,9 @@ class _JobRun:
             t = book.decided + 1
             if not book.ready(t):
                 return None
+            if finishes_only(rule) and not book.any_finishing_at(t):
+                book.decided = t  # nothing it reads changed (timing.py)
+                continue
             snapshot = book.snapshot(
                 t, budget=self.spec.budget, warmup_answer_class=warmup_class, rule_state=self.rule_state
             )

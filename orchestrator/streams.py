@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.answers import DEFAULT_EXTRACTOR, answer_or_none, last_boxed
+from orchestrator.answers import DEFAULT_EXTRACTOR, answer_or_none
 from orchestrator.checkpoints import Crossing, ProbeOutcome, TraceState
 from orchestrator.domain import JobSpec, ProbeStrategy, TraceStatus
 from orchestrator.errors import (
@@ -32,6 +32,7 @@ from orchestrator.errors import (
     kind_of,
 )
 from orchestrator.providers.base import Capabilities, ProbeRequest, Provider, StreamDelta, TraceRequest
+from orchestrator.providers.extract import extract_answer
 from orchestrator.providers.hangup import Hangup
 from orchestrator.store.base import Store, TokenChunk
 from orchestrator.tokens import estimate_messages_tokens, estimate_tokens
@@ -296,7 +297,7 @@ class TraceStreamer:
         if self.strategy is ProbeStrategy.NONE:
             trace.probes[t] = ProbeOutcome(None, "none")
         elif self.strategy is ProbeStrategy.EXTRACT:
-            trace.probes[t] = ProbeOutcome(answer_or_none(last_boxed(crossing.prefix)))
+            trace.probes[t] = ProbeOutcome(answer_or_none(extract_answer(crossing.prefix)))
         else:
             probes.create_task(self._probe(trace, crossing), name=f"probe-{trace.index}-{t}")
             return

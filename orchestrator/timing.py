@@ -8,7 +8,9 @@ on the global decision point ``l + k``. Launches happen only at decision points,
 checkpoints are global decision points and one grid serves every trace, staggered or not.
 
 At every decision point t >= 1 the rule is asked once, whatever it is (probing or not, launching in
-waves or all at once): it may stop, prune, launch more traces or continue. A trace that finishes between
+waves or all at once): it may stop, prune, launch more traces or continue. A rule that reads nothing
+but finished traces says so (``decides_on_finishes``: sc, esc, asc); it is asked only at the decision
+points where some live trace finished (it would see nothing new at the others), in both paths alike. A trace that finishes between
 two decision points is seen finished at the next one (finishes are batched onto the grid). After a
 decision that neither stopped nor launched, the run ends ("budget exhausted") when nothing is left
 running; its answer is the plurality of the live traces' final answers in trace order.
@@ -58,6 +60,17 @@ class Finishes(Protocol):
 def running(trace: Finishes, launched_at: int, checkpoint: int) -> bool:
     """Still generating at ``checkpoint``: not finished by its own checkpoint there."""
     return not trace.finished_at(own_checkpoint(launched_at, checkpoint))
+
+
+def finishes_only(rule: object) -> bool:
+    """The rule reads finished traces only: ask it only where a trace finished."""
+    return bool(getattr(rule, "decides_on_finishes", False))
+
+
+def finishes_at(trace: Finishes, launched_at: int, checkpoint: int) -> bool:
+    """The trace finished between the previous decision point and ``checkpoint``."""
+    k = own_checkpoint(launched_at, checkpoint)
+    return k >= 1 and trace.finished_at(k) and not trace.finished_at(k - 1)
 
 
 def cut_position(launched_at: int, checkpoint: int, interval_tokens: int) -> int:

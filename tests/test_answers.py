@@ -16,11 +16,13 @@ from orchestrator.answers import (
     MathVerifier,
     answer_or_none,
     group_answers,
+    integer_key,
     last_boxed,
     normalize,
-    quick_equivalent,
+    quick_key,
 )
 from orchestrator.corpus import NO_ANSWER
+from orchestrator.evaluation.grouping import answer_keys, group_by_keys
 
 
 @pytest.fixture(scope="module")
@@ -100,12 +102,11 @@ def test_normalize(raw: str, norm: str) -> None:
     assert normalize(raw) == norm
 
 
-def test_quick_path_decides_numbers() -> None:
-    """Integers and plain rationals are decided without math-verify; other pairs are left open."""
-    assert quick_equivalent("42", "43") is False
-    assert quick_equivalent(r"\frac{1}{2}", "0.5") is True
-    assert quick_equivalent("1/2", "0.5") is True
-    assert quick_equivalent("x+1", "1+x") is None
+def test_quick_keys_need_no_parser() -> None:
+    """Plain integers and plain-mode strings are keyed in-process; anything else needs the parser."""
+    assert quick_key("42") == integer_key("42") == "num:42"
+    assert quick_key("x+1") is None
+    assert quick_key("paris", "plain") == "str:paris"
 
 
 # --- grouping ---
@@ -158,35 +159,34 @@ def test_plain_mode_is_string_normalisation() -> None:
 
 
 class _ScriptedVerifier(MathVerifier):
-    """A verifier with fixed verdicts: lets the test pin which classes are equivalent."""
+    """A verifier with fixed keys: lets the test pin which strings share a class."""
 
-    def __init__(self, equal: set[frozenset[str]]) -> None:
+    def __init__(self, keys: dict[str, str]) -> None:
         super().__init__()
-        self.equal = equal
-        self.asked: list[tuple[str, str]] = []
+        self.fixed = keys
+        self.asked: list[str] = []
 
-    def equivalent_many(self, pairs: Sequence[tuple[str, str]]) -> list[bool]:
-        self.asked.extend(pairs)
-        return [frozenset(p) in self.equal for p in pairs]
-
-
-def test_new_answer_joins_largest_equivalent_class_first() -> None:
-    """When an answer matches several classes, the largest (then the oldest) wins."""
-    scripted = _ScriptedVerifier({frozenset({"c", "a"}), frozenset({"c", "b"})})
-    grouper = AnswerGrouper(verifier=scripted)
-    assert grouper.classify_many(["a", "b", "b", "c"]) == [0, 1, 1, 1]
-    scripted2 = _ScriptedVerifier({frozenset({"c", "a"}), frozenset({"c", "b"})})
-    grouper2 = AnswerGrouper(verifier=scripted2)
-    assert grouper2.classify_many(["a", "b", "c"]) == [0, 1, 0]  # equal sizes: the older class
+    def keys(self, norms: Sequence[str]) -> list[str]:
+        self.asked.extend(norms)
+        return [self.fixed.get(n, f"str:{n}") for n in norms]
 
 
-def test_repeated_strings_skip_comparisons() -> None:
+def test_repeated_strings_are_keyed_once() -> None:
     """A string already seen is classified from memory, without asking the verifier again."""
-    scripted = _ScriptedVerifier(set())
+    scripted = _ScriptedVerifier({"a": "k1", "c": "k1"})
     grouper = AnswerGrouper(verifier=scripted)
-    grouper.classify_many(["a", "b", "a", "b", "a"])
-    assert scripted.asked == [("b", "a")]
-    assert grouper.sizes == (3, 2)
+    assert grouper.classify_many(["a", "b", "a", "b", "c", "a"]) == [0, 1, 0, 1, 0, 0]
+    assert scripted.asked == ["a", "b", "c"]
+    assert grouper.sizes == (4, 2)
+
+
+def test_one_key_live_and_offline(verifier: MathVerifier) -> None:
+    """x+1 ~ 1+x and {1,2} ~ {2,1} are one class live (per-job grouper) and offline (corpus keys)."""
+    answers = ["x+1", "1+x", r"\{1,2\}", r"\{2,1\}", "x^2-1", "(x-1)(x+1)", "3", "0.5", r"\frac{1}{2}"]
+    live = AnswerGrouper(verifier=verifier).classify_many(answers)
+    keys = answer_keys(answers, workers=1)
+    offline = group_by_keys([keys[a] for a in answers])
+    assert live == offline == [0, 0, 1, 1, 2, 2, 3, 4, 4]
 
 
 def test_pathological_input_is_not_equivalent_within_the_limit() -> None:
@@ -194,25 +194,24 @@ def test_pathological_input_is_not_equivalent_within_the_limit() -> None:
     and a string that timed out twice is refused at once afterwards."""
     tower = r"10^{10^{10^{10}}}"
     with MathVerifier(timeout_s=1.0) as v:
-        assert v.equivalent("x+1", "1+x")  # child started and warm
+        assert v.key("x+1") == v.key("1+x")  # child started and warm
         start = time.monotonic()
-        assert v.equivalent(tower, "x") is False
+        assert v.key(tower) == f"str:{tower}"
         assert time.monotonic() - start < 5.0
         assert v.timeouts == 1
-        assert v.equivalent("x+2", "2+x")  # a fresh child answers
+        assert v.key("x+2") == v.key("2+x")  # a fresh child answers
         assert v.child_starts == 2
-        assert v.equivalent(tower, "y") is False
+        assert v.key(tower) == f"str:{tower}"
         assert v.timeouts == 2
         start = time.monotonic()
-        assert v.equivalent(tower, "z") is False  # refused without a round trip
+        assert v.key(tower) == f"str:{tower}"  # refused without a round trip
         assert time.monotonic() - start < 0.1
         assert v.timeouts == 2
 
 
 def test_results_are_cached(verifier: MathVerifier) -> None:
-    """A pair is verified once; its reverse and repeats come from the cache."""
+    """A string is keyed once; repeats come from the cache."""
     before = verifier.cache_hits
-    assert verifier.equivalent("2x", "x*2")
-    assert verifier.equivalent("x*2", "2x")
-    assert verifier.equivalent_many([("2x", "x*2")] * 3) == [True] * 3
-    assert verifier.cache_hits - before == 4
+    assert verifier.key("2x") == verifier.key("x*2")
+    assert verifier.keys(["2x", "x*2", "2x"]) == [verifier.key("2x")] * 3
+    assert verifier.cache_hits - before == 3  # a call looks each distinct string up once

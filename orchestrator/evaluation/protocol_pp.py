@@ -13,10 +13,10 @@ Per question: Cost = sum of charges of started traces, Seq_Cost = largest single
 windows of the window's largest). Per repetition: mean over questions. Reported: the mean over
 repetitions, accuracy ×100 rounded to 2 decimals, costs truncated to integers.
 
-The bookkeeping of each method lives here because the charging *is* the protocol. Parallel-Probe's and
-SAC's stop/prune decisions are taken by the shared rules of ``orchestrator.stopping`` when those rules
-reproduce the protocol (see :mod:`orchestrator.evaluation.pp_rules`); the exact reference arithmetic
-below is the fallback and the yardstick.
+Every method's decisions come from its shipped rule (``orchestrator.stopping``) driven by the
+simulator on the protocol's reading of each trace (:func:`pp_timeline`); only the charging lives here,
+because the charging *is* the protocol. The authors' hand-written bookkeeping survives as a cross-check
+in the tests (``tests/evaluation/pp_reference.py``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cache
 
 import numpy as np
 
@@ -32,7 +31,12 @@ from orchestrator.corpus import Corpus
 from orchestrator.domain import majority
 from orchestrator.evaluation.prepared import PreparedQuestion, PreparedTrace, prepare
 from orchestrator.evaluation.simulate import QuestionTimeline, TraceTimeline, simulate
+from orchestrator.stopping.asc import AdaptiveConsistency
 from orchestrator.stopping.base import StoppingRule
+from orchestrator.stopping.esc import EarlyStoppingSC
+from orchestrator.stopping.parallel_probe import ParallelProbe
+from orchestrator.stopping.sac import SelfAdaptiveStop
+from orchestrator.stopping.sc import SelfConsistency
 
 PP_METHODS = ("sc", "esc", "asc", "sac", "parallel-probe")
 
@@ -67,161 +71,96 @@ def permutation(repetition: int, n: int) -> list[int]:
     return order
 
 
-# --- reads ------------------------------------------------------------------------------------
+# --- the shared rules under Protocol A's charging ---------------------------------------------
 
 
-def _read(trace: PreparedTrace, reads_done: int, interval: int) -> tuple[int | None, int, bool]:
-    """The (reads_done + 1)-th read of a trace: (answer, charge, finished)."""
+def pp_rule(method: str, p: PPParams) -> StoppingRule:
+    """The shipped rule that decides ``method`` under Protocol A (the authors' settings)."""
+    if method == "sc":
+        return SelfConsistency()
+    if method == "esc":
+        return EarlyStoppingSC(window=p.esc_window, answer_from="window")
+    if method == "asc":
+        return AdaptiveConsistency(threshold=p.asc_threshold)
+    if method == "sac":
+        return SelfAdaptiveStop(streak=p.sac_streak)
+    if method == "parallel-probe":
+        return ParallelProbe(
+            warmup_steps=p.pp_warmup_steps, patience=p.pp_prune_patience, stability=p.pp_stable_steps
+        )
+    raise KeyError(f"unknown Protocol A method {method!r}; known: {', '.join(PP_METHODS)}")
+
+
+def pp_timeline(q: PreparedQuestion) -> QuestionTimeline:
+    """The question as Protocol A reads it: read k (k <= L) shows probe k, read L + 1 shows the final
+    answer and finishes the trace, whatever its real length."""
+    last = max(len(t.checkpoint_classes) for t in q.traces) + 1
+    traces = []
+    for t in q.traces:
+        n_probes = len(t.checkpoint_classes)
+        classes = tuple(t.checkpoint_classes[k] if k < n_probes else t.final_class for k in range(last))
+        traces.append(
+            TraceTimeline(
+                classes=classes,
+                finish_checkpoint=n_probes + 1,
+                total_tokens=t.total_tokens,
+                final_class=t.final_class,
+                features=((),) * last,
+                probe_output_tokens=(0,) * last,
+                confidences=(None,) * last,
+            )
+        )
+    return QuestionTimeline(q.qid, q.probe_interval_tokens, last, tuple(traces), q.gold_class, q.answers)
+
+
+def _charge(trace: PreparedTrace, reads: int, interval: int) -> int:
+    """A trace read ``reads`` times: ``interval`` per probe read (even past its real end), then the
+    remainder up to its real end for the read that finishes it."""
     n_probes = len(trace.checkpoint_classes)
-    if reads_done < n_probes:
-        return trace.checkpoint_classes[reads_done], interval, False
-    return trace.final_class, max(0, trace.total_tokens - interval * n_probes), True
+    done = max(0, trace.total_tokens - interval * n_probes) if reads > n_probes else 0
+    return interval * min(reads, n_probes) + done
 
 
-# --- full-read methods ------------------------------------------------------------------------
+Runner = Callable[[PreparedQuestion, Sequence[int], PPParams], RunOutcome]
 
 
-def run_sc(q: PreparedQuestion, order: Sequence[int], p: PPParams) -> RunOutcome:
-    chosen = [q.traces[i] for i in order[: p.budget]]
-    totals = [t.total_tokens for t in chosen]
-    return RunOutcome(majority([t.final_class for t in chosen]), sum(totals), max(totals))
+def rule_runner(rule: StoppingRule, *, window: int = 0) -> Runner:
+    """A Protocol A runner whose decisions come from a shipped stopping rule driven by the simulator.
+
+    Probing rules (sac, parallel-probe) are charged read by read; full-read rules (sc, esc, asc) are
+    charged every started trace's whole length, and their Seq_Cost is the longest one (with
+    ``window``: the sum over windows of the window's longest, as ESC's authors count it)."""
+    timelines: dict[str, QuestionTimeline] = {}
+
+    def run(q: PreparedQuestion, order: Sequence[int], p: PPParams) -> RunOutcome:
+        tl = timelines.get(q.qid)
+        if tl is None:
+            tl = timelines[q.qid] = pp_timeline(q)
+        voting = order[: p.budget]
+        sim = simulate(rule, tl, voting)
+        if not rule.needs_probes:
+            started = [q.traces[i].total_tokens for i in voting[: sim.traces_started]]
+            if window:
+                seq = sum(max(started[w : w + window]) for w in range(0, len(started), window))
+            else:
+                seq = max(started)
+            return RunOutcome(sim.answer, sum(started), seq, sim.stop_checkpoint)
+        charges = [
+            _charge(q.traces[i], reads, q.probe_interval_tokens)
+            for i, reads in zip(voting, sim.slot_checkpoints, strict=True)
+        ]
+        reads = sum(
+            min(c, len(q.traces[i].checkpoint_classes))
+            for i, c in zip(voting, sim.slot_checkpoints, strict=True)
+        )
+        return RunOutcome(sim.answer, sum(charges), max(charges), sim.stop_checkpoint, reads)
+
+    return run
 
 
-def run_esc(q: PreparedQuestion, order: Sequence[int], p: PPParams) -> RunOutcome:
-    drawn: list[int | None] = []
-    cost = seq = 0
-    chosen = [q.traces[i] for i in order[: p.budget]]
-    for start in range(0, p.budget - p.esc_window + 1, p.esc_window):
-        window = chosen[start : start + p.esc_window]
-        answers = [t.final_class for t in window]
-        drawn.extend(answers)
-        cost += sum(t.total_tokens for t in window)
-        seq += max(t.total_tokens for t in window)
-        if len(set(answers)) == 1:
-            return RunOutcome(answers[0], cost, seq)
-    return RunOutcome(majority(drawn), cost, seq)
-
-
-@cache
-def asc_confidence(v1: int, v2: int) -> float:
-    """P(leader's share > 1/2) under Beta(v1 + 1, v2 + 1): Adaptive-Consistency's stop statistic."""
-    from scipy.stats import beta
-
-    return float(1.0 - beta.cdf(0.5, v1 + 1, v2 + 1))
-
-
-def run_asc(q: PreparedQuestion, order: Sequence[int], p: PPParams) -> RunOutcome:
-    drawn: list[int | None] = []
-    counts: dict[int | None, int] = {}
-    cost = seq = 0
-    for i in order[: p.budget]:
-        t = q.traces[i]
-        drawn.append(t.final_class)
-        counts[t.final_class] = counts.get(t.final_class, 0) + 1
-        cost += t.total_tokens
-        seq = max(seq, t.total_tokens)
-        if len(drawn) < 2:
-            continue
-        top = sorted(counts.values(), reverse=True)
-        v1, v2 = top[0], (top[1] if len(top) > 1 else 0)
-        if asc_confidence(v1, v2) > p.asc_threshold:
-            return RunOutcome(majority(drawn), cost, seq)
-    return RunOutcome(majority(drawn), cost, seq)
-
-
-# --- per-trace convergence (SAC) --------------------------------------------------------------
-
-
-def sac_trace(trace: PreparedTrace, interval: int, streak_needed: int) -> tuple[int | None, int]:
-    """One trace probed until ``streak_needed`` identical consecutive reads: (answer, charge)."""
-    answer, charge, _ = _sac_reads(trace, interval, streak_needed)
-    return answer, charge
-
-
-def _sac_reads(trace: PreparedTrace, interval: int, streak_needed: int) -> tuple[int | None, int, int]:
-    answer, charge, finished = _read(trace, 0, interval)
-    reads, streak, last = 1, 1, answer
-    while not finished:
-        answer, c, finished = _read(trace, reads, interval)
-        reads += 1
-        charge += c
-        streak = streak + 1 if answer == last else 1
-        last = answer
-        if streak >= streak_needed:
-            break
-    return answer, charge, min(reads, len(trace.checkpoint_classes))
-
-
-def run_sac(q: PreparedQuestion, order: Sequence[int], p: PPParams) -> RunOutcome:
-    outcomes = [_sac_reads(q.traces[i], q.probe_interval_tokens, p.sac_streak) for i in order[: p.budget]]
-    charges = [c for _, c, _ in outcomes]
-    reads = sum(r for _, _, r in outcomes)
-    return RunOutcome(majority([a for a, _, _ in outcomes]), sum(charges), max(charges), 0, reads)
-
-
-# --- Parallel-Probe ---------------------------------------------------------------------------
-
-
-def run_parallel_probe(q: PreparedQuestion, order: Sequence[int], p: PPParams) -> RunOutcome:
-    """Parallel-Probe (2D probing with pruning), with the authors' step semantics."""
-    interval = q.probe_interval_tokens
-    slots = [q.traces[i] for i in order[: p.budget]]
-    n = len(slots)
-    reads = [0] * n
-    charge = [0] * n
-    current: list[int | None] = [None] * n
-    finished = [False] * n
-    pruned = [False] * n
-    off_track = [0] * n
-    for s in range(n):
-        current[s], charge[s], finished[s] = _read(slots[s], 0, interval)
-        reads[s] = 1
-    stable, prev_winner = 0, None
-    winner: int | None = None
-    step = 0
-    while step < p.pp_max_steps:
-        for s in range(n):
-            if pruned[s] or finished[s]:
-                continue
-            current[s], c, finished[s] = _read(slots[s], reads[s], interval)
-            reads[s] += 1
-            charge[s] += c
-        active = [s for s in range(n) if not pruned[s]]
-        if not active:
-            break
-        winner = majority([current[s] for s in active])
-        if step >= p.pp_warmup_steps and len(active) > 1:
-            for s in active:
-                if finished[s]:
-                    continue
-                off_track[s] = off_track[s] + 1 if current[s] != winner else 0
-                if off_track[s] >= p.pp_prune_patience:
-                    pruned[s] = True
-            active = [s for s in active if not pruned[s]]
-            if not active:
-                break
-            winner = majority([current[s] for s in active])
-        stable = stable + 1 if winner == prev_winner else 0
-        prev_winner = winner
-        if stable >= p.pp_stable_steps:
-            return RunOutcome(winner, sum(charge), max(charge), step + 1, _probe_reads(slots, reads))
-        if all(finished[s] or pruned[s] for s in range(n)):
-            break
-        step += 1
-    return RunOutcome(prev_winner, sum(charge), max(charge), step + 1, _probe_reads(slots, reads))
-
-
-def _probe_reads(slots: Sequence[PreparedTrace], reads: Sequence[int]) -> int:
-    return sum(min(r, len(t.checkpoint_classes)) for t, r in zip(slots, reads, strict=True))
-
-
-RUNNERS = {
-    "sc": run_sc,
-    "esc": run_esc,
-    "asc": run_asc,
-    "sac": run_sac,
-    "parallel-probe": run_parallel_probe,
-}
+def runner(method: str, p: PPParams) -> Runner:
+    """The Protocol A runner of ``method``: its shipped rule under the protocol's charging."""
+    return rule_runner(pp_rule(method, p), window=p.esc_window if method == "esc" else 0)
 
 
 # --- aggregation ------------------------------------------------------------------------------
@@ -286,10 +225,16 @@ def evaluate_pp(
     questions = [prepare(q) for q in corpus.questions]
     gold = [q.gold_class for q in questions]
     orders = [[permutation(r, len(q.traces)) for q in questions] for r in range(repetitions)]
-    full = [[run_sc(q, o, params).answer for q, o in zip(questions, os, strict=True)] for os in orders]
+    full = [
+        [
+            majority([q.traces[i].final_class for i in o[: params.budget]])
+            for q, o in zip(questions, os, strict=True)
+        ]
+        for os in orders
+    ]
     out: dict[str, PPResult] = {}
     for method in methods:
-        run = RUNNERS[method]
+        run = runner(method, params)
         per_rep = []
         for os in orders:
             per_rep.append([run(q, o, params) for q, o in zip(questions, os, strict=True)])
@@ -297,58 +242,3 @@ def evaluate_pp(
                 on_progress(1)
         out[method] = aggregate(per_rep, gold, full)
     return out
-
-
-# --- the shared rules under Protocol A's charging ---------------------------------------------
-
-
-def pp_timeline(q: PreparedQuestion) -> QuestionTimeline:
-    """The question as Protocol A reads it: read k (k <= L) shows probe k, read L + 1 shows the final
-    answer and finishes the trace, whatever its real length."""
-    last = max(len(t.checkpoint_classes) for t in q.traces) + 1
-    traces = []
-    for t in q.traces:
-        n_probes = len(t.checkpoint_classes)
-        classes = tuple(t.checkpoint_classes[k] if k < n_probes else t.final_class for k in range(last))
-        traces.append(
-            TraceTimeline(
-                classes=classes,
-                finish_checkpoint=n_probes + 1,
-                total_tokens=t.total_tokens,
-                final_class=t.final_class,
-                features=((),) * last,
-                probe_output_tokens=(0,) * last,
-                confidences=(None,) * last,
-            )
-        )
-    return QuestionTimeline(q.qid, q.probe_interval_tokens, last, tuple(traces), q.gold_class, q.answers)
-
-
-def _charge(trace: PreparedTrace, reads: int, interval: int) -> int:
-    n_probes = len(trace.checkpoint_classes)
-    done = max(0, trace.total_tokens - interval * n_probes) if reads > n_probes else 0
-    return interval * min(reads, n_probes) + done
-
-
-def rule_runner(rule: StoppingRule) -> Callable[[PreparedQuestion, Sequence[int], PPParams], RunOutcome]:
-    """A Protocol A runner whose decisions come from a shared stopping rule (per-checkpoint rules
-    only: every running, unpruned trace is read once per checkpoint)."""
-    timelines: dict[str, QuestionTimeline] = {}
-
-    def run(q: PreparedQuestion, order: Sequence[int], p: PPParams) -> RunOutcome:
-        tl = timelines.get(q.qid)
-        if tl is None:
-            tl = timelines[q.qid] = pp_timeline(q)
-        voting = order[: p.budget]
-        sim = simulate(rule, tl, voting)
-        charges = [
-            _charge(q.traces[i], reads, q.probe_interval_tokens)
-            for i, reads in zip(voting, sim.slot_checkpoints, strict=True)
-        ]
-        reads = sum(
-            min(c, len(q.traces[i].checkpoint_classes))
-            for i, c in zip(voting, sim.slot_checkpoints, strict=True)
-        )
-        return RunOutcome(sim.answer, sum(charges), max(charges), sim.stop_checkpoint, reads)
-
-    return run

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
-import numpy as np
-
-from orchestrator.domain import Decision, Snapshot, TraceView, majority
+from orchestrator.checkpoints import CONFIDENCE_WINDOW_TOKENS, mean_confidence
+from orchestrator.domain import NO_ANSWER, Decision, Snapshot, TraceView, majority
 from orchestrator.evaluation.prepared import PreparedQuestion
 from orchestrator.snapshots import trace_view
 from orchestrator.stopping.base import StoppingRule
@@ -30,6 +30,7 @@ from orchestrator.stopping.tally import SharedViews
 from orchestrator.timing import (
     ends_idle,
     exhausted_answer,
+    finishes_only,
     launch_order,
     own_checkpoint,
     running,
@@ -99,12 +100,13 @@ class QuestionTimeline:
     answers: tuple[str, ...]
 
 
-def _trailing_confidence(confs: Sequence[float], upto: int, window: int = 2048) -> float | None:
+def _trailing_confidence(
+    confs: Sequence[float], upto: int, window: int = CONFIDENCE_WINDOW_TOKENS
+) -> float | None:
     if upto <= 0 or not confs:
         return None
     upto = min(upto, len(confs))
-    lo = max(0, upto - window)
-    return float(np.mean(confs[lo:upto]))
+    return mean_confidence(confs[max(0, upto - window) : upto])
 
 
 def timeline(
@@ -126,7 +128,7 @@ def timeline(
             lowest = lowest_window_confidence(t.confidences)
             c = t.confidences
             confs = tuple(
-                float(np.mean(c)) if p >= t.total_tokens and c else _trailing_confidence(c, p)
+                mean_confidence(c) if p >= t.total_tokens and c else _trailing_confidence(c, p)
                 for p in positions
             )
             filled = [0.0 if v is None else v for v in confs]
@@ -153,11 +155,99 @@ def timeline(
     return QuestionTimeline(q.qid, interval, n_cp, tuple(traces), q.gold_class, q.answers)
 
 
-ViewCache = dict[tuple[bool, bool], dict[int, TraceView]]
-# Trace views by (needs_probes, oracle), then by slot, checkpoint read and pruned flag (one int).
-# Whole checkpoints before any pruning, keyed (checkpoint, needs_probes, oracle): the views and the
-# probe calls, output tokens and input tokens that checkpoint charges.
-CheckpointCache = dict[tuple[int, bool, bool], tuple[tuple[TraceView, ...], int, int, int]]
+ViewCache = dict[tuple[object, ...], Any]
+# Per voting order: the relabelled slots by ("slots", needs_probes, warmup class) (:func:`_relabelled`),
+# and trace views by (needs_probes, oracle, warmup class), then by slot, own checkpoint read and pruned
+# flag (one int).
+# Whole checkpoints before any pruning, keyed (checkpoint, needs_probes, oracle, warmup class): the
+# views and the probe calls, output tokens and input tokens that checkpoint charges.
+CheckpointCache = dict[tuple[int, bool, bool, int | None], tuple[tuple[TraceView, ...], int, int, int]]
+
+
+@dataclass(frozen=True, slots=True)
+class Relabelled:
+    """A run's slots with class ids renumbered the way the live service numbers them: in order of
+    first appearance as the rule reads answers (the warmup answer first, then checkpoint by
+    checkpoint, slot by slot), for a run that launches every slot at the start and prunes nothing.
+    Tie-breaks that go to the lowest class id then agree with the live coordinator's."""
+
+    slots: tuple[TraceTimeline, ...]
+    to_run: dict[int, int]  # question class id -> run class id
+    to_question: dict[int, int]
+    seen_through: tuple[int, ...]  # distinct classes read by checkpoint k (index k; 0 = the warmup)
+
+
+def _relabelled(tl: QuestionTimeline, voting: Sequence[int], probes: bool, warmup: int | None) -> Relabelled:
+    traces = [tl.traces[i] for i in voting]
+    order: dict[int, int] = {}
+    if warmup is not None:
+        order[warmup] = 0
+    seen = [len(order)]
+    for k in range(1, max(t.finish_checkpoint for t in traces) + 1):
+        for tr in traces:
+            c = tr.class_at(k) if (probes or tr.finished_at(k)) else None
+            if c is not None and c not in order:
+                order[c] = len(order)
+        seen.append(len(order))
+    for tr in traces:  # classes a run never shows (unprobed answers) keep distinct ids after those
+        for c in (*tr.classes, tr.final_class):
+            if c is not None and c not in order:
+                order[c] = len(order)
+
+    def run(c: int | None) -> int | None:
+        return None if c is None else order[c]
+
+    slots = tuple(
+        replace(tr, classes=tuple(run(c) for c in tr.classes), final_class=run(tr.final_class))
+        for tr in traces
+    )
+    return Relabelled(slots, order, {v: c for c, v in order.items()}, tuple(seen))
+
+
+class _Renumbering:
+    """Checks that a run that launched late or pruned still reads classes in the relabelled order;
+    once it does not, renumbers its views in its own order of first appearance (the live numbering)."""
+
+    def __init__(self, seen: int) -> None:
+        self.ids: dict[int, int] = {c: c for c in range(seen)}  # relabelled id -> run id
+        self.identity = True
+
+    def views(self, views: tuple[TraceView, ...]) -> tuple[TraceView, ...]:
+        for v in views:
+            c = v.answer_class
+            if c is not None and c not in self.ids:
+                if c != len(self.ids):
+                    self.identity = False
+                self.ids[c] = len(self.ids)
+        if self.identity:
+            return views
+        ids = self.ids
+
+        def run(c: int | None) -> int | None:
+            if c is None:
+                return None
+            if c not in ids:  # an oracle's final class the run has not read yet
+                ids[c] = len(ids)
+            return ids[c]
+
+        return tuple(
+            replace(
+                v,
+                answer_class=run(v.answer_class),
+                history=tuple(run(c) for c in v.history),
+                final_class=run(v.final_class),
+            )
+            for v in views
+        )
+
+    def back(self, c: int | None) -> int | None:
+        """A run class id as a relabelled id."""
+        if c is None or self.identity:
+            return c
+        for relabelled, run in self.ids.items():
+            if run == c:
+                return relabelled
+        return c
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +267,7 @@ class SimRun:
     slot_checkpoints: tuple[int, ...] = ()  # per slot: the last checkpoint it was read at
 
 
-def simulate(
+def simulate(  # noqa: C901 - one event loop over the timing policy; split with the job-run stages
     rule: StoppingRule,
     tl: QuestionTimeline,
     voting: Sequence[int],
@@ -204,7 +294,16 @@ def simulate(
     if weights is not None or eligible is not None:
         cache = checkpoints = None
     n = budget = len(voting)
-    slots = [tl.traces[i] for i in voting]
+    probes = rule.needs_probes
+    slot_key = ("slots", probes, warmup_answer_class)
+    labels = cache.get(slot_key) if cache is not None else None
+    if labels is None:
+        labels = _relabelled(tl, voting, probes, warmup_answer_class)
+        if cache is not None:
+            cache[slot_key] = labels
+    slots = labels.slots
+    warmup = None if warmup_answer_class is None else labels.to_run[warmup_answer_class]
+    renumbering: _Renumbering | None = None
     interval = tl.interval_tokens
     k_classes = num_classes if num_classes is not None else budget
     w = list(weights) if weights is not None else [1.0] * n
@@ -218,20 +317,32 @@ def simulate(
     probe_calls = probe_out = probe_in = 0
     state: object = None
     decision: Decision | None = None
-    probes = rule.needs_probes
+    only_finishes = finishes_only(rule)
+    finish_cp = [None if at is None else at + slots[s].finish_checkpoint for s, at in enumerate(launched_at)]
     cp = 0
+    together_until = 0  # the last decision point before the run left the relabelled order
     while True:
-        cp += 1
+        if only_finishes:  # asked only where a trace finishes: jump there (timing.py)
+            cp = min(c for s, c in enumerate(finish_cp) if c is not None and c > cp and pruned_at[s] is None)
+        else:
+            cp += 1
         shared = checkpoints if checkpoints is not None and together else None
-        key = (cp, probes, oracle)
+        key = (cp, probes, oracle, warmup)
         hit = shared.get(key) if shared is not None else None
         if hit is None:
-            hit = _views(slots, launched_at, pruned_at, cp, interval, w, ok, probes, oracle, cache)
+            hit = _views(slots, launched_at, pruned_at, cp, interval, w, ok, probes, oracle, warmup, cache)
             if shared is not None:
                 # the rules that see this checkpoint share its views and their trace arrays
                 hit = (SharedViews(hit[0]), *hit[1:])
                 shared[key] = hit
         traces, calls_cp, out_cp, in_cp = hit
+        if together:
+            together_until = cp
+        else:
+            if renumbering is None:  # the run read what the relabelled order read until then
+                seen = labels.seen_through[min(together_until, len(labels.seen_through) - 1)]
+                renumbering = _Renumbering(seen)
+            traces = renumbering.views(traces)
         probe_calls += calls_cp
         probe_out += out_cp
         probe_in += in_cp
@@ -242,7 +353,7 @@ def simulate(
             budget=budget,
             num_classes=k_classes,
             probe_interval_tokens=interval,
-            warmup_answer_class=warmup_answer_class,
+            warmup_answer_class=warmup,
             rule_state=state,
         )
         decision = rule.decide(snapshot)
@@ -258,6 +369,7 @@ def simulate(
         if decision.launch > 0:
             for s in launch_order([s for s in range(n) if launched_at[s] is None], decision.launch):
                 launched_at[s] = cp
+                finish_cp[s] = cp + slots[s].finish_checkpoint
                 launched += 1
                 together = False
         if together:
@@ -279,9 +391,12 @@ def simulate(
     ]  # when each trace stopped generating for the vote, on the token clock
     if decision.stop:
         answer = decision.answer_class
+        if renumbering is not None:
+            answer = renumbering.back(answer)
     else:  # ended without a stop: vote over the final answers of what is left
         live = [s for s in range(n) if launched_at[s] is not None and pruned_at[s] is None and ok[s]]
         answer = exhausted_answer([slots[s].final_class for s in live], [w[s] for s in live])
+    answer = None if answer is None else labels.to_question.get(answer, answer)
     return SimRun(
         answer=answer,
         stopped=decision.stop,
@@ -292,7 +407,8 @@ def simulate(
         probe_output_tokens=probe_out,
         probe_input_tokens=probe_in,
         traces_started=sum(at is not None for at in launched_at),
-        reason=decision.reason,
+        # an answerless end is a failure live (results.no_answer), whatever the rule said
+        reason=NO_ANSWER if answer is None else decision.reason,
         slot_checkpoints=tuple(
             0 if k is None else min(k, tr.finish_checkpoint) for k, tr in zip(read_to, slots, strict=True)
         ),
@@ -309,6 +425,7 @@ def _views(
     ok: Sequence[bool],
     probes: bool,
     oracle: bool,
+    warmup: int | None,
     cache: ViewCache | None,
 ) -> tuple[tuple[TraceView, ...], int, int, int]:
     """The trace views of checkpoint ``cp`` and the probe calls, output and input tokens it charges
@@ -316,7 +433,7 @@ def _views(
     probe_calls = probe_out = probe_in = 0
     views: list[TraceView] = []
     append = views.append
-    known = cache.setdefault((probes, oracle), {}) if cache is not None else None
+    known = cache.setdefault((probes, oracle, warmup), {}) if cache is not None else None
     for s, tr in enumerate(slots):
         at = launched_at[s]
         k = 0 if at is None or at >= cp else visible_checkpoint(at, cp, pruned_at[s])

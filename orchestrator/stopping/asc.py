@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from math import comb
+from typing import ClassVar
 
 from orchestrator.domain import Decision, Snapshot
 from orchestrator.stopping.tally import vote_in_trace_order
@@ -29,6 +30,7 @@ class AdaptiveConsistency:
     min_answers: int = 2
     name: str = "asc"
     needs_probes: bool = False
+    decides_on_finishes: ClassVar[bool] = True  # asked only when a trace finishes (timing.py)
 
     def initial_traces(self, budget: int) -> int:
         return min(1, budget)

@@ -10,7 +10,7 @@ the decision either stops or asks for the next window through ``Decision.launch`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from orchestrator.domain import Decision, Snapshot
 from orchestrator.stopping.tally import vote_in_trace_order
@@ -22,6 +22,7 @@ class EarlyStoppingSC:
     answer_from: Literal["all", "window"] = "all"
     name: str = "esc"
     needs_probes: bool = False
+    decides_on_finishes: ClassVar[bool] = True  # asked only when a trace finishes (timing.py)
 
     def __post_init__(self) -> None:
         if self.window < 1:

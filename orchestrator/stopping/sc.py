@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from orchestrator.domain import Decision, Snapshot
 from orchestrator.stopping.tally import vote_in_trace_order
@@ -13,6 +14,7 @@ from orchestrator.stopping.tally import vote_in_trace_order
 class SelfConsistency:
     name: str = "sc"
     needs_probes: bool = False
+    decides_on_finishes: ClassVar[bool] = True  # asked only when a trace finishes (timing.py)
 
     def initial_traces(self, budget: int) -> int:
         return budget

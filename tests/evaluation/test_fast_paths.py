@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator.answers import answer_or_none, normalize
+from orchestrator.answers import answer_or_none, normalize, parsed_key
 from orchestrator.corpus import CorpusQuestion
 from orchestrator.domain import TraceView, majority
 from orchestrator.evaluation import protocol_pp as pp
-from orchestrator.evaluation.grouping import _value_key, answer_keys, group_by_keys, integer_key
+from orchestrator.evaluation.grouping import answer_keys, group_by_keys, integer_key
 from orchestrator.evaluation.methods import MethodContext, known_methods, method_spec
 from orchestrator.evaluation.prepared import prepare
 from orchestrator.evaluation.protocol_honest import (
@@ -31,7 +31,6 @@ from orchestrator.snapshots import new_view
 from orchestrator.stopping import population, population_gbt
 from orchestrator.stopping.gamma import GAMMA_GRID, WarmupStop, WarmupTrace, warmup_stop
 from orchestrator.stopping.mars import certify
-from orchestrator.stopping.registry import build_rule
 from orchestrator.stopping.switch_model import (
     CONSERVATIVE_DEFAULT,
     constant_q,
@@ -39,6 +38,7 @@ from orchestrator.stopping.switch_model import (
     flips_and_streak,
 )
 from orchestrator.stopping.tally import SharedViews, tally, trace_arrays
+from tests.evaluation import pp_reference
 
 
 def test_the_one_fitter_reaches_scikit_learns_optimum() -> None:
@@ -72,20 +72,19 @@ def test_answer_keys_group_equivalent_answers() -> None:
     assert keys["ERR"] is None
     assert keys[""] is None
     assert keys["7"] != keys["8"]
+    assert keys["x+1"] == keys["1+x "]
     assert group_by_keys([keys["7"], None, keys["8"], keys["2^{3}"]]) == [0, None, 1, 1]
 
 
 def test_shared_rules_reproduce_protocol_a_runs(shared_data: Path) -> None:
-    """The live sac and parallel_probe rules, driven by the simulator under Protocol A's charging, give
-    the reference bookkeeping's answer, Cost and Seq_Cost run by run (2 repetitions × 30 questions)."""
+    """Every Protocol A method's shipped rule, driven by the simulator under the protocol's charging,
+    gives the authors' hand-written bookkeeping's answer, Cost, Seq_Cost and probe reads run by run
+    (2 repetitions × 30 questions)."""
     corpus = load_corpus(shared_data / "parallel-probe-qwen3-8b" / "aime25.json")
     questions = [prepare(q) for q in corpus.questions]
     params = pp.PPParams()
-    pairs = [
-        (pp.run_sac, pp.rule_runner(build_rule("sac"))),
-        (pp.run_parallel_probe, pp.rule_runner(build_rule("parallel_probe"))),
-    ]
-    for reference, shared in pairs:
+    for method, reference in pp_reference.RUNNERS.items():
+        shared = pp.runner(method, params)
         for r in range(2):
             order = pp.permutation(r, 128)
             for q in questions:
@@ -95,7 +94,7 @@ def test_shared_rules_reproduce_protocol_a_runs(shared_data: Path) -> None:
                     b.cost,
                     b.seq_cost,
                     b.probe_reads,
-                )
+                ), method
 
 
 def _pp_questions(shared_data: Path, dataset: str, n: int) -> list[HonestQuestion]:
@@ -214,7 +213,7 @@ def test_integer_keys_are_the_parsers_keys() -> None:
     """A plain integer is keyed without math-verify, exactly as the parser would key it."""
     for text in ["0", "7", "-12", "042", "+5", "1000000", "123456789012345", "-999999999999999"]:
         norm = normalize(text)
-        assert integer_key(norm) == _value_key(norm), text
+        assert integer_key(norm) == parsed_key(norm), text
     assert integer_key("1234567890123456") is None  # beyond a float's exact integers: the parser
     assert integer_key("2^{3}") is None
 

@@ -9,6 +9,7 @@ import pytest
 from orchestrator.evaluation import protocol_pp as pp
 from orchestrator.evaluation.prepared import PreparedQuestion, PreparedTrace, prepare
 from orchestrator.replay.importers import load_corpus
+from tests.evaluation import pp_reference
 
 # EVALUATION.md, Protocol A: (Acc, Seq_Cost, Cost)
 PUBLISHED = {
@@ -44,20 +45,26 @@ def _trace(probes: list[int], total: int, final: int) -> PreparedTrace:
 
 
 def test_sac_charges_probes_then_the_remainder() -> None:
-    """SAC reads 500 per probe and, after the last probe, only the remainder up to the real end."""
+    """SAC reads 500 per probe and, after the last probe, only the remainder up to the real end (the
+    reference bookkeeping, and the shipped rule under the protocol's charging)."""
     short = _trace([1, 2], 1800, 2)  # never reaches 14 identical reads: all probes + final read
-    assert pp.sac_trace(short, 500, 14) == (2, 500 + 500 + 800)
+    assert pp_reference.sac_trace(short, 500, 14) == (2, 500 + 500 + 800)
     past_end = _trace([1, 2], 900, 2)  # probes charged even past the real end; remainder 0
-    assert pp.sac_trace(past_end, 500, 14) == (2, 1000)
+    assert pp_reference.sac_trace(past_end, 500, 14) == (2, 1000)
     steady = _trace([3] * 20, 10_000, 3)  # 14 identical reads stop it after 14 probes
-    assert pp.sac_trace(steady, 500, 14) == (3, 14 * 500)
+    assert pp_reference.sac_trace(steady, 500, 14) == (3, 14 * 500)
+    one = pp.PPParams(budget=1)
+    for trace, (answer, cost) in [(short, (2, 1800)), (past_end, (2, 1000)), (steady, (3, 7000))]:
+        q = PreparedQuestion("q", 500, (trace,), answer, ("0", "1", "2", "3"), ("x",))
+        out = pp.runner("sac", one)(q, [0], one)
+        assert (out.answer, out.cost) == (answer, cost)
 
 
 def test_esc_stops_on_first_unanimous_window() -> None:
     """ESC draws windows of 8 and stops after the first unanimous one; latency sums window maxima."""
     traces = tuple(_trace([0], 1000 + i, 0 if i >= 8 else i % 2) for i in range(16))
     q = PreparedQuestion("q", 500, traces, 0, ("0", "1"), ("0",) * 16)
-    out = pp.run_esc(q, list(range(16)), pp.PPParams(budget=16))
+    out = pp.runner("esc", pp.PPParams(budget=16))(q, list(range(16)), pp.PPParams(budget=16))
     assert out.answer == 0
     assert out.cost == sum(1000 + i for i in range(16))
     assert out.seq_cost == 1007 + 1015
@@ -85,5 +92,5 @@ def test_prepare_keeps_err_as_a_vote() -> None:
         tuple(CorpusTrace(i, ("ERR",), (500,), 400, "ERR" if i < 2 else "1") for i in range(3)),
     )
     prepared = prepare(q)
-    out = pp.run_sc(prepared, [0, 1, 2], pp.PPParams(budget=3))
+    out = pp.runner("sc", pp.PPParams(budget=3))(prepared, [0, 1, 2], pp.PPParams(budget=3))
     assert prepared.answers[out.answer or 0] == "ERR"

@@ -43,6 +43,9 @@ RUNS: list[tuple[str, int, int, str, dict[str, Any]]] = [  # (file, question, re
     ("aime24", 0, 0, "mars", {"switch_model": EAGER.to_dict(), "gamma": 1.0}),
     ("aime25", 5, 2, "mars", {"switch_model": CONSERVATIVE_DEFAULT.to_dict(), "gamma": 1.0}),
     ("aime24", 3, 1, "consensus", {"threshold": 0.75}),
+    # waves (staggered launches) and prunes through the real path
+    ("aime25", 2, 3, "esc", {"window": 3}),
+    ("aime24", 7, 0, "parallel-probe", {"warmup_steps": 3, "patience": 2, "stability": 4}),
 ]
 
 

@@ -9,11 +9,13 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from orchestrator.api.ask import default_model
 from orchestrator.domain import ProbeStrategy
 from orchestrator.llamacpp.server import LlamaServer
 from orchestrator.providers.base import ProbeRequest, StreamDelta, TraceRequest
 from orchestrator.providers.llamacpp import INSTRUCT_SUFFIX, LlamaCppProvider
 from tests.llamacpp.conftest import busy_slots, wait_idle
+from tests.llamacpp.stack import llama_settings
 
 pytestmark = [pytest.mark.llamacpp, pytest.mark.timeout(120)]
 QUESTION = (
@@ -132,3 +134,10 @@ async def test_traces_and_probes_share_the_server_slots(llama_server: LlamaServe
     finally:
         await adapter.aclose()
     await wait_idle(llama_server)
+
+
+async def test_mars_ask_discovers_the_model_the_server_lists(llama_server: LlamaServer) -> None:
+    """A provider configured without models (`mars ask --provider local`) takes the server's model."""
+    settings = llama_settings(llama_server.url, redis=False)
+    assert settings.providers["llamacpp"].models == ()
+    assert await default_model(settings, "llamacpp") == llama_server.model

@@ -21,12 +21,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from orchestrator.answers import DEFAULT_EXTRACTOR, answer_or_none
+from orchestrator.corpus import NO_ANSWER, Corpus, CorpusQuestion, CorpusTrace
 from orchestrator.domain import ProbeStrategy
 from orchestrator.llamacpp.install import ensure_installed
 from orchestrator.llamacpp.server import LlamaServer, ServerOptions, running_llama_server
 from orchestrator.providers.base import ProbeRequest, TraceRequest
 from orchestrator.providers.llamacpp import LlamaCppProvider
-from orchestrator.replay.corpus import NO_ANSWER, Corpus, CorpusQuestion, CorpusTrace
 from orchestrator.replay.jsonl import write_jsonl
 
 INSTRUCTION = " Think step by step, then put the final answer in \\boxed{}."

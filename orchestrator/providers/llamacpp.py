@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -39,10 +39,11 @@ from orchestrator.providers.base import (
     StreamDelta,
     TraceRequest,
 )
-from orchestrator.providers.errors import status_error, stream_error_event, translate
+from orchestrator.providers.config import Timeouts
+from orchestrator.providers.errors import status_error, stream_error_event, stream_json, translated
 from orchestrator.providers.extract import probe_answer
-from orchestrator.providers.openai_compat import CompatOptions, OpenAICompatProvider, Timeouts, _Tally
-from orchestrator.providers.sse import iter_events
+from orchestrator.providers.openai_compat import CompatOptions, OpenAICompatProvider, _Tally
+from orchestrator.providers.sse import Events, open_stream
 
 INSTRUCT_SUFFIX = "\n\nSo the final answer is \\boxed{"
 _TEMPLATE_CACHE = 256
@@ -115,10 +116,8 @@ class LlamaCppProvider(OpenAICompatProvider):
             return self._info
         async with self._detecting:
             if self._info is None:
-                try:
+                with translated(self.name):
                     self._info = await self._ask_server()
-                except Exception as exc:
-                    raise translate(exc, where=self.name) from exc
                 self._slots = asyncio.Semaphore(self._info.slots)
         return self._info
 
@@ -210,6 +209,15 @@ class LlamaCppProvider(OpenAICompatProvider):
         async with self._slots:
             return await super().probe(request)
 
+    async def _completion_chunks(self, events: Events) -> AsyncGenerator[dict[str, Any], None]:
+        async for _event, data in events:
+            if data == b"[DONE]":
+                break
+            obj = stream_json(data, where=self.name)
+            if "error" in obj and not obj.get("choices"):
+                raise stream_error_event(obj, where=self.name)
+            yield obj
+
     async def template(self, messages: Sequence[Mapping[str, str]]) -> str:
         """The exact prompt the server builds for ``messages`` (``/apply-template``), cached."""
         key = tuple((str(m["role"]), str(m["content"])) for m in messages)
@@ -248,28 +256,17 @@ class LlamaCppProvider(OpenAICompatProvider):
             body["top_k"] = self.options.probe_top_k
         text: list[str] = []
         usage: dict[str, Any] = {}
-        http_request = self._streams.build_request(
-            "POST", f"{self._base_url}/completions", content=json.dumps(body).encode(), headers=self._headers
-        )
-        response = await self._streams.send(http_request, stream=True)
-        try:
-            if response.status_code >= 400:
-                payload = await response.aread()
-                raise status_error(
-                    response.status_code, dict(response.headers.items()), payload, where=self.name
-                )
-            async for _event, data in iter_events(response.aiter_raw()):
-                if data == b"[DONE]":
-                    break
-                obj = json.loads(data)
-                if "error" in obj and not obj.get("choices"):
-                    raise stream_error_event(obj, where=self.name)
-                for choice in obj.get("choices") or ():
-                    text.append(choice.get("text") or "")
-                if obj.get("usage"):
-                    usage = obj["usage"]
-        finally:
-            await response.aclose()  # an abandoned probe hangs up: the server frees the slot
+        async with open_stream(
+            self._streams,
+            f"{self._base_url}/completions",
+            body=json.dumps(body).encode(),
+            headers=self._headers,
+            where=self.name,
+            read=self._completion_chunks,
+        ) as chunks:  # leaving early (a cancelled probe) hangs up: the server frees the slot
+            async for chunk in chunks:
+                text.extend(choice.get("text") or "" for choice in chunk.get("choices") or ())
+                usage = chunk.get("usage") or usage
         completion = "".join(text)
         details = usage.get("prompt_tokens_details") or {}
         return ProbeResult(

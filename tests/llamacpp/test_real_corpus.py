@@ -8,12 +8,12 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
-from orchestrator.answers import DEFAULT_EXTRACTOR, answer_or_none
 from orchestrator.api.client import JobsClient
 from orchestrator.api.runner import running_service, with_replay
+
+from orchestrator.answers import DEFAULT_EXTRACTOR, answer_or_none
+from orchestrator.corpus import NO_ANSWER, Corpus
 from orchestrator.replay.catalog import Catalog
-from orchestrator.replay.corpus import NO_ANSWER, Corpus
 from orchestrator.replay.importers import load_corpus
 from orchestrator.settings import Settings
 

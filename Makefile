@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-deps lint typecheck pytest bench clean
+.PHONY: setup demo test test-deps lint typecheck pytest bench clean llamacpp
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,7 +30,12 @@ typecheck: $(STAMP)
 test-deps:
 	scripts/test-deps.sh
 
-pytest: $(STAMP) test-deps
+# llama.cpp's server and the SmolLM2 model for tests/llamacpp, built once into MARS_LLAMACPP_HOME
+# (default ~/.cache/mars/llamacpp; 5-10+ minutes the first time, instant afterwards).
+llamacpp: $(STAMP)
+	$(BIN)/python -m orchestrator.llamacpp.install
+
+pytest: $(STAMP) test-deps llamacpp
 	$(BIN)/python -m pytest
 
 test: lint typecheck pytest

@@ -182,17 +182,39 @@ def ask_command(
 def demo_command(
     questions: Annotated[int, typer.Option(help="Questions to run through the jobs API.")] = 4,
     budget: Annotated[int, typer.Option(help="K: traces per question.")] = 16,
+    upstream: Annotated[
+        str, typer.Option(help="replay (the packaged corpus, instant) | llamacpp (a real model, built once).")
+    ] = "replay",
 ) -> None:
     """Run a few jobs through the whole service on the packaged demo corpus (no API key, no network).
 
     Starts a replay server and the service on loopback, sends the questions through the jobs API and
-    one through the OpenAI-compatible proxy, and prints the answers and the tokens saved.
+    one through the OpenAI-compatible proxy, and prints the answers and the tokens saved. With
+    --upstream llamacpp the upstream is llama.cpp's server running SmolLM2-135M on this machine
+    (the first run builds it: 10+ minutes on 2 cores).
 
     Example: mars demo --questions 4 --budget 16
+    Example: mars demo --upstream llamacpp --questions 3 --budget 8
     """
     import asyncio
 
     from rich.console import Console
+
+    if upstream == "llamacpp":
+        from orchestrator.llamacpp.demo import DemoOptions, run_llamacpp_demo
+        from orchestrator.settings import load_settings
+
+        jobs = asyncio.run(
+            run_llamacpp_demo(
+                Console(), load_settings(), DemoOptions(questions=min(questions, 4), budget=budget)
+            )
+        )
+        failed = [str(j.get("id")) for j in jobs if j.get("status") != "succeeded"]
+        if failed:
+            _fail(f"{len(failed)} demo job(s) did not succeed: {', '.join(failed)}")
+        return
+    if upstream != "replay":
+        _fail(f"--upstream must be replay or llamacpp, not {upstream!r}")
 
     from orchestrator.console.demo import run_demo
 

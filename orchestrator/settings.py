@@ -12,7 +12,7 @@ Environment variables (all optional):
 ``MARS_API_KEYS``                   comma list of ``tenant:key`` (or bare ``key``) for the API
 ``MARS_HOST`` / ``MARS_PORT``       where ``mars serve`` listens (127.0.0.1 / 8000)
 ``MARS_DATA_DIR``                   trace corpora for evaluation (default ``../shared/data``)
-``MARS_PROVIDER_<NAME>_KIND``       ``openai_compat`` | ``openai`` | ``anthropic`` | ``deepseek`` | ``replay``
+``MARS_PROVIDER_<NAME>_KIND``       ``openai_compat`` | ``openai`` | ``anthropic`` | ``deepseek`` | ``replay`` | ``llamacpp``
 ``MARS_PROVIDER_<NAME>_BASE_URL``   upstream base URL
 ``MARS_PROVIDER_<NAME>_API_KEY``    upstream key (secret)
 ``MARS_PROVIDER_<NAME>_PROBE_STRATEGY``  continue | prefill | reprompt | extract | none
@@ -30,6 +30,7 @@ Environment variables (all optional):
 ``MARS_LEASE_MS``                   job lease length (15000)
 ``MARS_LOG_FORMAT``                 ``json`` | ``console`` (default: console on a terminal)
 ``MARS_LOG_LEVEL``                  info
+``MARS_LLAMACPP_HOME``              llama.cpp build and model cache (``~/.cache/mars/llamacpp``)
 ==================================  ===========================================================
 
 API keys and tenants: each entry of ``MARS_API_KEYS`` is ``tenant:key`` or a bare ``key``. A tenant
@@ -53,7 +54,7 @@ from typing import Any
 
 from orchestrator.errors import InvalidRequest
 
-PROVIDER_KINDS = frozenset({"openai_compat", "openai", "anthropic", "deepseek", "replay"})
+PROVIDER_KINDS = frozenset({"openai_compat", "openai", "anthropic", "deepseek", "replay", "llamacpp"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +110,7 @@ class Settings:
     log_format: str | None = None
     log_level: str = "info"
     default_provider: str | None = None
+    llamacpp_home: Path = field(default_factory=lambda: Path.home() / ".cache" / "mars" / "llamacpp")
 
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **changes)
@@ -283,4 +285,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         log_format=get("MARS_LOG_FORMAT", "log_format", None),
         log_level=str(get("MARS_LOG_LEVEL", "log_level", "info")),
         default_provider=get("MARS_DEFAULT_PROVIDER", "default_provider", None),
+        llamacpp_home=Path(get("MARS_LLAMACPP_HOME", "llamacpp_home", Settings().llamacpp_home)).expanduser(),
     )

@@ -64,7 +64,7 @@ router = APIRouter(tags=["openai-compatible proxy"])
 T = TypeVar("T")
 
 MARS_MODEL_PREFIX = "mars/"
-OPENAI_WIRE_KINDS = frozenset({"openai_compat", "openai", "deepseek", "replay"})
+OPENAI_WIRE_KINDS = frozenset({"openai_compat", "openai", "deepseek", "replay", "llamacpp"})
 ANSWER_CHUNK_CHARS = 48
 _UPSTREAM_HEADERS = ("content-type", "x-request-id", "openai-processing-ms")
 
@@ -156,7 +156,10 @@ async def _pass_through(provider: str, raw: bytes, stream: bool, request: Reques
             "choose an OpenAI-compatible provider",
             field="x-mars-provider",
         )
-    url = config.base_url.rstrip("/") + "/chat/completions"
+    base = config.base_url.rstrip("/")
+    if config.kind in {"replay", "llamacpp"} and not base.endswith("/v1"):  # these take the server root too
+        base += "/v1"
+    url = base + "/chat/completions"
     headers = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
     if config.api_key:
         headers["authorization"] = f"Bearer {config.api_key}"

@@ -22,7 +22,9 @@ from orchestrator.logs import configure_logging
 from orchestrator.settings import Settings
 
 
-def default_model(settings: Settings, provider: str | None) -> str:
+async def default_model(settings: Settings, provider: str | None) -> str:
+    """The configured provider's first model; when its configuration lists none, the first model the
+    upstream lists on ``/v1/models`` (a llama.cpp or vLLM server serves exactly one)."""
     name = provider or settings.default_provider or (next(iter(settings.providers), None))
     if name is None:
         raise InvalidRequest(
@@ -30,9 +32,20 @@ def default_model(settings: Settings, provider: str | None) -> str:
             field="--provider",
         )
     config = settings.providers.get(name)
-    if config is None or not config.models:
+    if config is None:
+        raise InvalidRequest(f"unknown provider {name!r}", field="--provider")
+    if config.models:
+        return config.models[0]
+    from orchestrator.providers.factory import build_adapter
+
+    adapter = build_adapter(config)
+    try:
+        listed = await adapter.models()
+    finally:
+        await adapter.aclose()
+    if not listed:
         raise InvalidRequest(f"--model is required (provider {name!r} lists no models)", field="--model")
-    return config.models[0]
+    return listed[0].id
 
 
 async def ask(
@@ -58,7 +71,7 @@ async def ask(
                 from orchestrator.replay.importers import load_corpus
 
                 settings = await stack.enter_async_context(with_replay(settings, load_corpus(replay)))
-            model = model or default_model(settings, provider)  # before anything starts
+            model = model or await default_model(settings, provider)  # before anything starts
             service = await stack.enter_async_context(running_service(settings))
             url = service.url
         elif model is None:

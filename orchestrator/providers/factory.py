@@ -1,8 +1,9 @@
 """Build a wrapped ``Provider`` from ``ProviderConfig``: adapter, then rate limits, then retries.
 
-Kinds: ``openai_compat`` (vLLM, SGLang, Together), ``openai``, ``anthropic``, ``deepseek`` and
-``replay`` (``openai_compat`` pointed at our replay server: ``base_url`` is the server root or its
-``/v1``). A configured probe strategy that a configured model cannot do fails here, before any job runs.
+Kinds: ``openai_compat`` (vLLM, SGLang, Together), ``llamacpp`` (llama.cpp's ``llama-server``:
+slot-aware, ``/apply-template`` probes), ``openai``, ``anthropic``, ``deepseek`` and ``replay``
+(``openai_compat`` pointed at our replay server: ``base_url`` is the server root or its ``/v1``).
+A configured probe strategy that a configured model cannot do fails here, before any job runs.
 """
 
 from __future__ import annotations
@@ -45,6 +46,12 @@ def build_adapter(config: ProviderConfig, *, compat_options: CompatOptions | Non
         if not base:
             raise InvalidRequest(f"provider {config.name!r}: base_url is required", field="base_url")
         return OpenAICompatProvider(base_url=base, options=compat_options, **common)
+    if config.kind == "llamacpp":
+        from orchestrator.providers.llamacpp import LlamaCppProvider
+
+        if not config.base_url:
+            raise InvalidRequest(f"provider {config.name!r}: base_url is required", field="base_url")
+        return LlamaCppProvider(base_url=config.base_url, **common)
     # Vendor SDKs are imported only for the kinds in use: anthropic alone takes seconds to import.
     if config.kind == "openai":
         from orchestrator.providers.openai import OpenAIProvider

@@ -1,0 +1,104 @@
+"""Jobs on the real model, through API → Redis queue → worker → coordinator → adapter → llama-server:
+the rule stops while traces still run, every stream is hung up (the server's ``/slots`` shows no slot
+processing within 1 s), the accounting is the server's own usage (estimates flagged only where we
+cancelled), and ``mars record`` then the replay server reproduce a job's answer and token counts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.console.client import JobsClient
+from orchestrator.console.runner import running_service
+from orchestrator.llamacpp.server import LlamaServer
+from orchestrator.replay.recorder import running_recorder
+from orchestrator.replay.recordings import load_recording
+from orchestrator.replay.server import ReplayServer, serve_app
+from tests.llamacpp.conftest import wait_idle
+from tests.llamacpp.stack import K, job_body, llama_settings, recorded_usage
+
+pytestmark = [pytest.mark.llamacpp, pytest.mark.redis, pytest.mark.timeout(240)]
+
+
+async def run_job(
+    url: str, body: dict[str, Any], server: LlamaServer | None = None
+) -> tuple[dict[str, Any], float]:
+    """Submit, follow the events to the end; returns the job and how long after the ``stop`` event the
+    server's slots were all idle (0 when no server is watched)."""
+    idle_after_s = 0.0
+    async with JobsClient(url) as client:
+        job_id = await client.submit(body)
+        async for event in client.events(job_id):
+            if event.event == "stop" and server is not None:
+                idle_after_s = await wait_idle(server)
+        return await client.get(job_id), idle_after_s
+
+
+async def test_k8_job_stops_early_hangs_up_and_accounts_server_usage(
+    llama_server: LlamaServer, tmp_path: Path
+) -> None:
+    """K = 8 on the real model: the rule stops with traces running, /slots is idle within 1 s of the
+    stop, and every count the server reported is the job's count."""
+    recording = tmp_path / "job.jsonl"
+    async with (
+        running_recorder(llama_server.url, recording) as upstream,
+        running_service(llama_settings(upstream)) as service,
+    ):
+        job, idle_after_s = await run_job(service.url, job_body(llama_server.model), llama_server)
+    assert job["status"] == "succeeded", job.get("error")
+    assert job["answer"]
+    assert job["stop_reason"] == "consensus reached"
+    assert job["probe_strategy"] == "continue"
+    traces = job["traces"]
+    assert len(traces) == K
+    cancelled = [t for t in traces if t["status"] == "cancelled"]
+    finished = [t for t in traces if t["status"] == "finished"]
+    assert cancelled, "the stop should cut traces that were still streaming"
+    assert idle_after_s < 1.0, f"slots still processing {idle_after_s:.2f} s after the stop"
+
+    server = recorded_usage(recording)
+    acc = job["accounting"]
+    assert server.traces == K
+    # Finished traces: the server's own completion counts, not estimates.
+    assert sorted(t["tokens"] for t in finished) == sorted(server.trace_completion)
+    assert not any(t["usage_estimated"] for t in finished)
+    # Cancelled traces: the server sent no usage; their counts are flagged as estimates.
+    assert all(t["usage_estimated"] for t in cancelled)
+    assert acc["estimated"] is True
+    # Probes: the counts the server reported for every probe we read to its end.
+    assert acc["probe_calls"] == server.probes_completed
+    assert acc["probe_input_tokens"] == server.probe_prompt
+    assert acc["probe_cached_tokens"] == server.probe_cached
+    assert acc["probe_output_tokens"] == server.probe_completion
+    assert acc["probe_cached_tokens"] > 0  # probes of one trace reuse its cached prefix
+
+
+async def test_record_then_replay_gives_the_same_answer_and_counts(
+    llama_server: LlamaServer, tmp_path: Path
+) -> None:
+    """``mars record`` in front of the real server, then the replay server on that recording: the same
+    job gets the same answer and exactly the same token counts, all of them the server's."""
+    recording = tmp_path / "rec.jsonl"
+    body = job_body(llama_server.model, budget=4, method="sc", method_params={}, max_tokens=48)
+    async with (
+        running_recorder(llama_server.url, recording) as upstream,
+        running_service(llama_settings(upstream, redis=False, max_streams=4)) as service,
+    ):
+        real, _ = await run_job(service.url, body)
+    server = recorded_usage(recording)
+    replay = ReplayServer(None, recordings=load_recording(recording))
+    async with (
+        serve_app(replay.app) as replay_url,
+        running_service(llama_settings(replay_url, redis=False, max_streams=4)) as service,
+    ):
+        replayed, _ = await run_job(service.url, body)
+    for job in (real, replayed):
+        assert job["status"] == "succeeded", job.get("error")
+        assert all(t["status"] == "finished" for t in job["traces"])
+        assert not job["accounting"]["estimated"]
+        assert job["accounting"]["prompt_tokens"] == sum(server.trace_prompt)
+        assert job["accounting"]["generated_tokens"] == sum(server.trace_completion)
+    assert replayed["answer"] == real["answer"]
+    assert sorted(t["tokens"] for t in replayed["traces"]) == sorted(t["tokens"] for t in real["traces"])

@@ -15,7 +15,8 @@ from orchestrator.console.runner import running_service
 from orchestrator.llamacpp.server import LlamaServer
 from orchestrator.replay.recorder import running_recorder
 from orchestrator.replay.recordings import load_recording
-from orchestrator.replay.server import ReplayServer, serve_app
+from orchestrator.replay.server import ReplayServer
+from orchestrator.serving import serve_app
 from tests.llamacpp.conftest import wait_idle
 from tests.llamacpp.stack import K, job_body, llama_settings, recorded_usage
 

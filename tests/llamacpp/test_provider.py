@@ -8,8 +8,8 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from orchestrator.api.ask import default_model
 
+from orchestrator.console.ask import default_model
 from orchestrator.domain import ProbeStrategy
 from orchestrator.llamacpp.server import LlamaServer
 from orchestrator.providers.base import ProbeRequest, StreamDelta, TraceRequest

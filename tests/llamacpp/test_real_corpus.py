@@ -8,10 +8,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from orchestrator.api.client import JobsClient
-from orchestrator.api.runner import running_service, with_replay
 
 from orchestrator.answers import DEFAULT_EXTRACTOR, answer_or_none
+from orchestrator.console.client import JobsClient
+from orchestrator.console.runner import running_service, with_replay
 from orchestrator.corpus import NO_ANSWER, Corpus
 from orchestrator.replay.catalog import Catalog
 from orchestrator.replay.importers import load_corpus

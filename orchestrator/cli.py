@@ -283,6 +283,13 @@ def replay_server_command(
     reasoning_field: Annotated[
         str | None, typer.Option(help="Send trace text as `reasoning_content` or `reasoning` deltas.")
     ] = None,
+    control_token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="MARS_REPLAY_CONTROL_TOKEN",
+            help="Token the control plane (/_replay/*, x-replay-fault) requires; unset: loopback clients only.",
+        ),
+    ] = None,
 ) -> None:
     """Serve recorded traces over the OpenAI and Anthropic wire formats, with timing and faults.
 
@@ -315,6 +322,7 @@ def replay_server_command(
         faults=faults,
         reasoning_field=reasoning_field,
         recorded_timing=not no_delay,
+        control_token=control_token,
     )
     server = ReplayServer(loaded, recordings=exchanges, options=options)
     run_forever(server.app, host=host, port=port)

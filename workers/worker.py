@@ -32,8 +32,8 @@ from orchestrator.errors import (
     JobNotFound,
     LeaseLost,
     MarsError,
+    NoLiveWorker,
     StoreUnavailable,
-    UnknownProvider,
     describe,
     kind_of,
 )
@@ -125,12 +125,12 @@ class JobHandler:
             )
             return await self._finish(message, failed_result(spec, error))
         provider = self.providers.get(spec.provider)
-        if provider is None:
-            known = ", ".join(sorted(self.providers)) or "none"
-            return await self._finish(
-                message,
-                failed_result(spec, UnknownProvider(f"no provider {spec.provider!r} here (known: {known})")),
+        if provider is None:  # our misconfiguration (503 to the client), not the caller's nor the upstream's
+            log.error(
+                "job for a provider this worker lacks", provider=spec.provider, known=sorted(self.providers)
             )
+            error = NoLiveWorker(f"the worker that took the job does not serve provider {spec.provider!r}")
+            return await self._finish(message, failed_result(spec, error))
         try:
             result = await self._run_leased(message, spec, provider)
         except StoreUnavailable as exc:

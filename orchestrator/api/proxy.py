@@ -52,6 +52,7 @@ from orchestrator.errors import (
     InvalidRequest,
     JobConflict,
     MarsError,
+    UnknownModel,
     UpstreamConnectionError,
     UpstreamError,
     UpstreamTimeout,
@@ -66,7 +67,8 @@ T = TypeVar("T")
 MARS_MODEL_PREFIX = "mars/"
 OPENAI_WIRE_KINDS = frozenset({"openai_compat", "openai", "deepseek", "replay", "llamacpp"})
 ANSWER_CHUNK_CHARS = 48
-_UPSTREAM_HEADERS = ("content-type", "x-request-id", "openai-processing-ms")
+# The upstream's x-request-id is not kept: the response carries ours (one x-request-id header).
+_UPSTREAM_HEADERS = ("content-type", "openai-processing-ms")
 
 
 class MarsOptions(Strict):
@@ -143,6 +145,19 @@ async def list_models(
         for shown in (model_id, MARS_MODEL_PREFIX + model_id):
             data.append({"id": shown, "object": "model", "created": 0, "owned_by": name})
     return {"object": "list", "data": data}
+
+
+@router.get("/v1/models/{model_id:path}", summary="One model of the list (404 when not offered)")
+async def get_model(
+    model_id: str,
+    request: Request,
+    svc: Annotated[Services, Depends(services)],
+    tenant_name: Annotated[str, Depends(tenant)],
+) -> dict[str, Any]:
+    for model in (await list_models(request, svc, tenant_name))["data"]:
+        if model["id"] == model_id:
+            return dict(model)
+    raise UnknownModel(f"model: {model_id!r} is not offered here; GET /v1/models lists the models")
 
 
 # --- pass-through ---------------------------------------------------------------------------------

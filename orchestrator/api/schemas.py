@@ -192,13 +192,40 @@ def check_model(settings: Settings, provider: str, model: str, *, field: str = "
         )
 
 
+# Rule parameters that are probabilities or vote shares: outside (0, 1] a rule would never (or always)
+# stop. DeepConf's ``threshold`` is a confidence level, not a probability.
+_UNIT_PARAMS = frozenset({"threshold", "consensus", "delta"})
+_UNIT_EXEMPT = {"deepconf": frozenset({"threshold"}), "deepconf_mars": frozenset({"threshold"})}
+_POSITIVE_PARAMS = frozenset({"gamma", "window", "streak", "patience", "stability", "persistence"})
+
+
+def _check_ranges(method: str, params: Mapping[str, Any], field: str) -> None:
+    for name, value in params.items():
+        unit = name in _UNIT_PARAMS and name not in _UNIT_EXEMPT.get(method, frozenset())
+        if not (unit or name in _POSITIVE_PARAMS):
+            continue
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if unit and not (number and 0 < value <= 1):
+            raise InvalidRequest(
+                f"{field}_params: {name} of rule {method!r} is a probability or share; send 0 < {name} <= 1",
+                field=f"{field}_params",
+            )
+        if not unit and not (number and value > 0):
+            raise InvalidRequest(
+                f"{field}_params: {name} of rule {method!r} must be a positive number",
+                field=f"{field}_params",
+            )
+
+
 def check_method(method: str, params: Mapping[str, Any], *, field: str = "method") -> None:
-    """The stopping rule must exist for live jobs and accept ``params`` (built once, then dropped)."""
+    """The stopping rule must exist for live jobs and accept ``params`` (built once, then dropped), and
+    its probabilities, shares and counts must lie in their ranges."""
     from orchestrator.stopping.registry import REGISTRY, build_rule
 
     live = sorted(set(REGISTRY) - OFFLINE_ONLY_METHODS)
     if method not in live:
         raise InvalidRequest(f"{field}: unknown rule {method!r}; use one of: {', '.join(live)}", field=field)
+    _check_ranges(method, params, field)
     try:
         build_rule(method, **params)
     except (TypeError, ValueError, KeyError) as exc:

@@ -13,6 +13,10 @@ Timing: ``ttft_s`` before the first token, then ``tokens_per_s`` (chunk i is due
 ``t0 + ttft_s + tokens_so_far / tokens_per_s``, so pacing does not drift); ``tokens_per_s=None`` is the
 no-delay mode. Recordings replay with their recorded timing unless ``recorded_timing=False``.
 
+The control plane and the ``x-replay-fault`` header change what every client gets, so they answer only
+loopback clients, or, with ``control_token`` set, requests bearing it (``Authorization: Bearer``);
+others get 403. Malformed input is a 400 in the wire's error shape, never a plain-text 500.
+
 Client disconnects are watched for concurrently with sending, so a disconnect is seen (and logged with
 its time) at once even while a stream is paced or stalled.
 """
@@ -20,6 +24,8 @@ its time) at once even while a stream is paced or stalled.
 from __future__ import annotations
 
 import asyncio
+import hmac
+import ipaddress
 import itertools
 import json
 import logging
@@ -36,6 +42,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from orchestrator.corpus import NO_ANSWER, Corpus
+from orchestrator.errors import InvalidRequest
 from orchestrator.replay.catalog import Catalog, PrefixMatch, TraceMatch
 from orchestrator.replay.faults import Fault, FaultPlan
 from orchestrator.replay.journal import Journal
@@ -71,6 +78,7 @@ class ReplayOptions:
     recorded_timing: bool = True
     models: tuple[str, ...] = ("replay",)
     reject_prefill_models: tuple[str, ...] = ()  # Anthropic models that answer a prefill with 400
+    control_token: str | None = None  # None: the control plane answers loopback clients only
 
 
 def _content_text(content: Any) -> str:
@@ -115,15 +123,43 @@ class ReplayServer:
 
     # --- control plane -------------------------------------------------------------------------
 
+    def _controller(self, request: Request) -> bool:
+        """May this request use the control plane (module docstring)?"""
+        token = self.options.control_token
+        if token is not None:
+            given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+            return hmac.compare_digest(given.encode(), token.encode())
+        host = request.client.host if request.client else ""
+        try:
+            return host == "localhost" or ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+    def _forbidden(self) -> Response:
+        why = "the replay control plane needs its token (Authorization: Bearer ...) or a loopback client"
+        return JSONResponse(openai_error(403, why), status_code=403)
+
     async def _log(self, request: Request) -> Response:
+        if not self._controller(request):
+            return self._forbidden()
         return JSONResponse(self.journal.entries(request.query_params.get("kind")))
 
     async def _set_faults(self, request: Request) -> Response:
-        body = await request.json()
-        self.faults.script(body.get("script") or [])
+        if not self._controller(request):
+            return self._forbidden()
+        try:
+            body = json.loads(await request.body())
+            script = (body.get("script") or []) if isinstance(body, dict) else None
+            if not isinstance(script, list) or not all(isinstance(f, str | None) for f in script):
+                raise ValueError('send {"script": ["429:0.2", "ok", ...]}')
+            self.faults.script(script)
+        except (ValueError, InvalidRequest) as exc:
+            return JSONResponse(openai_error(400, f"bad fault script: {exc}"), status_code=400)
         return JSONResponse({"ok": True})
 
     async def _reset(self, request: Request) -> Response:
+        if not self._controller(request):
+            return self._forbidden()
         self.journal.clear()
         self.faults.clear()
         return JSONResponse({"ok": True})
@@ -150,7 +186,13 @@ class ReplayServer:
         path = "/" + request.path_params["path"]
         rid = f"replay-{next(self._ids)}"
         exchange = self.recordings.take(request.method, path, body)
-        fault = self.faults.next(request.headers.get("x-replay-fault"))
+        asked = request.headers.get("x-replay-fault")
+        if asked and not self._controller(request):
+            return self._forbidden()
+        try:
+            fault = self.faults.next(asked)
+        except InvalidRequest as exc:
+            return JSONResponse(openai_error(400, f"x-replay-fault: {exc}"), status_code=400)
         api = _normalise(path)
         self.journal.record("request", request_id=rid, method=request.method, path=path)
         if fault is not None and fault.kind.is_status:
@@ -167,12 +209,18 @@ class ReplayServer:
         if request.method != "POST" or not isinstance(body, dict):
             return JSONResponse(openai_error(404, f"no route for {request.method} {path}"), status_code=404)
         headers = request.headers
-        if api == "/v1/chat/completions":
-            return self._chat(rid, body, headers, fault)
-        if api == "/v1/completions":
-            return self._completion(rid, body, headers, fault)
-        if api == "/v1/messages":
-            return self._messages(rid, body, headers, fault)
+        try:
+            if api == "/v1/chat/completions":
+                return self._chat(rid, body, headers, fault)
+            if api == "/v1/completions":
+                return self._completion(rid, body, headers, fault)
+            if api == "/v1/messages":
+                return self._messages(rid, body, headers, fault)
+        except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
+            message = f"malformed request ({type(exc).__name__}: {exc}); send a well-formed {api} body"
+            if api == "/v1/messages":
+                return JSONResponse(anthropic_error(400, message), status_code=400)
+            return JSONResponse(openai_error(400, message), status_code=400)
         return JSONResponse(openai_error(404, f"no route for POST {path}"), status_code=404)
 
     def _replay_exchange(self, rid: str, ex: Exchange, fault: Fault | None) -> Response:

@@ -3,7 +3,8 @@
 Same semantics as the Redis store (one contract test suite runs against both): idempotent create by
 job id and request fingerprint, leases with compare-and-set renewal, a queue with at-least-once
 delivery (``dequeue``/``reclaim``/``ack``), events with blocking reads, finished jobs expiring after
-the retention. Blocking reads wait on one ``asyncio.Condition`` notified by every write that could
+the retention, and at most ``max_jobs`` jobs kept (the finished ones that expire soonest make room; a
+store full of unfinished jobs refuses new ones). Blocking reads wait on one ``asyncio.Condition`` notified by every write that could
 wake a reader. Everything lives in this process: it is for ``mars serve`` on one machine and for tests.
 """
 
@@ -16,9 +17,12 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from orchestrator.domain import JobResult, JobSpec, JobStatus
-from orchestrator.errors import JobConflict, JobNotFound
+from orchestrator.errors import JobConflict, JobNotFound, LimitExceeded
 from orchestrator.store.base import STATUS_EVENT, Event, JobRecord, QueueMessage, TokenChunk
 from orchestrator.store.keys import PriorScope
+
+#: Jobs the embedded store keeps at most (finished ones are dropped first, soonest-expiring first).
+DEFAULT_MAX_JOBS = 10_000
 
 
 def event_seq(event_id: str) -> tuple[int, int]:
@@ -46,8 +50,9 @@ class _Pending:
 class MemoryStore:
     """All state in dicts of this process; safe for one event loop."""
 
-    def __init__(self, *, retention_s: float = 86400.0) -> None:
+    def __init__(self, *, retention_s: float = 86400.0, max_jobs: int = DEFAULT_MAX_JOBS) -> None:
         self._retention_s = retention_s
+        self._max_jobs = max_jobs
         self._jobs: dict[str, JobRecord] = {}
         self._expires: dict[str, float] = {}
         self._tenants: dict[str, dict[str, float]] = {}
@@ -70,13 +75,30 @@ class MemoryStore:
     def _sweep(self) -> None:
         now = time.time()
         for job_id in [j for j, at in self._expires.items() if at <= now]:
-            record = self._jobs.pop(job_id, None)
-            self._expires.pop(job_id, None)
-            self._events.pop(job_id, None)
-            for key in [k for k in self._tokens if k[0] == job_id]:
-                del self._tokens[key]
-            if record is not None:
-                self._tenants.get(record.spec.tenant, {}).pop(job_id, None)
+            self._drop(job_id)
+
+    def _drop(self, job_id: str) -> None:
+        record = self._jobs.pop(job_id, None)
+        self._expires.pop(job_id, None)
+        self._events.pop(job_id, None)
+        for key in [k for k in self._tokens if k[0] == job_id]:
+            del self._tokens[key]
+        if record is not None:
+            self._tenants.get(record.spec.tenant, {}).pop(job_id, None)
+
+    def _make_room(self) -> None:
+        """Keep at most ``max_jobs``: the finished jobs that expire soonest go first; when every job
+        kept is unfinished, a new one is refused."""
+        excess = len(self._jobs) + 1 - self._max_jobs
+        if excess <= 0:
+            return
+        for job_id in sorted(self._expires, key=self._expires.__getitem__)[:excess]:
+            self._drop(job_id)
+        if len(self._jobs) >= self._max_jobs:
+            raise LimitExceeded(
+                f"the embedded store holds {len(self._jobs)} unfinished jobs, its maximum; wait for some "
+                "to finish, or run with REDIS_URL"
+            )
 
     def _require(self, job_id: str) -> JobRecord:
         self._sweep()
@@ -102,6 +124,7 @@ class MemoryStore:
             if existing.fingerprint != fingerprint:
                 raise JobConflict(f"job id {spec.job_id!r} was already used for a different request")
             return existing, False
+        self._make_room()
         now = time.time()
         record = JobRecord(spec, JobStatus.QUEUED, now, now, fingerprint=fingerprint)
         self._jobs[spec.job_id] = record

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import pytest
 
 from orchestrator.domain import Accounting, JobResult, JobSpec, JobStatus, TraceResult, TraceStatus
-from orchestrator.errors import JobConflict, JobNotFound, StoreUnavailable
+from orchestrator.errors import JobConflict, JobNotFound, LimitExceeded, StoreUnavailable
 from orchestrator.settings import Settings
 from orchestrator.store.base import STATUS_EVENT, Event, Store, TokenChunk, request_fingerprint
 from orchestrator.store.factory import open_store
@@ -382,3 +382,20 @@ async def test_unreachable_redis_is_store_unavailable() -> None:
     with pytest.raises(StoreUnavailable):
         async with open_store(Settings(redis_url="redis://127.0.0.1:1/0")):
             pass
+
+
+async def test_the_embedded_store_keeps_a_bounded_number_of_jobs() -> None:
+    """With max_jobs = 3, finished jobs make room for new ones (soonest-expiring first); when all three
+    kept jobs are unfinished, a fourth is refused with LimitExceeded."""
+    store = MemoryStore(max_jobs=3)
+    for job_id in ("a", "b", "c"):
+        s = spec(job_id)
+        await store.create_job(s, request_fingerprint(s))
+    await store.store_result(result("a", JobStatus.SUCCEEDED))
+    d = spec("d")
+    await store.create_job(d, request_fingerprint(d))
+    assert await store.get_job("a") is None
+    assert {r.spec.job_id for r in await store.list_jobs("acme")} == {"b", "c", "d"}
+    e = spec("e")
+    with pytest.raises(LimitExceeded):
+        await store.create_job(e, request_fingerprint(e))

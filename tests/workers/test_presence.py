@@ -113,3 +113,23 @@ async def test_dead_workers_consumers_are_removed_from_the_group(redis_url: str,
                 await wait_until(ghost_gone, timeout_s=10, every_s=0.05)
     finally:
         await raw.aclose()
+
+
+async def test_a_job_for_a_provider_the_worker_lacks_is_a_misconfiguration() -> None:
+    """A worker that takes a job for a provider it lacks fails it as NoLiveWorker (our misconfiguration:
+    a 503 through the API, not a caller or upstream error), without naming the providers it has."""
+    from orchestrator.api.outcomes import outcome_error
+    from orchestrator.domain import JobSpec
+    from orchestrator.errors import NoLiveWorker
+    from orchestrator.store.base import request_fingerprint
+    from orchestrator.store.memory import MemoryStore
+    from tests.workers.test_workers import wait_for_result
+
+    store = MemoryStore()
+    spec = JobSpec(job_id="lost", messages=({"role": "user", "content": "q"},), provider="ghost", model="m")
+    await store.create_job(spec, request_fingerprint(spec))
+    async with WorkerPool(make_settings(), store, {"secret-upstream": object()}, poll_ms=20):  # type: ignore[dict-item]
+        record = await wait_for_result(store, "lost", timeout_s=10)
+    assert record.result is not None
+    assert isinstance(outcome_error(record.result), NoLiveWorker)
+    assert "secret-upstream" not in (record.result.error or "")

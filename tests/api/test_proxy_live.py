@@ -135,6 +135,8 @@ async def test_vote_request_answers_with_votes_usage_and_savings() -> None:
     assert reply.usage.completion_tokens >= acc["generated_tokens"] + acc["probe_output_tokens"]
     assert mars["tokens_spent"] == acc["total_tokens"]
     assert mars["tokens_saved"] == job["accounting"]["saved_tokens"]
+    assert mars["saved_fraction_paper_view"] == acc["saved_generated_fraction"]
+    assert mars["verdict"].endswith(f"running all {mars['budget']} traces")
     assert len(trace_requests) >= 8  # the traces and the probes went upstream over HTTP
     generated = acc["generated_tokens"]
     assert 'mars_jobs_finished_total{status="succeeded"} 1.0' in metrics

@@ -14,7 +14,9 @@ group per trace for its probes). A ``Store.request_cancel`` is noticed within
 an earlier attempt (a reclaimed job) resumes from them: traces are continued from their stored prefix
 when the provider can continue a prefix, otherwise restarted, and either way accounted.
 
-Checkpoint semantics are those of STOPPING.md §10 (see ``checkpoints.py``); the decision is a pure rule
+Checkpoint semantics are those of STOPPING.md §10 (see ``checkpoints.py``); when the rule is asked, and
+when a trace launched later reads its own checkpoints, comes from ``timing.py`` and what it sees from
+``snapshots.py``, both shared with the simulator (the parity test holds them together); the decision is a pure rule
 from ``orchestrator.stopping.registry`` applied to an immutable snapshot. On STOP the cancels are issued
 first and the deciding ``vote`` event is published after them: in the deciding step itself every
 victim's upstream connection is shut down (``TraceStreamer.hang_up``: the upstream sees all K closes

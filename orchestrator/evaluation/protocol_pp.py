@@ -24,13 +24,20 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from orchestrator.corpus import Corpus
 from orchestrator.domain import majority
 from orchestrator.evaluation.prepared import PreparedQuestion, PreparedTrace, prepare
-from orchestrator.evaluation.simulate import QuestionTimeline, TraceTimeline, simulate
+from orchestrator.evaluation.simulate import (
+    CheckpointCache,
+    QuestionTimeline,
+    TraceTimeline,
+    ViewCache,
+    simulate,
+)
 from orchestrator.stopping.asc import AdaptiveConsistency
 from orchestrator.stopping.base import StoppingRule
 from orchestrator.stopping.esc import EarlyStoppingSC
@@ -121,7 +128,15 @@ def _charge(trace: PreparedTrace, reads: int, interval: int) -> int:
     return interval * min(reads, n_probes) + done
 
 
-Runner = Callable[[PreparedQuestion, Sequence[int], PPParams], RunOutcome]
+class Runner(Protocol):
+    def __call__(
+        self,
+        q: PreparedQuestion,
+        order: Sequence[int],
+        p: PPParams,
+        views: ViewCache | None = None,
+        checkpoints: CheckpointCache | None = None,
+    ) -> RunOutcome: ...
 
 
 def rule_runner(rule: StoppingRule, *, window: int = 0) -> Runner:
@@ -132,12 +147,18 @@ def rule_runner(rule: StoppingRule, *, window: int = 0) -> Runner:
     ``window``: the sum over windows of the window's longest, as ESC's authors count it)."""
     timelines: dict[str, QuestionTimeline] = {}
 
-    def run(q: PreparedQuestion, order: Sequence[int], p: PPParams) -> RunOutcome:
+    def run(
+        q: PreparedQuestion,
+        order: Sequence[int],
+        p: PPParams,
+        views: ViewCache | None = None,
+        checkpoints: CheckpointCache | None = None,
+    ) -> RunOutcome:
         tl = timelines.get(q.qid)
         if tl is None:
             tl = timelines[q.qid] = pp_timeline(q)
         voting = order[: p.budget]
-        sim = simulate(rule, tl, voting)
+        sim = simulate(rule, tl, voting, cache=views, checkpoints=checkpoints)
         if not rule.needs_probes:
             started = [q.traces[i].total_tokens for i in voting[: sim.traces_started]]
             if window:
@@ -232,13 +253,17 @@ def evaluate_pp(
         ]
         for os in orders
     ]
-    out: dict[str, PPResult] = {}
-    for method in methods:
-        run = runner(method, params)
-        per_rep = []
-        for os in orders:
-            per_rep.append([run(q, o, params) for q, o in zip(questions, os, strict=True)])
-            if on_progress is not None:
-                on_progress(1)
-        out[method] = aggregate(per_rep, gold, full)
-    return out
+    runners = {method: runner(method, params) for method in methods}
+    per_rep: dict[str, list[list[RunOutcome]]] = {method: [] for method in methods}
+    for os in orders:
+        rows: dict[str, list[RunOutcome]] = {method: [] for method in methods}
+        for q, o in zip(questions, os, strict=True):
+            views: ViewCache = {}  # one order: the methods share its trace views and checkpoints
+            checkpoints: CheckpointCache = {}
+            for method in methods:
+                rows[method].append(runners[method](q, o, params, views, checkpoints))
+        for method in methods:
+            per_rep[method].append(rows[method])
+        if on_progress is not None:
+            on_progress(len(methods))
+    return {method: aggregate(per_rep[method], gold, full) for method in methods}

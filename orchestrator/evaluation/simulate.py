@@ -22,7 +22,7 @@ from typing import Any
 from orchestrator.checkpoints import CONFIDENCE_WINDOW_TOKENS, mean_confidence
 from orchestrator.domain import NO_ANSWER, Decision, Snapshot, TraceView, majority
 from orchestrator.evaluation.prepared import PreparedQuestion
-from orchestrator.snapshots import trace_view
+from orchestrator.snapshots import new_view, trace_view
 from orchestrator.stopping.base import StoppingRule
 from orchestrator.stopping.deepconf import lowest_window_confidence
 from orchestrator.stopping.switch_model import feature_rows, switch_features
@@ -35,7 +35,6 @@ from orchestrator.timing import (
     own_checkpoint,
     running,
     started,
-    visible_checkpoint,
 )
 
 PROBE_CLOSE_TOKENS = 1  # the closing brace the probe completion ends with
@@ -206,39 +205,62 @@ def _relabelled(tl: QuestionTimeline, voting: Sequence[int], probes: bool, warmu
 
 class _Renumbering:
     """Checks that a run that launched late or pruned still reads classes in the relabelled order;
-    once it does not, renumbers its views in its own order of first appearance (the live numbering)."""
+    once it does not, renumbers its views in its own order of first appearance (the live numbering).
+    A run id, once given, never changes, so each renumbered view and history is built once."""
 
     def __init__(self, seen: int) -> None:
         self.ids: dict[int, int] = {c: c for c in range(seen)}  # relabelled id -> run id
         self.identity = True
+        self._views: dict[int, tuple[TraceView, TraceView]] = {}  # id(view) -> (view, renumbered)
+        self._histories: dict[tuple[int | None, ...], tuple[int | None, ...]] = {(): ()}
+
+    def _run(self, c: int | None) -> int | None:
+        if c is None:
+            return None
+        ids = self.ids
+        if c not in ids:  # an oracle's final class the run has not read yet
+            ids[c] = len(ids)
+        return ids[c]
+
+    def _history(self, h: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        known = self._histories.get(h)
+        if known is None:
+            known = self._histories[h] = (*self._history(h[:-1]), self._run(h[-1]))
+        return known
 
     def views(self, views: tuple[TraceView, ...]) -> tuple[TraceView, ...]:
+        ids = self.ids
         for v in views:
             c = v.answer_class
-            if c is not None and c not in self.ids:
-                if c != len(self.ids):
+            if c is not None and c not in ids:
+                if c != len(ids):
                     self.identity = False
-                self.ids[c] = len(self.ids)
+                ids[c] = len(ids)
         if self.identity:
             return views
-        ids = self.ids
-
-        def run(c: int | None) -> int | None:
-            if c is None:
-                return None
-            if c not in ids:  # an oracle's final class the run has not read yet
-                ids[c] = len(ids)
-            return ids[c]
-
-        return tuple(
-            replace(
-                v,
-                answer_class=run(v.answer_class),
-                history=tuple(run(c) for c in v.history),
-                final_class=run(v.final_class),
-            )
-            for v in views
-        )
+        out = []
+        memo = self._views
+        for v in views:
+            hit = memo.get(id(v))
+            if hit is None or hit[0] is not v:
+                renumbered = new_view(
+                    v.index,
+                    self._run(v.answer_class),
+                    v.weight,
+                    v.eligible,
+                    v.finished,
+                    v.started,
+                    v.pruned,
+                    v.tokens,
+                    self._history(v.history),
+                    v.features,
+                    v.confidence,
+                    self._run(v.final_class),
+                    v.stale,
+                )
+                memo[id(v)] = hit = (v, renumbered)  # the view is kept alive: its id is not reused
+            out.append(hit[1])
+        return tuple(out)
 
     def back(self, c: int | None) -> int | None:
         """A run class id as a relabelled id."""
@@ -436,9 +458,11 @@ def _views(
     known = cache.setdefault((probes, oracle, warmup), {}) if cache is not None else None
     for s, tr in enumerate(slots):
         at = launched_at[s]
-        k = 0 if at is None or at >= cp else visible_checkpoint(at, cp, pruned_at[s])
-        frozen = pruned_at[s] is not None and k > 0
-        finished = k > 0 and tr.finished_at(k)
+        pruned = pruned_at[s]
+        # timing.visible_checkpoint, inlined: this is the simulator's hot loop
+        k = 0 if at is None or at >= cp else (cp if pruned is None or pruned > cp else pruned) - at
+        frozen = pruned is not None and k > 0
+        finished = k >= tr.finish_checkpoint if k else False
         if finished and not probes:
             k = tr.finish_checkpoint  # without probes a finished trace looks the same from then on
         if k and not frozen and not finished and probes:

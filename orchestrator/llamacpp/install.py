@@ -20,6 +20,7 @@ repository. Only the standard library is used, so the step runs before anything 
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
@@ -28,7 +29,8 @@ import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,9 +144,26 @@ def ensure_installed(
     flags = cpu_flags(cpuinfo)
     options = [*_FIXED_OPTIONS, *isa_options(flags)]
     home.mkdir(parents=True, exist_ok=True)
-    model = _ensure_model(home, say)
-    server = _ensure_server(home, options, level(flags), say, jobs or os.cpu_count() or 2)
+    with _exclusive(home, say):
+        model = _ensure_model(home, say)
+        server = _ensure_server(home, options, level(flags), say, jobs or os.cpu_count() or 2)
     return Installation(home=home, server=server, model=model)
+
+
+@contextmanager
+def _exclusive(home: Path, say: Callable[[str], None]) -> Iterator[None]:
+    """One install at a time per cache: two ninjas in one build folder delete each other's objects
+    (several worktrees' ``make test`` share the cache)."""
+    with (home / ".lock").open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"llamacpp: another install is running in {home}; waiting for it")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 # --- downloads -------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from orchestrator.llamacpp.install import Installation
 class ServerOptions:
     slots: int = 4  # -np: requests the server runs at once; more queue inside it (we never send more)
     ctx_per_slot: int = 2048
-    threads: int = 2
+    threads: int = 1  # one thread: under CPU contention two threads spin at barriers (2 vs 17 tok/s here)
     startup_timeout_s: float = 120.0
     stop_timeout_s: float = 5.0
 

@@ -190,7 +190,19 @@ class LlamaCppProvider(OpenAICompatProvider):
             elif not ((choices[0].get("delta") or {}).get("content")):
                 # The finish chunk carries no text and no timings: it adds no token.
                 obj = {**obj, "usage": {"completion_tokens": tally.last_usage_tokens}}
-        return super()._delta(obj, tally)
+        delta = super()._delta(obj, tally)
+        timings = obj.get("timings") or {}
+        if (
+            not choices
+            and delta is not None
+            and int(timings.get("predicted_n") or 0) > tally.last_usage_tokens
+        ):
+            # The last token (often EOS) shows no text: the server counts it only on the usage chunk.
+            extra = int(timings["predicted_n"]) - tally.last_usage_tokens
+            tally.last_usage_tokens += extra
+            tally.completion += extra
+            delta = replace(delta, tokens=extra)
+        return delta
 
     # --- probes --------------------------------------------------------------------------------
 

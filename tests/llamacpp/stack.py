@@ -43,14 +43,14 @@ def llama_settings(base_url: str, *, redis: bool = True, max_streams: int = K) -
 
 
 def job_body(model: str, **changes: Any) -> dict[str, Any]:
-    """K = 8 traces, probed every 16 tokens; consensus at 5 of 8 stops while traces still run."""
+    """K = 8 traces, probed every 16 tokens; consensus at 2 of 8 stops while traces still run (the model is weak: a higher bar is often never met)."""
     body: dict[str, Any] = {
         "prompt": QUESTION,
         "model": model,
         "budget": K,
-        "max_tokens": 160,
+        "max_tokens": 240,
         "method": "consensus",
-        "method_params": {"threshold": 0.6},
+        "method_params": {"threshold": 0.25},
         "probe": {"strategy": "continue", "interval_tokens": 16, "max_tokens": 8},
         "warmup": "none",
         "sampling": {"temperature": 0.7, "top_p": 0.95, "top_k": 40},

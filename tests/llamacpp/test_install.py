@@ -91,3 +91,25 @@ def test_a_stamp_for_other_flags_rebuilds(tmp_path: Path, monkeypatch: pytest.Mo
         ensure_installed(tmp_path, cpuinfo=AVX2_CPU, say=lambda _line: None)
     assert called
     assert called[0].startswith("pip download")
+
+
+def test_concurrent_installs_take_turns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """While another process holds the cache's lock, an install waits instead of building alongside."""
+    import fcntl
+    import threading
+
+    messages: list[str] = []
+    monkeypatch.setattr(install, "_ensure_model", lambda home, say: home / "m.gguf")
+    monkeypatch.setattr(
+        install, "_ensure_server", lambda home, options, lvl, say, jobs: home / "llama-server"
+    )
+    with (tmp_path / ".lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        worker = threading.Thread(target=ensure_installed, args=(tmp_path,), kwargs={"say": messages.append})
+        worker.start()
+        worker.join(0.5)
+        assert worker.is_alive()
+        assert any("waiting" in m for m in messages)
+        fcntl.flock(held, fcntl.LOCK_UN)
+    worker.join(5)
+    assert not worker.is_alive()

@@ -21,6 +21,7 @@ from orchestrator.stopping.population_gbt import shipped as population_gbt_shipp
 from orchestrator.stopping.sac import SelfAdaptiveStop
 from orchestrator.stopping.sc import SelfConsistency
 from orchestrator.stopping.switch_model import SwitchModel
+from orchestrator.stopping.width import shipped as width_shipped
 
 RuleFactory = Callable[..., StoppingRule]
 
@@ -72,6 +73,7 @@ REGISTRY: dict[str, RuleFactory] = {
     "hindsight": Hindsight,
     "mars-pop": population_shipped,  # population stop with the shipped prior (docs/methods.md)
     "mars-pop-gbt": population_gbt_shipped,  # population stop, boosted trees (docs/methods.md)
+    "width": width_shipped,  # adaptive width with the shipped prior (docs/adaptive.md)
     "default": default,
 }
 

@@ -24,6 +24,7 @@ Pure: no state, no I/O; the same snapshot always gives the same decision.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -59,17 +60,33 @@ def evidence(snapshot: Snapshot) -> Evidence:
     return Evidence(tuple(counts), no_answer, running, unlaunched)
 
 
-@lru_cache(maxsize=256)
+def _project(counts: tuple[int, ...], shares: tuple[float, ...], leader: int, m: int) -> tuple[int, ...]:
+    """``counts`` plus ``m`` more finished traces split by ``shares`` (leader rounded down, the others
+    up: the projection leans against the leader)."""
+    return tuple(
+        c + (math.floor(m * p) if i == leader else math.ceil(m * p))
+        for i, (c, p) in enumerate(zip(counts, shares, strict=True))
+    )
+
+
+@lru_cache(maxsize=1024)
 def _fewest_to_certify(
-    counts: tuple[int, ...], no_answer: int, leader: int, room: int, theta: float, risk: float, tail: float
+    counts: tuple[int, ...],
+    shares: tuple[float, ...],
+    no_answer: int,
+    leader: int,
+    running: int,
+    room: int,
+    theta: float,
+    risk: float,
+    tail: float,
 ) -> int | None:
-    """The fewest n ≤ ``room`` more finished votes for ``leader`` (nothing running) that certify it;
-    None if even ``room`` do not. Monotone in n, so a binary search."""
+    """The fewest n ≤ ``room`` further traces that certify ``leader`` once they and the ``running``
+    ones have finished with answers split by ``shares``; None if even ``room`` do not. Binary search
+    (more traces split the same way only add to a lead the certificate already favours)."""
 
     def ok(n: int) -> bool:
-        c = list(counts)
-        c[leader] += n
-        ev = Evidence(tuple(c), no_answer, 0, room - n)
+        ev = Evidence(_project(counts, shares, leader, running + n), no_answer, 0, room - n)
         return certify(ev, theta, tail, risk).p_win >= 1.0 - risk
 
     if not ok(room):
@@ -90,7 +107,7 @@ class AdaptiveWidth:
     ``tail_share`` (the part of the risk spent on the long-trace quantile)."""
 
     theta: float = 1.0
-    risk: float = 0.005
+    risk: float = 0.05  # MARS's δ (STOPPING.md §2): the same risk budget as the seed method
     tail_share: float = 0.5
     name: str = "width"
     needs_probes: bool = False
@@ -111,7 +128,7 @@ class AdaptiveWidth:
         """The fewest traces that, unanimous, could certify (the whole budget if none can)."""
         if budget <= 1:
             return budget
-        n = _fewest_to_certify((0,), 0, 0, budget, self.theta, self.risk, self._tail)
+        n = _fewest_to_certify((0,), (1.0,), 0, 0, 0, budget, self.theta, self.risk, self._tail)
         return budget if n is None else max(1, n)
 
     def certificate(self, snapshot: Snapshot) -> tuple[Evidence, int | None, float]:
@@ -140,23 +157,33 @@ class AdaptiveWidth:
         return Decision.cont(reason=reason, launch=launch, details=details)
 
     def wave(self, ev: Evidence, budget: int) -> int:
-        """How many traces to launch now (0: the launched ones may still be enough)."""
+        """How many traces to launch now (0: the launched ones may still be enough).
+
+        Two projections of the traces still to finish: the best case (all agree with the leader) and,
+        once half a first wave has finished, the likely case (they split like the finished answers).
+        If the best case cannot certify, more traces are certainly needed; if the likely case cannot,
+        they probably are, and starting them now rather than when the wave ends bounds the time to
+        answer. The wave is the fewest further traces that would certify under the projection that
+        asked for them (all that remain if none would), and never fewer than a first wave."""
         if ev.unlaunched == 0:
             return 0
+        first = self.initial_traces(budget)
         counts = list(ev.counts)
         leader = ev.leader()
         if leader is None:  # nothing answered yet: the best case is a unanimous new answer
             leader = len(counts)
             counts.append(0)
-        counts[leader] += ev.running  # best case: every running trace agrees with the leader
-        room = ev.unlaunched
-        need = _fewest_to_certify(
-            tuple(counts), ev.no_answer, leader, room, self.theta, self.risk, self._tail
-        )
+        best = tuple(1.0 if i == leader else 0.0 for i in range(len(counts)))
+        args = (ev.no_answer, leader, ev.running, ev.unlaunched, self.theta, self.risk, self._tail)
+        need = _fewest_to_certify(tuple(counts), best, *args)
+        answered = sum(counts)
+        if need == 0 and 2 * ev.finished >= first and answered > 0:
+            likely = tuple(c / answered for c in counts)
+            need = _fewest_to_certify(tuple(counts), likely, *args)
         if need == 0:
             return 0  # the running traces may still settle it
-        first = self.initial_traces(budget)
-        return min(room, max(first, room if need is None else need))
+        launched = ev.finished + ev.running
+        return min(ev.unlaunched, max(first, launched, ev.unlaunched if need is None else need))
 
 
 def from_document(doc: dict[str, Any], **params: Any) -> AdaptiveWidth:

@@ -73,7 +73,8 @@ async def test_width_job_launches_in_waves_stops_and_hangs_up(
         finally:
             await provider.aclose()
     result = record.result
-    assert result is not None and result.error is None
+    assert result is not None
+    assert result.error is None
     statuses = [t.status for t in result.traces]
     launched = sum(s is not TraceStatus.PENDING for s in statuses)
     assert result.stop_reason == "leader certified"

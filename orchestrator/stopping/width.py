@@ -89,9 +89,11 @@ def _fewest_to_certify(
         ev = Evidence(_project(counts, shares, leader, running + n), no_answer, 0, room - n)
         return certify(ev, theta, tail, risk).p_win >= 1.0 - risk
 
+    if ok(0):  # the common case while a wave runs: nothing more needed
+        return 0
     if not ok(room):
         return None
-    lo, hi = 0, room
+    lo, hi = 1, room
     while lo < hi:
         mid = (lo + hi) // 2
         if ok(mid):

@@ -45,7 +45,8 @@ FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
 NEGLIGIBLE = 1e-13  # m-values below this probability are counted as lost, not summed
-MAX_CHALLENGERS = 3  # strongest seen challengers tested one by one; the rest are pooled
+MAX_CHALLENGERS = 3
+WINDOW = 96  # values of X_L summed per m below the losing boundary (exact below K ≈ 2·WINDOW)  # strongest seen challengers tested one by one; the rest are pooled
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,15 +148,29 @@ def dirmult_lose_probability(draws: int, a_lead: float, a_chal: float, a_rest: f
     ms = m[part]
     if ms.size:
         tp = thr[part]
-        x = np.arange(int(tp.max()) + 1)
-        y = ms[:, None] - x[None, :]
-        valid = x[None, :] <= tp[:, None]
-        y = np.where(valid, y, 0)
-        gk = gammaln(np.arange(draws + 1) + a_chal) - lf[: draws + 1]
+        # Sum X_L | m from the boundary thr(m) down over at most WINDOW values; below the window the
+        # Beta-binomial's left tail is bounded geometrically (it is log-concave when both pseudo-counts
+        # are ≥ 1, so p(x−1)/p(x) only shrinks going left): exact whenever thr(m) < WINDOW.
+        j = np.arange(min(WINDOW, int(tp.max()) + 1))
+        x = tp[:, None] - j[None, :]
+        valid = x >= 0
+        x = np.where(valid, x, 0)
+        y = ms[:, None] - x
+        gk = gammaln(np.arange(draws + 1) + a_chal) - lf
+        gl = gammaln(np.arange(draws + 1) + a_lead) - lf
         row = lf[ms] - gammaln(ms + total) + (gammaln(total) - gammaln(a_lead) - gammaln(a_chal))
-        col = gammaln(x + a_lead) - lf[x]
-        log_px = gk[y] + col[None, :] + row[:, None]
-        cond = np.exp(log_px, where=valid, out=np.zeros(log_px.shape)).sum(axis=1)
+        log_px = gk[y] + gl[x] + row[:, None]
+        px = np.exp(log_px, where=valid, out=np.zeros(log_px.shape))
+        cond = px.sum(axis=1)
+        cut = tp >= len(j)  # rows whose left tail lies beyond the window
+        if cut.any():
+            xl = (tp[cut] - len(j) + 1).astype(np.float64)  # the last value summed
+            ml = ms[cut].astype(np.float64)
+            ratio = xl * (a_chal + ml - xl) / ((ml - xl + 1.0) * (a_lead + xl - 1.0))
+            last = px[cut, -1]
+            concave = a_lead >= 1.0 and a_chal >= 1.0
+            rest = np.where(concave & (ratio < 1.0), last * ratio / np.maximum(1.0 - ratio, 1e-300), np.inf)
+            cond[cut] = np.minimum(1.0, cond[cut] + rest)
         lose += float((pm[part] * cond).sum())
     return min(1.0, max(0.0, lose))
 

@@ -132,3 +132,20 @@ def test_unanimous_wave_certifies_and_more_evidence_never_hurts() -> None:
     b = certify(Evidence((21,), 0, 0, 43), 3.0, 0.0025).p_win
     assert a >= 0.995
     assert b >= a - 1e-12
+
+
+@pytest.mark.parametrize(
+    ("a_lead", "a_chal", "deficit"), [(40.0, 12.0, -28), (20.0, 18.0, -2), (5.0, 4.0, 30)]
+)
+def test_windowed_sum_is_exact_or_conservative_at_large_k(
+    monkeypatch: pytest.MonkeyPatch, a_lead: float, a_chal: float, deficit: int
+) -> None:
+    """Beyond the summation window the geometric tail bound never lowers the lose probability, and
+    stays close to the full sum."""
+    from orchestrator.stopping import width_certificate
+
+    windowed = dirmult_lose_probability(400, a_lead, a_chal, 6.0, deficit)
+    monkeypatch.setattr(width_certificate, "WINDOW", 10_000)
+    full = dirmult_lose_probability(400, a_lead, a_chal, 6.0, deficit)
+    assert windowed >= full - 1e-12
+    assert windowed <= full + 1e-3

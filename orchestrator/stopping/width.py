@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from orchestrator.domain import Decision, Snapshot
 from orchestrator.stopping.tally import vote_in_trace_order
@@ -113,6 +113,7 @@ class AdaptiveWidth:
     tail_share: float = 0.5
     name: str = "width"
     needs_probes: bool = False
+    decides_on_finishes: ClassVar[bool] = True  # reads finished traces only (timing.py)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.risk < 1.0:

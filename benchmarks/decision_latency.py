@@ -1,8 +1,9 @@
 """Latency of one stopping decision with 20 answer classes, at K = 64 and K = 512: MARS (switch-model
-prediction included, features already in the snapshot), the service's ``default`` rule (``mars-pop``
-with the shipped prior: population features, the MARS slack under the prior q, the logistic stop model)
-and the opt-in ``mars-pop-gbt`` (tree ensemble). Prints one JSON object; target: median < 1 ms at
-K = 512 for MARS and for ``default``.
+prediction included, features already in the snapshot), the service's ``default`` rule (adaptive width,
+``width``, on wave snapshots: some traces finished, some running, the rest never launched — its
+certificate and its launch policy included), ``mars-pop`` (population features, the MARS slack under
+the prior q, the logistic stop model) and the opt-in ``mars-pop-gbt`` (tree ensemble). Prints one JSON
+object; target: median < 1 ms at K = 512 for MARS and for ``default``.
 
 Run: .venv/bin/python benchmarks/decision_latency.py
 """
@@ -13,6 +14,7 @@ import json
 import random
 import statistics
 import time
+from collections.abc import Callable
 
 from orchestrator.domain import Snapshot, TraceView
 from orchestrator.stopping.base import StoppingRule
@@ -51,6 +53,27 @@ def make_snapshot(k: int, rng: random.Random) -> Snapshot:
     return Snapshot(CHECKPOINT, PROBE_INTERVAL * CHECKPOINT, tuple(traces), k, NUM_CLASSES)
 
 
+def make_wave_snapshot(k: int, rng: random.Random) -> Snapshot:
+    """Adaptive width mid-job: between k/16 and k/2 traces launched, 40-100% of them finished with a
+    skewed answer distribution, the rest running; the remaining traces never launched."""
+    launched = rng.randint(max(2, k // 16), k // 2)
+    finished = rng.randint(max(1, (2 * launched) // 5), launched)
+    traces = []
+    for i in range(k):
+        answer = min(int(rng.expovariate(1.0)), NUM_CLASSES - 1) if i < finished else None
+        traces.append(
+            TraceView(
+                index=i,
+                answer_class=answer,
+                eligible=answer is not None,
+                finished=i < finished,
+                started=i < launched,
+                tokens=PROBE_INTERVAL * CHECKPOINT,
+            )
+        )
+    return Snapshot(0, 0, tuple(traces), k, NUM_CLASSES)
+
+
 def fitted_model(rng: random.Random) -> SwitchModel:
     rows, labels = [], []
     for _ in range(16):
@@ -61,8 +84,14 @@ def fitted_model(rng: random.Random) -> SwitchModel:
     return fit_switch_model(rows, labels)
 
 
-def measure(rule: StoppingRule, k: int, rng: random.Random, repeats: int = 2000) -> dict[str, float]:
-    snapshots = [make_snapshot(k, rng) for _ in range(20)]
+def measure(
+    rule: StoppingRule,
+    k: int,
+    rng: random.Random,
+    repeats: int = 2000,
+    make: Callable[[int, random.Random], Snapshot] = make_snapshot,
+) -> dict[str, float]:
+    snapshots = [make(k, rng) for _ in range(20)]
     for s in snapshots:  # warm-up
         rule.decide(s)
     samples = []
@@ -83,8 +112,10 @@ def main() -> None:
     rule = Mars(gamma=0.8, use_epsilon=True, switch_model=fitted_model(rng))
     k64 = measure(rule, 64, rng)
     k512 = measure(rule, 512, rng)
-    default, gbt = build_rule("default"), build_rule("mars-pop-gbt")
-    default_64, default_512 = measure(default, 64, rng), measure(default, 512, rng)
+    default, gbt, pop = build_rule("default"), build_rule("mars-pop-gbt"), build_rule("mars-pop")
+    default_64 = measure(default, 64, rng, make=make_wave_snapshot)
+    default_512 = measure(default, 512, rng, make=make_wave_snapshot)
+    pop_64, pop_512 = measure(pop, 64, rng), measure(pop, 512, rng)
     gbt_64, gbt_512 = measure(gbt, 64, rng, repeats=500), measure(gbt, 512, rng, repeats=500)
     print(
         json.dumps(
@@ -92,6 +123,7 @@ def main() -> None:
                 "k64": k64,
                 "k512": k512,
                 "default": {"rule": default.name, "k64": default_64, "k512": default_512},
+                "mars_pop": {"k64": pop_64, "k512": pop_512},
                 "mars_pop_gbt": {"k64": gbt_64, "k512": gbt_512},
                 "target": "median < 1 ms at K=512 for mars and default",
                 "target_met": k512["median_ms"] < TARGET_MS and default_512["median_ms"] < TARGET_MS,

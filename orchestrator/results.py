@@ -131,6 +131,8 @@ def build_result(
     stale = sum(1 for t in launched for o in t.probes.values() if o.stale)
     if stale:
         all_notes.append(f"{stale} probes timed out or failed: the previous answer stood")
+    if len(launched) < spec.budget:  # adaptive width and wave methods: K is an upper bound
+        all_notes.append(f"launched {len(launched)} of {spec.budget} traces")
     restarts = sum(t.restarts for t in (*launched, *warmup))
     if restarts:
         all_notes.append(f"{restarts} trace restarts (tokens of lost attempts counted in total_tokens)")

@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from orchestrator.corpus import Corpus, CorpusQuestion
 from orchestrator.errors import InvalidRequest
-from orchestrator.evaluation import protocol_pp, train_stop
+from orchestrator.evaluation import protocol_pp, train_stop, train_width
 from orchestrator.evaluation.corpus_stats import CorpusStats
 from orchestrator.evaluation.corpus_stats import inspect_corpus as _inspect
 from orchestrator.evaluation.grouping import answer_keys
@@ -347,6 +347,8 @@ def _run_honest_in(
             for k in questions:
                 priors[k]["mars-prior"] = kfold.get(k)
                 priors[k]["mars-prior-lodo"] = by_dataset.get(k, kfold.get(k))
+    if any(m.startswith("width") for m in wanted):  # adaptive width's θ, whole questions held out
+        train_width.attach_priors(priors, {k: hq.timeline for k, hq in questions.items()})
     if any(m.startswith("mars-pop") for m in wanted):
         with console.status("training population stop models (whole questions held out)"):
             if pending is not None:

@@ -205,6 +205,21 @@ SPECS: dict[str, MethodSpec] = {
         MethodSpec("hindsight", _registry("sc"), description="the limit (uses the future)"),
         MethodSpec("default", _registry("default"), description="what the live service runs"),
         MethodSpec(
+            "width",
+            lambda ctx: _width(ctx, "width"),
+            description="adaptive width: waves certified against the full-K vote, θ learned on other questions",
+        ),
+        MethodSpec(
+            "width-lodo",
+            lambda ctx: _width(ctx, "width-lodo"),
+            description="as width, θ learned on the other dataset(s) only",
+        ),
+        MethodSpec(
+            "width-shipped",
+            _registry("width"),
+            description="the registry's width: the shipped prior (trained on the bundled corpus)",
+        ),
+        MethodSpec(
             "mars-pop-gbt",
             lambda ctx: _population_gbt(ctx, "mars-pop"),
             description="population stop, boosted trees on 28 features, learned on other questions (k-fold)",
@@ -244,6 +259,15 @@ def _population_gbt(ctx: MethodContext, key: str) -> StoppingRule:
         threshold=float(threshold),
         persistence=int(persistence),
     )
+
+
+def _width(ctx: MethodContext, key: str) -> StoppingRule:
+    from orchestrator.stopping.width import AdaptiveWidth
+
+    theta = ctx.priors.get(key)
+    if not isinstance(theta, float):
+        raise KeyError(f"no adaptive-width prior {key!r} was prepared for this run")
+    return AdaptiveWidth(theta=theta)
 
 
 def method_spec(name: str) -> MethodSpec:

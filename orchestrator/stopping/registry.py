@@ -1,6 +1,6 @@
 """Rule names -> factories (a plain dict). ``build_rule(name, **params)`` builds a rule from a job's
 ``method`` and ``method_params``. ``default`` is what the live service runs when a job names no
-method: the population stop ``mars-pop`` with the prior the product ships."""
+method: adaptive width (``width``) with the prior the product ships."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from orchestrator.stopping.population_gbt import shipped as population_gbt_shipp
 from orchestrator.stopping.sac import SelfAdaptiveStop
 from orchestrator.stopping.sc import SelfConsistency
 from orchestrator.stopping.switch_model import SwitchModel
+from orchestrator.stopping.width import shipped as width_shipped
 
 RuleFactory = Callable[..., StoppingRule]
 
@@ -52,10 +53,10 @@ def deepconf_mars(**params: Any) -> DeepConfMars:
 
 
 def default(**params: Any) -> StoppingRule:
-    """The live service's method when a job names none: the population stop with the shipped prior
-    (``mars-pop``). On the bundled corpus it beats MARS with the conservative q on agreement, savings
-    and sequential tokens, with no per-question warmup (docs/results.md)."""
-    return population_shipped(**params)
+    """The live service's method when a job names none: adaptive width (``width``) with the shipped
+    prior. It launches only the traces the vote needs and certifies the leader against the vote of
+    all K (docs/adaptive.md); ``mars-pop`` stays available by name."""
+    return width_shipped(**params)
 
 
 REGISTRY: dict[str, RuleFactory] = {
@@ -72,6 +73,7 @@ REGISTRY: dict[str, RuleFactory] = {
     "hindsight": Hindsight,
     "mars-pop": population_shipped,  # population stop with the shipped prior (docs/methods.md)
     "mars-pop-gbt": population_gbt_shipped,  # population stop, boosted trees (docs/methods.md)
+    "width": width_shipped,  # adaptive width with the shipped prior (docs/adaptive.md)
     "default": default,
 }
 

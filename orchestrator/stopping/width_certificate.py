@@ -1,0 +1,218 @@
+"""The adaptive-width certificate: how sure we are that the current leader wins the vote of all K
+traces (STOPPING.md §11).
+
+The K traces a job *could* run are exchangeable draws from one answer distribution ``p``. At a decision
+point the job knows the final answers of F finished traces (counts ``n_c``, plus traces that finished
+with no answer), that R traces are running, and that U = K − F − R were never launched.
+
+**Prior and posterior.** ``p`` has a Dirichlet-process prior with concentration ``θ`` (learned across
+questions, :mod:`orchestrator.evaluation.train_width`): after the finished answers the posterior over
+(leader, challenger k, everything else) is Dirichlet(n_L, n_k, F − n_L − n_k + θ), where "everything
+else" includes answers never seen (an unseen challenger gets the new-class mass θ).
+
+**Length bias.** Traces that finish first are the short ones, and short and long traces can answer
+differently (aime25 q6: short traces say 271, long ones 821). So finished answers are evidence only
+about *short* draws, "short" meaning a length the launched traces have already had time to reach:
+
+* a running trace is long and its answer unknown: it is counted **adversarially** (it votes for the
+  challenger);
+* a never-launched trace is short with probability s, where s ~ Beta(f + 1, r + 1) from the f finished
+  and r running launched traces (later, younger waves only lower this estimate: conservative). The
+  number J of long ones among U is Beta-binomial; its upper quantile J* (P(J > J*) ≤ ``tail_risk``) is
+  counted adversarially and the U − J* short ones are Dirichlet–multinomial draws from the posterior.
+
+Losing is monotone in J (a long draw is a short draw moved to the challenger), so
+
+    P(leader loses) ≤ P(J > J*) + Σ_k P(n_L + X_L ≤ n_k + R + J* + X_k)
+
+with (X_L, X_k, X_rest) ~ DirMult(U − J*; n_L, n_k, rest). Ties count as losses. Challengers are the
+strongest seen answers one by one and a pooled rest (all other answers plus the unseen mass, which
+upper-bounds every one of them). Each term is computed **exactly** by summing the trinomial
+Dirichlet–multinomial over the losing region (:func:`dirmult_lose_probability`); the certificate is
+``1 − bound``, a lower bound on the model's probability that the leader wins. Pure numpy/scipy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import numpy.typing as npt
+from scipy.special import gammaln
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
+
+NEGLIGIBLE = 1e-13  # m-values below this probability are counted as lost, not summed
+MAX_CHALLENGERS = 3
+WINDOW = 96  # values of X_L summed per m below the losing boundary (exact below K ≈ 2·WINDOW)  # strongest seen challengers tested one by one; the rest are pooled
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """What the certificate rests on (counts only: the rule's inputs are exactly these)."""
+
+    counts: tuple[int, ...]  # finished traces per answer class (index = class id)
+    no_answer: int  # finished traces without an answer
+    running: int  # launched, still running (unknown answers)
+    unlaunched: int  # never launched: future exchangeable draws
+
+    @property
+    def finished(self) -> int:
+        return sum(self.counts) + self.no_answer
+
+    def leader(self) -> int | None:
+        """Most finished votes; ties go to the lowest class id (the one seen first)."""
+        best = max(self.counts, default=0)
+        if best <= 0:
+            return None
+        return self.counts.index(best)
+
+
+@dataclass(frozen=True, slots=True)
+class Certificate:
+    leader: int | None
+    p_win: float  # lower bound on P(leader wins the vote of all K)
+    long_draws: int  # J*: never-launched traces counted adversarially
+
+
+@lru_cache(maxsize=64)
+def _log_factorials(n: int) -> FloatArray:
+    out: FloatArray = gammaln(np.arange(n + 1, dtype=np.float64) + 1.0)
+    return out
+
+
+def betabinom_upper_quantile(n: int, a: float, b: float, risk: float) -> int:
+    """The smallest j with P(J > j) ≤ ``risk`` for J ~ BetaBinomial(n, a, b)."""
+    if n <= 0:
+        return 0
+    j = np.arange(n + 1, dtype=np.float64)
+    lf = _log_factorials(n)
+    logp = (
+        lf[n]
+        - lf
+        - lf[::-1]
+        + gammaln(j + a)
+        + gammaln(n - j + b)
+        - gammaln(n + a + b)
+        - (gammaln(a) + gammaln(b) - gammaln(a + b))
+    )
+    tail = np.cumsum(np.exp(logp)[::-1])[::-1]  # tail[j] = P(J >= j)
+    above = np.append(tail[1:], 0.0)  # P(J > j)
+    return int(np.argmax(above <= risk))
+
+
+def dirmult_lose_probability(draws: int, a_lead: float, a_chal: float, a_rest: float, deficit: int) -> float:
+    """P(X_L − X_k ≤ deficit) for (X_L, X_k, X_rest) ~ DirMult(draws; a_lead, a_chal, a_rest).
+
+    ``deficit`` is how far the challenger already trails (n_k + adversarial votes − n_L): the leader
+    loses (ties included) when its new votes do not beat the challenger's by more than that. Exact:
+    conditions on m = X_L + X_k (Beta-binomial) and sums X_L | m (Beta-binomial) over x ≤ (m + d) / 2.
+    """
+    if draws <= 0:
+        return 1.0 if deficit >= 0 else 0.0
+    if deficit >= draws:
+        return 1.0
+    if a_chal <= 0.0:  # a challenger that can never gain: only the deficit itself decides
+        a_chal = 0.0
+    total = a_lead + a_chal
+    m = np.arange(draws + 1)
+    lf = _log_factorials(draws)
+    # P(m): X_L + X_k ~ BetaBinomial(draws, a_lead + a_chal, a_rest)
+    if a_rest > 0.0:
+        log_pm = (
+            lf[draws]
+            - lf[m]
+            - lf[draws - m]
+            + gammaln(m + total)
+            + gammaln(draws - m + a_rest)
+            - gammaln(draws + total + a_rest)
+            + gammaln(total + a_rest)
+            - gammaln(total)
+            - gammaln(a_rest)
+        )
+        pm = np.exp(log_pm)
+    else:
+        pm = np.zeros(draws + 1)
+        pm[draws] = 1.0
+    # Only m with thr(m) = floor((m + deficit) / 2) >= 0 can lose.
+    thr = np.floor_divide(m + deficit, 2)
+    if a_chal == 0.0:  # every one of the m draws goes to the leader: loses iff m <= thr(m)
+        return float(np.clip(pm[m <= thr].sum(), 0.0, 1.0))
+    keep = (thr >= 0) & (pm > NEGLIGIBLE)
+    ignored = float(pm[(thr >= 0) & ~keep].sum())  # counted as lost: conservative
+    full = keep & (thr >= m)  # the whole conditional distribution loses
+    part = keep & (thr < m)
+    lose = ignored + float(pm[full].sum())
+    ms = m[part]
+    if ms.size:
+        tp = thr[part]
+        # Sum X_L | m from the boundary thr(m) down over at most WINDOW values; below the window the
+        # Beta-binomial's left tail is bounded geometrically (it is log-concave when both pseudo-counts
+        # are ≥ 1, so p(x−1)/p(x) only shrinks going left): exact whenever thr(m) < WINDOW.
+        j = np.arange(min(WINDOW, int(tp.max()) + 1))
+        x = tp[:, None] - j[None, :]
+        valid = x >= 0
+        x = np.where(valid, x, 0)
+        y = ms[:, None] - x
+        gk = gammaln(np.arange(draws + 1) + a_chal) - lf
+        gl = gammaln(np.arange(draws + 1) + a_lead) - lf
+        row = lf[ms] - gammaln(ms + total) + (gammaln(total) - gammaln(a_lead) - gammaln(a_chal))
+        log_px = gk[y] + gl[x] + row[:, None]
+        px = np.exp(log_px, where=valid, out=np.zeros(log_px.shape))
+        cond = px.sum(axis=1)
+        cut = tp >= len(j)  # rows whose left tail lies beyond the window
+        if cut.any():
+            xl = (tp[cut] - len(j) + 1).astype(np.float64)  # the last value summed
+            ml = ms[cut].astype(np.float64)
+            ratio = xl * (a_chal + ml - xl) / ((ml - xl + 1.0) * (a_lead + xl - 1.0))
+            last = px[cut, -1]
+            concave = a_lead >= 1.0 and a_chal >= 1.0
+            rest = np.where(concave & (ratio < 1.0), last * ratio / np.maximum(1.0 - ratio, 1e-300), np.inf)
+            cond[cut] = np.minimum(1.0, cond[cut] + rest)
+        lose += float((pm[part] * cond).sum())
+    return min(1.0, max(0.0, lose))
+
+
+def certify(
+    evidence: Evidence, theta: float, tail_risk: float, stop_risk: float | None = None
+) -> Certificate:
+    """The certificate for the current leader (module docstring). ``stop_risk``, when given, lets the
+    computation end early once the bound exceeds it (the answer is then "cannot stop", p_win < 1 − risk)."""
+    leader = evidence.leader()
+    counts = evidence.counts
+    u = evidence.unlaunched
+    launched_finished = evidence.finished
+    j_star = betabinom_upper_quantile(u, evidence.running + 1.0, launched_finished + 1.0, tail_risk)
+    tail = tail_risk if u > 0 and j_star < u else 0.0
+    if leader is None:
+        return Certificate(None, 0.0, j_star)
+    n_lead = counts[leader]
+    short = u - j_star
+    adversarial = evidence.running + j_star
+    answered = sum(counts)
+    base_rest = answered - n_lead + evidence.no_answer
+
+    def lose(votes: int, a_chal: float, a_rest: float) -> float:
+        return dirmult_lose_probability(short, float(n_lead), a_chal, a_rest, votes + adversarial - n_lead)
+
+    # Every other answer pooled into one challenger (the unseen mass θ included): losing to anyone
+    # means losing to the pool, so this alone bounds the risk, with one computation.
+    pooled_all = answered - n_lead
+    bound = tail + lose(pooled_all, pooled_all + theta, float(evidence.no_answer))
+    if bound <= (stop_risk if stop_risk is not None else 0.0) or pooled_all == 0:
+        return Certificate(leader, max(0.0, 1.0 - bound), j_star)
+    # Otherwise a union bound: the strongest seen challengers one by one, the rest (θ included) pooled.
+    others = sorted(
+        (c for c in range(len(counts)) if c != leader and counts[c] > 0), key=lambda c: -counts[c]
+    )
+    single, pooled = others[:MAX_CHALLENGERS], others[MAX_CHALLENGERS:]
+    pooled_votes = sum(counts[c] for c in pooled)
+    union = tail + lose(pooled_votes, pooled_votes + theta, float(base_rest - pooled_votes))
+    for c in single:
+        if union >= bound or (stop_risk is not None and union > stop_risk):
+            return Certificate(leader, max(0.0, 1.0 - bound), j_star)  # a partial sum bounds nothing
+        union += lose(counts[c], float(counts[c]), base_rest - counts[c] + theta)
+    bound = min(bound, union)
+    return Certificate(leader, max(0.0, 1.0 - bound), j_star)

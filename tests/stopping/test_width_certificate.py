@@ -1,0 +1,151 @@
+"""The adaptive-width certificate: exact against brute-force enumeration, never optimistic."""
+
+from __future__ import annotations
+
+import math
+from itertools import product
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from orchestrator.stopping.width_certificate import (
+    Evidence,
+    betabinom_upper_quantile,
+    certify,
+    dirmult_lose_probability,
+)
+
+
+def _dirmult_pmf(xs: tuple[int, ...], alphas: tuple[float, ...]) -> float:
+    """Dirichlet–multinomial pmf by the Pólya urn, draw by draw (an independent formula)."""
+    n = sum(xs)
+    coef = math.factorial(n)
+    for x in xs:
+        coef //= math.factorial(x)
+    a0 = sum(alphas)
+    p = float(coef)
+    for x, a in zip(xs, alphas, strict=True):
+        for i in range(x):
+            p *= (a + i) if a > 0 else (1.0 if i else 0.0)
+    for i in range(n):
+        p /= a0 + i
+    return p
+
+
+def _compositions(n: int, parts: int) -> list[tuple[int, ...]]:
+    return [xs for xs in product(range(n + 1), repeat=parts) if sum(xs) == n]
+
+
+def _betabinom(n: int, a: float, b: float) -> list[float]:
+    return [_dirmult_pmf((j, n - j), (a, b)) for j in range(n + 1)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    draws=st.integers(0, 9),
+    a_lead=st.floats(0.5, 6.0),
+    a_chal=st.floats(0.1, 6.0),
+    a_rest=st.floats(0.0, 4.0),
+    deficit=st.integers(-8, 8),
+)
+def test_lose_probability_is_exact_against_enumeration(
+    draws: int, a_lead: float, a_chal: float, a_rest: float, deficit: int
+) -> None:
+    """P(X_L − X_k ≤ d) equals the sum of the trinomial Dirichlet–multinomial over that region."""
+    brute = sum(
+        _dirmult_pmf(xs, (a_lead, a_chal, a_rest))
+        for xs in _compositions(draws, 3)
+        if xs[0] - xs[1] <= deficit and (a_rest > 0 or xs[2] == 0)
+    )
+    assert dirmult_lose_probability(draws, a_lead, a_chal, a_rest, deficit) == pytest.approx(brute, abs=1e-9)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(0, 12), a=st.floats(0.5, 8.0), b=st.floats(0.5, 8.0), risk=st.floats(0.001, 0.3))
+def test_upper_quantile_is_the_smallest_with_a_small_tail(n: int, a: float, b: float, risk: float) -> None:
+    """J* is the smallest j with P(J > j) ≤ risk for J ~ BetaBinomial(n, a, b)."""
+    pmf = _betabinom(n, a, b)
+    j = betabinom_upper_quantile(n, a, b, risk)
+    assert sum(pmf[j + 1 :]) <= risk + 1e-12
+    if j > 0:
+        assert sum(pmf[j:]) > risk - 1e-12
+
+
+def _worst_case_win(ev: Evidence, theta: float) -> float:
+    """The model's exact P(leader wins the vote of all K), with running and long never-launched
+    traces voting for the worst challenger and long/short never-launched traces split by the
+    Beta-binomial (brute force; new answers pooled into one class, the worst grouping)."""
+    leader = ev.leader()
+    assert leader is not None
+    counts = ev.counts
+    u = ev.unlaunched
+    alphas = (*map(float, counts), theta, float(ev.no_answer))  # seen classes, new, no answer
+    win = 0.0
+    for j, pj in enumerate(_betabinom(u, ev.running + 1.0, ev.finished + 1.0)):
+        adversarial = ev.running + j
+        for xs in _compositions(u - j, len(alphas)):
+            p = _dirmult_pmf(xs, alphas)
+            if p == 0.0:
+                continue
+            lead = counts[leader] + xs[leader]
+            rivals = [counts[c] + xs[c] for c in range(len(counts)) if c != leader] + [xs[len(counts)]]
+            if all(lead > r + adversarial for r in rivals):
+                win += pj * p
+    return win
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    counts=st.lists(st.integers(0, 6), min_size=1, max_size=3).filter(lambda c: max(c) > 0),
+    no_answer=st.integers(0, 1),
+    running=st.integers(0, 3),
+    unlaunched=st.integers(0, 6),
+    theta=st.floats(0.2, 4.0),
+)
+def test_certificate_never_exceeds_the_models_win_probability(
+    counts: list[int], no_answer: int, running: int, unlaunched: int, theta: float
+) -> None:
+    """The certificate is a lower bound on the exact worst-case probability that the leader wins."""
+    ev = Evidence(tuple(counts), no_answer, running, unlaunched)
+    cert = certify(ev, theta, tail_risk=0.01)
+    assert cert.p_win <= _worst_case_win(ev, theta) + 1e-9
+
+
+def test_no_stop_while_the_leader_can_still_lose_for_sure() -> None:
+    """With every trace launched, running traces alone can overturn a lead they match: no certificate."""
+    ev = Evidence((5, 2), 0, 3, 0)  # 5 vs 2 + 3 running: a tie is a loss
+    assert certify(ev, 1.0, 0.0025).p_win == 0.0
+    assert certify(Evidence((6, 2), 0, 3, 0), 1.0, 0.0025).p_win == pytest.approx(1.0)
+
+
+def test_short_early_finishers_do_not_certify_against_long_runners() -> None:
+    """aime25 q6's shape: the first eight finishers agree, eight long traces still run, 48 never
+    launched: the long half can still carry the vote, so the leader is not certified."""
+    ev = Evidence((8,), 0, 8, 48)
+    assert certify(ev, 3.0, 0.0025).p_win < 0.5
+
+
+def test_unanimous_wave_certifies_and_more_evidence_never_hurts() -> None:
+    """A unanimous finished wave of 20 of 64 certifies; one more agreeing trace does not lower it."""
+    a = certify(Evidence((20,), 0, 0, 44), 3.0, 0.0025).p_win
+    b = certify(Evidence((21,), 0, 0, 43), 3.0, 0.0025).p_win
+    assert a >= 0.995
+    assert b >= a - 1e-12
+
+
+@pytest.mark.parametrize(
+    ("a_lead", "a_chal", "deficit"), [(40.0, 12.0, -28), (20.0, 18.0, -2), (5.0, 4.0, 30)]
+)
+def test_windowed_sum_is_exact_or_conservative_at_large_k(
+    monkeypatch: pytest.MonkeyPatch, a_lead: float, a_chal: float, deficit: int
+) -> None:
+    """Beyond the summation window the geometric tail bound never lowers the lose probability, and
+    stays close to the full sum."""
+    from orchestrator.stopping import width_certificate
+
+    windowed = dirmult_lose_probability(400, a_lead, a_chal, 6.0, deficit)
+    monkeypatch.setattr(width_certificate, "WINDOW", 10_000)
+    full = dirmult_lose_probability(400, a_lead, a_chal, 6.0, deficit)
+    assert windowed >= full - 1e-12
+    assert windowed <= full + 0.01

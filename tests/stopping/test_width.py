@@ -105,11 +105,10 @@ def test_decisions_are_pure() -> None:
     assert RULE.decide(s) == RULE.decide(s)
 
 
-def test_shipped_prior_is_the_registry_width_and_default() -> None:
+def test_shipped_prior_is_the_registry_width() -> None:
     rule = shipped()
     assert rule.theta > 0
     assert build_rule("width") == rule
-    assert build_rule("default") == rule
     assert build_rule("width", risk=0.01).risk == 0.01
 
 

@@ -57,7 +57,7 @@ async def test_width_job_launches_in_waves_stops_and_hangs_up(
                     provider="replay",
                     model="replay",
                     budget=BUDGET,
-                    method="default",
+                    method="width",
                     probe=ProbeSpec(interval_tokens=q.probe_interval_tokens, timeout_s=30.0),
                     warmup=WarmupMode.NONE,
                     task="plain",

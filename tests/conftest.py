@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -25,6 +26,19 @@ def shared_data() -> Path:
 def redis_url() -> str:
     """URL of a real Redis (REDIS_URL or 127.0.0.1:6379). CI starts one; a missing server fails."""
     return os.environ.get("MARS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture
+async def prefix(redis_url: str) -> AsyncIterator[str]:
+    """A private key namespace on the shared Redis, deleted afterwards."""
+    import redis.asyncio as aioredis
+
+    name = f"marstest:{uuid.uuid4().hex[:12]}"
+    yield name
+    client = aioredis.from_url(redis_url)
+    async for key in client.scan_iter(match=f"{name}:*"):
+        await client.delete(key)
+    await client.aclose()
 
 
 @pytest.fixture

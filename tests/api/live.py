@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import httpx
+from starlette.types import Receive, Scope, Send
 
 from orchestrator.corpus import Corpus, CorpusQuestion, CorpusTrace
+from orchestrator.replay.server import ReplayServer
 
 QUESTION = "What is six times seven? Put the answer in a box."
 
@@ -67,3 +70,17 @@ async def sse_events(response: httpx.Response, comments: list[str] | None = None
                 event = value
             elif name == "id":
                 event_id = value
+
+
+class GatedUpstream:
+    """The replay server behind a gate: upstream requests wait until :attr:`open` is set, so a job is
+    certainly running (and not finished) while a test sets up around it, however busy the machine."""
+
+    def __init__(self, server: ReplayServer) -> None:
+        self.server = server
+        self.open = asyncio.Event()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self.open.wait()
+        await self.server.app(scope, receive, send)

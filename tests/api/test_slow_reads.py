@@ -5,28 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-import redis.asyncio as aioredis
 
 from orchestrator.console.service import create_app
 from orchestrator.store.factory import open_store
 from tests.api.conftest import ALICE, auth, job_body, make_settings, stored
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
-
-
-@pytest.fixture
-async def prefix(redis_url: str) -> AsyncIterator[str]:
-    name = f"marstest:{uuid.uuid4().hex[:12]}"
-    yield name
-    client = aioredis.from_url(redis_url)
-    async for key in client.scan_iter(match=f"{name}:*"):
-        await client.delete(key)
-    await client.aclose()
 
 
 async def test_reading_a_busy_job_does_not_follow_its_event_log(redis_url: str, prefix: str) -> None:

@@ -7,7 +7,6 @@ same request by the same key joins the first one's job, which outlives its clien
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -15,41 +14,16 @@ from typing import Any
 import httpx
 import openai
 import pytest
-import redis.asyncio as aioredis
-from starlette.types import Receive, Scope, Send
 
 from orchestrator.console.runner import RunningService, running_service
 from orchestrator.replay.server import ReplayOptions, ReplayServer
 from orchestrator.serving import serve_app
 from orchestrator.settings import ProviderConfig
 from tests.api.conftest import ALICE, BOB, auth, make_settings
-from tests.api.live import QUESTION, small_corpus
+from tests.api.live import QUESTION, GatedUpstream, small_corpus
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(120)]
 MESSAGES: list[Any] = [{"role": "user", "content": QUESTION}]
-
-
-class GatedUpstream:
-    """The replay server behind a gate: upstream requests wait until :attr:`open` is set."""
-
-    def __init__(self, server: ReplayServer) -> None:
-        self.server = server
-        self.open = asyncio.Event()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            await self.open.wait()
-        await self.server.app(scope, receive, send)
-
-
-@pytest.fixture
-async def prefix(redis_url: str) -> AsyncIterator[str]:
-    name = f"marstest:retry:{uuid.uuid4().hex[:10]}"
-    yield name
-    client = aioredis.from_url(redis_url)
-    async for key in client.scan_iter(match=f"{name}:*"):
-        await client.delete(key)
-    await client.aclose()
 
 
 @asynccontextmanager

@@ -12,13 +12,11 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from starlette.types import Receive, Scope, Send
 
 from orchestrator.console.runner import running_service
 from orchestrator.replay.server import ReplayOptions, ReplayServer
@@ -26,7 +24,7 @@ from orchestrator.serving import serve_app
 from orchestrator.settings import ProviderConfig, Settings
 from orchestrator.store.factory import open_store
 from tests.api.conftest import ALICE, BOB, auth, job_body, make_settings
-from tests.api.live import QUESTION, Received, small_corpus, sse_events
+from tests.api.live import QUESTION, GatedUpstream, Received, small_corpus, sse_events
 from tests.reliability.processes import private_redis
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(180)]
@@ -34,33 +32,9 @@ WATCHERS = 500
 POOL = 20
 
 
-@pytest.fixture
-async def prefix(redis_url: str) -> AsyncIterator[str]:
-    name = f"marstest:watch:{uuid.uuid4().hex[:10]}"
-    yield name
-    client = aioredis.from_url(redis_url)
-    async for key in client.scan_iter(match=f"{name}:*"):
-        await client.delete(key)
-    await client.aclose()
-
-
 def with_query(url: str, **params: Any) -> str:
     query = "&".join(f"{k}={v}" for k, v in params.items())
     return f"{url}{'&' if '?' in url else '?'}{query}"
-
-
-class GatedUpstream:
-    """The replay server behind a gate: upstream requests wait until :attr:`open` is set, so the job
-    is certainly running (and not finished) while the watchers connect, however busy the machine."""
-
-    def __init__(self, server: ReplayServer) -> None:
-        self.server = server
-        self.open = asyncio.Event()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            await self.open.wait()
-        await self.server.app(scope, receive, send)
 
 
 class Arrivals:

@@ -4,12 +4,8 @@ server at startup instead of running it open or handing one key to two tenants."
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator
-
 import httpx
 import pytest
-import redis.asyncio as aioredis
 
 from orchestrator.console.runner import running_service
 from orchestrator.errors import InvalidRequest
@@ -62,16 +58,6 @@ def test_unset_or_blank_means_no_keys_and_rotation_keeps_a_named_tenant() -> Non
     both = keys_from("team:new-key, team:old-key")
     assert set(both.values()) == {"team"}
     assert len(both) == 2
-
-
-@pytest.fixture
-async def prefix(redis_url: str) -> AsyncIterator[str]:
-    name = f"marstest:keys:{uuid.uuid4().hex[:10]}"
-    yield name
-    client = aioredis.from_url(redis_url)
-    async for key in client.scan_iter(match=f"{name}:*"):
-        await client.delete(key)
-    await client.aclose()
 
 
 def _settings(redis_url: str, prefix: str, raw_keys: str) -> Settings:

@@ -4,8 +4,7 @@ uvicorn: a vote with a malformed field is a 422 and leaves nothing in Redis; an 
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any, cast
 
 import httpx
@@ -30,16 +29,6 @@ def vote(**changes: Any) -> dict[str, Any]:
     }
     body.update(changes)
     return body
-
-
-@pytest.fixture
-async def prefix(redis_url: str) -> AsyncIterator[str]:
-    name = f"marstest:valid:{uuid.uuid4().hex[:10]}"
-    yield name
-    client = aioredis.from_url(redis_url)
-    async for key in client.scan_iter(match=f"{name}:*"):
-        await client.delete(key)
-    await client.aclose()
 
 
 async def _keys(redis_url: str, prefix: str) -> list[str]:

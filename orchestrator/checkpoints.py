@@ -70,13 +70,15 @@ def mean_confidence(values: Sequence[float]) -> float | None:
 
 @dataclass(frozen=True, slots=True)
 class ProbeOutcome:
-    """What the probe of one trace at one checkpoint gave. ``status``: ok | timeout | failed | none."""
+    """What the probe of one trace at one checkpoint gave. ``status``: ok | timeout | failed | none.
+    ``called``: the upstream answered a probe request (billed; an ``extract`` read sends none)."""
 
     answer: str | None
     status: str = "ok"
     input_tokens: int = 0
     cached_tokens: int = 0
     output_tokens: int = 0
+    called: bool = False
 
     @property
     def stale(self) -> bool:
@@ -95,7 +97,12 @@ class Crossing:
 
 @dataclass(eq=False)
 class TraceState:
-    """One trace as the coordinator tracks it (mutable, owned by one job run on one event loop).
+    """One trace as a job run tracks it (mutable, owned by one job run on one event loop).
+
+    Every field has one writer, named beside it: the trace's stream (``streams.TraceStreamer``: what
+    the upstream sent and the probes of its crossings), its placement on the run (``launcher.Launcher``:
+    launched, pruned, cancelled, cut, shadow) or the decision reading (:class:`CheckpointBook`: what it
+    showed at each of its own checkpoints). ``status`` is derived from them.
 
     It is the live :class:`~orchestrator.snapshots.TraceRecord`: what it showed at each of its own
     checkpoints (``answers``, ``history``, ``confidences``, ``features``, ``stales``; one entry per own
@@ -104,7 +111,8 @@ class TraceState:
     index: int
     interval_tokens: int  # its own checkpoints are every this many tokens from its first
     role: str = "vote"  # vote | warmup
-    status: TraceStatus = TraceStatus.PENDING
+    # --- the stream (streams.py) --------------------------------------------------------------------
+    end: TraceStatus | None = None  # FINISHED (the upstream ended it) or FAILED (retries outlasted)
     tokens: int = 0
     content: list[str] = field(default_factory=list)
     text: list[str] = field(default_factory=list)  # reasoning and content as generated
@@ -118,19 +126,6 @@ class TraceState:
     window_sum: ExactSum = field(default_factory=ExactSum)
     conf_sum: ExactSum = field(default_factory=ExactSum)
     conf_count: int = 0
-    # where it stands in the run, on the global decision grid (orchestrator/timing.py)
-    launched_at: int | None = None
-    pruned_at: int | None = None
-    # what the rule saw, one entry per own checkpoint decided
-    answers: list[str | None] = field(default_factory=list)
-    history: list[int | None] = field(default_factory=list)
-    confidences: list[float | None] = field(default_factory=list)
-    features: list[tuple[float, ...]] = field(default_factory=list)
-    stales: list[bool] = field(default_factory=list)
-    cut_position: int | None = None  # generated tokens count up to here (stop or prune checkpoint)
-    shadow: bool = False
-    shadow_from_tokens: int = 0
-    # accounting
     prompt_tokens: int = 0
     usage_estimated: bool = False
     restarts: int = 0
@@ -139,7 +134,30 @@ class TraceState:
     all_confidences: list[float] = field(default_factory=list)  # warmup traces only (DeepConf τ)
     error: str | None = None
     error_kind: str | None = None  # errors.kind_of of the failure
+    # --- its placement on the run (launcher.py), on the global decision grid (timing.py) -------------
+    launched_at: int | None = None
+    pruned_at: int | None = None
+    halt: TraceStatus | None = None  # CANCELLED (the job stopped) or PRUNED (a rule removed it)
+    cut_position: int | None = None  # generated tokens count up to here (stop or prune checkpoint)
+    shadow: bool = False
+    shadow_from_tokens: int = 0
     task: asyncio.Task[Any] | None = None
+    # --- what the rule saw, one entry per own checkpoint decided (CheckpointBook) ---------------------
+    answers: list[str | None] = field(default_factory=list)
+    history: list[int | None] = field(default_factory=list)
+    confidences: list[float | None] = field(default_factory=list)
+    features: list[tuple[float, ...]] = field(default_factory=list)
+    stales: list[bool] = field(default_factory=list)
+
+    @property
+    def status(self) -> TraceStatus:
+        """A halt (the run's) outranks the stream's end: a trace pruned or cancelled after its stream
+        ended reads as halted, as it did when the last writer won."""
+        if self.halt is not None:
+            return self.halt
+        if self.end is not None:
+            return self.end
+        return TraceStatus.PENDING if self.launched_at is None else TraceStatus.RUNNING
 
     @property
     def launched(self) -> bool:

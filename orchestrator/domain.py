@@ -15,7 +15,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Literal, TypedDict
 
 
 class JobStatus(enum.StrEnum):
@@ -329,6 +329,100 @@ class JobResult:
             error=data.get("error"),
             error_kind=data.get("error_kind"),
         )
+
+
+# --- what a job publishes (the event payloads; the API serves them as SSE, ``event:`` = kind) ------
+
+EventKind = Literal["status", "resume", "warmup", "trace", "checkpoint", "vote", "stop", "failure"]
+
+
+class StatusEvent(TypedDict):
+    status: str
+    attempt: int
+    worker: str
+
+
+class ResumeEvent(TypedDict):
+    attempt: int
+    traces: dict[str, int]  # trace index -> tokens stored by an earlier attempt
+    continue_prefix: bool
+
+
+class WarmupEvent(TypedDict):
+    mode: str
+    source: str
+    gamma: float
+    features: list[str]
+    rows: int
+    warmup_answer: str | None
+    deepconf_threshold: float | None
+
+
+class TraceEntry(TypedDict):
+    index: int
+    state: str  # running | finished | failed | cancelled
+    tokens: int
+    answer: str | None
+
+
+class TraceEvent(TypedDict):
+    traces: list[TraceEntry]
+
+
+class CheckpointEvent(TypedDict):
+    checkpoint: int
+    position_tokens: int
+    running: int
+    finished: int
+    stale: list[int]
+    generated_tokens: int
+
+
+class VoteEvent(TypedDict):
+    checkpoint: int
+    classes: dict[str, float]
+    counts: dict[str, int]
+    leader: str | None
+    margin: float
+    threshold: float | None
+    verdict: str
+    reason: str
+    details: dict[str, float | None]
+    pruned: list[int]
+    launched: int
+
+
+class StopEvent(TypedDict):
+    status: str
+    answer: str | None
+    checkpoint: int | None
+    position_tokens: int | None
+    reason: str
+    generated_tokens: int
+    total_tokens: int
+    saved_tokens: int
+    saved_fraction: float
+    cost_usd: float
+
+
+class FailureEvent(TypedDict):
+    kind: str  # trace | probe | probe_timeout | job
+    trace: int | None
+    checkpoint: int | None
+    error: str | None
+    error_kind: str | None
+
+
+EventPayload = (
+    StatusEvent
+    | ResumeEvent
+    | WarmupEvent
+    | TraceEvent
+    | CheckpointEvent
+    | VoteEvent
+    | StopEvent
+    | FailureEvent
+)
 
 
 def majority(classes: Sequence[int | None], weights: Sequence[float] | None = None) -> int | None:

@@ -7,15 +7,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 import numpy as np
 
-from orchestrator.accounting import ProbeSpend, TraceSpend, account
+from orchestrator.accounting import ProbeSpend, Spend, TraceSpend, account, spend
 from orchestrator.answers import AnswerGrouper
 from orchestrator.checkpoints import TraceState
 from orchestrator.domain import (
     NO_ANSWER,
+    CheckpointEvent,
     Decision,
     JobResult,
     JobSpec,
@@ -23,6 +23,7 @@ from orchestrator.domain import (
     Snapshot,
     TraceResult,
     TraceStatus,
+    VoteEvent,
 )
 from orchestrator.pricing import PriceProfile
 from orchestrator.stopping.base import StoppingRule
@@ -53,6 +54,30 @@ def trace_spend(t: TraceState) -> TraceSpend:
         shadow_from_tokens=t.shadow_from_tokens if t.shadow else None,
         continued_from_tokens=t.continued_from_tokens,
         restarts=t.restarts,
+    )
+
+
+def probe_spend(traces: Sequence[TraceState]) -> ProbeSpend:
+    """What the upstream billed for the probes of ``traces``: every probe it answered (the traces'
+    probe outcomes are the one record of them)."""
+    answered = [o for t in traces for o in t.probes.values() if o.called]
+    return ProbeSpend(
+        calls=len(answered),
+        input_tokens=sum(o.input_tokens for o in answered),
+        cached_tokens=sum(o.cached_tokens for o in answered),
+        output_tokens=sum(o.output_tokens for o in answered),
+    )
+
+
+def job_spend(spec: JobSpec, voting: Sequence[TraceState], warmup: Sequence[TraceState]) -> Spend:
+    """The all-in spend of a job's traces and probes (``accounting.spend``, as :func:`build_result`
+    charges it)."""
+    launched = [t for t in voting if t.launched]
+    return spend(
+        [trace_spend(t) for t in launched],
+        warmup=[trace_spend(t) for t in warmup],
+        probes=with_probe_prefixes(probe_spend([*voting, *warmup]), launched),
+        prompt_estimate=estimate_messages_tokens(list(spec.messages)),
     )
 
 
@@ -93,7 +118,6 @@ def build_result(
     voting: Sequence[TraceState],
     warmup: Sequence[TraceState],
     grouper: AnswerGrouper,
-    probes: ProbeSpend,
     profile: PriceProfile,
     rule_name: str,
     probe_strategy: str,
@@ -109,7 +133,7 @@ def build_result(
         [trace_spend(t) for t in launched],
         budget=spec.budget,
         warmup=[trace_spend(t) for t in warmup],
-        probes=with_probe_prefixes(probes, launched),
+        probes=with_probe_prefixes(probe_spend([*voting, *warmup]), launched),
         profile=profile,
         prompt_estimate=estimate_messages_tokens(list(spec.messages)),
         max_tokens=spec.max_tokens,
@@ -176,7 +200,7 @@ def decision_events(
     rule: StoppingRule,
     pruned: Sequence[int],
     launched: int,
-) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+) -> tuple[CheckpointEvent | None, VoteEvent]:
     """The ``checkpoint`` payload (None for wave decisions) and the ``vote`` payload of one decision."""
     votes: dict[str, float] = {}
     counts: dict[str, int] = {}
@@ -194,7 +218,7 @@ def decision_events(
     )
     margin = (ranked[0] - (ranked[1] if len(ranked) > 1 else 0.0)) if ranked else 0.0
     threshold = getattr(rule, "threshold", None)
-    checkpoint = None
+    checkpoint: CheckpointEvent | None = None
     if snapshot.checkpoint:
         checkpoint = {
             "checkpoint": snapshot.checkpoint,
@@ -204,7 +228,7 @@ def decision_events(
             "stale": [v.index for v in snapshot.traces if v.stale],
             "generated_tokens": sum(v.tokens for v in snapshot.traces),
         }
-    vote = {
+    vote: VoteEvent = {
         "checkpoint": snapshot.checkpoint,
         "classes": votes,
         "counts": counts,

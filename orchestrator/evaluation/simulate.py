@@ -203,6 +203,14 @@ def _relabelled(tl: QuestionTimeline, voting: Sequence[int], probes: bool, warmu
     return Relabelled(slots, order, {v: c for c, v in order.items()}, tuple(seen))
 
 
+def run_class_ids(
+    tl: QuestionTimeline, voting: Sequence[int], *, probes: bool, warmup: int | None = None
+) -> dict[int, int]:
+    """Question class id -> the class id a run on ``voting`` shows its rule (launching every slot at the
+    start, pruning nothing): what a rule's answer is to be compared with in the run's own numbering."""
+    return _relabelled(tl, voting, probes, warmup).to_run
+
+
 class _Renumbering:
     """Checks that a run that launched late or pruned still reads classes in the relabelled order;
     once it does not, renumbers its views in its own order of first appearance (the live numbering).

@@ -261,6 +261,10 @@ class CheckpointBook:
             finishes_at(t, t.launched_at, checkpoint) for t in self.live() if t.launched_at is not None
         )
 
+    def skip(self, checkpoint: int) -> None:
+        """Decision point ``checkpoint`` passes without asking the rule (nothing it reads changed)."""
+        self.decided = checkpoint
+
     def record(self, checkpoint: int) -> None:
         """Read what every live trace shows at ``checkpoint`` (in trace order, so class ids follow the
         order the rule sees answers in), and at any own checkpoint before it not read yet."""

@@ -80,7 +80,7 @@ class Decider:
             if not book.ready(t):
                 return None
             if finishes_only(rule) and not book.any_finishing_at(t):
-                book.decided = t  # nothing it reads changed (timing.py)
+                book.skip(t)  # nothing it reads changed (timing.py)
                 continue
             snapshot = book.snapshot(
                 t, budget=self.spec.budget, warmup_answer_class=self.warmup_class, rule_state=self.rule_state

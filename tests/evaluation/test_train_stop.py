@@ -4,6 +4,7 @@ it exports are checked against scikit-learn's public predictions."""
 from __future__ import annotations
 
 import copy
+import functools
 import random
 from typing import Any, ClassVar
 
@@ -14,16 +15,17 @@ from orchestrator.corpus import CorpusQuestion, CorpusTrace
 from orchestrator.domain import majority
 from orchestrator.evaluation.protocol_honest import honest_question
 from orchestrator.evaluation.protocol_pp import permutation
-from orchestrator.evaluation.simulate import simulate
+from orchestrator.evaluation.simulate import QuestionTimeline, simulate
 from orchestrator.evaluation.train_stop import (
     TRAIN_REPETITIONS,
+    Rows,
     export_trees,
     first_stop_rows,
     fit_trees,
     gbt_matrix,
     question_rows,
 )
-from orchestrator.stopping.population_gbt import PopulationTreeStop
+from orchestrator.stopping.population_gbt import PopulationTreeStop, TreeEnsemble
 from orchestrator.stopping.switch_model import CONSERVATIVE_DEFAULT
 
 INTERVAL = 100
@@ -53,14 +55,20 @@ def question(seed: int) -> CorpusQuestion:
     return CorpusQuestion("q", "What is 6*7?", "1", INTERVAL, tuple(traces))
 
 
+@functools.cache
+def trained() -> tuple[list[QuestionTimeline], list[Rows], TreeEnsemble]:
+    """Five synthetic questions, their training rows and trees fitted on all of them (once)."""
+    timelines = [honest_question(question(s), INTERVAL).timeline for s in range(5)]
+    per_question = [question_rows(tl, BUDGET) for tl in timelines]
+    return timelines, per_question, fit_trees(Rows.concat(per_question))
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("persistence", [1, 2, 3])
 def test_the_picker_stops_where_the_rule_stops(persistence: int) -> None:
     """For several thresholds, the picker's first stop of every training run is where ``simulate``
     with the rule itself stops: the same generated tokens, and agreement with the full vote alike."""
-    timelines = [honest_question(question(s), INTERVAL).timeline for s in range(6)]
-    per_question = [question_rows(tl, BUDGET) for tl in timelines]
-    pooled_trees = fit_trees(type(per_question[0]).concat(per_question))
+    timelines, per_question, pooled_trees = trained()
     compared = stopped = 0
     for tl, rows in zip(timelines, per_question, strict=True):
         p = 1.0 / (1.0 + np.exp(-pooled_trees.raw_many(gbt_matrix(rows))))

@@ -39,6 +39,7 @@ from orchestrator.stopping.population import (
     STOP_L2,
     LeaderState,
     PopulationStop,
+    certified,
     finished_guard,
     population_features,
 )
@@ -311,7 +312,7 @@ def first_crossing_agreement_p(p: FloatArray, rows: Rows, threshold: float) -> f
     """Agreement of the rule on these runs, given each row's stop probability ``p``: the label at the
     first row passing threshold and guard (a run that never passes ends at the full-budget vote and
     agrees). Rows of a run are contiguous (as :func:`question_rows` and :meth:`Rows.concat` lay them)."""
-    ok = (p >= threshold) & rows.guard
+    ok = certified(p, threshold, rows.guard)  # the rule's own test
     starts = np.flatnonzero(np.r_[True, rows.run[1:] != rows.run[:-1]])
     ends = np.r_[starts[1:], len(rows.run)]
     agree = []
@@ -327,7 +328,7 @@ def first_stop_rows(p: FloatArray, rows: Rows, persistence: int, thresholds: Flo
     is the rule's own (:func:`~orchestrator.stopping.population_gbt.passes_in_a_row`, run for every
     threshold at once): a row passes when the guard holds and p >= threshold, and the count restarts
     where the leader changed (its age is back to 1)."""
-    passed = rows.guard[:, None] & (p[:, None] >= np.asarray(thresholds)[None, :])
+    passed = certified(p[:, None], np.asarray(thresholds)[None, :], rows.guard[:, None])
     same = rows.x[:, FEATURES.index("leader_age")] > 0.1 + 1e-9  # the leader of the previous checkpoint
     starts = (
         np.flatnonzero(np.r_[True, rows.run[1:] != rows.run[:-1]]) if rows.run.size else np.empty(0, np.int64)

@@ -40,6 +40,7 @@ from orchestrator.stopping.population import (
 )
 from orchestrator.stopping.population import (
     PRIORS_DIR,
+    certified,
     finished_guard,
     population_features,
 )
@@ -283,7 +284,7 @@ class PopulationTreeStop:
             return Decision.cont(reason="no finished evidence for the leader", state=state)
         x = snapshot_features(snapshot, self.switch_model or CONSERVATIVE_DEFAULT, age, leader, arrays)
         p = self.model.probability(x)
-        passes = int(passes_in_a_row(prev.passes, same, p >= self.threshold))
+        passes = int(passes_in_a_row(prev.passes, same, certified(p, self.threshold, True)))
         state = TreeStopState(leader, age, passes)
         details = {"p_final": p, "threshold": self.threshold, "passes": float(passes)}
         if stops(passes, self.persistence):

@@ -179,6 +179,15 @@ class TraceState:
     def finished_at(self, k: int) -> bool:
         return self.finished_by(k * self.interval_tokens)
 
+    def read_at(self, k: int) -> bool:
+        """What the trace shows at its own checkpoint ``k`` is known: it finished by then, or it has a
+        probe outcome there and has generated past it. A trace sitting exactly on ``k * interval`` may
+        still end there (its end arrives after its last token), and the simulator counts a trace of
+        exactly that length as finished at ``k``: so it is not read as running until it moves on."""
+        if self.finished_at(k):
+            return True
+        return k in self.probes and self.tokens > k * self.interval_tokens
+
     def tokens_at(self, position: int) -> int:
         return (
             self.total_tokens if self.total_tokens is not None and self.total_tokens <= position else position
@@ -228,11 +237,8 @@ class CheckpointBook:
 
     def ready(self, checkpoint: int) -> bool:
         """Every live trace launched before ``checkpoint`` finished by its own position there or has a
-        probe outcome for its own checkpoint there."""
-        for trace, k in self._reading(checkpoint):
-            if not trace.finished_at(k) and k not in trace.probes:
-                return False
-        return True
+        probe outcome for its own checkpoint there and is known to run past it."""
+        return all(trace.read_at(k) for trace, k in self._reading(checkpoint))
 
     def any_running_at(self, checkpoint: int) -> bool:
         return any(running(t, t.launched_at, checkpoint) for t in self.live() if t.launched_at is not None)

@@ -124,7 +124,7 @@ STRATEGY_PREFERENCE = (
     ProbeStrategy.EXTRACT,
 )
 DEEPCONF_METHODS = frozenset({"deepconf", "deepconf_mars"})
-# Rules whose q and γ come from the job's warmup. ``default`` (mars-pop) carries the switch model it
+# Rules whose q and γ come from the job's warmup. ``mars-pop`` carries the switch model it
 # was trained with, so a job's warmup must not replace it.
 MARS_METHODS = frozenset({"mars", "deepconf_mars"})
 

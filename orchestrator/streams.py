@@ -248,6 +248,8 @@ class TraceStreamer:
         finishing: bool = False,
     ) -> bool:
         """Count a chunk; when it crosses checkpoints, probe the trace on its prefix (sync, cheap)."""
+        if tokens > 0 and trace.tokens > 0 and trace.tokens == (trace.next_checkpoint - 1) * self.interval:
+            self.changed.set()  # it moved past a checkpoint it sat on: now it is known to run on
         trace.tokens += tokens
         trace.text.append(text)
         if content:

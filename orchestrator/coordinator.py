@@ -415,8 +415,11 @@ class _JobRun:
             return []
         waiting = [t.index for t in self.voting if t.status is TraceStatus.PENDING]
         pending = [self.voting[i] for i in launch_order(waiting, n)]
+        wave = 1 + max((t.wave for t in self.voting), default=0)
         for trace in pending:
             trace.launched_at = at
+            trace.wave = wave
+            trace.launched_s = time.monotonic() - self.started
             self._start_trace(trace)
         if pending:
             self._publish_soon("trace", {"traces": [trace_event(t, "running") for t in pending]})

@@ -153,7 +153,8 @@
 
   // Counts and the timeline of the voting traces (warmup traces are not part of K).
   function drawWaves() {
-    const voting = [...state.traces.entries()].filter(([, t]) => t.role !== "warmup");
+    // warmup traces are numbered after the K voting ones
+    const voting = [...state.traces.entries()].filter(([i, t]) => t.role !== "warmup" && (state.budget === null || i < state.budget));
     const launched = voting.filter(([, t]) => t.status !== "pending");
     const count = (status) => launched.filter(([, t]) => t.status === status).length;
     const waves = new Set(launched.map(([, t]) => t.wave).filter((w) => w));

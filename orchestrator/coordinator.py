@@ -39,7 +39,8 @@ Events published on the job's stream (``Store.publish``; the API serves them as 
 ``warmup``      ``{"mode", "source", "gamma", "features", "rows", "warmup_answer", "deepconf_threshold"}``
 ``trace``       ``{"traces": [{"index", "state", "tokens", "answer"}]}`` when traces are launched,
                 finish, fail or are cancelled at the stop (never per token; pruned traces are listed
-                in the ``vote`` event that pruned them)
+                in the ``vote`` event that pruned them); a voting trace's entries add its launch
+                ``"wave"`` (1 = the first), ``"launch_position_tokens"`` and ``"launched_s"``
 ``checkpoint``  ``{"checkpoint": t, "position_tokens": p_t, "running": n, "finished": n,
                 "stale": [indices whose probe timed out or failed], "generated_tokens": n}``
 ``vote``        ``{"checkpoint": t, "classes": {answer: weight}, "counts": {answer: traces},

@@ -142,6 +142,7 @@ def test_ask_end_to_end_with_replay(corpus_file: Path) -> None:
     assert "vote shares" in result.stdout
     assert "answer  42" in result.stdout
     assert "saved" in result.stdout
+    assert re.search(r"launched [1-8] of 8 traces in [1-8] waves? · [0-7] never launched", result.stdout)
 
 
 def test_demo_runs_jobs_through_the_service_with_no_key() -> None:

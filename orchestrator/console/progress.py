@@ -89,7 +89,9 @@ class LiveJob:
         states = [t.state for t in voting]
         counts = " · ".join(f"{s} {states.count(s)}" for s in ("running", "finished", "cancelled", "failed"))
         unlaunched = (
-            "never launched" if self.stop or self.status in ("succeeded", "failed") else "not launched yet"
+            "never launched"
+            if self.stop or self.status in ("succeeded", "failed", "cancelled")
+            else "not launched yet"
         )
         in_waves = f" in {waves} wave{'s' if waves != 1 else ''}" if waves else ""
         return f"launched {launched} of {self.budget}{in_waves} · {counts} · {unlaunched} {self.budget - launched}"

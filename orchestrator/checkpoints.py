@@ -121,6 +121,8 @@ class TraceState:
     # where it stands in the run, on the global decision grid (orchestrator/timing.py)
     launched_at: int | None = None
     pruned_at: int | None = None
+    wave: int = 0  # which launch of the job started it (1 = the first); 0 = not launched
+    launched_s: float | None = None  # seconds from the run's start to its launch (wall clock, for display)
     # what the rule saw, one entry per own checkpoint decided
     answers: list[str | None] = field(default_factory=list)
     history: list[int | None] = field(default_factory=list)
@@ -153,6 +155,11 @@ class TraceState:
     @property
     def running(self) -> bool:
         return self.status is TraceStatus.RUNNING
+
+    @property
+    def launch_position_tokens(self) -> int | None:
+        """Where it started on the job's token clock (decision point t sits at t × interval)."""
+        return None if self.launched_at is None else self.launched_at * self.interval_tokens
 
     def finished_by(self, position: int) -> bool:
         return self.total_tokens is not None and self.total_tokens <= position

@@ -370,6 +370,9 @@ def mars_summary(result: JobResult, budget: int) -> dict[str, Any]:
         "probe_strategy": result.probe_strategy,
         "budget": budget,
         "traces": len(result.traces),
+        "launched": result.launched,  # of ``budget``: K is an upper bound (adaptive width)
+        "never_launched": result.never_launched,
+        "waves": result.waves,
         "tokens_spent": acc.total_tokens,
         "tokens_saved": acc.saved_tokens,  # all-in, against plain SC; negative: it cost more
         "saved_fraction": acc.saved_fraction,

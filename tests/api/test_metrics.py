@@ -106,3 +106,29 @@ def test_a_job_that_cost_more_than_sc_is_counted_not_clamped() -> None:
     assert "mars_tokens_saved_net -600.0" in text
     assert "mars_jobs_over_sc_total 1.0" in text
     assert "mars_usd_spent_over_sc_total 0.25" in text
+
+
+async def test_waves_are_counted_from_a_live_width_job() -> None:
+    """A ``width`` job run by the coordinator through the metered store: traces launched and never
+    launched add up to K, and the job's waves land in the histogram; a job without launch counts
+    (stored before they existed) adds nothing."""
+    from orchestrator.coordinator import Coordinator, CoordinatorConfig
+    from orchestrator.store.base import request_fingerprint
+    from tests.coordinator.test_coordinator import job
+    from tests.coordinator.test_waves import BUDGET, two_waves
+
+    metrics = Metrics()
+    store = cast(Store, MeteredStore(MemoryStore(), metrics))
+    spec = job(budget=BUDGET, method="width")
+    await store.create_job(spec, request_fingerprint(spec))
+    result = await Coordinator(store, two_waves(), config=CoordinatorConfig(cancel_poll_s=0.02)).run(spec)
+    assert (result.launched, result.never_launched, result.waves) == (20, 4, 2)
+    legacy = JobResult("old", JobStatus.SUCCEEDED, "1", 1, 100, "sc", "sc", "none", (), Accounting())
+    metrics.observe_result(legacy, None)
+    text = metrics.render(queue_depth=None, jobs_in_flight=None).decode()
+    assert "mars_traces_launched_total 20.0" in text
+    assert "mars_traces_never_launched_total 4.0" in text
+    assert "mars_waves_per_job_count 1.0" in text
+    assert "mars_waves_per_job_sum 2.0" in text
+    assert 'mars_waves_per_job_bucket{le="1.0"} 0.0' in text
+    assert 'mars_waves_per_job_bucket{le="2.0"} 1.0' in text

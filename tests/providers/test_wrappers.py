@@ -14,6 +14,7 @@ from orchestrator.providers.base import ProbeRequest, ProbeResult, Provider, Str
 from orchestrator.providers.config import Timeouts
 from orchestrator.providers.openai_compat import OpenAICompatProvider
 from orchestrator.providers.wrappers import (
+    Bucket,
     LocalBuckets,
     RateLimitedProvider,
     RateLimits,
@@ -212,7 +213,7 @@ async def test_concurrent_stream_cap_and_request_rate(corpus: Corpus, url: Repla
     charged: list[float] = []
 
     class RecordingBuckets(LocalBuckets):
-        async def charge(self, key: str, cost: float, capacity: float, per_s: float) -> None:
+        async def charge(self, key: Bucket, cost: float, capacity: float, per_s: float) -> None:
             charged.append(cost)
             await super().charge(key, cost, capacity, per_s)
 
@@ -245,11 +246,16 @@ async def test_concurrent_stream_cap_and_request_rate(corpus: Corpus, url: Repla
 
 @pytest.mark.redis
 async def test_redis_buckets_are_shared(redis_client: object) -> None:
-    """Two limiters on one Redis share a bucket: the second taker must wait for the refill."""
+    """Two limiters on one Redis share a bucket: the second taker must wait for the refill. The bucket
+    lives under the key store/keys.py names for it."""
     import asyncio
 
-    key = f"marstest:ratelimit:{time.time_ns()}"
-    a, b = RedisBuckets(redis_client), RedisBuckets(redis_client)
+    from orchestrator.store.keys import Keys
+
+    keys = Keys(f"marstest:{time.time_ns()}")
+    key = Bucket("replay", "a:model", "requests")
+    a, b = RedisBuckets(redis_client, key=keys.ratelimit), RedisBuckets(redis_client, key=keys.ratelimit)
+    stored = keys.ratelimit(key.provider, key.model, key.kind)
     try:
         await a.take(key, 1.0, 2.0, 20.0)
         await b.take(key, 1.0, 2.0, 20.0)
@@ -263,8 +269,10 @@ async def test_redis_buckets_are_shared(redis_client: object) -> None:
         async with asyncio.timeout(10):
             await a.take(key, 1.0, 2.0, 20.0)
         assert time.monotonic() - started >= 2.0
+        assert stored.endswith(":ratelimit:replay:a%3Amodel:requests")
+        assert await redis_client.exists(stored) == 1  # type: ignore[attr-defined]
     finally:
-        await redis_client.delete(key)  # type: ignore[attr-defined]
+        await redis_client.delete(stored)  # type: ignore[attr-defined]
 
 
 async def test_wrapped_provider_from_factory_closes_on_break(corpus: Corpus) -> None:

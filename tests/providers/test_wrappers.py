@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 
@@ -10,7 +11,14 @@ import pytest
 from orchestrator import errors
 from orchestrator.corpus import Corpus
 from orchestrator.domain import ProbeStrategy
-from orchestrator.providers.base import ProbeRequest, ProbeResult, Provider, StreamDelta, TraceRequest
+from orchestrator.providers.base import (
+    ForwardRequest,
+    ProbeRequest,
+    ProbeResult,
+    Provider,
+    StreamDelta,
+    TraceRequest,
+)
 from orchestrator.providers.config import Timeouts
 from orchestrator.providers.openai_compat import OpenAICompatProvider
 from orchestrator.providers.wrappers import (
@@ -342,3 +350,55 @@ async def test_only_upstream_errors_are_retried(error: BaseException) -> None:
         await provider.probe(probe)
     assert inner.probe_calls == 1
     assert clock.sleeps == []
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_pass_through_is_admitted_capped_and_charged(
+    corpus: Corpus, url: ReplayURL, stream: bool
+) -> None:
+    """A forwarded request holds a place under the stream cap while its answer is open, passes the
+    bytes as the upstream sent them, and charges the token bucket with the usage the answer reported."""
+    adapter = OpenAICompatProvider(name="replay", base_url=url + "/v1")
+    charged: list[float] = []
+
+    class RecordingBuckets(LocalBuckets):
+        async def charge(self, key: Bucket, cost: float, capacity: float, per_s: float) -> None:
+            charged.append(cost)
+            await super().charge(key, cost, capacity, per_s)
+
+    limited = RateLimitedProvider(adapter, RateLimits(max_concurrent_streams=1, tokens_per_minute=1e9))
+    gate = limited._gate("replay")
+    gate.tokens = RecordingBuckets()
+    body = {
+        "model": "replay",
+        "messages": [{"role": "user", "content": corpus.questions[0].question}],
+        "max_tokens": 40,
+        "stream": stream,
+        "stream_options": {"include_usage": True} if stream else None,
+    }
+    request = ForwardRequest(body=json.dumps(body).encode(), model="replay", stream=stream)
+    try:
+        async with limited.forward(request) as answer:
+            assert gate.streams is not None
+            assert gate.streams.locked()  # the one place is taken
+            raw = b"".join([chunk async for chunk in answer.body])
+        assert not gate.streams.locked()
+    finally:
+        await limited.aclose()
+    assert answer.status == 200
+    if stream:
+        events = [line[6:] for line in raw.decode().splitlines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        reported = json.loads(events[-2])["usage"]
+    else:
+        reported = json.loads(raw)["usage"]
+    assert charged == [reported["prompt_tokens"] + reported["completion_tokens"]]
+    assert reported["completion_tokens"] == 40
+
+
+async def test_pass_through_of_a_provider_without_the_openai_wire_is_refused() -> None:
+    """Wrappers over a provider that cannot forward say so (UnsupportedCapability), before any I/O."""
+    wrapped = RetryingProvider(RateLimitedProvider(ScriptedProvider(uniform(1, total=40)), RateLimits()))
+    with pytest.raises(errors.UnsupportedCapability, match="OpenAI wire format"):
+        async with wrapped.forward(ForwardRequest(body=b"{}", model="m", stream=False)):
+            pass

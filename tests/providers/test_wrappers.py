@@ -231,14 +231,17 @@ async def test_concurrent_stream_cap_and_request_rate(corpus: Corpus, url: Repla
     )
     limited._gate("replay").tokens = buckets  # observe the bucket
     open_now = peak = 0
+    two_open = asyncio.Event()  # the cap's worth of streams is open: each holds its place until then
 
     async def one(i: int) -> int:
         nonlocal open_now, peak
         async with limited.stream(_request(corpus, i)) as deltas:
             open_now += 1
             peak = max(peak, open_now)
+            if open_now == 2:
+                two_open.set()
             n = sum([d.tokens async for d in deltas])
-            await asyncio.sleep(0.01)
+            await two_open.wait()
             open_now -= 1
             return n
 

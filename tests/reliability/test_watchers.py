@@ -26,7 +26,7 @@ from orchestrator.store.factory import open_store
 from tests.api.conftest import ALICE, BOB, auth, job_body, make_settings
 from tests.api.live import QUESTION, GatedUpstream, Received, small_corpus, sse_events
 from tests.fakes import wait_until
-from tests.reliability.processes import private_redis
+from tests.reliability.processes import blocked_in_xread, private_redis
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(180)]
 WATCHERS = 500
@@ -78,15 +78,6 @@ async def _responsiveness(http: httpx.AsyncClient, body: dict[str, Any]) -> dict
         timings[label] = time.perf_counter() - started
         assert resp.status_code < 300, (label, resp.text)
     return timings
-
-
-async def _blocked_in_xread(redis_url: str) -> bool:
-    client = aioredis.from_url(redis_url)
-    try:
-        clients = await client.client_list()
-    finally:
-        await client.aclose()
-    return any(c.get("cmd", "").startswith("xread") and "b" in c.get("flags", "") for c in clients)
 
 
 async def _connections_named(redis_url: str, name: str) -> int:
@@ -219,7 +210,7 @@ async def test_a_stream_that_meets_a_store_error_ends_with_an_error_event() -> N
             async with asyncio.timeout(10):
                 await arrivals.all_in.wait()
             assert arrivals.count == 20
-            await wait_until(lambda: _blocked_in_xread(redis_server.url))  # the job's reader waits
+            await wait_until(lambda: blocked_in_xread(redis_server.url))  # the job's reader waits
             await asyncio.to_thread(redis_server.stop, keep_data=False)
             async with asyncio.timeout(30):
                 feeds = await asyncio.gather(*watchers)

@@ -53,6 +53,18 @@ class FakeClock:
         self.now += seconds
 
 
+class RecordingBuckets(LocalBuckets):
+    """Local buckets that note every charge (tokens known after the fact)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.charged: list[float] = []
+
+    async def charge(self, key: Bucket, cost: float, capacity: float, per_s: float) -> None:
+        self.charged.append(cost)
+        await super().charge(key, cost, capacity, per_s)
+
+
 @pytest.fixture
 def corpus() -> Corpus:
     return tiny_corpus(questions=1, traces=4, confidences=False)
@@ -218,14 +230,8 @@ async def test_concurrent_stream_cap_and_request_rate(corpus: Corpus, url: Repla
     import asyncio
 
     adapter = OpenAICompatProvider(name="replay", base_url=url + "/v1")
-    charged: list[float] = []
-
-    class RecordingBuckets(LocalBuckets):
-        async def charge(self, key: Bucket, cost: float, capacity: float, per_s: float) -> None:
-            charged.append(cost)
-            await super().charge(key, cost, capacity, per_s)
-
     buckets = RecordingBuckets()
+    charged = buckets.charged
     limited = RateLimitedProvider(
         adapter, RateLimits(max_concurrent_streams=2, tokens_per_minute=1e9), shared=None
     )
@@ -362,16 +368,10 @@ async def test_pass_through_is_admitted_capped_and_charged(
     """A forwarded request holds a place under the stream cap while its answer is open, passes the
     bytes as the upstream sent them, and charges the token bucket with the usage the answer reported."""
     adapter = OpenAICompatProvider(name="replay", base_url=url + "/v1")
-    charged: list[float] = []
-
-    class RecordingBuckets(LocalBuckets):
-        async def charge(self, key: Bucket, cost: float, capacity: float, per_s: float) -> None:
-            charged.append(cost)
-            await super().charge(key, cost, capacity, per_s)
-
     limited = RateLimitedProvider(adapter, RateLimits(max_concurrent_streams=1, tokens_per_minute=1e9))
     gate = limited._gate("replay")
-    gate.tokens = RecordingBuckets()
+    buckets = RecordingBuckets()
+    gate.tokens = buckets
     body = {
         "model": "replay",
         "messages": [{"role": "user", "content": corpus.questions[0].question}],
@@ -395,7 +395,7 @@ async def test_pass_through_is_admitted_capped_and_charged(
         reported = json.loads(events[-2])["usage"]
     else:
         reported = json.loads(raw)["usage"]
-    assert charged == [reported["prompt_tokens"] + reported["completion_tokens"]]
+    assert buckets.charged == [reported["prompt_tokens"] + reported["completion_tokens"]]
     assert reported["completion_tokens"] == 40
 
 

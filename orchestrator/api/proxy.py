@@ -27,7 +27,7 @@ once); in pass-through it closes the upstream connection.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import AsyncExitStack
 from typing import Annotated, Any
 
@@ -221,7 +221,8 @@ class RelayResponse(StreamingResponse):
     def __init__(
         self, answer: Forwarded, upstream: AsyncExitStack, svc: Services, *, headers: Mapping[str, str]
     ) -> None:
-        super().__init__(self._relay(answer, svc), status_code=answer.status, headers=headers)
+        self._chunks = self._relay(answer, svc)
+        super().__init__(self._chunks, status_code=answer.status, headers=headers)
         self._upstream = upstream
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -231,10 +232,11 @@ class RelayResponse(StreamingResponse):
             pass  # nobody to tell; the upstream is closed below
         finally:
             with anyio.CancelScope(shield=True):
+                await self._chunks.aclose()
                 await self._upstream.aclose()
 
     @staticmethod
-    async def _relay(answer: Forwarded, svc: Services) -> AsyncIterator[bytes]:
+    async def _relay(answer: Forwarded, svc: Services) -> AsyncGenerator[bytes, None]:
         try:
             async for chunk in answer.body:
                 yield chunk

@@ -108,8 +108,7 @@ class ModelInfo:
 class ForwardRequest:
     """A client's request passed through as sent: ``body`` goes byte for byte to ``path`` under the
     provider's OpenAI base URL (``.../v1``). ``model`` and ``stream`` are read from the body by the caller
-    (rate limits are per model; a stream is held to the stall timeout, a whole answer to the request
-    timeout)."""
+    (rate limits are per model)."""
 
     body: bytes
     model: str

@@ -20,8 +20,8 @@ would split a prefix that ends inside ``<think>``).
 Pass-through (``forward``, the proxy's plain requests): the client's body goes byte for byte to
 ``{base_url}{path}`` on the stream client (its own connection, dropped when the caller leaves, so an
 abandoned generation stops upstream), with this adapter's key and the same error translation as every
-other call. A stream may be silent for ``stall_s`` between chunks, a whole answer for ``request_s``. The
-answer's ``usage`` (the JSON body's, or a stream's last usage chunk) is read on the way through, for the
+other call. It may be silent for up to ``request_s`` (streamed or not: it is the client's request, and a
+hosted reasoning model streams nothing while it thinks). The answer's ``usage`` (the JSON body's, or a stream's last usage chunk) is read on the way through, for the
 rate limiter's token budget.
 """
 
@@ -291,8 +291,9 @@ class OpenAICompatProvider:
     @asynccontextmanager
     async def _forward(self, request: ForwardRequest) -> AsyncIterator[Forwarded]:
         t = self._timeouts
-        silence_s = t.stall_s if request.stream else t.request_s
-        timeout = httpx2.Timeout(connect=t.connect_s, read=silence_s, write=t.write_s, pool=t.pool_s)
+        # The client's own request: it may be silent as long as a whole answer may take (a hosted
+        # reasoning model streams nothing while it thinks), not only a trace's stall limit.
+        timeout = httpx2.Timeout(connect=t.connect_s, read=t.request_s, write=t.write_s, pool=t.pool_s)
         headers = {**self._headers, "Accept": "application/json, text/event-stream"}
         with translated(self._name):
             sent = self._streams.build_request(

@@ -301,3 +301,20 @@ async def test_pass_through_waits_for_a_place_under_the_provider_stream_cap() ->
     assert answer.status_code == 200
     (first_id, second_id) = [rid for kind, rid in log if kind == "request"]
     assert log.index(("stream_end", first_id)) < log.index(("request", second_id))
+
+
+async def test_pass_through_to_a_provider_without_the_openai_wire_is_refused() -> None:
+    """A plain request for an Anthropic provider is a 422 naming x-mars-provider; nothing is sent."""
+    claude = ProviderConfig(
+        name="claude", kind="anthropic", base_url="http://127.0.0.1:9", api_key="k", models=("claude",)
+    )
+    settings = make_settings(providers={"claude": claude}, default_provider="claude")
+    async with (
+        running_service(settings, run_workers=False) as service,
+        httpx.AsyncClient(base_url=service.url, timeout=10, headers=auth(ALICE)) as http,
+    ):
+        resp = await http.post("/v1/chat/completions", json={"model": "claude", "messages": MESSAGES})
+    assert resp.status_code == 422
+    error = resp.json()["error"]
+    assert error["param"] == "x-mars-provider"
+    assert "OpenAI wire format" in error["message"]

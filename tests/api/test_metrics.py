@@ -7,9 +7,13 @@ from typing import cast
 import httpx
 import pytest
 
+from orchestrator.console.service import create_app
 from orchestrator.domain import Accounting, JobResult, JobSpec, JobStatus
 from orchestrator.metrics import MeteredStore, Metrics
+from orchestrator.providers.factory import open_providers
+from orchestrator.settings import Settings
 from orchestrator.store.base import Store
+from orchestrator.store.keys import Keys
 from orchestrator.store.memory import MemoryStore
 from tests.api.conftest import ALICE, MODEL, auth
 
@@ -74,17 +78,26 @@ async def test_results_and_failures_feed_the_metrics() -> None:
     assert (await inner.get_job("j1")) is not None
 
 
-async def test_unreachable_upstream_is_502_and_counted(client: httpx.AsyncClient) -> None:
-    """Pass-through to an upstream that refuses connections: a 502 naming the fix, counted by kind."""
-    resp = await client.post(
-        "/v1/chat/completions",
-        json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
-        headers=auth(ALICE),
-    )
+async def test_unreachable_upstream_is_502_and_counted(settings: Settings, store: MemoryStore) -> None:
+    """Pass-through to an upstream that refuses connections (through the provider, as the service
+    builds it): a 502 naming the fix, counted by its kind."""
+    async with open_providers(settings, bucket_key=Keys().ratelimit) as providers:
+        app = create_app(settings, store, providers=providers, run_workers=False)
+        transport = httpx.ASGITransport(app=app)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://mars.test") as client,
+        ):
+            resp = await client.post(
+                "/v1/chat/completions",
+                json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+                headers=auth(ALICE),
+            )
+            metrics = (await client.get("/metrics")).text
     assert resp.status_code == 502
     assert "base URL" in resp.json()["error"]["message"]
-    metrics = (await client.get("/metrics")).text
-    assert 'mars_upstream_errors_total{kind="ConnectError",where="passthrough"} 1.0' in metrics
+    assert resp.json()["error"]["code"] == "UpstreamConnectionError"
+    assert 'mars_upstream_errors_total{kind="UpstreamConnectionError",where="passthrough"} 1.0' in metrics
     assert 'mars_proxy_requests_total{mode="passthrough"} 1.0' in metrics
 
 

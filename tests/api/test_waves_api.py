@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from orchestrator.api.proxy import mars_summary
+from orchestrator.api.openai_wire import mars_summary
 from orchestrator.domain import Accounting, JobResult, JobStatus, TraceResult, TraceStatus
 from orchestrator.store.memory import MemoryStore
 from tests.api.conftest import ALICE, auth, job_body, stored

@@ -43,7 +43,7 @@ from orchestrator.settings import Settings
 
 DEMO_TOKENS_PER_S = 4000.0  # replayed speed per stream: a short demo, still slow enough to stop early
 DEMO_SEED = 0  # the replay server's trace order
-DEMO_METHOD = "width"  # adaptive width: the rule this demo shows
+DEMO_METHOD = "default"  # what a job with no method runs: adaptive width
 
 
 @dataclass(frozen=True, slots=True)

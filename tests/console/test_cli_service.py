@@ -158,7 +158,7 @@ def test_demo_runs_jobs_through_the_service_with_no_key() -> None:
     assert headline
     assert out.index("paper's view (generated tokens") > headline.start()
     # adaptive width: each question says how many of K it launched, and the caption sums them
-    assert "method 'width'" in out
+    assert "method 'default' (adaptive width" in out
     assert re.search(r"\b\d+ of 8 · \d+ waves?\b", out)
     waves = re.search(r"waves: launched \d+ of 16 traces; \d+ never launched", out)
     assert waves

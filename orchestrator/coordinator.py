@@ -51,7 +51,8 @@ Events published on the job's stream (``Store.publish``; the API serves them as 
 ``warmup``      ``{"mode", "source", "gamma", "features", "rows", "warmup_answer", "deepconf_threshold"}``
 ``trace``       ``{"traces": [{"index", "state", "tokens", "answer"}]}`` when traces are launched,
                 finish, fail or are cancelled at the stop (never per token; pruned traces are listed
-                in the ``vote`` event that pruned them)
+                in the ``vote`` event that pruned them); a voting trace's entries add its launch
+                ``"wave"`` (1 = the first), ``"launch_position_tokens"`` and ``"launched_s"``
 ``checkpoint``  ``{"checkpoint": t, "position_tokens": p_t, "running": n, "finished": n,
                 "stale": [indices whose probe timed out or failed], "generated_tokens": n}``
 ``vote``        ``{"checkpoint": t, "classes": {answer: weight}, "counts": {answer: traces},
@@ -93,7 +94,7 @@ from orchestrator.warmup import WarmupFit, learn
 
 log = get_logger(__name__)
 
-# Rules whose q and γ come from the job's warmup. ``default`` (mars-pop) carries the switch model it
+# Rules whose q and γ come from the job's warmup. ``mars-pop`` carries the switch model it
 # was trained with, so a job's warmup must not replace it.
 MARS_METHODS = frozenset({"mars", "deepconf_mars"})
 
@@ -172,6 +173,7 @@ class JobRun:
         self.config = owner.config
         self.caps: Capabilities = owner.provider.capabilities(spec.model)
         self.grouper = owner.grouper_factory(spec)
+        self.started = time.monotonic()
         self.voting = [TraceState(i, spec.probe.interval_tokens) for i in range(spec.budget)]
         self.changed = asyncio.Event()
         self.channel = JobChannel(owner.store, spec.job_id, store_outage_s=self.config.store_outage_s)
@@ -188,9 +190,9 @@ class JobRun:
             streamer=self._streamer,
             rules=owner.rules,
             worker_id=owner.worker_id,
+            started=self.started,
         )
         self.decider: Decider | None = None
-        self.started = time.monotonic()
 
     def _streamer(self, strategy: ProbeStrategy, stored: dict[int, Sequence[TokenChunk]]) -> TraceStreamer:
         config = self.config
@@ -253,7 +255,7 @@ class JobRun:
         result: JobResult | None = None
         try:
             async with asyncio.TaskGroup() as tg:
-                launcher = Launcher(tg, streamer, self.channel, self.cancel)
+                launcher = Launcher(tg, streamer, self.channel, self.cancel, started=self.started)
                 watcher = tg.create_task(self.cancel.run())
                 launcher.launch(self.voting, rule.initial_traces(spec.budget), at=0)
                 decider = self.decider = Decider(

@@ -3,8 +3,8 @@
 A :class:`Launcher` serves one task group of one job run (the sequential warmup's, then the voting
 traces'): it starts each trace's stream as a task of that group, records how each stream ended
 (:class:`~orchestrator.streams.StreamEnd`, returned by the streamer), and writes every placement field
-of a trace (``checkpoints.TraceState``): launched at, pruned at, halted (cancelled or pruned), cut
-position and shadow. Launches follow :func:`orchestrator.timing.launch_order`, as in the simulator.
+of a trace (``checkpoints.TraceState``): launched at (and in which wave, when), pruned at, halted
+(cancelled or pruned), cut position and shadow. Launches follow :func:`orchestrator.timing.launch_order`, as in the simulator.
 
 Halting hangs up first: every victim's upstream connection is closed synchronously (the upstream stops
 generating, and billing, at once), then the tasks are cancelled and unwind later without holding a
@@ -15,6 +15,7 @@ between two of them.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 
 from orchestrator.channel import CancelWatch, JobChannel
@@ -32,8 +33,11 @@ class Launcher:
         streamer: TraceStreamer,
         channel: JobChannel,
         cancel: CancelWatch,
+        *,
+        started: float,
     ) -> None:
         self.tg = tg
+        self.started = started  # the run's start (time.monotonic), for the launch times shown
         self.streamer = streamer
         self.channel = channel
         self.cancel = cancel
@@ -52,7 +56,10 @@ class Launcher:
         waiting = [t.index for t in traces if t.status is TraceStatus.PENDING]
         by_index = {t.index: t for t in traces}
         pending = [by_index[i] for i in launch_order(waiting, n)]
+        wave = 1 + max((t.wave for t in traces), default=0)
         for trace in pending:
+            trace.wave = wave
+            trace.launched_s = time.monotonic() - self.started
             self.start(trace, at=at)
         if pending:
             self.publish_soon("trace", {"traces": [trace_event(t, "running") for t in pending]})

@@ -66,6 +66,7 @@ class Preparation:
         streamer: StreamerFactory,
         rules: RuleBuilder,
         worker_id: str,
+        started: float,
     ) -> None:
         self.spec = spec
         self.store = store
@@ -78,6 +79,7 @@ class Preparation:
         self.streamer = streamer
         self.rules = rules
         self.worker_id = worker_id
+        self.started = started  # the run's start (time.monotonic)
         self.attempt = 1
         self.stored: dict[int, Sequence[TokenChunk]] = {}  # what an earlier attempt left in the store
         self.length_prior: tuple[int, ...] = ()  # complete lengths of earlier jobs (accounting)
@@ -152,7 +154,7 @@ class Preparation:
         self.strategy = self.probe_strategy(True)
         streamer = self.streamer(self.strategy, self.stored)
         async with asyncio.TaskGroup() as tg:
-            launcher = Launcher(tg, streamer, self.channel, self.cancel)
+            launcher = Launcher(tg, streamer, self.channel, self.cancel, started=self.started)
             for trace in self.warmup:
                 launcher.start(trace)
             # W complete traces take as long as a whole job: a cancel request is watched here too.

@@ -11,10 +11,11 @@ in tokens and in money under every price profile.
 
 The live upstream here bills as the offline model assumes (prompts and the probe suffix counted with the
 offline estimator, a probe's output its answer plus the closing brace) and never runs ahead of the
-decisions (:class:`LockstepProvider`): a trace generates past its own checkpoint k only once the run
-has passed decision point ``launch + k``. Nothing is generated or probed past the stop, so the live
-all-in total is the simulator's to the token (the simulator's cancel is instant; a real upstream's is
-not, and the live path reports that part as tokens past the stop).
+decisions (:class:`LockstepProvider`): a trace streams one chunk past its own checkpoint k (the run
+reads a trace sitting exactly on k only once it moves on) and no further until the run has passed
+decision point ``launch + k``. So nothing is probed past the stop, and what was generated past it is
+one chunk per trace still running there: the live all-in total less those tokens past the stop (which
+the live result reports apart; the simulator's cancel is instant) is the simulator's to the token.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ QUESTION = "What is 6*7?"
 MESSAGES = ({"role": "user", "content": QUESTION},)
 PROMPT_TOKENS = estimate_messages_tokens(list(MESSAGES))  # as the offline path counts the prompt
 PROFILE_NAMES = sorted(PROFILES)
+CHUNK_TOKENS = 10  # the scripted upstream's chunk
 SUFFIX_TOKENS = protocol_honest.PROBE_SUFFIX_TOKENS  # what the live upstream bills for the probe suffix
 
 # Parameters that let each rule act on a handful of short traces (prune, stop, launch waves).
@@ -190,15 +192,15 @@ def spec(budget: int, price_profile: str | None = None) -> JobSpec:
 
 class LockstepProvider(ScriptedProvider):
     """The scripted upstream, billing as the offline model does and never ahead of the decisions: a
-    trace launched at decision point l streams past its own checkpoint k only once the run has passed
-    decision point l + k (asked the rule, or skipped it, without stopping)."""
+    trace launched at decision point l streams one chunk past its own checkpoint k, then waits until
+    the run has passed decision point l + k (asked the rule, or skipped it, without stopping)."""
 
     run: JobRun | None = None
 
     def allowed(self, index: int, position: int) -> bool:
         run = self.run
         assert run is not None
-        k = position // INTERVAL
+        k = (position - 1) // INTERVAL if position > 0 else 0  # the chunk after k * INTERVAL may go
         launched_at = run.voting[index].launched_at
         return k == 0 or (launched_at is not None and run.decided >= launched_at + k)
 
@@ -374,7 +376,9 @@ def check_all_in(live: Live, offline: Spend) -> None:
     """The same all-in spend in both paths: part by part, in total, and in money under every profile;
     and the live result charges exactly that spend."""
     spent = live.spent
-    assert spent.past_checkpoint == 0  # the lockstep upstream never runs past the stop
+    past = [t.tokens_past_stop for t in live.result.traces]
+    assert set(past) <= {0, CHUNK_TOKENS}  # at most the one chunk the lockstep lets past a checkpoint
+    assert spent.past_checkpoint == sum(past) == live.result.accounting.generated_past_checkpoint_tokens
     assert (spent.generated, spent.prompt, spent.plain_prompt) == (
         offline.generated,
         offline.prompt,
@@ -386,11 +390,13 @@ def check_all_in(live: Live, offline: Spend) -> None:
         offline.probes.prefix_tokens,
         offline.probes.last_prefix_tokens,
     )
-    assert spent.total == offline.total == live.result.accounting.total_tokens
+    assert spent.total == live.result.accounting.total_tokens
+    for_the_vote = replace(spent, past_checkpoint=0)  # what the simulator's instant cancel spends
+    assert for_the_vote.total == offline.total
     for profile in PROFILES.values():
-        assert spent.usd(profile) == pytest.approx(offline.usd(profile), rel=1e-12, abs=1e-15)
+        assert for_the_vote.usd(profile) == pytest.approx(offline.usd(profile), rel=1e-12, abs=1e-15)
     job_profile = PROFILES[live.result.accounting.price_profile]
-    assert live.result.accounting.cost_usd == pytest.approx(offline.usd(job_profile), rel=1e-12, abs=1e-15)
+    assert live.result.accounting.cost_usd == pytest.approx(spent.usd(job_profile), rel=1e-12, abs=1e-15)
 
 
 @pytest.mark.timeout(600)

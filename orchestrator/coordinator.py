@@ -472,9 +472,12 @@ class _JobRun:
             t = book.decided + 1
             if not book.ready(t):
                 return None
-            if finishes_only(rule) and not book.any_finishing_at(t):
+            if finishes_only(rule) and not book.any_finishing_at(t) and book.any_running_at(t):
                 book.decided = t  # nothing it reads changed (timing.py)
                 continue
+            # Nothing runs at t and no finish falls on it: a trace finished exactly at a checkpoint that
+            # was already decided (its finish arrived after its last token). Ask the rule: it has not
+            # seen that finish, and skipping would walk the grid forever without an await.
             snapshot = book.snapshot(
                 t, budget=self.spec.budget, warmup_answer_class=warmup_class, rule_state=self.rule_state
             )

@@ -209,7 +209,9 @@ class TraceStreamer:
                         delta.tokens,
                         delta.confidences,
                         probes,
-                        finishing=delta.finish_reason is not None,
+                        # at max_tokens the upstream stops, even if its finish comes in a later chunk
+                        finishing=delta.finish_reason is not None
+                        or trace.tokens + delta.tokens >= self.spec.max_tokens,
                     )
                     if crossed or buffered >= self.config.flush_tokens:
                         batch, buffer, buffered = buffer, [], 0

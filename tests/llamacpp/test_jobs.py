@@ -1,10 +1,11 @@
 """Jobs on the real model, through API → Redis queue → worker → coordinator → adapter → llama-server:
 the rule stops while traces still run, every stream is hung up (the server's ``/slots`` shows no slot
 processing within 1 s), the accounting is the server's own usage (estimates flagged only where we
-cancelled)."""
+cancelled), and ``mars record`` then the replay server reproduce a job's answer and token counts."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,13 @@ from orchestrator.console.client import JobsClient
 from orchestrator.console.runner import running_service
 from orchestrator.llamacpp.server import LlamaServer
 from orchestrator.replay.recorder import running_recorder
+from orchestrator.replay.recordings import load_recording
+from orchestrator.replay.server import ReplayServer, serving
 from tests.llamacpp.conftest import wait_idle
 from tests.llamacpp.stack import K, job_body, llama_settings, recorded_usage
 
 pytestmark = [pytest.mark.llamacpp, pytest.mark.redis, pytest.mark.timeout(240)]
+JOB_TIMEOUT_S = 150.0
 
 
 async def run_job(
@@ -27,7 +31,7 @@ async def run_job(
     """Submit, follow the events to the end; returns the job and how long after the ``stop`` event the
     server's slots were all idle (0 when no server is watched)."""
     idle_after_s = 0.0
-    async with JobsClient(url) as client:
+    async with asyncio.timeout(JOB_TIMEOUT_S), JobsClient(url) as client:
         job_id = await client.submit(body)
         async for event in client.events(job_id):
             if event.event == "stop" and server is not None:
@@ -82,3 +86,38 @@ async def test_k8_job_stops_early_hangs_up_and_accounts_server_usage(
     else:
         assert all(acc[p] <= r for p, r in zip(parts, recorded, strict=True))
     assert acc["probe_cached_tokens"] > 0  # probes of one trace reuse its cached prefix
+
+
+async def test_record_then_replay_gives_the_same_answer_and_counts(
+    llama_server: LlamaServer, tmp_path: Path
+) -> None:
+    """``mars record`` in front of the real server, then the replay server on that recording: the same
+    job gets the same answer and exactly the same token counts, all of them the server's."""
+    recording = tmp_path / "rec.jsonl"
+    # max_tokens a multiple of the interval: a trace cut by max_tokens ends exactly on a checkpoint, and
+    # its finish chunk may arrive apart from its last token (the replay paces them apart).
+    body = job_body(llama_server.model, budget=4, method="sc", method_params={}, max_tokens=48)
+    async with (
+        running_recorder(llama_server.url, recording) as upstream,
+        running_service(llama_settings(upstream, redis=False, max_streams=4)) as service,
+    ):
+        real, _ = await run_job(service.url, body)
+    server = recorded_usage(recording)
+    replay = ReplayServer(None, recordings=load_recording(recording))
+    async with (
+        serving(replay) as replay_url,
+        running_service(llama_settings(replay_url, redis=False, max_streams=4)) as service,
+    ):
+        replayed, _ = await run_job(service.url, body)
+    # The tiny model often writes no \\boxed{} within 48 tokens: the job then fails with "no answer",
+    # which the replay must reproduce just the same.
+    assert replayed["status"] == real["status"], (real.get("error"), replayed.get("error"))
+    for job in (real, replayed):
+        assert all(t["status"] == "finished" for t in job["traces"])
+        assert not job["accounting"]["estimated"]
+        assert job["accounting"]["prompt_tokens"] == sum(server.trace_prompt)
+        assert job["accounting"]["generated_tokens"] == sum(server.trace_completion)
+    assert replayed["answer"] == real["answer"]
+    assert replayed["stop_checkpoint"] == real["stop_checkpoint"]
+    assert sorted(t["tokens"] for t in replayed["traces"]) == sorted(t["tokens"] for t in real["traces"])
+    assert replayed["accounting"]["total_tokens"] == real["accounting"]["total_tokens"]

@@ -62,6 +62,9 @@ class StreamDelta:
     finish_reason: str | None = None
     usage: Usage | None = None
     tokens_estimated: bool = False
+    # The upstream's own count of the request's prompt, sent before its usage (llama.cpp's per-token
+    # timings): a stream cut before its usage (a stop) still counts its prompt exactly.
+    prompt_tokens: int | None = None
 
 
 ANSWER_FORCING_SUFFIX = (

@@ -5,7 +5,9 @@ Traces stream through the OpenAI-compatible adapter unchanged, with two llama.cp
 - **Token counts per chunk** come from the server's own ``timings.predicted_n`` (asked with
   ``timings_per_token``): llama-server sends no chunk for a token that adds no text (a partial UTF-8
   character, a held-back stop string), so counting chunks would drift. Usage is the server's final
-  chunk (``stream_options.include_usage``, with ``prompt_tokens_details.cached_tokens``).
+  chunk (``stream_options.include_usage``, with ``prompt_tokens_details.cached_tokens``). The prompt
+  count rides on every token chunk too (``timings.prompt_n + cache_n``), so a trace we cancel before
+  its usage chunk still counts its prompt exactly (``StreamDelta.prompt_tokens``), not by estimate.
 - **Slots.** The server runs ``-np`` requests at once and queues the rest inside itself, where we can
   neither see nor cancel them. Traces *and* probes therefore share one semaphore of the server's slot
   count (``/props`` ``total_slots``): whatever does not fit waits here, in our admission.
@@ -66,6 +68,15 @@ def llamacpp_options() -> CompatOptions:
         think_open="",  # the template decides; an instruct model never opens <think>
         continuous_usage=False,  # vLLM's field; llama.cpp counts through timings_per_token
     )
+
+
+def _prompt_count(timings: Mapping[str, Any]) -> int | None:
+    """The request's prompt as the server counted it: evaluated (``prompt_n``) plus reused from the
+    slot's cache (``cache_n``), on every chunk with ``timings_per_token``; equal to its final usage's
+    ``prompt_tokens`` and to ``/tokenize`` of the ``/apply-template`` prompt."""
+    if "prompt_n" not in timings:
+        return None
+    return int(timings["prompt_n"]) + int(timings.get("cache_n") or 0)
 
 
 class LlamaCppProvider(OpenAICompatProvider):
@@ -183,6 +194,7 @@ class LlamaCppProvider(OpenAICompatProvider):
 
     def _delta(self, obj: dict[str, Any], tally: _Tally) -> StreamDelta | None:
         choices = obj.get("choices")
+        prompt = _prompt_count(obj.get("timings") or {})
         if choices:
             timings = obj.get("timings") or {}
             if "predicted_n" in timings:
@@ -202,6 +214,8 @@ class LlamaCppProvider(OpenAICompatProvider):
             tally.last_usage_tokens += extra
             tally.completion += extra
             delta = replace(delta, tokens=extra)
+        if delta is not None and prompt is not None:
+            delta = replace(delta, prompt_tokens=prompt)
         return delta
 
     # --- probes --------------------------------------------------------------------------------

@@ -57,7 +57,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from orchestrator.accounting import ProbeSpend
@@ -101,6 +101,7 @@ from orchestrator.timing import (
     exhausted_answer,
     finishes_only,
     launch_order,
+    probe_interval,
     running,
 )
 from orchestrator.warmup import (
@@ -201,6 +202,12 @@ class _JobRun:
         self.provider = owner.provider
         self.config = owner.config
         self.caps: Capabilities = owner.provider.capabilities(spec.model)
+        # A slot-limited upstream's probes take slot time as well as tokens: the grid is spaced so that
+        # they take at most a bounded share of it (timing.probe_interval; the requested grid otherwise).
+        requested = spec.probe.interval_tokens
+        paced = probe_interval(requested, self.caps.probe_slot_tokens)
+        if paced != requested:
+            spec = self.spec = replace(spec, probe=replace(spec.probe, interval_tokens=paced))
         self.grouper = owner.grouper_factory(spec)
         self.interval = spec.probe.interval_tokens
         self.voting = [TraceState(i, self.interval) for i in range(spec.budget)]
@@ -224,6 +231,11 @@ class _JobRun:
         self.rule_state: Any = None
         self.stop_snapshot: Snapshot | None = None
         self.notes: list[str] = []
+        if paced != requested:
+            self.notes.append(
+                f"probe interval {paced} tokens, not {requested}: a probe holds an upstream slot as long "
+                f"as a trace takes for {self.caps.probe_slot_tokens:.0f} tokens"
+            )
         self.tg: asyncio.TaskGroup | None = None
         self.last_votes: dict[str, float] = {}
         self.stop_decision: tuple[StoppingRule, Snapshot, Decision] | None = None

@@ -22,6 +22,9 @@ class Capabilities:
     reasoning_visible: bool = True
     continue_prefix: bool = False  # can continue a stored prefix after a disconnect
     max_n: int = 1
+    # How long a probe holds an upstream slot, in tokens a trace generates in that time (measured by
+    # a slot-limited self-hosted upstream, llama.cpp); 0: unknown or not slot-limited. timing.probe_interval
+    probe_slot_tokens: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +97,7 @@ class ProbeResult:
     cached_tokens: int = 0
     output_tokens: int = 0
     raw: str = ""
+    slot_ms: float | None = None  # how long the probe held an upstream slot, as the upstream timed it
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,12 @@ from ``/apply-template``, plus the trace prefix and a suffix that closes the rea
 template (no ``<think>``) gets :data:`INSTRUCT_SUFFIX`. Probes stream, so a cancelled probe hangs up and
 frees its slot at once (a non-streaming request runs to ``max_tokens`` after the client leaves).
 
+**Slot time.** A probe holds a slot while the server evaluates its prompt and decodes its answer, slot
+time a trace's tokens would otherwise use. :class:`SlotClock` keeps the server's own timings of probes
+and traces; :meth:`LlamaCppProvider.capabilities` reports a probe's slot time in trace tokens
+(``probe_slot_tokens``), and ``timing.probe_interval`` spaces a job's checkpoints so its probes take at
+most a bounded share of the slots.
+
 What the server supports is detected once, on first use (``/props``, ``/apply-template``,
 ``/v1/models``), not assumed: without ``/apply-template`` there is no ``continue`` probe.
 """
@@ -70,6 +76,43 @@ def llamacpp_options() -> CompatOptions:
     )
 
 
+class SlotClock:
+    """Running means, from the server's own timings, of how long a probe holds a slot (prompt evaluation
+    plus decoding) and how fast a trace decodes; their product is a probe's slot time in trace tokens
+    (``Capabilities.probe_slot_tokens``, which ``timing.probe_interval`` spaces a job's probes by)."""
+
+    __slots__ = ("probe_ms", "trace_tokens_per_ms")
+
+    def __init__(self) -> None:
+        self.probe_ms: float | None = None
+        self.trace_tokens_per_ms: float | None = None
+
+    def probe(self, slot_ms: float) -> None:
+        self.probe_ms = _mean(self.probe_ms, slot_ms, 0.2)
+
+    def trace(self, timings: Mapping[str, Any]) -> None:
+        tokens, ms = int(timings.get("predicted_n") or 0), float(timings.get("predicted_ms") or 0.0)
+        if tokens >= 8 and ms > 0:  # the first tokens' rate says little
+            self.trace_tokens_per_ms = _mean(self.trace_tokens_per_ms, tokens / ms, 0.02)
+
+    @property
+    def probe_tokens(self) -> float:
+        if self.probe_ms is None or self.trace_tokens_per_ms is None:
+            return 0.0
+        return self.probe_ms * self.trace_tokens_per_ms
+
+
+def _mean(current: float | None, value: float, weight: float) -> float:
+    return value if current is None else current + weight * (value - current)
+
+
+def slot_ms(timings: Mapping[str, Any]) -> float | None:
+    """How long a request held its slot, as the server timed it (prompt evaluation plus decoding)."""
+    if "prompt_ms" not in timings and "predicted_ms" not in timings:
+        return None
+    return float(timings.get("prompt_ms") or 0.0) + float(timings.get("predicted_ms") or 0.0)
+
+
 def _prompt_count(timings: Mapping[str, Any]) -> int | None:
     """The request's prompt as the server counted it: evaluated (``prompt_n``) plus reused from the
     slot's cache (``cache_n``), on every chunk with ``timings_per_token``; equal to its final usage's
@@ -114,6 +157,7 @@ class LlamaCppProvider(OpenAICompatProvider):
         self._detecting = asyncio.Lock()
         self._slots: asyncio.Semaphore | None = None
         self._templates: dict[tuple[tuple[str, str], ...], str] = {}
+        self.clock = SlotClock()
 
     # --- detection -----------------------------------------------------------------------------
 
@@ -169,6 +213,7 @@ class LlamaCppProvider(OpenAICompatProvider):
             logprobs=True,
             reasoning_visible=True,
             continue_prefix=False,  # no continue_final_message: a reclaimed trace restarts
+            probe_slot_tokens=self.clock.probe_tokens,
         )
 
     async def models(self) -> Sequence[ModelInfo]:
@@ -195,6 +240,7 @@ class LlamaCppProvider(OpenAICompatProvider):
     def _delta(self, obj: dict[str, Any], tally: _Tally) -> StreamDelta | None:
         choices = obj.get("choices")
         prompt = _prompt_count(obj.get("timings") or {})
+        self.clock.trace(obj.get("timings") or {})
         if choices:
             timings = obj.get("timings") or {}
             if "predicted_n" in timings:
@@ -282,6 +328,7 @@ class LlamaCppProvider(OpenAICompatProvider):
             body["top_k"] = self.options.probe_top_k
         text: list[str] = []
         usage: dict[str, Any] = {}
+        timings: dict[str, Any] = {}
         async with open_stream(
             self._streams,
             f"{self._base_url}/completions",
@@ -293,8 +340,12 @@ class LlamaCppProvider(OpenAICompatProvider):
             async for chunk in chunks:
                 text.extend(choice.get("text") or "" for choice in chunk.get("choices") or ())
                 usage = chunk.get("usage") or usage
+                timings = chunk.get("timings") or timings
         completion = "".join(text)
         details = usage.get("prompt_tokens_details") or {}
+        held_ms = slot_ms(timings)
+        if held_ms is not None:
+            self.clock.probe(held_ms)
         return ProbeResult(
             answer=probe_answer(completion, request.suffix),
             strategy=request.strategy,
@@ -302,4 +353,5 @@ class LlamaCppProvider(OpenAICompatProvider):
             cached_tokens=int(details.get("cached_tokens") or 0),
             output_tokens=int(usage.get("completion_tokens") or 0),
             raw=completion,
+            slot_ms=held_ms,
         )

@@ -1,6 +1,5 @@
 """``mars demo --upstream llamacpp`` end to end, small: two questions on the real model, with the traces,
-the vote, the stop and the all-in line on screen, and the second job's probes spaced by the slot time
-the first job's probes measured."""
+the vote, the stop and the all-in line on screen."""
 
 from __future__ import annotations
 
@@ -26,7 +25,8 @@ async def test_demo_shows_traces_vote_stop_and_all_in(llama_installation: Instal
     assert len(jobs) == 2
     assert all(job["status"] in {"succeeded", "failed"} for job in jobs), [j.get("error") for j in jobs]
     assert "llama-server http://127.0.0.1:" in screen
-    assert screen.count("┃ trace ┃") + screen.count("trace") >= 2  # the live trace table
+    assert "┃ trace ┃ progress" in screen  # the live trace table
+    assert "finished" in screen or "cancelled" in screen
     assert "vote shares" in screen
     assert "stopped at checkpoint" in screen  # the stop
     assert screen.count("all-in") >= 2  # one all-in line per job
@@ -34,5 +34,9 @@ async def test_demo_shows_traces_vote_stop_and_all_in(llama_installation: Instal
     for job in jobs:
         assert job["accounting"]["total_tokens"] > 0
         assert job["probe_strategy"] == "continue"
-    # The first job's probes measured their slot time: the second job's grid is spaced by it.
-    assert any("probe interval" in note for note in jobs[1]["notes"]), jobs[1]["notes"]
+    # The first job runs on the grid it asked for (nothing measured yet); a later job's grid, when its
+    # probes' measured slot time moved it, is a multiple of it (tests/coordinator/test_probe_pacing.py
+    # pins the rule itself).
+    assert not any(n.startswith("probe interval") for n in jobs[0]["notes"])
+    for note in (n for n in jobs[1]["notes"] if n.startswith("probe interval")):
+        assert int(note.split()[2]) % options.probe_interval_tokens == 0, note

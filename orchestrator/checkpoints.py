@@ -121,6 +121,8 @@ class TraceState:
     # where it stands in the run, on the global decision grid (orchestrator/timing.py)
     launched_at: int | None = None
     pruned_at: int | None = None
+    wave: int = 0  # which launch of the job started it (1 = the first); 0 = not launched
+    launched_s: float | None = None  # seconds from the run's start to its launch (wall clock, for display)
     # what the rule saw, one entry per own checkpoint decided
     answers: list[str | None] = field(default_factory=list)
     history: list[int | None] = field(default_factory=list)
@@ -154,6 +156,11 @@ class TraceState:
     def running(self) -> bool:
         return self.status is TraceStatus.RUNNING
 
+    @property
+    def launch_position_tokens(self) -> int | None:
+        """Where it started on the job's token clock (decision point t sits at t × interval)."""
+        return None if self.launched_at is None else self.launched_at * self.interval_tokens
+
     def finished_by(self, position: int) -> bool:
         return self.total_tokens is not None and self.total_tokens <= position
 
@@ -178,6 +185,15 @@ class TraceState:
     # --- TraceRecord (orchestrator/snapshots.py) ------------------------------------------------
     def finished_at(self, k: int) -> bool:
         return self.finished_by(k * self.interval_tokens)
+
+    def read_at(self, k: int) -> bool:
+        """What the trace shows at its own checkpoint ``k`` is known: it finished by then, or it has a
+        probe outcome there and has generated past it. A trace sitting exactly on ``k * interval`` may
+        still end there (its end arrives after its last token), and the simulator counts a trace of
+        exactly that length as finished at ``k``: so it is not read as running until it moves on."""
+        if self.finished_at(k):
+            return True
+        return k in self.probes and self.tokens > k * self.interval_tokens
 
     def tokens_at(self, position: int) -> int:
         return (
@@ -228,11 +244,8 @@ class CheckpointBook:
 
     def ready(self, checkpoint: int) -> bool:
         """Every live trace launched before ``checkpoint`` finished by its own position there or has a
-        probe outcome for its own checkpoint there."""
-        for trace, k in self._reading(checkpoint):
-            if not trace.finished_at(k) and k not in trace.probes:
-                return False
-        return True
+        probe outcome for its own checkpoint there and is known to run past it."""
+        return all(trace.read_at(k) for trace, k in self._reading(checkpoint))
 
     def any_running_at(self, checkpoint: int) -> bool:
         return any(running(t, t.launched_at, checkpoint) for t in self.live() if t.launched_at is not None)

@@ -39,7 +39,8 @@ Events published on the job's stream (``Store.publish``; the API serves them as 
 ``warmup``      ``{"mode", "source", "gamma", "features", "rows", "warmup_answer", "deepconf_threshold"}``
 ``trace``       ``{"traces": [{"index", "state", "tokens", "answer"}]}`` when traces are launched,
                 finish, fail or are cancelled at the stop (never per token; pruned traces are listed
-                in the ``vote`` event that pruned them)
+                in the ``vote`` event that pruned them); a voting trace's entries add its launch
+                ``"wave"`` (1 = the first), ``"launch_position_tokens"`` and ``"launched_s"``
 ``checkpoint``  ``{"checkpoint": t, "position_tokens": p_t, "running": n, "finished": n,
                 "stale": [indices whose probe timed out or failed], "generated_tokens": n}``
 ``vote``        ``{"checkpoint": t, "classes": {answer: weight}, "counts": {answer: traces},
@@ -125,7 +126,7 @@ STRATEGY_PREFERENCE = (
     ProbeStrategy.EXTRACT,
 )
 DEEPCONF_METHODS = frozenset({"deepconf", "deepconf_mars"})
-# Rules whose q and γ come from the job's warmup. ``default`` (mars-pop) carries the switch model it
+# Rules whose q and γ come from the job's warmup. ``mars-pop`` carries the switch model it
 # was trained with, so a job's warmup must not replace it.
 MARS_METHODS = frozenset({"mars", "deepconf_mars"})
 
@@ -427,8 +428,11 @@ class _JobRun:
             return []
         waiting = [t.index for t in self.voting if t.status is TraceStatus.PENDING]
         pending = [self.voting[i] for i in launch_order(waiting, n)]
+        wave = 1 + max((t.wave for t in self.voting), default=0)
         for trace in pending:
             trace.launched_at = at
+            trace.wave = wave
+            trace.launched_s = time.monotonic() - self.started
             self._start_trace(trace)
         if pending:
             self._publish_soon("trace", {"traces": [trace_event(t, "running") for t in pending]})

@@ -238,6 +238,12 @@ class TraceResult:
     usage_estimated: bool = False
     restarts: int = 0
     continued_from_tokens: int = 0
+    role: str = "vote"  # vote | warmup
+    # adaptive width: the launch wave (1 = the first; 0 = never launched, or a warmup trace), where the
+    # trace started on the job's token clock (orchestrator/timing.py) and when, in seconds from the run's start
+    wave: int = 0
+    launch_position_tokens: int | None = None
+    launched_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,6 +311,11 @@ class JobResult:
     notes: tuple[str, ...] = ()
     error: str | None = None
     error_kind: str | None = None  # the error's type in ``orchestrator.errors`` (``errors.kind_of``)
+    # K is an upper bound (adaptive width): voting traces launched, never launched (never billed), and in
+    # how many waves. None in results stored before these were recorded.
+    launched: int | None = None
+    never_launched: int | None = None
+    waves: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -328,6 +339,9 @@ class JobResult:
             notes=tuple(data.get("notes") or ()),
             error=data.get("error"),
             error_kind=data.get("error_kind"),
+            launched=data.get("launched"),
+            never_launched=data.get("never_launched"),
+            waves=data.get("waves"),
         )
 
 

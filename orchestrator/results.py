@@ -83,7 +83,25 @@ def trace_result(t: TraceState) -> TraceResult:
         usage_estimated=t.usage_estimated,
         restarts=t.restarts,
         continued_from_tokens=t.continued_from_tokens,
+        role=t.role,
+        wave=t.wave,
+        launch_position_tokens=t.launch_position_tokens if t.launched else None,
+        launched_s=None if t.launched_s is None else round(t.launched_s, 3),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Launches:
+    """How many of the K voting traces were launched, in how many waves (K is an upper bound)."""
+
+    launched: int
+    never_launched: int
+    waves: int
+
+
+def launches(voting: Sequence[TraceState]) -> Launches:
+    launched = [t for t in voting if t.launched]
+    return Launches(len(launched), len(voting) - len(launched), len({t.wave for t in launched if t.wave}))
 
 
 def build_result(
@@ -131,8 +149,9 @@ def build_result(
     stale = sum(1 for t in launched for o in t.probes.values() if o.stale)
     if stale:
         all_notes.append(f"{stale} probes timed out or failed: the previous answer stood")
-    if len(launched) < spec.budget:  # adaptive width and wave methods: K is an upper bound
-        all_notes.append(f"launched {len(launched)} of {spec.budget} traces")
+    waves = launches(voting)
+    if waves.never_launched:  # adaptive width and wave methods: K is an upper bound
+        all_notes.append(f"launched {waves.launched} of {spec.budget} traces")
     restarts = sum(t.restarts for t in (*launched, *warmup))
     if restarts:
         all_notes.append(f"{restarts} trace restarts (tokens of lost attempts counted in total_tokens)")
@@ -154,6 +173,9 @@ def build_result(
         notes=tuple(all_notes),
         error=outcome.error,
         error_kind=outcome.error_kind,
+        launched=waves.launched,
+        never_launched=waves.never_launched,
+        waves=waves.waves,
     )
 
 

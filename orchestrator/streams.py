@@ -59,7 +59,12 @@ class ProbeSpend:
 def trace_event(t: TraceState, state: str) -> dict[str, Any]:
     """One entry of a ``trace`` event."""
     answer = t.final_answer if state == "finished" else (t.answers[-1] if t.answers else None)
-    return {"index": t.index, "state": state, "tokens": t.tokens, "answer": answer}
+    event: dict[str, Any] = {"index": t.index, "state": state, "tokens": t.tokens, "answer": answer}
+    if t.wave:  # a voting trace: its launch wave, and where and when it started
+        event["wave"] = t.wave
+        event["launch_position_tokens"] = t.launch_position_tokens
+        event["launched_s"] = None if t.launched_s is None else round(t.launched_s, 3)
+    return event
 
 
 class TraceStreamer:
@@ -255,6 +260,8 @@ class TraceStreamer:
         finishing: bool = False,
     ) -> bool:
         """Count a chunk; when it crosses checkpoints, probe the trace on its prefix (sync, cheap)."""
+        if tokens > 0 and trace.tokens > 0 and trace.tokens == (trace.next_checkpoint - 1) * self.interval:
+            self.changed.set()  # it moved past a checkpoint it sat on: now it is known to run on
         trace.tokens += tokens
         trace.text.append(text)
         if content:

@@ -114,7 +114,12 @@ async def test_record_then_replay_gives_the_same_answer_and_counts(
     recording = tmp_path / "rec.jsonl"
     # max_tokens a multiple of the interval: a trace cut by max_tokens ends exactly on a checkpoint, and
     # its finish chunk may arrive apart from its last token (the replay paces them apart).
-    body = job_body(llama_server.model, budget=4, method="sc", method_params={}, max_tokens=48)
+    # A seed makes each trace's request its own (seed + trace index): the replay gives every trace the
+    # exchange recorded for it, so ties in the vote break the same way.
+    sampling = {"temperature": 0.7, "top_p": 0.95, "top_k": 40, "seed": 7}
+    body = job_body(
+        llama_server.model, budget=4, method="sc", method_params={}, max_tokens=48, sampling=sampling
+    )
     async with (
         running_recorder(llama_server.url, recording) as upstream,
         running_service(llama_settings(upstream, redis=False, max_streams=4)) as service,

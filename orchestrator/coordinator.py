@@ -69,7 +69,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from orchestrator.accounting import Spend
 from orchestrator.answers import AnswerGrouper
@@ -90,6 +90,7 @@ from orchestrator.stopping.base import StoppingRule
 from orchestrator.stopping.registry import build_rule
 from orchestrator.store.base import Store, TokenChunk
 from orchestrator.streams import StreamConfig, TraceStreamer
+from orchestrator.timing import probe_interval
 from orchestrator.warmup import WarmupFit, learn
 
 log = get_logger(__name__)
@@ -169,9 +170,20 @@ class JobRun:
 
     def __init__(self, owner: Coordinator, spec: JobSpec) -> None:
         self.c = owner
-        self.spec = spec
         self.config = owner.config
         self.caps: Capabilities = owner.provider.capabilities(spec.model)
+        # A slot-limited upstream's probes take slot time as well as tokens: the grid is spaced so that
+        # they take at most a bounded share of it (timing.probe_interval; the requested grid otherwise).
+        requested = spec.probe.interval_tokens
+        paced = probe_interval(requested, self.caps.probe_slot_tokens)
+        self.pacing_notes: tuple[str, ...] = ()
+        if paced != requested:
+            spec = replace(spec, probe=replace(spec.probe, interval_tokens=paced))
+            self.pacing_notes = (
+                f"probe interval {paced} tokens, not {requested}: a probe holds an upstream slot as long "
+                f"as a trace takes for {self.caps.probe_slot_tokens:.0f} tokens",
+            )
+        self.spec = spec
         self.grouper = owner.grouper_factory(spec)
         self.started = time.monotonic()
         self.voting = [TraceState(i, spec.probe.interval_tokens) for i in range(spec.budget)]
@@ -210,7 +222,7 @@ class JobRun:
         )
 
     def _results(self, strategy: ProbeStrategy) -> ResultBuilder:
-        notes = list(self.prep.notes)
+        notes = [*self.pacing_notes, *self.prep.notes]
         if self.caps.logprobs is False:
             notes.append("no logprobs: traces-only (3-feature) switch model, no confidences")
         return ResultBuilder(

@@ -79,9 +79,11 @@ class Decider:
             t = book.decided + 1
             if not book.ready(t):
                 return None
-            if finishes_only(rule) and not book.any_finishing_at(t):
+            if finishes_only(rule) and not book.any_finishing_at(t) and book.any_running_at(t):
                 book.skip(t)  # nothing it reads changed (timing.py)
                 continue
+            # Nothing runs at t and no finish falls on it: a finish landed on a point already passed.
+            # Ask the rule (it has not seen that finish): skipping would walk the grid for ever.
             snapshot = book.snapshot(
                 t, budget=self.spec.budget, warmup_answer_class=self.warmup_class, rule_state=self.rule_state
             )

@@ -206,9 +206,12 @@ class TraceStreamer:
         buffer: list[StreamDelta] = []
         buffered = 0
         prompt_reported = False
+        prompt_counted: int | None = None  # the upstream's count before its usage (StreamDelta)
         try:
             async with self.provider.stream(request) as deltas:
                 async for delta in deltas:
+                    if delta.prompt_tokens is not None:
+                        prompt_counted = delta.prompt_tokens
                     if delta.usage is not None:
                         trace.prompt_tokens += delta.usage.prompt_tokens
                         prompt_reported = True
@@ -225,7 +228,9 @@ class TraceStreamer:
                         delta.tokens,
                         delta.confidences,
                         probes,
-                        finishing=delta.finish_reason is not None,
+                        # at max_tokens the upstream stops, even if its finish comes in a later chunk
+                        finishing=delta.finish_reason is not None
+                        or trace.tokens + delta.tokens >= self.spec.max_tokens,
                     )
                     if crossed or buffered >= self.config.flush_tokens:
                         batch, buffer, buffered = buffer, [], 0
@@ -238,7 +243,9 @@ class TraceStreamer:
                 await self.store.append_tokens(self.spec.job_id, trace.index, self._merged(buffer))
             raise
         finally:
-            if not prompt_reported:  # the request went out: its prompt was processed
+            if not prompt_reported and prompt_counted is not None:
+                trace.prompt_tokens += prompt_counted
+            elif not prompt_reported:  # the request went out: its prompt was processed
                 trace.prompt_tokens += self.messages_tokens_estimate + estimate_tokens(prefix)
                 trace.usage_estimated = True
         await self._flush(trace, buffer)

@@ -144,6 +144,7 @@ class JobView(BaseModel):
     accounting: dict[str, Any] | None = None
     traces: list[dict[str, Any]] | None = None
     error: str | None = None
+    notes: list[str] | None = None
     cancel_requested: bool = False
     links: JobLinks
 

@@ -26,6 +26,9 @@ class Capabilities:
     reasoning_visible: bool = True
     continue_prefix: bool = False  # can continue a stored prefix after a disconnect
     max_n: int = 1
+    # How long a probe holds an upstream slot, in tokens a trace generates in that time (measured by
+    # a slot-limited self-hosted upstream, llama.cpp); 0: unknown or not slot-limited. timing.probe_interval
+    probe_slot_tokens: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +69,9 @@ class StreamDelta:
     finish_reason: str | None = None
     usage: Usage | None = None
     tokens_estimated: bool = False
+    # The upstream's own count of the request's prompt, sent before its usage (llama.cpp's per-token
+    # timings): a stream cut before its usage (a stop) still counts its prompt exactly.
+    prompt_tokens: int | None = None
 
 
 ANSWER_FORCING_SUFFIX = (
@@ -95,6 +101,7 @@ class ProbeResult:
     cached_tokens: int = 0
     output_tokens: int = 0
     raw: str = ""
+    slot_ms: float | None = None  # how long the probe held an upstream slot, as the upstream timed it
 
 
 @dataclass(frozen=True, slots=True)

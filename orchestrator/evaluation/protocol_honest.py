@@ -306,7 +306,7 @@ def _hindsight(ctx: MethodContext, hq: HonestQuestion, full: int | None, sc: Bas
     spent = [min(tl.traces[i].total_tokens, cp * interval) for i in ctx.voting]
     counts = [min(cp, tl.traces[i].finish_checkpoint - 1) for i in ctx.voting]
     out_tokens = sum(
-        tl.traces[i].probe_output_tokens[k - 1] + 1
+        tl.traces[i].probe_output_tokens[k - 1]  # the brace included (simulate.probe_output_tokens)
         for i, n in zip(ctx.voting, counts, strict=True)
         for k in range(1, n + 1)
     )

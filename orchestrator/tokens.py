@@ -31,6 +31,21 @@ def estimate_tokens(text: str) -> int:
     return max(count, 1)
 
 
+def split_tokens(text: str) -> list[str]:
+    """``text`` cut into the pieces :func:`estimate_tokens` counts: they join back to ``text`` and
+    there are exactly ``estimate_tokens(text)`` of them (a long letter run is cut every
+    ``LONG_WORD_CHARS`` letters)."""
+    out: list[str] = []
+    for piece in _PIECE.findall(text):
+        if not piece[-1].isalpha():
+            out.append(piece)
+            continue
+        head = LONG_WORD_CHARS + (piece[0] == " ")
+        out.append(piece[:head])
+        out.extend(piece[i : i + LONG_WORD_CHARS] for i in range(head, len(piece), LONG_WORD_CHARS))
+    return out
+
+
 def estimate_messages_tokens(messages: object) -> int:
     """Estimated prompt tokens of a chat message list (content text plus ~4 tokens per message)."""
     if not isinstance(messages, list | tuple):

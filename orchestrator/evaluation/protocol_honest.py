@@ -21,10 +21,12 @@ the same 64 traces, and every token view, charged by the one accounting the live
   generating for the vote, launch offsets of later waves included, plus the longest warmup trace for
   a sequential warmup) and SC@64's (its longest trace).
 
-Offline there are no upstream counts: the prompt and the probe suffix are counted with the project's
-offline estimator ``mars-regex-v1`` (:mod:`orchestrator.tokens`) on the question text and on
-the suffix the adapters send; a probe's output is its extracted answer plus the closing brace (a probe
-that extracted nothing is charged its 50-token cap).
+Offline there are no upstream counts: the prompt and the probe's own turn are counted with the
+project's offline estimator ``mars-regex-v1`` (:mod:`orchestrator.tokens`) on the question text and on
+the assistant turn the adapters append around the prefix (think opener, answer-forcing suffix); the
+prefix is charged at its position in tokens. A probe's output is its extracted answer plus the closing
+brace (a probe that extracted nothing is charged its 50-token cap, the brace included:
+``simulate.probe_output_tokens``). The replay server bills a probe the same way.
 """
 
 from __future__ import annotations
@@ -42,23 +44,21 @@ from orchestrator.evaluation.methods import MethodContext, MethodSpec, method_sp
 from orchestrator.evaluation.prepared import prepare
 from orchestrator.evaluation.protocol_pp import permutation
 from orchestrator.evaluation.simulate import (
-    PROBE_NO_ANSWER_TOKENS,
+    PROBE_SUFFIX_TOKENS,
     CheckpointCache,
     QuestionTimeline,
     SimRun,
     ViewCache,
     hindsight_checkpoint,
     leader_trajectory,
+    probe_output_tokens,
     simulate,
     timeline,
 )
 from orchestrator.pricing import PROFILES, PriceProfile
-from orchestrator.providers.base import ANSWER_FORCING_SUFFIX
-from orchestrator.tokens import estimate_messages_tokens, estimate_tokens
+from orchestrator.tokens import estimate_messages_tokens
 
 WARMUP_TRACES = 16
-# the answer-forcing suffix every probe sends after the prefix, counted offline
-PROBE_SUFFIX_TOKENS = estimate_tokens(ANSWER_FORCING_SUFFIX)
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,7 +306,7 @@ def _hindsight(ctx: MethodContext, hq: HonestQuestion, full: int | None, sc: Bas
     spent = [min(tl.traces[i].total_tokens, cp * interval) for i in ctx.voting]
     counts = [min(cp, tl.traces[i].finish_checkpoint - 1) for i in ctx.voting]
     out_tokens = sum(
-        tl.traces[i].probe_output_tokens[k - 1] + 1
+        tl.traces[i].probe_output_tokens[k - 1]  # the brace included (simulate.probe_output_tokens)
         for i, n in zip(ctx.voting, counts, strict=True)
         for k in range(1, n + 1)
     )
@@ -344,11 +344,7 @@ def honest_question(
 
     prepared = prepare(question, classes)
     probe_tokens = [
-        [
-            PROBE_NO_ANSWER_TOKENS if answer_or_none(a) is None else estimate_tokens(a)
-            for a in t.checkpoint_answers
-        ]
-        for t in question.traces
+        [probe_output_tokens(answer_or_none(a)) for a in t.checkpoint_answers] for t in question.traces
     ]
     tl = timeline(prepared, interval_tokens, probe_tokens)
     prompt = estimate_messages_tokens([{"role": "user", "content": question.question}])

@@ -22,6 +22,7 @@ from typing import Any
 from orchestrator.checkpoints import CONFIDENCE_WINDOW_TOKENS, mean_confidence
 from orchestrator.domain import NO_ANSWER, Decision, Snapshot, TraceView, majority
 from orchestrator.evaluation.prepared import PreparedQuestion
+from orchestrator.providers.base import ANSWER_FORCING_SUFFIX, PROBE_MAX_TOKENS, THINK_OPEN
 from orchestrator.snapshots import new_view, trace_view
 from orchestrator.stopping.base import StoppingRule
 from orchestrator.stopping.deepconf import lowest_window_confidence
@@ -36,10 +37,25 @@ from orchestrator.timing import (
     running,
     started,
 )
+from orchestrator.tokens import estimate_messages_tokens, estimate_tokens
 
 PROBE_CLOSE_TOKENS = 1  # the closing brace the probe completion ends with
-PROBE_NO_ANSWER_TOKENS = 50  # a probe that closed nothing ran to its max_tokens (STOPPING.md §9)
-PROBE_SUFFIX_TOKENS = 34  # the reference answer-forcing suffix, estimated (probe input view)
+PROBE_NO_ANSWER_TOKENS = (
+    PROBE_MAX_TOKENS  # a probe that closed nothing ran to its max_tokens (STOPPING.md §9)
+)
+# What a probe request adds to the plain prompt besides the prefix, estimated: the assistant turn the
+# adapters append (``openai_compat``: the think opener, the prefix, the answer-forcing suffix).
+PROBE_SUFFIX_TOKENS = estimate_messages_tokens(
+    [{"role": "assistant", "content": THINK_OPEN + ANSWER_FORCING_SUFFIX}]
+)
+
+
+def probe_output_tokens(answer: str | None) -> int:
+    """Output tokens of a probe that reads ``answer`` (``None``: none), estimated: the answer and the
+    closing brace, or the whole ``max_tokens`` for a probe that closes no answer (never more)."""
+    if answer is None:
+        return PROBE_NO_ANSWER_TOKENS
+    return min(PROBE_MAX_TOKENS, estimate_tokens(answer) + PROBE_CLOSE_TOKENS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +129,9 @@ def timeline(
     interval_tokens: int | None = None,
     probe_tokens: Sequence[Sequence[int]] | None = None,
 ) -> QuestionTimeline:
-    """Put every trace of ``q`` on the checkpoint grid (once per question)."""
+    """Put every trace of ``q`` on the checkpoint grid (once per question). ``probe_tokens[j]`` are the
+    output tokens of trace j's probe at each of its recorded positions (:func:`probe_output_tokens`);
+    without them every probe costs 3."""
     interval = interval_tokens or q.probe_interval_tokens
     n_cp = max(1, max(math.ceil(t.total_tokens / interval) for t in q.traces))
     traces = []
@@ -146,7 +164,7 @@ def timeline(
                 per_cp.append(raw[idx] if 0 <= idx < len(raw) else PROBE_NO_ANSWER_TOKENS)
             ptoks = tuple(per_cp)
         else:
-            ptoks = tuple(0 if k + 1 >= finish else 2 for k in range(n_cp))
+            ptoks = tuple(0 if k + 1 >= finish else 3 for k in range(n_cp))
         rows = tuple(tuple(float(v) for v in row) for row in feats)
         traces.append(
             TraceTimeline(classes, finish, t.total_tokens, t.final_class, rows, ptoks, confs, lowest)
@@ -581,7 +599,7 @@ def _views(
             k = tr.finish_checkpoint  # without probes a finished trace looks the same from then on
         if k and not frozen and not finished and probes:
             probe_calls += 1
-            probe_out += tr.probe_output_tokens[k - 1] + PROBE_CLOSE_TOKENS
+            probe_out += tr.probe_output_tokens[k - 1]
             probe_in += k * interval + PROBE_SUFFIX_TOKENS
         key = (s << 21) | (k << 1) | (1 if frozen else 0)  # slot, own checkpoint read, pruned
         view = known.get(key) if known is not None else None

@@ -80,6 +80,10 @@ ANSWER_FORCING_SUFFIX = (
 )
 
 
+THINK_OPEN = "<think>\n"  # what a reasoning model's continued prefix opens with
+PROBE_MAX_TOKENS = 50  # the reference probe decoding: up to 50 new tokens (STOPPING.md §9)
+
+
 @dataclass(frozen=True, slots=True)
 class ProbeRequest:
     """Ask what the trace would answer if it stopped after ``prefix`` (its first ``position_tokens``)."""
@@ -89,7 +93,7 @@ class ProbeRequest:
     position_tokens: int
     strategy: ProbeStrategy
     model: str | None = None
-    max_tokens: int = 50
+    max_tokens: int = PROBE_MAX_TOKENS
     suffix: str = ANSWER_FORCING_SUFFIX
 
 

@@ -39,6 +39,7 @@ import openai
 from orchestrator.domain import ProbeStrategy
 from orchestrator.errors import UnsupportedCapability
 from orchestrator.providers.base import (
+    THINK_OPEN,
     Capabilities,
     Forwarded,
     ForwardRequest,
@@ -66,7 +67,7 @@ def chatml_template(messages: Sequence[Mapping[str, str]]) -> str:
 @dataclass(frozen=True, slots=True)
 class CompatOptions:
     probe_via: Literal["chat", "completions"] = "chat"
-    think_open: str = "<think>\n"  # prepended to a continued prefix (reasoning models)
+    think_open: str = THINK_OPEN  # prepended to a continued prefix (reasoning models)
     continuous_usage: bool = True  # ask for per-chunk usage (vLLM, SGLang)
     top_logprobs: int = 20
     send_top_k: bool = True

@@ -85,6 +85,11 @@ class PrefixMatch:
     def is_probe(self) -> bool:
         return bool(self.remainder.strip())
 
+    @property
+    def prefix_chars(self) -> int:
+        """Length of the matched prefix in characters (the first ``position_tokens`` tokens)."""
+        return self.text.offsets[self.position_tokens]
+
 
 class Catalog:
     def __init__(self, corpus: Corpus, *, seed: int = 0) -> None:

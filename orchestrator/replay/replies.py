@@ -6,19 +6,29 @@ prefix without one is a continuation of that trace from there; a question alone 
 the question in the evaluation's order (or the one ``x-mars-trace-index`` pins, per ``x-mars-job-id``).
 Anything else gets a short fallback that says why. Token counts on the wire are documented in
 ``wire.py``.
+
+A probe is billed as a real upstream bills it, and as ``mars eval`` charges it
+(``evaluation/protocol_honest.py``): its prompt is the request without the prefix text, estimated, plus
+the prefix at its true length (its position in tokens); its answer is cut into as many tokens as the
+offline estimator counts, plus the closing brace; a probe that reads no answer generates answer-free
+filler up to its ``max_tokens`` and stops for length.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from orchestrator.corpus import NO_ANSWER
+from orchestrator.answers import answer_or_none
+from orchestrator.providers.base import PROBE_MAX_TOKENS
 from orchestrator.replay.catalog import Catalog, PrefixMatch, TraceMatch
 from orchestrator.replay.wire import Reply
-from orchestrator.tokens import estimate_messages_tokens, estimate_tokens
+from orchestrator.tokens import estimate_messages_tokens, estimate_tokens, split_tokens
 
 FINAL_SENTENCE_TOKENS = 8  # the synthetic "Therefore, the final answer is \boxed{x}." (synthetic.py)
+# What a probe that has no answer keeps generating inside the open box: no brace, no box, no digits.
+NO_ANSWER_FILLER = (" Let", " me", " think", " about", " it", " a", " bit", " more", ".")
 
 
 def content_text(content: Any) -> str:
@@ -45,20 +55,25 @@ def choose_reply(
         return _fallback(prompt_tokens, "no corpus is loaded")
     question = catalog.question_in([*texts, extra_text])
     match: PrefixMatch | None = None
+    source = ""  # the text the prefix was found in
     last = messages[-1] if messages else {}
     if extra_text:
-        match = catalog.find_prefix_in(extra_text, question)
+        source = extra_text
+        match = catalog.find_prefix_in(source, question)
     elif last.get("role") == "assistant":
-        match = catalog.find_prefix_in(texts[-1], question)
+        source = texts[-1]
+        match = catalog.find_prefix_in(source, question)
     else:
-        for text in texts:
-            if "<partial_reasoning>" in text or "<think>" in text:
-                match = catalog.find_prefix_in(text, question)
+        for source in texts:
+            if "<partial_reasoning>" in source or "<think>" in source:
+                match = catalog.find_prefix_in(source, question)
                 if match is not None:
                     break
     if match is not None:
         if match.is_probe:
-            return _probe_reply(match, prompt_tokens, max_tokens)
+            # billed as an upstream would: the prefix at its true length (its position in tokens)
+            rest = prompt_tokens - estimate_tokens(source) + estimate_tokens(_without_prefix(source, match))
+            return _probe_reply(match, rest + match.position_tokens, max_tokens)
         return _trace_reply(
             match.question.qid, match, match.position_tokens, prompt_tokens, max_tokens, mode="continue"
         )
@@ -110,21 +125,38 @@ def _trace_reply(
     )
 
 
+def _without_prefix(source: str, match: PrefixMatch) -> str:
+    """``source`` with the matched trace prefix cut out (what is left: markers, the probe suffix)."""
+    end = len(source) - len(match.remainder)
+    return source[: end - match.prefix_chars] + source[end:]
+
+
 def _probe_reply(match: PrefixMatch, prompt_tokens: int, max_tokens: int | None) -> Reply:
+    """The probe's answer as a real upstream bills it: an answer closing the box the suffix opened is
+    as many tokens as the offline estimator counts, plus the brace; a probe with no answer to give
+    keeps generating (answer-free filler) to its ``max_tokens`` and stops for length."""
     p = match.position_tokens
-    answer = match.trace.answer_at(p)
+    answer = answer_or_none(match.trace.answer_at(p))
     box_open = match.remainder.rstrip().endswith("\\boxed{")
-    if answer == NO_ANSWER:
-        full: tuple[str, ...] = ("}",) if box_open else ("I", " cannot", " tell", " yet.")
+    full: tuple[str, ...]
+    if answer is None and box_open:
+        cap = PROBE_MAX_TOKENS if max_tokens is None else max_tokens
+        full = tuple(itertools.islice(itertools.cycle(NO_ANSWER_FILLER), cap))
+    elif answer is None:
+        full = ("I", " cannot", " tell", " yet.")
+    elif box_open:
+        full = (*split_tokens(answer), "}")
     else:
-        full = (answer, "}") if box_open else ("The", " answer", " is", " \\boxed{", answer, "}.")
+        full = ("The", " answer", " is", " \\boxed{", *split_tokens(answer), "}.")
     tokens, finish = _cap(full, max_tokens)
+    if answer is None and box_open:
+        finish = "length"
     meta = {
         "mode": "probe",
         "qid": match.question.qid,
         "trace": match.trace.index,
         "position_tokens": p,
-        "answer": answer,
+        "answer": match.trace.answer_at(p),
     }
     return Reply(tokens=tokens, finish=finish, prompt_tokens=prompt_tokens, cached_tokens=p, meta=meta)
 

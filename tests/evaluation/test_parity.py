@@ -46,7 +46,7 @@ from orchestrator.domain import (
 )
 from orchestrator.evaluation import protocol_honest
 from orchestrator.evaluation.protocol_honest import honest_question, run_spend, slot_spend
-from orchestrator.evaluation.simulate import PROBE_CLOSE_TOKENS, PROBE_NO_ANSWER_TOKENS, SimRun, simulate
+from orchestrator.evaluation.simulate import SimRun, probe_output_tokens, simulate
 from orchestrator.pricing import PROFILES
 from orchestrator.providers.base import ProbeRequest, ProbeResult, TraceRequest
 from orchestrator.stopping.base import StoppingRule
@@ -54,7 +54,7 @@ from orchestrator.stopping.registry import REGISTRY, build_rule
 from orchestrator.store.base import request_fingerprint
 from orchestrator.store.memory import MemoryStore
 from orchestrator.timing import finishes_only
-from orchestrator.tokens import estimate_messages_tokens, estimate_tokens
+from orchestrator.tokens import estimate_messages_tokens
 from tests.fakes import Script, ScriptedProvider, wait_until
 
 INTERVAL = 100
@@ -231,14 +231,12 @@ class LockstepProvider(ScriptedProvider):
 
     async def probe(self, request: ProbeRequest) -> ProbeResult:
         result = await super().probe(request)
-        raw = answer_or_none(result.answer)
-        answer_tokens = PROBE_NO_ANSWER_TOKENS if raw is None else estimate_tokens(raw)
         return ProbeResult(
             answer=result.answer,
             strategy=result.strategy,
             input_tokens=PROMPT_TOKENS + request.position_tokens + SUFFIX_TOKENS,
             cached_tokens=0,
-            output_tokens=answer_tokens + PROBE_CLOSE_TOKENS,
+            output_tokens=probe_output_tokens(answer_or_none(result.answer)),
         )
 
 

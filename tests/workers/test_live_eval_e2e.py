@@ -5,11 +5,9 @@ checkpoint and reason, the generated tokens, the prompts, the probe calls and th
 and the all-in total: what the live job spent minus what it generated past the stop (the simulator's
 cancel is instant; a real upstream's is not, and the live result reports that part on its own).
 
-One part does not agree yet, and a strict xfail says so: the replay server bills a probe's input by
-running the offline token estimator over the prompt, the prefix text and the suffix, and a probe that
-reads no answer at 1 to 4 output tokens; ``mars eval`` charges the prefix at its position in tokens and
-a no-answer probe at its 50-token cap. On aime25 question 5 (K = 8, mars-pop) that is 117,636 probe
-input tokens live against 103,460 offline, and 103 output tokens against 158."""
+The probe token bill agrees too: the replay server bills a probe as an upstream would and as ``mars
+eval`` charges it (the prefix at its position in tokens, the rest of the request estimated; the answer
+at its estimated length plus the brace, or the whole 50-token cap for a probe that reads no answer)."""
 
 from __future__ import annotations
 
@@ -138,13 +136,8 @@ async def test_a_live_job_costs_what_mars_eval_says(
         assert spent_for_the_vote == offline.total
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the replay server bills probe prefixes with the text estimator and a no-answer probe at 1-4 "
-    "tokens; mars eval charges prefix positions and the 50-token cap (module docstring)",
-)
 async def test_a_live_probe_costs_what_mars_eval_says(shared_data: Path, redis_url: str, prefix: str) -> None:
-    """The probe token bill of a probing job, live and offline: the last all-in part to agree."""
+    """The probe token bill of a probing job, live and offline: input, output and their sum."""
     result, _, offline, _ = await run_both(shared_data, redis_url, prefix, *RUNS[2])
     acc = result.accounting
     assert (acc.probe_input_tokens, acc.probe_output_tokens) == (

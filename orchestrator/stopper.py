@@ -106,7 +106,9 @@ class Stopper:
         self.launcher.halt(victims, TraceStatus.CANCELLED)  # every connection closed before any task runs
         self.launcher.mark_shadows(shadows)
         await self.decider.publish_stop_vote()
-        tasks = [t.task for t in victims if t.task is not None]
+        # the victims, and traces pruned earlier whose cancel may not have landed yet: the result counts
+        # what each of them was billed (a cut stream's prompt is known only once its task has ended)
+        tasks = [t.task for t in self.voting if t.task is not None and not t.task.done() and t not in shadows]
         if tasks:
             await asyncio.wait(tasks)
         self.launcher.shadows_from_here(shadows)

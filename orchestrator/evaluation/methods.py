@@ -263,11 +263,12 @@ def _population_gbt(ctx: MethodContext, key: str) -> StoppingRule:
 
 def _width(ctx: MethodContext, key: str) -> StoppingRule:
     from orchestrator.stopping.width import AdaptiveWidth
+    from orchestrator.stopping.width_certificate import ShapePrior
 
-    theta = ctx.priors.get(key)
-    if not isinstance(theta, float):
+    shape = ctx.priors.get(key)
+    if not isinstance(shape, ShapePrior):
         raise KeyError(f"no adaptive-width prior {key!r} was prepared for this run")
-    return AdaptiveWidth(theta=theta)
+    return AdaptiveWidth(shape=shape)
 
 
 def method_spec(name: str) -> MethodSpec:

@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 
 from orchestrator.domain import Decision, Snapshot
 from orchestrator.stopping.tally import vote_in_trace_order
-from orchestrator.stopping.width_certificate import Evidence, certify
+from orchestrator.stopping.width_certificate import Evidence, ShapePrior, certify
 
 PRIORS_DIR = Path(__file__).resolve().parent / "priors"
 SHIPPED_PRIOR = PRIORS_DIR / "qwen3-8b-math-width.json"
@@ -77,7 +77,7 @@ def _fewest_to_certify(
     leader: int,
     running: int,
     room: int,
-    theta: float,
+    prior: ShapePrior,
     risk: float,
     tail: float,
 ) -> int | None:
@@ -87,7 +87,7 @@ def _fewest_to_certify(
 
     def ok(n: int) -> bool:
         ev = Evidence(_project(counts, shares, leader, running + n), no_answer, 0, room - n)
-        return certify(ev, theta, tail, risk).p_win >= 1.0 - risk
+        return certify(ev, prior, tail, risk).p_win >= 1.0 - risk
 
     if ok(0):  # the common case while a wave runs: nothing more needed
         return 0
@@ -105,10 +105,12 @@ def _fewest_to_certify(
 
 @dataclass(frozen=True, slots=True)
 class AdaptiveWidth:
-    """Parameters: ``theta`` (the learned prior), ``risk`` (stop when P(leader wins) ≥ 1 − risk) and
-    ``tail_share`` (the part of the risk spent on the long-trace quantile)."""
+    """Parameters: ``theta`` (a single Dirichlet-process concentration) or ``shape`` (the learned
+    :class:`ShapePrior`, which wins when given), ``risk`` (stop when P(leader wins) ≥ 1 − risk) and
+    ``tail_share`` (the part of the risk spent on the long-trace quantiles)."""
 
     theta: float = 1.0
+    shape: ShapePrior | None = None
     risk: float = 0.05  # MARS's δ (STOPPING.md §2): the same risk budget as the seed method
     tail_share: float = 0.5
     name: str = "width"
@@ -124,6 +126,10 @@ class AdaptiveWidth:
             raise ValueError("theta must be positive")
 
     @property
+    def prior(self) -> ShapePrior:
+        return self.shape if self.shape is not None else ShapePrior.single(self.theta)
+
+    @property
     def _tail(self) -> float:
         return self.risk * self.tail_share
 
@@ -131,12 +137,12 @@ class AdaptiveWidth:
         """The fewest traces that, unanimous, could certify (the whole budget if none can)."""
         if budget <= 1:
             return budget
-        n = _fewest_to_certify((0,), (1.0,), 0, 0, 0, budget, self.theta, self.risk, self._tail)
+        n = _fewest_to_certify((0,), (1.0,), 0, 0, 0, budget, self.prior, self.risk, self._tail)
         return budget if n is None else max(1, n)
 
     def certificate(self, snapshot: Snapshot) -> tuple[Evidence, int | None, float]:
         ev = evidence(snapshot)
-        cert = certify(ev, self.theta, self._tail, self.risk)
+        cert = certify(ev, self.prior, self._tail, self.risk)
         return ev, cert.leader, cert.p_win
 
     def decide(self, snapshot: Snapshot) -> Decision:
@@ -177,7 +183,7 @@ class AdaptiveWidth:
             leader = len(counts)
             counts.append(0)
         best = tuple(1.0 if i == leader else 0.0 for i in range(len(counts)))
-        args = (ev.no_answer, leader, ev.running, ev.unlaunched, self.theta, self.risk, self._tail)
+        args = (ev.no_answer, leader, ev.running, ev.unlaunched, self.prior, self.risk, self._tail)
         need = _fewest_to_certify(tuple(counts), best, *args)
         answered = sum(counts)
         if need == 0 and 2 * ev.finished >= first and answered > 0:
@@ -193,6 +199,14 @@ def from_document(doc: dict[str, Any], **params: Any) -> AdaptiveWidth:
     if doc.get("kind") != DOC_KIND:
         raise ValueError(f"not an adaptive-width prior: kind={doc.get('kind')!r}")
     params.setdefault("theta", float(doc["theta"]))
+    shape = doc.get("shape")
+    if shape is not None and "shape" not in params:
+        params["shape"] = ShapePrior(
+            tuple(float(t) for t in shape["thetas"]),
+            tuple(float(w) for w in shape["weights"]),
+            float(shape["long_a"]),
+            float(shape["long_b"]),
+        )
     return AdaptiveWidth(**params)
 
 

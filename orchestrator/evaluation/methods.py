@@ -220,6 +220,11 @@ SPECS: dict[str, MethodSpec] = {
             description="the registry's width: the shipped prior (trained on the bundled corpus)",
         ),
         MethodSpec(
+            "width-hindsight",
+            _registry("sc"),
+            description="the limit of adaptive width: the fewest traces, in launch order, whose vote is the full vote's (uses the future)",
+        ),
+        MethodSpec(
             "mars-pop-gbt",
             lambda ctx: _population_gbt(ctx, "mars-pop"),
             description="population stop, boosted trees on 28 features, learned on other questions (k-fold)",
@@ -263,12 +268,11 @@ def _population_gbt(ctx: MethodContext, key: str) -> StoppingRule:
 
 def _width(ctx: MethodContext, key: str) -> StoppingRule:
     from orchestrator.stopping.width import AdaptiveWidth
-    from orchestrator.stopping.width_certificate import ShapePrior
 
-    shape = ctx.priors.get(key)
-    if not isinstance(shape, ShapePrior):
-        raise KeyError(f"no adaptive-width prior {key!r} was prepared for this run")
-    return AdaptiveWidth(shape=shape)
+    rule = ctx.priors.get(key)
+    if not isinstance(rule, AdaptiveWidth):
+        raise KeyError(f"no adaptive-width rule {key!r} was trained for this run")
+    return rule
 
 
 def method_spec(name: str) -> MethodSpec:

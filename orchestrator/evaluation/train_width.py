@@ -36,7 +36,7 @@ from pathlib import Path
 
 from orchestrator.evaluation.simulate import QuestionTimeline
 from orchestrator.evaluation.train_prior import DEFAULT_FOLDS, question_folds
-from orchestrator.stopping.width import DOC_KIND
+from orchestrator.stopping.width import DOC_KIND, AdaptiveWidth
 from orchestrator.stopping.width_certificate import ShapePrior
 
 THETA_BOUNDS = (1e-3, 1e3)
@@ -50,6 +50,10 @@ LONG_SET = 16
 LONG_CUTS = (4, 8, 12)
 LONG_PERMUTATIONS = 8
 EPS_GRID = 400  # ε grid for the Beta–mixture likelihood
+# Patience (launch policy): candidates in tokens, and the permutations of each training question the
+# time to answer is measured on.
+PATIENCE_GRID = tuple(range(4000, 42001, 2000))
+PATIENCE_PERMUTATIONS = 4
 
 
 def class_sizes(tl: QuestionTimeline) -> tuple[int, ...]:
@@ -168,6 +172,73 @@ def fit_shape(timelines: Sequence[QuestionTimeline]) -> ShapePrior:
     return ShapePrior(THETA_GRID, weights, a, b)
 
 
+def time_ratio_by_dataset(
+    rule: AdaptiveWidth, timelines: Mapping[str, QuestionTimeline], budget: int
+) -> dict[str, float]:
+    """Mean over runs of the rule's time to answer over SC@budget's (its longest trace), per dataset
+    (the key's part before ``/``), on the first :data:`PATIENCE_PERMUTATIONS` permutations."""
+    from orchestrator.evaluation.protocol_pp import permutation
+    from orchestrator.evaluation.simulate import simulate
+
+    sums: dict[str, list[float]] = {}
+    for k, tl in timelines.items():
+        for r in range(PATIENCE_PERMUTATIONS):
+            voting = permutation(r, len(tl.traces))[:budget]
+            run = simulate(rule, tl, voting)
+            sc = max(tl.traces[i].total_tokens for i in voting)
+            sums.setdefault(k.split("/", 1)[0], []).append(run.seq_tokens / sc if sc else 0.0)
+    return {d: sum(v) / len(v) for d, v in sums.items()}
+
+
+def fit_patience(shape: ShapePrior, timelines: Mapping[str, QuestionTimeline], budget: int) -> int | None:
+    """The launch policy's patience: the largest (cheapest) one on :data:`PATIENCE_GRID` whose mean
+    time to answer is at most SC@budget's on every training dataset (None: the rule meets that without
+    one; the smallest candidate when none does). Binary search: a shorter patience launches earlier."""
+
+    def on_time(patience: int | None) -> bool:
+        rule = AdaptiveWidth(shape=shape, patience_tokens=patience)
+        return all(v <= 1.0 for v in time_ratio_by_dataset(rule, timelines, budget).values())
+
+    if not timelines or on_time(None):
+        return None
+    lo, hi = 0, len(PATIENCE_GRID) - 1  # find the last index that is on time
+    if not on_time(PATIENCE_GRID[lo]):
+        return PATIENCE_GRID[lo]
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if on_time(PATIENCE_GRID[mid]):
+            lo = mid
+        else:
+            hi = mid - 1
+    return PATIENCE_GRID[lo]
+
+
+def fit_rule(timelines: Mapping[str, QuestionTimeline], budget: int) -> AdaptiveWidth:
+    """``width`` learned on training questions: the shape prior, then the patience under it."""
+    shape = fit_shape(list(timelines.values()))
+    return AdaptiveWidth(shape=shape, patience_tokens=fit_patience(shape, timelines, budget))
+
+
+def cross_fitted_rules(
+    timelines: Mapping[str, QuestionTimeline], budget: int = 64, folds: int = DEFAULT_FOLDS
+) -> tuple[dict[str, AdaptiveWidth], dict[str, AdaptiveWidth]]:
+    """:func:`fit_rule` for every question key, learned without it: k-fold by whole question, and
+    leave-one-dataset-out (a single dataset falls back to the k-fold value)."""
+    assignment = question_folds(sorted(timelines), folds)
+    by_fold = {
+        f: fit_rule({k: tl for k, tl in timelines.items() if assignment[k] != f}, budget)
+        for f in set(assignment.values())
+    }
+    kfold = {k: by_fold[assignment[k]] for k in timelines}
+    datasets = sorted({k.split("/", 1)[0] for k in timelines})
+    lodo = dict(kfold)
+    if len(datasets) > 1:
+        for d in datasets:
+            rule = fit_rule({k: tl for k, tl in timelines.items() if not k.startswith(d + "/")}, budget)
+            lodo.update({k: rule for k in timelines if k.startswith(d + "/")})
+    return kfold, lodo
+
+
 def cross_fitted_shapes(
     timelines: Mapping[str, QuestionTimeline], folds: int = DEFAULT_FOLDS
 ) -> tuple[dict[str, ShapePrior], dict[str, ShapePrior]]:
@@ -208,10 +279,12 @@ def cross_fitted_thetas(
     return kfold, lodo
 
 
-def attach_priors(priors: Mapping[str, dict[str, object]], timelines: Mapping[str, QuestionTimeline]) -> None:
-    """Put each question's held-out shape prior into its method priors (``width`` k-fold,
-    ``width-lodo`` leave-one-dataset-out)."""
-    kfold, lodo = cross_fitted_shapes(timelines)
+def attach_priors(
+    priors: Mapping[str, dict[str, object]], timelines: Mapping[str, QuestionTimeline], budget: int = 64
+) -> None:
+    """Put each question's held-out rule (shape prior and patience) into its method priors
+    (``width`` k-fold, ``width-lodo`` leave-one-dataset-out)."""
+    kfold, lodo = cross_fitted_rules(timelines, budget)
     for k, entry in priors.items():
         entry["width"] = kfold[k]
         entry["width-lodo"] = lodo[k]
@@ -222,6 +295,7 @@ def document(
     questions: Sequence[Sequence[int]],
     trained_on: Sequence[str],
     shape: ShapePrior | None = None,
+    patience_tokens: int | None = None,
 ) -> dict[str, object]:
     doc: dict[str, object] = {
         "version": 2,
@@ -238,6 +312,7 @@ def document(
             "long_a": shape.long_a,
             "long_b": shape.long_b,
         }
+        doc["patience_tokens"] = patience_tokens
     return doc
 
 
@@ -249,14 +324,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--corpus", action="append", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--budget", type=int, default=64, help="K the patience is fitted at")
     args = parser.parse_args(argv)
-    timelines = [honest_question(q).timeline for path in args.corpus for q in load_corpus(path).questions]
-    questions = [class_sizes(tl) for tl in timelines]
+    timelines = {
+        f"{path.stem}/{q.qid}": honest_question(q).timeline
+        for path in args.corpus
+        for q in load_corpus(path).questions
+    }
+    questions = [class_sizes(tl) for tl in timelines.values()]
     theta = fit_theta(questions)
-    doc = document(theta, questions, [p.name for p in args.corpus], fit_shape(timelines))
+    rule = fit_rule(timelines, args.budget)
+    doc = document(theta, questions, [p.name for p in args.corpus], rule.shape, rule.patience_tokens)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1) + "\n")
-    print(json.dumps({"out": str(args.out), "theta": theta, "questions": len(questions)}))
+    print(
+        json.dumps(
+            {"out": str(args.out), "patience_tokens": rule.patience_tokens, "questions": len(questions)}
+        )
+    )
 
 
 if __name__ == "__main__":

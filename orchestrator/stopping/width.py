@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from orchestrator.domain import Decision, Snapshot
 from orchestrator.stopping.tally import vote_in_trace_order
@@ -113,9 +113,9 @@ class AdaptiveWidth:
     shape: ShapePrior | None = None
     risk: float = 0.05  # MARS's δ (STOPPING.md §2): the same risk budget as the seed method
     tail_share: float = 0.5
+    patience_tokens: int | None = None
     name: str = "width"
     needs_probes: bool = False
-    decides_on_finishes: ClassVar[bool] = True  # reads finished traces only (timing.py)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.risk < 1.0:
@@ -124,6 +124,12 @@ class AdaptiveWidth:
             raise ValueError("tail_share must be in (0, 1)")
         if self.theta <= 0.0:
             raise ValueError("theta must be positive")
+
+    @property
+    def decides_on_finishes(self) -> bool:
+        """Without a patience the rule reads finished traces only and is asked only where one
+        finished (timing.py); with one it also watches how long the running traces have run."""
+        return self.patience_tokens is None
 
     @property
     def prior(self) -> ShapePrior:
@@ -161,9 +167,22 @@ class AdaptiveWidth:
             )
             return Decision.halt(vote_in_trace_order(started), "budget exhausted", details=details)
         launch = self.wave(ev, snapshot.budget)
+        if not launch and self._out_of_patience(snapshot, ev):
+            launch = ev.unlaunched
         details["launch"] = float(launch)
         reason = "next wave" if launch else "waiting for the wave"
         return Decision.cont(reason=reason, launch=launch, details=details)
+
+    def _out_of_patience(self, snapshot: Snapshot, ev: Evidence) -> bool:
+        """A launched trace has run ``patience_tokens`` while fewer than half a first wave has
+        finished: on this model and task such a question is one that needs (nearly) every trace
+        (learned, train_width), so the rest start now instead of after a late first answer."""
+        if self.patience_tokens is None or ev.unlaunched == 0:
+            return False
+        if 2 * ev.finished >= self.initial_traces(snapshot.budget):
+            return False
+        oldest = max((t.tokens for t in snapshot.traces if t.started and not t.finished), default=0)
+        return oldest >= self.patience_tokens
 
     def wave(self, ev: Evidence, budget: int) -> int:
         """How many traces to launch now (0: the launched ones may still be enough).
@@ -207,6 +226,8 @@ def from_document(doc: dict[str, Any], **params: Any) -> AdaptiveWidth:
             float(shape["long_a"]),
             float(shape["long_b"]),
         )
+    if doc.get("patience_tokens") is not None:
+        params.setdefault("patience_tokens", int(doc["patience_tokens"]))
     return AdaptiveWidth(**params)
 
 

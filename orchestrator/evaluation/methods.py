@@ -220,6 +220,11 @@ SPECS: dict[str, MethodSpec] = {
             description="the registry's width: the shipped prior (trained on the bundled corpus)",
         ),
         MethodSpec(
+            "width-probe",
+            lambda ctx: _width_probe(ctx, "width"),
+            description="width with MARS as the probe stage (conservative q), trained as width",
+        ),
+        MethodSpec(
             "width-hindsight",
             _registry("sc"),
             description="the limit of adaptive width: the fewest traces, in launch order, whose vote is the full vote's (uses the future)",
@@ -273,6 +278,16 @@ def _width(ctx: MethodContext, key: str) -> StoppingRule:
     if not isinstance(rule, AdaptiveWidth):
         raise KeyError(f"no adaptive-width rule {key!r} was trained for this run")
     return rule
+
+
+def _width_probe(ctx: MethodContext, key: str) -> StoppingRule:
+    from orchestrator.stopping.width import AdaptiveWidth
+    from orchestrator.stopping.width_probe import WidthProbe
+
+    base = ctx.priors.get(key)
+    if not isinstance(base, AdaptiveWidth):
+        raise KeyError(f"no adaptive-width rule {key!r} was trained for this run")
+    return WidthProbe(base=base)
 
 
 def method_spec(name: str) -> MethodSpec:

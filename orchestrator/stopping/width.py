@@ -166,12 +166,18 @@ class AdaptiveWidth:
                 (t for t in snapshot.traces if t.started and not t.pruned), key=lambda t: t.index
             )
             return Decision.halt(vote_in_trace_order(started), "budget exhausted", details=details)
-        launch = self.wave(ev, snapshot.budget)
-        if not launch and self._out_of_patience(snapshot, ev):
-            launch = ev.unlaunched
+        launch = self.launch(snapshot, ev)
         details["launch"] = float(launch)
         reason = "next wave" if launch else "waiting for the wave"
         return Decision.cont(reason=reason, launch=launch, details=details)
+
+    def launch(self, snapshot: Snapshot, ev: Evidence) -> int:
+        """How many traces to start now: the next wave (:meth:`wave`), or every one left once the
+        patience has run out."""
+        launch = self.wave(ev, snapshot.budget)
+        if not launch and self._out_of_patience(snapshot, ev):
+            launch = ev.unlaunched
+        return launch
 
     def _out_of_patience(self, snapshot: Snapshot, ev: Evidence) -> bool:
         """A launched trace has run ``patience_tokens`` while fewer than half a first wave has

@@ -34,7 +34,7 @@ from orchestrator.stopping.switch_model import SwitchModel
 from orchestrator.stopping.tally import vote_in_trace_order
 from orchestrator.stopping.width import AdaptiveWidth, evidence, shipped
 from orchestrator.stopping.width_certificate import (
-    NEGLIGIBLE,
+    NEGLIGIBLE_COMPONENT,
     betabinom_upper_quantile,
     dirmult_lose_probability,
 )
@@ -132,7 +132,7 @@ class WidthProbe:
         draws = u - adversarial
         deficit = pv.votes_rest + pv.cost + adversarial - pv.votes_lead
         for theta, weight in prior.posterior(ev.counts, ev.no_answer):
-            if weight < NEGLIGIBLE or bound > self.base.risk:
+            if weight < NEGLIGIBLE_COMPONENT * self.base.risk or bound > self.base.risk:
                 bound += weight
                 continue
             bound += weight * dirmult_lose_probability(

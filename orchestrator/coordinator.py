@@ -86,6 +86,7 @@ from orchestrator.errors import (
 )
 from orchestrator.logs import get_logger
 from orchestrator.pricing import job_price_profile
+from orchestrator.probe_value import probes_pay
 from orchestrator.providers.base import Capabilities, Provider
 from orchestrator.results import Outcome, build_result, decision_events
 from orchestrator.settings import Settings
@@ -153,6 +154,9 @@ def build_job_rule(spec: JobSpec, fit: WarmupFit) -> StoppingRule:
         params.setdefault("gamma", fit.gamma)
     if spec.method in DEEPCONF_METHODS and fit.deepconf_threshold is not None:
         params.setdefault("threshold", fit.deepconf_threshold)
+    if spec.method == "width-probe" and "probe" not in params:
+        # probes only when they pay under the job's named price profile (orchestrator/probe_value.py)
+        params["probe"] = probes_pay(spec.price_profile)
     try:
         return build_rule(spec.method, **params)
     except (KeyError, TypeError, ValueError) as exc:

@@ -36,8 +36,10 @@ from pathlib import Path
 
 from orchestrator.evaluation.simulate import QuestionTimeline
 from orchestrator.evaluation.train_prior import DEFAULT_FOLDS, question_folds
+from orchestrator.probe_value import ProbeValue
 from orchestrator.stopping.width import DOC_KIND, AdaptiveWidth
 from orchestrator.stopping.width_certificate import ShapePrior
+from orchestrator.stopping.width_probe import WidthProbe
 
 THETA_BOUNDS = (1e-3, 1e3)
 # The θ grid of the shape mixture: a geometric grid wide enough for one-answer questions (θ → 0) and
@@ -239,6 +241,45 @@ def cross_fitted_rules(
     return kfold, lodo
 
 
+def probe_value(
+    rule: AdaptiveWidth,
+    timelines: Mapping[str, QuestionTimeline],
+    budget: int,
+    prompt_tokens: Mapping[str, int] | None = None,
+) -> ProbeValue:
+    """What probing (``width-probe`` on ``rule``, always probing) did against ``rule`` per job on the
+    training questions, first :data:`PATIENCE_PERMUTATIONS` permutations: the generated tokens it
+    saved, and its probes' input sums (prompt, prefix positions on the grid, the answer-forcing suffix)
+    and output."""
+    from orchestrator.evaluation.protocol_honest import PROBE_SUFFIX_TOKENS, slot_spend
+    from orchestrator.evaluation.protocol_pp import permutation
+    from orchestrator.evaluation.simulate import simulate
+
+    probe = WidthProbe(base=rule)
+    runs = 0
+    saved = calls = input_tokens = prompt = prefix = last = output = 0.0
+    for k, tl in timelines.items():
+        p = (prompt_tokens or {}).get(k, 0)
+        for r in range(PATIENCE_PERMUTATIONS):
+            voting = permutation(r, len(tl.traces))[:budget]
+            plain, probed = simulate(rule, tl, voting), simulate(probe, tl, voting)
+            _, counts = slot_spend(probed, tl, voting, probes=True)
+            interval = tl.interval_tokens
+            runs += 1
+            saved += plain.generated_tokens - probed.generated_tokens
+            n_calls = sum(counts)
+            calls += n_calls
+            prompt += n_calls * p
+            prefix += sum(interval * n * (n + 1) // 2 for n in counts)
+            last += sum(interval * n for n in counts)
+            input_tokens += n_calls * (p + PROBE_SUFFIX_TOKENS) + sum(
+                interval * n * (n + 1) // 2 for n in counts
+            )
+            output += probed.probe_output_tokens
+    n = max(runs, 1)
+    return ProbeValue(saved / n, calls / n, input_tokens / n, prompt / n, prefix / n, last / n, output / n)
+
+
 def cross_fitted_shapes(
     timelines: Mapping[str, QuestionTimeline], folds: int = DEFAULT_FOLDS
 ) -> tuple[dict[str, ShapePrior], dict[str, ShapePrior]]:
@@ -296,6 +337,7 @@ def document(
     trained_on: Sequence[str],
     shape: ShapePrior | None = None,
     patience_tokens: int | None = None,
+    value: ProbeValue | None = None,
 ) -> dict[str, object]:
     doc: dict[str, object] = {
         "version": 2,
@@ -313,12 +355,15 @@ def document(
             "long_b": shape.long_b,
         }
         doc["patience_tokens"] = patience_tokens
+    if value is not None:
+        doc["probe_value"] = value.to_dict()
     return doc
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Train the shipped adaptive-width prior on every question of the given corpora."""
     from orchestrator.evaluation.protocol_honest import honest_question
+    from orchestrator.pricing import PROFILES
     from orchestrator.replay.importers import load_corpus
 
     parser = argparse.ArgumentParser(description=main.__doc__)
@@ -326,22 +371,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--budget", type=int, default=64, help="K the patience is fitted at")
     args = parser.parse_args(argv)
-    timelines = {
-        f"{path.stem}/{q.qid}": honest_question(q).timeline
+    prepared = {
+        f"{path.stem}/{q.qid}": honest_question(q)
         for path in args.corpus
         for q in load_corpus(path).questions
     }
+    timelines = {k: hq.timeline for k, hq in prepared.items()}
     questions = [class_sizes(tl) for tl in timelines.values()]
     theta = fit_theta(questions)
     rule = fit_rule(timelines, args.budget)
-    doc = document(theta, questions, [p.name for p in args.corpus], rule.shape, rule.patience_tokens)
+    value = probe_value(rule, timelines, args.budget, {k: hq.prompt_tokens for k, hq in prepared.items()})
+    doc = document(theta, questions, [p.name for p in args.corpus], rule.shape, rule.patience_tokens, value)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1) + "\n")
-    print(
-        json.dumps(
-            {"out": str(args.out), "patience_tokens": rule.patience_tokens, "questions": len(questions)}
-        )
-    )
+    pays = {name: value.pays(profile) for name, profile in PROFILES.items()}
+    print(json.dumps({"out": str(args.out), "patience_tokens": rule.patience_tokens, "probes_pay": pays}))
 
 
 if __name__ == "__main__":

@@ -16,9 +16,10 @@ makes of them (the long share, the learned long-trace model, exchangeable draws 
 at their expected weight (a leader vote counts ``1 − q_j`` for the leader and ``q_j`` for the rest).
 Stop when the bound on P(the leader loses the vote of all K) is at most the risk (MARS's δ).
 
-Whether probing pays at all is the job's price question (a probe re-sends its whole prefix): the
-evaluation measures ``width-probe`` all-in under every price profile beside ``width``
-(docs/adaptive.md). Pure: no state, no I/O.
+**Probes only when they pay.** A probe re-sends its whole prefix, so whether probing pays is the job's
+price question, answered outside the rule (:mod:`orchestrator.probe_value`, from what probing did on
+the training questions and the job's price profile) and handed in as ``probe``: with ``probe=False``
+the rule requests no probes and decides exactly as ``width``. Pure: no state, no I/O.
 """
 
 from __future__ import annotations
@@ -87,19 +88,27 @@ class WidthProbe:
     """``width`` whose certificate also reads the running traces' probed answers through MARS's bound.
 
     Parameters: ``base`` (the probe-free rule: prior, risk, launch policy), ``gamma`` (MARS's
-    relaxation, 1 = the guarantee's value) and ``switch_model`` (q; None: the shipped conservative
-    default)."""
+    relaxation, 1 = the guarantee's value), ``switch_model`` (q; None: the shipped conservative
+    default) and ``probe`` (whether this job probes at all: the gate, module docstring)."""
 
     base: AdaptiveWidth = field(default_factory=shipped)
     gamma: float = 1.0
     switch_model: SwitchModel | None = None
+    probe: bool = True
     name: str = "width-probe"
-    needs_probes: bool = True
-    decides_on_finishes: bool = False  # probes bring news at every checkpoint
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.gamma <= 1.0:
             raise ValueError(f"gamma must lie in [0, 1], got {self.gamma}")
+
+    @property
+    def needs_probes(self) -> bool:
+        return self.probe
+
+    @property
+    def decides_on_finishes(self) -> bool:
+        """Probes bring news at every checkpoint; without them this is ``width``."""
+        return not self.probe and self.base.decides_on_finishes
 
     def initial_traces(self, budget: int) -> int:
         return self.base.initial_traces(budget)
@@ -141,6 +150,8 @@ class WidthProbe:
         return pv.leader, min(1.0, bound)
 
     def decide(self, snapshot: Snapshot) -> Decision:
+        if not self.probe:
+            return self.base.decide(snapshot)
         leader, lose = self.p_lose(snapshot)
         ev = evidence(snapshot)
         details = {
@@ -159,3 +170,9 @@ class WidthProbe:
         launch = self.base.launch(snapshot, ev)
         details["launch"] = float(launch)
         return Decision.cont(reason="next wave" if launch else "waiting", launch=launch, details=details)
+
+
+def shipped_probe(**params: object) -> WidthProbe:
+    """``width-probe`` on the shipped ``width`` (``probe`` decided by the caller: the job's gate)."""
+    params.setdefault("base", shipped())
+    return WidthProbe(**params)  # type: ignore[arg-type]

@@ -12,6 +12,8 @@ import pytest
 from orchestrator.domain import TraceView
 from orchestrator.evaluation.protocol_honest import width_hindsight_traces
 from orchestrator.evaluation.train_width import fit_long_model, fit_theta, fit_weights, log_marginal
+from orchestrator.pricing import PROFILES
+from orchestrator.probe_value import ProbeValue, probes_pay, shipped_value
 from orchestrator.stopping.registry import build_rule
 from orchestrator.stopping.width import AdaptiveWidth, evidence, shipped
 from orchestrator.stopping.width_certificate import Evidence, certify
@@ -255,3 +257,59 @@ def test_width_hindsight_is_the_fewest_traces_whose_vote_is_the_full_vote() -> N
     assert width_hindsight_traces([1, 0, 0, 0, 1], 0) == 3
     assert width_hindsight_traces([0, 1, 1], 1) == 3
     assert width_hindsight_traces([2, 2, 0], 2) == 1
+
+
+# --- probes only when they pay -------------------------------------------------------------------
+
+
+def _value(saved: float, calls: float = 100.0, prefix: float = 1e6) -> ProbeValue:
+    return ProbeValue(saved, calls, prefix + calls * 40, calls * 30, prefix, prefix / 10, calls * 2)
+
+
+def test_probing_pays_only_when_the_priced_saving_beats_the_probes_price() -> None:
+    """A modest saving pays on a self-hosted server (cache hits free) and not at an API's cached-input
+    and cache-write rates; a negative saving never pays."""
+    big = _value(saved=5_000.0)
+    assert big.pays(PROFILES["self-hosted"])
+    assert not big.pays(PROFILES["anthropic"])
+    assert not _value(saved=-1.0).pays(PROFILES["self-hosted"])
+    assert probes_pay(None, big)
+    assert probes_pay("configured:some-model", big)  # an unnamed profile: probe, as measured
+    assert not probes_pay("anthropic", big)
+
+
+def test_shipped_probe_value_says_probing_never_pays_on_the_bundled_corpus() -> None:
+    """The measured value (train_width) prices probing above its saving under every profile."""
+    value = shipped_value()
+    assert value is not None
+    assert not any(value.pays(p) for p in PROFILES.values())
+
+
+def test_a_job_that_does_not_probe_decides_exactly_as_width() -> None:
+    """probe=False: no probes requested, asked only on finishes, the same decisions as width."""
+    base = AdaptiveWidth(theta=3.0)
+    rule = WidthProbe(base=base, probe=False)
+    assert not rule.needs_probes
+    assert rule.decides_on_finishes
+    for views in (job([0] * 8, running=8), job([0, 1] * 3, running=7), job([1] * 14, running=0)):
+        s = snapshot(views, budget=K)
+        assert rule.decide(s) == base.decide(s)
+
+
+def test_the_job_rule_gets_the_gate_from_its_price_profile() -> None:
+    """The coordinator's rule builder turns probing off for a job priced where it does not pay."""
+    from orchestrator.coordinator import build_job_rule
+    from orchestrator.domain import JobSpec, WarmupMode
+    from orchestrator.warmup import WarmupFit
+
+    spec = JobSpec(
+        job_id="j", messages=(), provider="p", model="m", method="width-probe", price_profile="openai"
+    )
+    rule = build_job_rule(spec, WarmupFit(WarmupMode.NONE))
+    assert isinstance(rule, WidthProbe)
+    assert not rule.needs_probes
+    unpriced = build_job_rule(
+        JobSpec(job_id="k", messages=(), provider="p", model="m", method="width-probe"),
+        WarmupFit(WarmupMode.NONE),
+    )
+    assert unpriced.needs_probes

@@ -220,6 +220,11 @@ SPECS: dict[str, MethodSpec] = {
             description="the registry's width: the shipped prior (trained on the bundled corpus)",
         ),
         MethodSpec(
+            "width-no-patience",
+            lambda ctx: _width_no_patience(ctx, "width"),
+            description="width without the learned patience (no time bound): the token side of the trade",
+        ),
+        MethodSpec(
             "width-probe",
             lambda ctx: _width_probe(ctx, "width"),
             description="width with MARS as the probe stage (conservative q), trained as width",
@@ -278,6 +283,17 @@ def _width(ctx: MethodContext, key: str) -> StoppingRule:
     if not isinstance(rule, AdaptiveWidth):
         raise KeyError(f"no adaptive-width rule {key!r} was trained for this run")
     return rule
+
+
+def _width_no_patience(ctx: MethodContext, key: str) -> StoppingRule:
+    from dataclasses import replace
+
+    from orchestrator.stopping.width import AdaptiveWidth
+
+    rule = ctx.priors.get(key)
+    if not isinstance(rule, AdaptiveWidth):
+        raise KeyError(f"no adaptive-width rule {key!r} was trained for this run")
+    return replace(rule, patience_tokens=None)
 
 
 def _width_probe(ctx: MethodContext, key: str) -> StoppingRule:

@@ -65,13 +65,14 @@ def _scatter(ax: Any, doc: Mapping[str, Any], y_key: str, *, swap: bool = False)
     markers = "os^Dv<>p*"
     colours: dict[str, str] = {}
     names = list(doc["datasets"])
-    for i, _name, method, saved, y in _points(doc, y_key):
+    for n, (i, _name, method, saved, y) in enumerate(_points(doc, y_key)):
         colour = colours.setdefault(method, f"C{len(colours) % 10}")
         shown = max(saved, SAVINGS_FLOOR)
         label = method if saved >= SAVINGS_FLOOR else f"{method} ({saved:.0f} %)"
         xy = (y, shown) if swap else (shown, y)
         ax.scatter(*xy, marker=markers[i % len(markers)], s=45, color=colour)
-        ax.annotate(label, xy, fontsize=7, xytext=(3, 3), textcoords="offset points")
+        # labels of nearby points are staggered vertically so they stay readable
+        ax.annotate(label, xy, fontsize=7, xytext=(3, 3 + 7 * (n % 4)), textcoords="offset points")
     for i, name in enumerate(names):
         ax.scatter([], [], marker=markers[i % len(markers)], color="grey", label=name)
 

@@ -1,24 +1,27 @@
 """Adaptive width (``width``): launch only the traces the vote needs (STOPPING.md §11, docs/adaptive.md).
 
-K is an upper bound, not a commitment. The rule starts a first wave, is asked whenever a trace
-finishes, and
+K is an upper bound, not a commitment. The rule starts a first wave and
 
 * **stops** when the certificate (:mod:`orchestrator.stopping.width_certificate`) gives the leader of
-  the finished answers at least ``1 − risk`` probability of winning the vote of all K traces — running
-  traces counted adversarially, never-launched traces as future exchangeable draws, the long-trace
-  share of those counted adversarially too (length bias);
+  the finished answers at least ``1 − risk`` probability of winning the vote of all K traces: a learned
+  mixture of Dirichlet processes over answer distributions, running and long never-launched traces
+  adversarial only as often as the learned long-trace model says (length bias), the rest future
+  exchangeable draws;
 * **launches** more traces, speculatively, as soon as the evidence says the launched ones cannot be
-  enough: if even the best case (every running trace finishes with the leader's answer) does not
-  certify, the next wave starts now, while the current one is still running. Its size is derived, not
-  tuned: the fewest further traces that, all agreeing with the leader, would certify — and never fewer
-  than the first wave;
+  enough: if the best case (every running trace agrees with the leader) or, once half a first wave
+  has finished, the likely case does not certify, the next wave starts now, while the current one is
+  still running. Its size is derived: the fewest further traces that would certify under that
+  projection, never fewer than a first wave or than the traces launched so far;
+* with a learned **patience**, starts every remaining trace once a launched one has run that long
+  while fewer than half a first wave has answered (such questions need nearly every trace; starting
+  them late is what makes waves slower than self-consistency);
 * the **first wave** is the fewest traces that, unanimous, could certify at all (it depends on K, the
   risk and the prior only).
 
 Probe-free: the certificate rests on finished traces alone, so the rule works on hidden-reasoning
-upstreams. The prior (the Dirichlet-process concentration θ over answer distributions) is learned
-across questions by ``python -m orchestrator.evaluation.train_width`` and shipped as JSON.
-Pure: no state, no I/O; the same snapshot always gives the same decision.
+upstreams (:mod:`orchestrator.stopping.width_probe` adds probes). Everything learned comes from
+``python -m orchestrator.evaluation.train_width`` and ships as JSON. Pure: no state, no I/O; the same
+snapshot always gives the same decision.
 """
 
 from __future__ import annotations

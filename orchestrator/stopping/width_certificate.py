@@ -5,27 +5,33 @@ The K traces a job *could* run are exchangeable draws from one answer distributi
 point the job knows the final answers of F finished traces (counts ``n_c``, plus traces that finished
 with no answer), that R traces are running, and that U = K − F − R were never launched.
 
-**Prior and posterior.** ``p`` has a Dirichlet-process prior with concentration ``θ`` (learned across
-questions, :mod:`orchestrator.evaluation.train_width`): after the finished answers the posterior over
-(leader, challenger k, everything else) is Dirichlet(n_L, n_k, F − n_L − n_k + θ), where "everything
-else" includes answers never seen (an unseen challenger gets the new-class mass θ).
+**Prior and posterior.** ``p`` has a Dirichlet-process prior with concentration ``θ``, or a learned
+mixture of them (:class:`ShapePrior`, :mod:`orchestrator.evaluation.train_width`) whose weights the
+finished answers update by Bayes' rule: after the finished answers the posterior over (leader,
+challenger k, everything else) is Dirichlet(n_L, n_k, F − n_L − n_k + θ), where "everything else"
+includes answers never seen (an unseen challenger gets the new-class mass θ).
 
 **Length bias.** Traces that finish first are the short ones, and short and long traces can answer
 differently (aime25 q6: short traces say 271, long ones 821). So finished answers are evidence only
 about *short* draws, "short" meaning a length the launched traces have already had time to reach:
 
-* a running trace is long and its answer unknown: it is counted **adversarially** (it votes for the
-  challenger);
 * a never-launched trace is short with probability s, where s ~ Beta(f + 1, r + 1) from the f finished
   and r running launched traces (later, younger waves only lower this estimate: conservative). The
-  number J of long ones among U is Beta-binomial; its upper quantile J* (P(J > J*) ≤ ``tail_risk``) is
-  counted adversarially and the U − J* short ones are Dirichlet–multinomial draws from the posterior.
+  number J of long ones among U is Beta-binomial, with upper quantile J* (P(J > J*) ≤ its share of
+  ``tail_risk``);
+* the R running traces and the J* long ones are **adversarial** (they vote for the challenger): all of
+  them under a single-θ prior, and under a learned :class:`ShapePrior` each with probability ε,
+  ε ~ Beta(long_a, long_b) across questions (otherwise an exchangeable draw); then the upper quantile
+  A* of that Beta-binomial count (the other half of ``tail_risk``) is adversarial and the rest are
+  Dirichlet–multinomial draws from the posterior.
 
-Losing is monotone in J (a long draw is a short draw moved to the challenger), so
+Losing is monotone in J and in A (a long draw is a short draw moved to the challenger; A | J grows
+with J), so, with the adversarial count V = R + J* (single θ) or A* (learned),
 
-    P(leader loses) ≤ P(J > J*) + Σ_k P(n_L + X_L ≤ n_k + R + J* + X_k)
+    P(leader loses) ≤ P(J > J*) [+ P(A > A* | J*)] + Σ_g w_g Σ_k P_g(n_L + X_L ≤ n_k + V + X_k)
 
-with (X_L, X_k, X_rest) ~ DirMult(U − J*; n_L, n_k, rest). Ties count as losses. Challengers are the
+with (X_L, X_k, X_rest) ~ DirMult(unknown − V; n_L, n_k, rest + θ_g) and w_g the posterior mixture
+weights. Ties count as losses. Challengers are the
 strongest seen answers one by one and a pooled rest (all other answers plus the unseen mass, which
 upper-bounds every one of them). Each term is computed **exactly** by summing the trinomial
 Dirichlet–multinomial over the losing region (:func:`dirmult_lose_probability`); the certificate is
@@ -49,8 +55,8 @@ NEGLIGIBLE = 1e-13  # m-values below this probability are counted as lost, not s
 # Mixture components lighter than this share of the risk are counted as lost, not computed (at most
 # six of them: the bound grows by < 0.6 % of the risk).
 NEGLIGIBLE_COMPONENT = 1e-3
-MAX_CHALLENGERS = 3
-WINDOW = 96  # values of X_L summed per m below the losing boundary (exact below K ≈ 2·WINDOW)  # strongest seen challengers tested one by one; the rest are pooled
+MAX_CHALLENGERS = 3  # strongest seen challengers tested one by one; the rest are pooled
+WINDOW = 96  # values of X_L summed per m below the losing boundary (exact below K ≈ 2·WINDOW)
 
 
 @dataclass(frozen=True, slots=True)

@@ -130,7 +130,7 @@ def dirmult_lose_probability(draws: int, a_lead: float, a_chal: float, a_rest: f
     m = np.arange(draws + 1)
     lf = _log_factorials(draws)
     # P(m): X_L + X_k ~ BetaBinomial(draws, a_lead + a_chal, a_rest)
-    if a_rest > 0.0:
+    if a_rest > NEGLIGIBLE:  # a vanishing rest mass (subnormal floats) is no rest at all
         log_pm = (
             lf[draws]
             - lf[m]
@@ -245,6 +245,36 @@ def as_prior(prior: PriorLike) -> ShapePrior:
     return prior if isinstance(prior, ShapePrior) else ShapePrior.single(prior)
 
 
+@dataclass(frozen=True, slots=True)
+class LongTraces:
+    """How the traces whose answers are unknown are counted (module docstring, length bias)."""
+
+    j_star: int  # long never-launched traces (upper quantile)
+    adversarial: int  # votes counted for the challenger
+    draws: int  # exchangeable draws from the posterior
+    tail: float  # risk spent on the quantiles
+
+
+def long_traces(
+    shape: ShapePrior, unknown: int, running: int, finished: int, unlaunched: int, tail_risk: float
+) -> LongTraces:
+    """``unknown`` running traces of unknown answer (all running ones without probes, none with
+    them), ``running`` and ``finished`` launched traces (the long share), ``unlaunched`` never
+    launched: J*, then the adversarial count (all long traces, or the learned model's upper quantile)
+    and the exchangeable draws left."""
+    j_risk = tail_risk if shape.adversarial_long else tail_risk / 2.0
+    j_star = betabinom_upper_quantile(unlaunched, running + 1.0, finished + 1.0, j_risk)
+    tail = j_risk if unlaunched > 0 and j_star < unlaunched else 0.0
+    long = unknown + j_star
+    if shape.adversarial_long:
+        return LongTraces(j_star, long, unlaunched - j_star, tail)
+    adversarial = betabinom_upper_quantile(long, shape.long_a, shape.long_b, tail_risk / 2.0)
+    if adversarial < long:
+        tail += tail_risk / 2.0
+    # the long traces that are not adversarial are exchangeable draws like the short ones
+    return LongTraces(j_star, adversarial, unlaunched + unknown - adversarial, tail)
+
+
 def certify(
     evidence: Evidence, prior: PriorLike, tail_risk: float, stop_risk: float | None = None
 ) -> Certificate:
@@ -254,23 +284,12 @@ def certify(
     shape = as_prior(prior)
     leader = evidence.leader()
     counts = evidence.counts
-    u = evidence.unlaunched
-    # The tail budget: the long share of the never-launched draws, and (learned model) how many long
-    # traces turn adversarial; each gets its part.
-    j_risk = tail_risk if shape.adversarial_long else tail_risk / 2.0
-    j_star = betabinom_upper_quantile(u, evidence.running + 1.0, evidence.finished + 1.0, j_risk)
-    tail = j_risk if u > 0 and j_star < u else 0.0
+    long = long_traces(
+        shape, evidence.running, evidence.running, evidence.finished, evidence.unlaunched, tail_risk
+    )
     if leader is None:
-        return Certificate(None, 0.0, j_star)
-    long_traces = evidence.running + j_star
-    if shape.adversarial_long:
-        adversarial = long_traces
-        short = u - j_star
-    else:
-        adversarial = betabinom_upper_quantile(long_traces, shape.long_a, shape.long_b, tail_risk / 2.0)
-        if adversarial < long_traces:
-            tail += tail_risk / 2.0
-        short = u + evidence.running - adversarial  # the long traces that are not adversarial are draws
+        return Certificate(None, 0.0, long.j_star)
+    short, adversarial, tail = long.draws, long.adversarial, long.tail
     budget = stop_risk if stop_risk is not None else None
     bound = tail
     posterior = shape.posterior(counts, evidence.no_answer)
@@ -283,7 +302,7 @@ def certify(
             break
         left = None if budget is None else (budget - bound) / weight
         bound += weight * _lose_bound(counts, leader, evidence.no_answer, theta, short, adversarial, left)
-    return Certificate(leader, max(0.0, 1.0 - min(1.0, bound)), j_star)
+    return Certificate(leader, max(0.0, 1.0 - min(1.0, bound)), long.j_star)
 
 
 def _lose_bound(

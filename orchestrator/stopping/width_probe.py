@@ -36,8 +36,8 @@ from orchestrator.stopping.tally import vote_in_trace_order
 from orchestrator.stopping.width import AdaptiveWidth, evidence, shipped
 from orchestrator.stopping.width_certificate import (
     NEGLIGIBLE_COMPONENT,
-    betabinom_upper_quantile,
     dirmult_lose_probability,
+    long_traces,
 )
 
 
@@ -128,17 +128,10 @@ class WidthProbe:
             return None, 1.0
         prior = self.base.prior
         tail_risk = self.base.risk * self.base.tail_share
-        u = ev.unlaunched
-        j_risk = tail_risk if prior.adversarial_long else tail_risk / 2.0
-        j_star = betabinom_upper_quantile(u, ev.running + 1.0, ev.finished + 1.0, j_risk)
-        bound = j_risk if u > 0 and j_star < u else 0.0
-        if prior.adversarial_long:
-            adversarial = j_star
-        else:
-            adversarial = betabinom_upper_quantile(j_star, prior.long_a, prior.long_b, tail_risk / 2.0)
-            if adversarial < j_star:
-                bound += tail_risk / 2.0
-        draws = u - adversarial
+        # running traces vote through MARS's cost; only the long never-launched ones are unknown
+        long = long_traces(prior, 0, ev.running, ev.finished, ev.unlaunched, tail_risk)
+        bound = long.tail
+        draws, adversarial = long.draws, long.adversarial
         deficit = pv.votes_rest + pv.cost + adversarial - pv.votes_lead
         for theta, weight in prior.posterior(ev.counts, ev.no_answer):
             if weight < NEGLIGIBLE_COMPONENT * self.base.risk or bound > self.base.risk:

@@ -61,31 +61,34 @@ def _points(doc: Mapping[str, Any], y_key: str) -> list[tuple[int, str, str, flo
 
 def _scatter(ax: Any, doc: Mapping[str, Any], y_key: str, *, swap: bool = False) -> None:
     """One point per (dataset, method): x the all-in saving (floored), y ``y_key``; ``swap`` puts the
-    saving on the y axis instead."""
+    saving on the y axis instead. Colours name methods and markers datasets, in the legend; only
+    floored points carry a label (their true value)."""
     markers = "os^Dv<>p*"
-    colours: dict[str, str] = {}
+    colours: dict[str, Any] = {}
+    palette = plt.get_cmap("tab20")
     names = list(doc["datasets"])
-    for n, (i, _name, method, saved, y) in enumerate(_points(doc, y_key)):
-        colour = colours.setdefault(method, f"C{len(colours) % 10}")
+    for i, _name, method, saved, y in _points(doc, y_key):
+        if method not in colours:
+            colours[method] = palette(len(colours) % 20)
+            ax.scatter([], [], marker="o", color=colours[method], label=method)
         shown = max(saved, SAVINGS_FLOOR)
-        label = method if saved >= SAVINGS_FLOOR else f"{method} ({saved:.0f} %)"
         xy = (y, shown) if swap else (shown, y)
-        ax.scatter(*xy, marker=markers[i % len(markers)], s=45, color=colour)
-        # labels of nearby points are staggered vertically so they stay readable
-        ax.annotate(label, xy, fontsize=7, xytext=(3, 3 + 7 * (n % 4)), textcoords="offset points")
+        ax.scatter(*xy, marker=markers[i % len(markers)], s=45, color=colours[method], alpha=0.85)
+        if saved < SAVINGS_FLOOR:
+            ax.annotate(f"{saved:.0f} %", xy, fontsize=6, xytext=(4, -3), textcoords="offset points")
     for i, name in enumerate(names):
         ax.scatter([], [], marker=markers[i % len(markers)], color="grey", label=name)
 
 
 def _savings_vs_agreement(doc: Mapping[str, Any], path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig, ax = plt.subplots(figsize=(10, 5.5))
     _scatter(ax, doc, "agreement")
     ax.axhline(99.5, color="red", lw=0.8, ls="--", label="99.5 % agreement")
     ax.set_xlabel(f"all-in tokens saved vs SC@{doc['budget']} (%; floored at {SAVINGS_FLOOR:.0f})")
     ax.set_ylabel("agreement with the full-budget vote (%)")
     ax.set_title(f"{doc['protocol']} protocol, K = {doc['budget']}: savings against agreement")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -93,14 +96,14 @@ def _savings_vs_agreement(doc: Mapping[str, Any], path: Path) -> Path:
 
 
 def _time_to_answer(doc: Mapping[str, Any], path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig, ax = plt.subplots(figsize=(10, 5.5))
     _scatter(ax, doc, "time_to_answer_ratio", swap=True)
     ax.axvline(1.0, color="red", lw=0.8, ls="--", label=f"SC@{doc['budget']}'s time")
     ax.set_xlabel(f"time to answer / SC@{doc['budget']}'s (mean over runs)")
     ax.set_ylabel(f"all-in tokens saved vs SC@{doc['budget']} (%; floored at {SAVINGS_FLOOR:.0f})")
     ax.set_title(f"{doc['protocol']} protocol, K = {doc['budget']}: time to answer")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

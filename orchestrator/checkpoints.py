@@ -70,13 +70,15 @@ def mean_confidence(values: Sequence[float]) -> float | None:
 
 @dataclass(frozen=True, slots=True)
 class ProbeOutcome:
-    """What the probe of one trace at one checkpoint gave. ``status``: ok | timeout | failed | none."""
+    """What the probe of one trace at one checkpoint gave. ``status``: ok | timeout | failed | none.
+    ``called``: the upstream answered a probe request (billed; an ``extract`` read sends none)."""
 
     answer: str | None
     status: str = "ok"
     input_tokens: int = 0
     cached_tokens: int = 0
     output_tokens: int = 0
+    called: bool = False
 
     @property
     def stale(self) -> bool:
@@ -95,7 +97,12 @@ class Crossing:
 
 @dataclass(eq=False)
 class TraceState:
-    """One trace as the coordinator tracks it (mutable, owned by one job run on one event loop).
+    """One trace as a job run tracks it (mutable, owned by one job run on one event loop).
+
+    Every field has one writer, named beside it: the trace's stream (``streams.TraceStreamer``: what
+    the upstream sent and the probes of its crossings), its placement on the run (``launcher.Launcher``:
+    launched, pruned, cancelled, cut, shadow) or the decision reading (:class:`CheckpointBook`: what it
+    showed at each of its own checkpoints). ``status`` is derived from them.
 
     It is the live :class:`~orchestrator.snapshots.TraceRecord`: what it showed at each of its own
     checkpoints (``answers``, ``history``, ``confidences``, ``features``, ``stales``; one entry per own
@@ -104,7 +111,8 @@ class TraceState:
     index: int
     interval_tokens: int  # its own checkpoints are every this many tokens from its first
     role: str = "vote"  # vote | warmup
-    status: TraceStatus = TraceStatus.PENDING
+    # --- the stream (streams.py) --------------------------------------------------------------------
+    end: TraceStatus | None = None  # FINISHED (the upstream ended it) or FAILED (retries outlasted)
     tokens: int = 0
     content: list[str] = field(default_factory=list)
     text: list[str] = field(default_factory=list)  # reasoning and content as generated
@@ -118,19 +126,6 @@ class TraceState:
     window_sum: ExactSum = field(default_factory=ExactSum)
     conf_sum: ExactSum = field(default_factory=ExactSum)
     conf_count: int = 0
-    # where it stands in the run, on the global decision grid (orchestrator/timing.py)
-    launched_at: int | None = None
-    pruned_at: int | None = None
-    # what the rule saw, one entry per own checkpoint decided
-    answers: list[str | None] = field(default_factory=list)
-    history: list[int | None] = field(default_factory=list)
-    confidences: list[float | None] = field(default_factory=list)
-    features: list[tuple[float, ...]] = field(default_factory=list)
-    stales: list[bool] = field(default_factory=list)
-    cut_position: int | None = None  # generated tokens count up to here (stop or prune checkpoint)
-    shadow: bool = False
-    shadow_from_tokens: int = 0
-    # accounting
     prompt_tokens: int = 0
     usage_estimated: bool = False
     restarts: int = 0
@@ -139,7 +134,32 @@ class TraceState:
     all_confidences: list[float] = field(default_factory=list)  # warmup traces only (DeepConf τ)
     error: str | None = None
     error_kind: str | None = None  # errors.kind_of of the failure
+    # --- its placement on the run (launcher.py), on the global decision grid (timing.py) -------------
+    launched_at: int | None = None
+    wave: int = 0  # which launch of the job started it (1 = the first); 0 = not launched
+    launched_s: float | None = None  # seconds from the run's start to its launch (wall clock, for display)
+    pruned_at: int | None = None
+    halt: TraceStatus | None = None  # CANCELLED (the job stopped) or PRUNED (a rule removed it)
+    cut_position: int | None = None  # generated tokens count up to here (stop or prune checkpoint)
+    shadow: bool = False
+    shadow_from_tokens: int = 0
     task: asyncio.Task[Any] | None = None
+    # --- what the rule saw, one entry per own checkpoint decided (CheckpointBook) ---------------------
+    answers: list[str | None] = field(default_factory=list)
+    history: list[int | None] = field(default_factory=list)
+    confidences: list[float | None] = field(default_factory=list)
+    features: list[tuple[float, ...]] = field(default_factory=list)
+    stales: list[bool] = field(default_factory=list)
+
+    @property
+    def status(self) -> TraceStatus:
+        """A halt (the run's) outranks the stream's end: a trace pruned or cancelled after its stream
+        ended reads as halted, as it did when the last writer won."""
+        if self.halt is not None:
+            return self.halt
+        if self.end is not None:
+            return self.end
+        return TraceStatus.PENDING if self.launched_at is None else TraceStatus.RUNNING
 
     @property
     def launched(self) -> bool:
@@ -153,6 +173,11 @@ class TraceState:
     @property
     def running(self) -> bool:
         return self.status is TraceStatus.RUNNING
+
+    @property
+    def launch_position_tokens(self) -> int | None:
+        """Where it started on the job's token clock (decision point t sits at t × interval)."""
+        return None if self.launched_at is None else self.launched_at * self.interval_tokens
 
     def finished_by(self, position: int) -> bool:
         return self.total_tokens is not None and self.total_tokens <= position
@@ -178,6 +203,15 @@ class TraceState:
     # --- TraceRecord (orchestrator/snapshots.py) ------------------------------------------------
     def finished_at(self, k: int) -> bool:
         return self.finished_by(k * self.interval_tokens)
+
+    def read_at(self, k: int) -> bool:
+        """What the trace shows at its own checkpoint ``k`` is known: it finished by then, or it has a
+        probe outcome there and has generated past it. A trace sitting exactly on ``k * interval`` may
+        still end there (its end arrives after its last token), and the simulator counts a trace of
+        exactly that length as finished at ``k``: so it is not read as running until it moves on."""
+        if self.finished_at(k):
+            return True
+        return k in self.probes and self.tokens > k * self.interval_tokens
 
     def tokens_at(self, position: int) -> int:
         return (
@@ -228,11 +262,8 @@ class CheckpointBook:
 
     def ready(self, checkpoint: int) -> bool:
         """Every live trace launched before ``checkpoint`` finished by its own position there or has a
-        probe outcome for its own checkpoint there."""
-        for trace, k in self._reading(checkpoint):
-            if not trace.finished_at(k) and k not in trace.probes:
-                return False
-        return True
+        probe outcome for its own checkpoint there and is known to run past it."""
+        return all(trace.read_at(k) for trace, k in self._reading(checkpoint))
 
     def any_running_at(self, checkpoint: int) -> bool:
         return any(running(t, t.launched_at, checkpoint) for t in self.live() if t.launched_at is not None)
@@ -242,6 +273,10 @@ class CheckpointBook:
         return any(
             finishes_at(t, t.launched_at, checkpoint) for t in self.live() if t.launched_at is not None
         )
+
+    def skip(self, checkpoint: int) -> None:
+        """Decision point ``checkpoint`` passes without asking the rule (nothing it reads changed)."""
+        self.decided = checkpoint
 
     def record(self, checkpoint: int) -> None:
         """Read what every live trace shows at ``checkpoint`` (in trace order, so class ids follow the

@@ -134,7 +134,9 @@ def ask_command(
     model: Annotated[str | None, typer.Option(help="Upstream model (default: the provider's first).")] = None,
     provider: Annotated[str | None, typer.Option(help="Configured provider name.")] = None,
     budget: Annotated[int, typer.Option(help="K: traces at most.")] = 16,
-    method: Annotated[str, typer.Option(help="Stopping rule (default: MARS).")] = "default",
+    method: Annotated[
+        str, typer.Option(help="Stopping rule (default: adaptive width, `width`).")
+    ] = "default",
     max_tokens: Annotated[int, typer.Option(help="Token limit per trace.")] = 32768,
     probe_interval: Annotated[int | None, typer.Option(help="Tokens between checkpoints.")] = None,
     url: Annotated[str | None, typer.Option(help="A running MARS service (default: start one here).")] = None,

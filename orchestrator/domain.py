@@ -15,7 +15,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Literal, NotRequired, TypedDict
 
 
 class JobStatus(enum.StrEnum):
@@ -238,6 +238,12 @@ class TraceResult:
     usage_estimated: bool = False
     restarts: int = 0
     continued_from_tokens: int = 0
+    role: str = "vote"  # vote | warmup
+    # adaptive width: the launch wave (1 = the first; 0 = never launched, or a warmup trace), where the
+    # trace started on the job's token clock (orchestrator/timing.py) and when, in seconds from the run's start
+    wave: int = 0
+    launch_position_tokens: int | None = None
+    launched_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,6 +311,11 @@ class JobResult:
     notes: tuple[str, ...] = ()
     error: str | None = None
     error_kind: str | None = None  # the error's type in ``orchestrator.errors`` (``errors.kind_of``)
+    # K is an upper bound (adaptive width): voting traces launched, never launched (never billed), and in
+    # how many waves. None in results stored before these were recorded.
+    launched: int | None = None
+    never_launched: int | None = None
+    waves: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -328,7 +339,108 @@ class JobResult:
             notes=tuple(data.get("notes") or ()),
             error=data.get("error"),
             error_kind=data.get("error_kind"),
+            launched=data.get("launched"),
+            never_launched=data.get("never_launched"),
+            waves=data.get("waves"),
         )
+
+
+# --- what a job publishes (the event payloads; the API serves them as SSE, ``event:`` = kind) ------
+
+EventKind = Literal["status", "resume", "warmup", "trace", "checkpoint", "vote", "stop", "failure"]
+
+
+class StatusEvent(TypedDict):
+    status: str
+    attempt: int
+    worker: str
+
+
+class ResumeEvent(TypedDict):
+    attempt: int
+    traces: dict[str, int]  # trace index -> tokens stored by an earlier attempt
+    continue_prefix: bool
+
+
+class WarmupEvent(TypedDict):
+    mode: str
+    source: str
+    gamma: float
+    features: list[str]
+    rows: int
+    warmup_answer: str | None
+    deepconf_threshold: float | None
+
+
+class TraceEntry(TypedDict):
+    index: int
+    state: str  # running | finished | failed | cancelled
+    tokens: int
+    answer: str | None
+    # a voting trace: its launch wave (1 = the first), where and when it started
+    wave: NotRequired[int]
+    launch_position_tokens: NotRequired[int | None]
+    launched_s: NotRequired[float | None]
+
+
+class TraceEvent(TypedDict):
+    traces: list[TraceEntry]
+
+
+class CheckpointEvent(TypedDict):
+    checkpoint: int
+    position_tokens: int
+    running: int
+    finished: int
+    stale: list[int]
+    generated_tokens: int
+
+
+class VoteEvent(TypedDict):
+    checkpoint: int
+    classes: dict[str, float]
+    counts: dict[str, int]
+    leader: str | None
+    margin: float
+    threshold: float | None
+    verdict: str
+    reason: str
+    details: dict[str, float | None]
+    pruned: list[int]
+    launched: int
+
+
+class StopEvent(TypedDict):
+    status: str
+    answer: str | None
+    checkpoint: int | None
+    position_tokens: int | None
+    reason: str
+    generated_tokens: int
+    total_tokens: int
+    saved_tokens: int
+    saved_fraction: float
+    cost_usd: float
+
+
+class FailureEvent(TypedDict):
+    kind: str  # trace | probe | probe_timeout | job
+    trace: int | None
+    checkpoint: int | None
+    error: str | None
+    error_kind: str | None
+
+
+EventPayload = (
+    StatusEvent
+    | ResumeEvent
+    | WarmupEvent
+    | TraceEvent
+    | CheckpointEvent
+    | VoteEvent
+    | StopEvent
+    | FailureEvent
+)
 
 
 def majority(classes: Sequence[int | None], weights: Sequence[float] | None = None) -> int | None:

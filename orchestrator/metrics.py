@@ -27,6 +27,7 @@ __all__ = ["CONTENT_TYPE_LATEST", "MeteredStore", "Metrics", "metrics_endpoint"]
 
 _REQUEST_TIMEOUT_S = 10.0  # a scraper that sends no request within this is dropped
 _DECISION_BUCKETS_S = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
+_WAVE_BUCKETS = (1, 2, 3, 4, 5, 6, 8, 12, 16)
 
 
 class Metrics:
@@ -70,6 +71,21 @@ class Metrics:
             registry=r,
         )
         self.probes = Counter("mars_probes", "Probe requests sent.", registry=r)
+        # K is an upper bound (adaptive width): launched + never launched = the jobs' K, summed.
+        self.traces_launched = Counter(
+            "mars_traces_launched", "Voting traces launched by finished jobs.", registry=r
+        )
+        self.traces_never_launched = Counter(
+            "mars_traces_never_launched",
+            "Voting traces of finished jobs' budgets K that were never launched (never billed).",
+            registry=r,
+        )
+        self.waves_per_job = Histogram(
+            "mars_waves_per_job",
+            "Launches that started traces, per finished job (1: all at once).",
+            buckets=_WAVE_BUCKETS,
+            registry=r,
+        )
         self.jobs_finished = Counter(
             "mars_jobs_finished", "Jobs that ended, by status.", ["status"], registry=r
         )
@@ -114,6 +130,11 @@ class Metrics:
             self.usd_over_sc.inc(-acc.saved_usd)
         if acc.probe_calls > 0:
             self.probes.inc(acc.probe_calls)
+        if result.launched is not None:
+            self.traces_launched.inc(result.launched)
+            self.traces_never_launched.inc(result.never_launched or 0)
+            if result.waves:
+                self.waves_per_job.observe(result.waves)
         if elapsed_s is not None and elapsed_s >= 0:
             self.time_to_decision.observe(elapsed_s)
 

@@ -7,15 +7,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 import numpy as np
 
-from orchestrator.accounting import ProbeSpend, TraceSpend, account
+from orchestrator.accounting import ProbeSpend, Spend, TraceSpend, account, spend
 from orchestrator.answers import AnswerGrouper
 from orchestrator.checkpoints import TraceState
 from orchestrator.domain import (
     NO_ANSWER,
+    CheckpointEvent,
     Decision,
     JobResult,
     JobSpec,
@@ -23,6 +23,7 @@ from orchestrator.domain import (
     Snapshot,
     TraceResult,
     TraceStatus,
+    VoteEvent,
 )
 from orchestrator.pricing import PriceProfile
 from orchestrator.stopping.base import StoppingRule
@@ -56,6 +57,30 @@ def trace_spend(t: TraceState) -> TraceSpend:
     )
 
 
+def probe_spend(traces: Sequence[TraceState]) -> ProbeSpend:
+    """What the upstream billed for the probes of ``traces``: every probe it answered (the traces'
+    probe outcomes are the one record of them)."""
+    answered = [o for t in traces for o in t.probes.values() if o.called]
+    return ProbeSpend(
+        calls=len(answered),
+        input_tokens=sum(o.input_tokens for o in answered),
+        cached_tokens=sum(o.cached_tokens for o in answered),
+        output_tokens=sum(o.output_tokens for o in answered),
+    )
+
+
+def job_spend(spec: JobSpec, voting: Sequence[TraceState], warmup: Sequence[TraceState]) -> Spend:
+    """The all-in spend of a job's traces and probes (``accounting.spend``, as :func:`build_result`
+    charges it)."""
+    launched = [t for t in voting if t.launched]
+    return spend(
+        [trace_spend(t) for t in launched],
+        warmup=[trace_spend(t) for t in warmup],
+        probes=with_probe_prefixes(probe_spend([*voting, *warmup]), launched),
+        prompt_estimate=estimate_messages_tokens(list(spec.messages)),
+    )
+
+
 def with_probe_prefixes(probes: ProbeSpend, traces: Sequence[TraceState]) -> ProbeSpend:
     """``probes`` plus the prefix sums the cache model needs (``pricing.ProbeInput``): the position of
     every probe the upstream answered (an ``extract`` probe reads the prefix and sends nothing)."""
@@ -83,7 +108,25 @@ def trace_result(t: TraceState) -> TraceResult:
         usage_estimated=t.usage_estimated,
         restarts=t.restarts,
         continued_from_tokens=t.continued_from_tokens,
+        role=t.role,
+        wave=t.wave,
+        launch_position_tokens=t.launch_position_tokens if t.launched else None,
+        launched_s=None if t.launched_s is None else round(t.launched_s, 3),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Launches:
+    """How many of the K voting traces were launched, in how many waves (K is an upper bound)."""
+
+    launched: int
+    never_launched: int
+    waves: int
+
+
+def launches(voting: Sequence[TraceState]) -> Launches:
+    launched = [t for t in voting if t.launched]
+    return Launches(len(launched), len(voting) - len(launched), len({t.wave for t in launched if t.wave}))
 
 
 def build_result(
@@ -93,7 +136,6 @@ def build_result(
     voting: Sequence[TraceState],
     warmup: Sequence[TraceState],
     grouper: AnswerGrouper,
-    probes: ProbeSpend,
     profile: PriceProfile,
     rule_name: str,
     probe_strategy: str,
@@ -109,7 +151,7 @@ def build_result(
         [trace_spend(t) for t in launched],
         budget=spec.budget,
         warmup=[trace_spend(t) for t in warmup],
-        probes=with_probe_prefixes(probes, launched),
+        probes=with_probe_prefixes(probe_spend([*voting, *warmup]), launched),
         profile=profile,
         prompt_estimate=estimate_messages_tokens(list(spec.messages)),
         max_tokens=spec.max_tokens,
@@ -131,8 +173,9 @@ def build_result(
     stale = sum(1 for t in launched for o in t.probes.values() if o.stale)
     if stale:
         all_notes.append(f"{stale} probes timed out or failed: the previous answer stood")
-    if len(launched) < spec.budget:  # adaptive width and wave methods: K is an upper bound
-        all_notes.append(f"launched {len(launched)} of {spec.budget} traces")
+    waves = launches(voting)
+    if waves.never_launched:  # adaptive width and wave methods: K is an upper bound
+        all_notes.append(f"launched {waves.launched} of {spec.budget} traces")
     restarts = sum(t.restarts for t in (*launched, *warmup))
     if restarts:
         all_notes.append(f"{restarts} trace restarts (tokens of lost attempts counted in total_tokens)")
@@ -154,6 +197,9 @@ def build_result(
         notes=tuple(all_notes),
         error=outcome.error,
         error_kind=outcome.error_kind,
+        launched=waves.launched,
+        never_launched=waves.never_launched,
+        waves=waves.waves,
     )
 
 
@@ -176,7 +222,7 @@ def decision_events(
     rule: StoppingRule,
     pruned: Sequence[int],
     launched: int,
-) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+) -> tuple[CheckpointEvent | None, VoteEvent]:
     """The ``checkpoint`` payload (None for wave decisions) and the ``vote`` payload of one decision."""
     votes: dict[str, float] = {}
     counts: dict[str, int] = {}
@@ -194,7 +240,7 @@ def decision_events(
     )
     margin = (ranked[0] - (ranked[1] if len(ranked) > 1 else 0.0)) if ranked else 0.0
     threshold = getattr(rule, "threshold", None)
-    checkpoint = None
+    checkpoint: CheckpointEvent | None = None
     if snapshot.checkpoint:
         checkpoint = {
             "checkpoint": snapshot.checkpoint,
@@ -204,7 +250,7 @@ def decision_events(
             "stale": [v.index for v in snapshot.traces if v.stale],
             "generated_tokens": sum(v.tokens for v in snapshot.traces),
         }
-    vote = {
+    vote: VoteEvent = {
         "checkpoint": snapshot.checkpoint,
         "classes": votes,
         "counts": counts,

@@ -11,7 +11,9 @@ point, prune point, weight, eligibility) comes from the caller, and the clock fr
 What a trace shows at global decision point t (its own checkpoint k = t - launch):
 
 - not started (never launched, or launched at t): no answer, not eligible, ``started`` false;
-- failed (live only): no answer, not eligible, its tokens so far;
+- failed (live only): out of the vote like a pruned trace (``pruned`` set: neither running nor
+  finished, so no rule waits for it or counts it as a possible vote), no answer, not eligible, its tokens
+  so far;
 - pruned at t' <= t: the view it had at t' with ``pruned`` set (it never votes again);
 - else: finished iff its length <= its own position ``k * interval`` (then its final answer), otherwise
   its probe answer at k when the run probes (``None`` when it does not); ``tokens`` is
@@ -85,7 +87,7 @@ def trace_view(
     position = k * interval_tokens
     if failed:
         tokens = record.tokens_at(position)
-        return new_view(index, None, weight, False, False, True, False, tokens, (), (), None, None, False)
+        return new_view(index, None, weight, False, False, True, True, tokens, (), (), None, None, False)
     finished = record.finished_at(k)
     pruned = pruned_at is not None
     return new_view(

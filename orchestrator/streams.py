@@ -9,19 +9,32 @@ the trace (a stop, a prune) cancels its probes with it. A stream that fails mid-
 prefix when the provider can continue one, else restarted; a job that finds stored tokens from an
 earlier attempt does the same from what the store holds. Probes have their own concurrency cap and a
 timeout; a timed-out or failed probe leaves an outcome that says so (the previous answer stands).
+
+The streamer writes only the trace's stream fields (``checkpoints.TraceState``) and returns how the
+stream ended (:class:`StreamEnd`): a permanent error that must end the job travels in it, not in a flag.
+What its probes cost is in the trace's probe outcomes (``results.probe_spend`` sums them). The probe
+strategy and what an earlier attempt left in the store are given at construction and never change.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.answers import DEFAULT_EXTRACTOR, answer_or_none
 from orchestrator.checkpoints import Crossing, ProbeOutcome, TraceState
-from orchestrator.domain import JobSpec, ProbeStrategy, TraceStatus
+from orchestrator.domain import (
+    EventKind,
+    EventPayload,
+    FailureEvent,
+    JobSpec,
+    ProbeStrategy,
+    TraceEntry,
+    TraceStatus,
+)
 from orchestrator.errors import (
     CallerError,
     MarsError,
@@ -37,7 +50,7 @@ from orchestrator.providers.hangup import Hangup
 from orchestrator.store.base import Store, TokenChunk
 from orchestrator.tokens import estimate_messages_tokens, estimate_tokens
 
-Publish = Callable[[str, Mapping[str, Any]], Awaitable[None]]
+Publish = Callable[[EventKind, EventPayload], Awaitable[None]]
 Retrying = Callable[[Callable[[], Awaitable[Any]]], Awaitable[Any]]
 
 
@@ -48,18 +61,35 @@ class StreamConfig:
     probe_concurrency: int = 64
 
 
-@dataclass
-class ProbeSpend:
-    calls: int = 0
-    input: int = 0
-    cached: int = 0
-    output: int = 0
+@dataclass(frozen=True, slots=True)
+class StreamEnd:
+    """How one trace's task ended: ``FINISHED`` (the upstream ended it) or ``FAILED``; ``fatal`` is a
+    permanent error (the caller's: bad model, bad request) that ends the whole job."""
+
+    status: TraceStatus
+    fatal: MarsError | None = None
 
 
-def trace_event(t: TraceState, state: str) -> dict[str, Any]:
+def trace_event(t: TraceState, state: str) -> TraceEntry:
     """One entry of a ``trace`` event."""
     answer = t.final_answer if state == "finished" else (t.answers[-1] if t.answers else None)
-    return {"index": t.index, "state": state, "tokens": t.tokens, "answer": answer}
+    event: TraceEntry = {"index": t.index, "state": state, "tokens": t.tokens, "answer": answer}
+    if t.wave:  # a voting trace: its launch wave, and where and when it started
+        event["wave"] = t.wave
+        event["launch_position_tokens"] = t.launch_position_tokens
+        event["launched_s"] = None if t.launched_s is None else round(t.launched_s, 3)
+    return event
+
+
+def failure_event(
+    kind: str, trace: int | None, checkpoint: int | None, exc: MarsError | None
+) -> FailureEvent:
+    """A ``failure`` event (``exc`` None: a probe timeout)."""
+    if exc is None:
+        error, error_kind = "probe timed out", UpstreamTimeout.__name__
+    else:
+        error, error_kind = describe(exc), kind_of(exc)
+    return {"kind": kind, "trace": trace, "checkpoint": checkpoint, "error": error, "error_kind": error_kind}
 
 
 class TraceStreamer:
@@ -74,6 +104,8 @@ class TraceStreamer:
         changed: asyncio.Event,
         publish: Publish,
         retrying: Retrying,
+        strategy: ProbeStrategy = ProbeStrategy.NONE,
+        stored: Mapping[int, Sequence[TokenChunk]] | None = None,
     ) -> None:
         self.spec = spec
         self.store = store
@@ -84,11 +116,9 @@ class TraceStreamer:
         self.changed = changed
         self._publish = publish
         self._retrying = retrying
-        self.strategy = ProbeStrategy.NONE
-        self.stored: dict[int, list[TokenChunk]] = {}  # what an earlier attempt left in the store
+        self.strategy = strategy
+        self.stored: Mapping[int, Sequence[TokenChunk]] = stored or {}  # an earlier attempt's tokens
         self.probe_slots = asyncio.Semaphore(config.probe_concurrency)
-        self.probe_spend = ProbeSpend()
-        self.fatal: MarsError | None = None  # a permanent error from a stream ends the job
         self._hangups: dict[int, Hangup] = {}  # trace index -> its running task's upstream connections
         # the prompt of every trace, when its stream ends before the upstream counted it (a stop)
         self.messages_tokens_estimate = estimate_messages_tokens(list(spec.messages))
@@ -109,13 +139,13 @@ class TraceStreamer:
             job_id=spec.job_id,
         )
 
-    async def run(self, trace: TraceState) -> None:
+    async def run(self, trace: TraceState) -> StreamEnd:
         """Stream one trace; its probes run in a nested group so cancelling the trace cancels them."""
         hangup = self._hangups[trace.index] = Hangup()
         try:
             with hangup.bound():
                 async with asyncio.TaskGroup() as probes:
-                    await self._stream_with_retries(trace, probes)
+                    return await self._stream_with_retries(trace, probes)
         finally:
             del self._hangups[trace.index]
             self.changed.set()
@@ -128,9 +158,9 @@ class TraceStreamer:
         if hangup is not None:
             hangup.now()
 
-    async def _stream_with_retries(self, trace: TraceState, probes: asyncio.TaskGroup) -> None:
+    async def _stream_with_retries(self, trace: TraceState, probes: asyncio.TaskGroup) -> StreamEnd:
         job_id = self.spec.job_id
-        stored = self.stored.pop(trace.index, [])
+        stored = self.stored.get(trace.index, ())
         if stored and self.caps.continue_prefix:
             for chunk in stored:  # replay what the store holds: same crossings, same probes
                 self._on_chunk(
@@ -149,32 +179,18 @@ class TraceStreamer:
             except UpstreamError as exc:
                 failures += 1
                 if failures > self.config.trace_retries:
-                    trace.status, trace.error, trace.error_kind = (
-                        TraceStatus.FAILED,
-                        describe(exc),
-                        kind_of(exc),
-                    )
-                    await self._publish(
-                        "failure",
-                        {
-                            "kind": "trace",
-                            "trace": trace.index,
-                            "checkpoint": None,
-                            "error": trace.error,
-                            "error_kind": trace.error_kind,
-                        },
-                    )
+                    trace.end, trace.error, trace.error_kind = TraceStatus.FAILED, describe(exc), kind_of(exc)
+                    await self._publish("failure", failure_event("trace", trace.index, None, exc))
                     await self._publish("trace", {"traces": [trace_event(trace, "failed")]})
-                    return
+                    return StreamEnd(TraceStatus.FAILED)
                 if not self.caps.continue_prefix and trace.tokens:
                     await self._restart(trace)
                 continue
             except CallerError as exc:
-                trace.status, trace.error, trace.error_kind = TraceStatus.FAILED, describe(exc), kind_of(exc)
-                self.fatal = exc
-                return
+                trace.end, trace.error, trace.error_kind = TraceStatus.FAILED, describe(exc), kind_of(exc)
+                return StreamEnd(TraceStatus.FAILED, fatal=exc)
             if finished:
-                return
+                return StreamEnd(TraceStatus.FINISHED)
 
     async def _restart(self, trace: TraceState) -> None:
         trace.lost_tokens += trace.tokens
@@ -190,9 +206,12 @@ class TraceStreamer:
         buffer: list[StreamDelta] = []
         buffered = 0
         prompt_reported = False
+        prompt_counted: int | None = None  # the upstream's count before its usage (StreamDelta)
         try:
             async with self.provider.stream(request) as deltas:
                 async for delta in deltas:
+                    if delta.prompt_tokens is not None:
+                        prompt_counted = delta.prompt_tokens
                     if delta.usage is not None:
                         trace.prompt_tokens += delta.usage.prompt_tokens
                         prompt_reported = True
@@ -209,7 +228,9 @@ class TraceStreamer:
                         delta.tokens,
                         delta.confidences,
                         probes,
-                        finishing=delta.finish_reason is not None,
+                        # at max_tokens the upstream stops, even if its finish comes in a later chunk
+                        finishing=delta.finish_reason is not None
+                        or trace.tokens + delta.tokens >= self.spec.max_tokens,
                     )
                     if crossed or buffered >= self.config.flush_tokens:
                         batch, buffer, buffered = buffer, [], 0
@@ -222,7 +243,9 @@ class TraceStreamer:
                 await self.store.append_tokens(self.spec.job_id, trace.index, self._merged(buffer))
             raise
         finally:
-            if not prompt_reported:  # the request went out: its prompt was processed
+            if not prompt_reported and prompt_counted is not None:
+                trace.prompt_tokens += prompt_counted
+            elif not prompt_reported:  # the request went out: its prompt was processed
                 trace.prompt_tokens += self.messages_tokens_estimate + estimate_tokens(prefix)
                 trace.usage_estimated = True
         await self._flush(trace, buffer)
@@ -230,7 +253,7 @@ class TraceStreamer:
         content = "".join(trace.content)
         final = DEFAULT_EXTRACTOR.final(content) or DEFAULT_EXTRACTOR.final(trace.full_text())
         trace.final_answer = answer_or_none(final)  # "ERR" and blanks are no answer
-        trace.status = TraceStatus.FINISHED
+        trace.end = TraceStatus.FINISHED
         self.changed.set()
         if trace.role == "vote" and not trace.shadow:
             await self._publish("trace", {"traces": [trace_event(trace, "finished")]})
@@ -248,6 +271,8 @@ class TraceStreamer:
         finishing: bool = False,
     ) -> bool:
         """Count a chunk; when it crosses checkpoints, probe the trace on its prefix (sync, cheap)."""
+        if tokens > 0 and trace.tokens > 0 and trace.tokens == (trace.next_checkpoint - 1) * self.interval:
+            self.changed.set()  # it moved past a checkpoint it sat on: now it is known to run on
         trace.tokens += tokens
         trace.text.append(text)
         if content:
@@ -319,40 +344,18 @@ class TraceStreamer:
                     result = await self.provider.probe(request)
         except TimeoutError:
             trace.probes[t] = ProbeOutcome(None, "timeout")
-            await self._publish(
-                "failure",
-                {
-                    "kind": "probe_timeout",
-                    "trace": trace.index,
-                    "checkpoint": t,
-                    "error": "probe timed out",
-                    "error_kind": UpstreamTimeout.__name__,
-                },
-            )
+            await self._publish("failure", failure_event("probe_timeout", trace.index, t, None))
         except (UpstreamError, CallerError) as exc:
             trace.probes[t] = ProbeOutcome(None, "failed")
-            await self._publish(
-                "failure",
-                {
-                    "kind": "probe",
-                    "trace": trace.index,
-                    "checkpoint": t,
-                    "error": describe(exc),
-                    "error_kind": kind_of(exc),
-                },
-            )
+            await self._publish("failure", failure_event("probe", trace.index, t, exc))
         else:
-            spend = self.probe_spend
-            spend.calls += 1
-            spend.input += result.input_tokens
-            spend.cached += result.cached_tokens
-            spend.output += result.output_tokens
             trace.probes[t] = ProbeOutcome(
                 answer_or_none(result.answer),
                 "ok",
                 result.input_tokens,
                 result.cached_tokens,
                 result.output_tokens,
+                called=True,
             )
         finally:
             self.changed.set()

@@ -22,12 +22,16 @@ both call it, so the two cannot disagree about when, or on which prefix, a trace
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Protocol
 
 from orchestrator.domain import majority
 
 EXHAUSTED_REASON = "budget exhausted"
+# A probe holds an upstream slot (a self-hosted server's ``-np``) while it runs: at most this share of a
+# trace's own slot time may go to its probes (see ``probe_interval``).
+PROBE_SLOT_SHARE = 0.25
 
 
 def own_checkpoint(launched_at: int, checkpoint: int) -> int:
@@ -93,3 +97,16 @@ def exhausted_answer(finals: Sequence[int | None], weights: Sequence[float] | No
     """The answer of a run that ended without a stop: plurality of the live traces' final answers, in
     trace order (ties: first in trace order)."""
     return majority(finals, weights)
+
+
+def probe_interval(requested_tokens: int, probe_slot_tokens: float, share: float = PROBE_SLOT_SHARE) -> int:
+    """The checkpoint spacing a job runs with when each probe holds a slot as long as a trace takes to
+    generate ``probe_slot_tokens`` (its slot time, counted in the trace's own tokens: on a self-hosted
+    server a probe's prompt evaluation and decoding take a slot that a trace's tokens would, whatever
+    its tokens cost). A trace probed every ``I`` tokens spends ``probe_slot_tokens / I`` of its slot time
+    on probes; the interval is the requested one, raised to the smallest multiple of it that keeps this
+    within ``share`` (a multiple, so the grid's checkpoints stay a subset of the requested ones).
+    ``probe_slot_tokens <= 0`` (unknown, or a hosted API without slots) keeps the requested interval."""
+    if probe_slot_tokens <= 0 or requested_tokens <= 0:
+        return requested_tokens
+    return requested_tokens * max(1, math.ceil(probe_slot_tokens / (share * requested_tokens)))

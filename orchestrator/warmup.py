@@ -31,7 +31,9 @@ import numpy as np
 
 from orchestrator.answers import AnswerGrouper
 from orchestrator.checkpoints import TraceState
-from orchestrator.domain import JobSpec, TraceStatus, WarmupMode, majority
+from orchestrator.domain import JobSpec, TraceStatus, WarmupEvent, WarmupMode, majority
+from orchestrator.errors import StoreUnavailable
+from orchestrator.logs import get_logger
 from orchestrator.stopping.gamma import WarmupTrace, calibrate_gamma
 from orchestrator.stopping.switch_model import (
     CONSERVATIVE_DEFAULT,
@@ -43,6 +45,8 @@ from orchestrator.stopping.switch_model import (
 )
 from orchestrator.store.base import Store
 from orchestrator.store.keys import PriorScope
+
+log = get_logger(__name__)
 
 PRIOR_VERSION = 1
 MAX_PRIOR_ROWS = 20_000
@@ -61,7 +65,7 @@ class WarmupFit:
     deepconf_threshold: float | None = None
     notes: tuple[str, ...] = ()
 
-    def event(self) -> dict[str, Any]:
+    def event(self) -> WarmupEvent:
         return {
             "mode": self.mode.value,
             "source": self.source,
@@ -245,3 +249,23 @@ async def update_prior(
     )
     await store.put_prior(scope, document)
     return document
+
+
+async def learn(
+    store: Store,
+    spec: JobSpec,
+    warmup: Sequence[TraceState],
+    voting: Sequence[TraceState],
+    grouper: AnswerGrouper,
+) -> None:
+    """The learn stage of a job run: teach the (model, task) prior from the job's complete warmup and
+    shadow traces, and the length prior from its uncut groups (a store away: logged, not fatal)."""
+    complete = [t for t in (*warmup, *(t for t in voting if t.shadow)) if t.status is TraceStatus.FINISHED]
+    lengths = uncut_lengths(warmup, voting)
+    if not complete and not lengths:
+        return
+    rows = [complete_history(t, spec.probe.interval_tokens, grouper) for t in complete]
+    try:
+        await update_prior(store, prior_scope(spec), rows, lengths=lengths)
+    except StoreUnavailable as exc:
+        log.warning("prior not updated", job_id=spec.job_id, error=str(exc))

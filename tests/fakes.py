@@ -65,6 +65,7 @@ class ScriptedProvider:
     logprobs: bool = False
     prompt_tokens: int = 20
     probe_delay_s: float = 0.0
+    finish_delay_s: float | None = None  # the end in a chunk of its own, this long after the last token
     slow_probes: Mapping[tuple[int, int], float] = field(default_factory=dict)  # (trace, pos) -> s
     failing_probes: frozenset[tuple[int, int]] = frozenset()
     failing_streams: Mapping[int, int] = field(default_factory=dict)  # trace -> fail after tokens
@@ -120,14 +121,23 @@ class ScriptedProvider:
                 text = "".join(script.token_text(i) for i in range(position, position + n))
                 position += n
                 done = position >= script.total_tokens
+                ends_here = done and self.finish_delay_s is None
                 yield StreamDelta(
                     text=text,
                     tokens=n,
                     confidences=() if script.confidence is None else (script.confidence,) * n,
-                    finish_reason="stop" if done else None,
+                    finish_reason="stop" if ends_here else None,
                     usage=Usage(prompt_tokens=self.prompt_tokens, completion_tokens=position - start)
-                    if done
+                    if ends_here
                     else None,
+                )
+            if self.finish_delay_s is not None:  # as real servers do: the end comes after the last token
+                await asyncio.sleep(self.finish_delay_s)
+                yield StreamDelta(
+                    text="",
+                    tokens=0,
+                    finish_reason="stop",
+                    usage=Usage(prompt_tokens=self.prompt_tokens, completion_tokens=position - start),
                 )
             finished = True
 

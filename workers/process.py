@@ -24,6 +24,7 @@ from orchestrator.providers.factory import open_providers
 from orchestrator.settings import Settings
 from orchestrator.store.base import Store
 from orchestrator.store.factory import open_store
+from orchestrator.store.keys import Keys
 from workers.pool import WorkerPool
 from workers.shutdown import TwoStageShutdown
 
@@ -53,7 +54,9 @@ async def run_worker_process(
     async with AsyncExitStack() as stack:
         metrics = Metrics()
         store = cast(Store, MeteredStore(await stack.enter_async_context(open_store(settings)), metrics))
-        providers = await stack.enter_async_context(open_providers(settings))
+        providers = await stack.enter_async_context(
+            open_providers(settings, bucket_key=Keys(settings.redis_prefix).ratelimit)
+        )
         stack.enter_context(shutdown.installed())
         pool = WorkerPool(settings, store, providers, concurrency=concurrency)
         if metrics_port:

@@ -1,7 +1,7 @@
 """The FastAPI app: ``create_app(settings)`` builds it; its lifespan owns every resource.
 
 The lifespan opens, in order, and closes in reverse: the store (``open_store``), the upstream
-providers, the proxy's pass-through HTTP client, the event feeds (``feeds.py``: one reader per watched
+providers (the proxy's pass-through goes through them too), the event feeds (``feeds.py``: one reader per watched
 job, at most half the store's pool), and the ``background`` work the caller hands in (the embedded
 worker pool of ``mars serve``: ``orchestrator.console.service`` composes the two, so this package never
 imports ``workers``). On Redis the background work gets a store of its own (its own connection pool),
@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Protocol, cast
 
-import httpx
 from fastapi import FastAPI
 
 from orchestrator.api import dashboard, events, handlers, health, jobs, proxy
@@ -32,11 +31,9 @@ from orchestrator.providers.factory import open_providers
 from orchestrator.settings import Settings
 from orchestrator.store.base import Store
 from orchestrator.store.factory import open_store
+from orchestrator.store.keys import Keys
 
 log = get_logger(__name__)
-
-# The proxy waits on upstreams for as long as a long reasoning trace can take; connecting must be quick.
-PASSTHROUGH_TIMEOUT = httpx.Timeout(600.0, connect=10.0)
 
 
 class BackgroundWork(Protocol):
@@ -87,14 +84,14 @@ def create_app(
             provs = (
                 providers
                 if providers is not None
-                else await stack.enter_async_context(open_providers(settings))
+                else await stack.enter_async_context(
+                    open_providers(settings, bucket_key=Keys(settings.redis_prefix).ratelimit)
+                )
             )
-            http = await stack.enter_async_context(httpx.AsyncClient(timeout=PASSTHROUGH_TIMEOUT))
             svc = Services(
                 settings=settings,
                 store=metered,
                 metrics=metrics,
-                http=http,
                 feeds=feeds,
                 providers=provs,
                 sse_ping_s=sse_ping_s,

@@ -23,8 +23,8 @@ from starlette.types import Receive, Scope, Send
 
 from orchestrator.api.auth import tenant
 from orchestrator.api.feeds import Claim
-from orchestrator.api.handlers import error_payload
 from orchestrator.api.jobs import ERRORS, JobIdPath, owned_job
+from orchestrator.api.openai_wire import error_payload
 from orchestrator.api.schemas import ErrorResponse
 from orchestrator.api.services import Services, services
 from orchestrator.errors import MarsError

@@ -1,10 +1,8 @@
-"""Error responses: every error the API returns has one shape, the OpenAI one, so SDKs parse it too::
+"""Error responses: every error the API returns has one shape, the OpenAI one, so SDKs parse it too.
 
-    {"error": {"message": "budget: ... send budget <= 512", "type": "invalid_request_error",
-               "param": "budget", "code": "invalid_value"}}
-
-``message`` names the field and the fix. The mapping from the exception tree to HTTP statuses lives
-here and nowhere else.
+The body and the mapping from the exception tree to HTTP statuses are rendered by ``openai_wire.py``
+(pure); here they become responses, and the app's exception handlers are installed. ``message`` names
+the field and the fix.
 """
 
 from __future__ import annotations
@@ -19,56 +17,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from orchestrator import errors
+from orchestrator.api.openai_wire import error_body, error_payload, status_for
 from orchestrator.logs import get_logger
 
 log = get_logger(__name__)
-
-# Most specific first: the first matching class decides.
-_STATUS: tuple[tuple[type[errors.MarsError], int, str], ...] = (
-    (errors.Unauthorized, 401, "authentication_error"),
-    (errors.JobNotFound, 404, "not_found_error"),
-    (errors.JobConflict, 409, "conflict_error"),
-    (errors.JobCancelled, 409, "conflict_error"),
-    (errors.NoAnswer, 422, "no_answer"),
-    (errors.LimitExceeded, 429, "rate_limit_error"),
-    (errors.InvalidRequest, 422, "invalid_request_error"),
-    (errors.UnknownProvider, 422, "invalid_request_error"),
-    (errors.UnknownModel, 422, "invalid_request_error"),
-    (errors.UnsupportedCapability, 422, "invalid_request_error"),
-    (errors.CorpusFormatError, 422, "invalid_request_error"),
-    (errors.StoreUnavailable, 503, "service_unavailable"),
-    (errors.NoLiveWorker, 503, "service_unavailable"),
-    (errors.UpstreamTimeout, 504, "upstream_timeout"),
-    (errors.UpstreamError, 502, "upstream_error"),
-    (errors.CallerError, 400, "invalid_request_error"),
-    (errors.MarsError, 500, "server_error"),
-)
-
-_PARAM_FOR: dict[type[errors.MarsError], str] = {
-    errors.UnknownProvider: "provider",
-    errors.UnknownModel: "model",
-    errors.JobConflict: "job_id",
-}
-
-
-def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
-
-
-def status_for(exc: errors.MarsError) -> tuple[int, str]:
-    if isinstance(exc, errors.UpstreamRejected):
-        return exc.status, "upstream_rejected"
-    for cls, status, type_ in _STATUS:
-        if isinstance(exc, cls):
-            return status, type_
-    return 500, "server_error"  # pragma: no cover - MarsError is the last row
-
-
-def error_payload(exc: errors.MarsError) -> dict[str, Any]:
-    """The OpenAI-shaped body for ``exc`` (also the data of a stream's final ``error`` event)."""
-    _status, type_ = status_for(exc)
-    param = getattr(exc, "field", None) or _PARAM_FOR.get(type(exc))
-    return error_body(str(exc), type_, param, type(exc).__name__)
 
 
 def mars_error_response(exc: errors.MarsError) -> JSONResponse:

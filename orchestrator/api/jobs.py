@@ -153,6 +153,8 @@ def job_view(record: JobRecord, vote: VoteView | None) -> JobView:
         view.probe_strategy = result.probe_strategy
         view.accounting = data["accounting"]
         view.traces = [dict(t) for t in data["traces"]]
+        view.notes = list(result.notes)
+        view.launched, view.never_launched, view.waves = result.launched, result.never_launched, result.waves
         view.error = None if result.error is None else redact(result.error)
         if vote is None and result.votes:
             view.vote = vote_from_event(

@@ -12,38 +12,49 @@ Two modes, chosen per request:
 
 Which upstream: ``mars.provider``, else the ``x-mars-provider`` header, else the default provider.
 
+Pass-through goes through the provider seam (``Forwarding``: the OpenAI-compatible adapters), so it
+takes the provider's key, client, error translation, rate limits and stream cap like every other upstream
+call; only providers that speak the OpenAI wire format pass through. The wire rendering (completions,
+chunks, usage, error bodies) is ``openai_wire.py``.
+
 Vote mode validates the whole request before anything is enqueued. A repeat of a vote (the same
 ``Idempotency-Key``, or else the same request, within ``idempotency_window_s``) joins the first one's job
-(``attach.py``). A client that disconnects cancels its job once no other request waits on it (a
-non-stream vote after ``vote_grace_s``, so a retry can join it; a stream at once); in pass-through it
-closes the upstream stream.
+(``attach.py``). A client that disconnects (``disconnect.cancel_on_disconnect``) cancels its job once no
+other request waits on it (a non-stream vote after ``vote_grace_s``, so a retry can join it; a stream at
+once); in pass-through it closes the upstream connection.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Mapping
-from typing import Annotated, Any, TypeVar
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from contextlib import AsyncExitStack
+from typing import Annotated, Any
 
 import anyio
-import httpx
 from fastapi import APIRouter, Depends, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError
 from sse_starlette import EventSourceResponse, ServerSentEvent
+from starlette.types import Receive, Scope, Send
 
-from orchestrator.accounting import verdict
 from orchestrator.api.attach import IDEMPOTENCY_HEADER, attach, detach, idempotent_spec, leave
-from orchestrator.api.auth import client_job_id, tenant
+from orchestrator.api.auth import tenant
+from orchestrator.api.disconnect import ClientGone, cancel_on_disconnect
 from orchestrator.api.events import ClaimedEventSource
 from orchestrator.api.feeds import Claim
-from orchestrator.api.handlers import error_payload, mars_error_response
+from orchestrator.api.handlers import mars_error_response
 from orchestrator.api.jobs import submit
 from orchestrator.api.middleware import started_job
 from orchestrator.api.openai_params import vote_params
+from orchestrator.api.openai_wire import (
+    compact,
+    completion,
+    completion_chunks,
+    error_payload,
+    progress_comment,
+)
 from orchestrator.api.outcomes import outcome_error
 from orchestrator.api.schemas import JobCreate, ProbeOptions, Strict, resolve_provider, to_job_spec
 from orchestrator.api.services import Services, services
@@ -53,20 +64,19 @@ from orchestrator.errors import (
     JobConflict,
     MarsError,
     UnknownModel,
-    UpstreamConnectionError,
+    UnknownProvider,
+    UnsupportedCapability,
     UpstreamError,
-    UpstreamTimeout,
+    kind_of,
 )
 from orchestrator.logs import get_logger
+from orchestrator.providers.base import Forwarded, Forwarding, ForwardRequest
 from orchestrator.store.base import JobRecord
 
 log = get_logger(__name__)
 router = APIRouter(tags=["openai-compatible proxy"])
-T = TypeVar("T")
 
 MARS_MODEL_PREFIX = "mars/"
-OPENAI_WIRE_KINDS = frozenset({"openai_compat", "openai", "deepseek", "replay", "llamacpp"})
-ANSWER_CHUNK_CHARS = 48
 # The upstream's x-request-id is not kept: the response carries ours (one x-request-id header).
 _UPSTREAM_HEADERS = ("content-type", "openai-processing-ms")
 
@@ -105,10 +115,6 @@ class ChatRequest(BaseModel):
     mars: MarsOptions | None = None
 
 
-class _ClientGone(Exception):
-    """The HTTP client disconnected before the answer was ready."""
-
-
 # --- routes --------------------------------------------------------------------------------------
 
 
@@ -126,7 +132,8 @@ async def chat_completions(
         return await _vote(body, request, svc, tenant_name)
     svc.metrics.proxy_requests.labels("passthrough").inc()
     provider = resolve_provider(svc.settings, request.headers.get("x-mars-provider"), field="x-mars-provider")
-    return await _pass_through(provider, await request.body(), body.stream, request, svc)
+    forward = ForwardRequest(body=await request.body(), model=body.model, stream=body.stream)
+    return await _pass_through(provider, forward, request, svc)
 
 
 @router.get("/v1/models", summary="Upstream models, each also offered as mars/<model>")
@@ -163,60 +170,79 @@ async def get_model(
 # --- pass-through ---------------------------------------------------------------------------------
 
 
-async def _pass_through(provider: str, raw: bytes, stream: bool, request: Request, svc: Services) -> Response:
-    config = svc.settings.providers[provider]
-    if config.kind not in OPENAI_WIRE_KINDS:
-        raise InvalidRequest(
-            f"x-mars-provider: provider {provider!r} ({config.kind}) does not speak the OpenAI wire format; "
-            "choose an OpenAI-compatible provider",
-            field="x-mars-provider",
+async def _pass_through(name: str, forward: ForwardRequest, request: Request, svc: Services) -> Response:
+    provider = svc.providers.get(name)
+    if provider is None:
+        raise UnknownProvider(
+            f"x-mars-provider: provider {name!r} is configured but not open in this process"
         )
-    base = config.base_url.rstrip("/")
-    if config.kind in {"replay", "llamacpp"} and not base.endswith("/v1"):  # these take the server root too
-        base += "/v1"
-    url = base + "/chat/completions"
-    headers = {"content-type": "application/json", "accept": "application/json, text/event-stream"}
-    if config.api_key:
-        headers["authorization"] = f"Bearer {config.api_key}"
-    upstream_request = svc.http.build_request("POST", url, content=raw, headers=headers)
+    if not isinstance(provider, Forwarding):
+        raise _no_pass_through(name, svc)
+    upstream = AsyncExitStack()  # the upstream answer, left when the response is done with it
     try:
-        upstream = await _until_disconnect(request, svc.http.send(upstream_request, stream=True))
-    except httpx.HTTPError as exc:
-        raise _translate(exc, svc) from exc
-    except _ClientGone:
+        answer = await cancel_on_disconnect(
+            request.receive, lambda: upstream.enter_async_context(provider.forward(forward))
+        )
+        kept = {k: v for k, v in answer.headers.items() if k.lower() in _UPSTREAM_HEADERS}
+        if forward.stream and answer.status < 400:
+            return RelayResponse(answer, upstream.pop_all(), svc, headers=kept)  # it leaves the answer
+        content = await cancel_on_disconnect(request.receive, lambda: _read(answer))
+    except ClientGone:
         return Response(status_code=499)
-    kept = {k: v for k, v in upstream.headers.items() if k.lower() in _UPSTREAM_HEADERS}
-    if not stream or upstream.status_code >= 400:
+    except UnsupportedCapability as exc:
+        raise _no_pass_through(name, svc) from exc
+    except UpstreamError as exc:
+        svc.metrics.upstream_errors.labels(kind_of(exc), "passthrough").inc()
+        raise
+    finally:
+        with anyio.CancelScope(shield=True):
+            await upstream.aclose()
+    return Response(content, status_code=answer.status, headers=kept)
+
+
+async def _read(answer: Forwarded) -> bytes:
+    return b"".join([chunk async for chunk in answer.body])
+
+
+def _no_pass_through(name: str, svc: Services) -> InvalidRequest:
+    kind = svc.settings.providers[name].kind
+    return InvalidRequest(
+        f"x-mars-provider: provider {name!r} ({kind}) does not speak the OpenAI wire format; "
+        "choose an OpenAI-compatible provider",
+        field="x-mars-provider",
+    )
+
+
+class RelayResponse(StreamingResponse):
+    """A streamed pass-through answer, relayed chunk by chunk as it comes. A client that leaves cancels
+    the relay (``cancel_on_disconnect``) and the upstream connection is closed at once; an upstream that
+    breaks mid-stream ends the response (its status is already sent) and is counted."""
+
+    def __init__(
+        self, answer: Forwarded, upstream: AsyncExitStack, svc: Services, *, headers: Mapping[str, str]
+    ) -> None:
+        self._chunks = self._relay(answer, svc)
+        super().__init__(self._chunks, status_code=answer.status, headers=headers)
+        self._upstream = upstream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            content = await _until_disconnect(request, upstream.aread())
-        except httpx.HTTPError as exc:
-            raise _translate(exc, svc) from exc
-        except _ClientGone:
-            return Response(status_code=499)
+            await cancel_on_disconnect(receive, lambda: self.stream_response(send))
+        except ClientGone:
+            pass  # nobody to tell; the upstream is closed below
         finally:
             with anyio.CancelScope(shield=True):
-                await upstream.aclose()
-        return Response(content, status_code=upstream.status_code, headers=kept)
+                await self._chunks.aclose()
+                await self._upstream.aclose()
 
-    async def relay() -> AsyncIterator[bytes]:
+    @staticmethod
+    async def _relay(answer: Forwarded, svc: Services) -> AsyncGenerator[bytes, None]:
         try:
-            async for chunk in upstream.aiter_raw():
+            async for chunk in answer.body:
                 yield chunk
-        except httpx.HTTPError as exc:
-            svc.metrics.upstream_errors.labels(type(exc).__name__, "passthrough").inc()
-            log.warning("pass-through stream broke", error=type(exc).__name__)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await upstream.aclose()  # a client that left closes the upstream stream too
-
-    return StreamingResponse(relay(), status_code=upstream.status_code, headers=kept)
-
-
-def _translate(exc: httpx.HTTPError, svc: Services) -> UpstreamError:
-    svc.metrics.upstream_errors.labels(type(exc).__name__, "passthrough").inc()
-    if isinstance(exc, httpx.TimeoutException):
-        return UpstreamTimeout("the upstream did not answer in time; retry later")
-    return UpstreamConnectionError(f"cannot reach the upstream ({type(exc).__name__}); check its base URL")
+        except UpstreamError as exc:
+            svc.metrics.upstream_errors.labels(kind_of(exc), "passthrough").inc()
+            log.warning("pass-through stream broke", error=kind_of(exc))
 
 
 # --- vote mode ------------------------------------------------------------------------------------
@@ -276,8 +302,8 @@ async def _vote(body: ChatRequest, request: Request, svc: Services, tenant_name:
         return _vote_stream(spec.job_id, body.model, spec.budget, include_usage, svc, claim, params.n)
     with claim:
         try:
-            record = await _until_disconnect(request, _finished(svc, spec.job_id))
-        except _ClientGone:
+            record = await cancel_on_disconnect(request.receive, lambda: _finished(svc, spec.job_id))
+        except ClientGone:
             claim.release()
             await leave(svc, spec.job_id, svc.settings.vote_grace_s, "proxy client disconnected")
             return Response(status_code=499)
@@ -287,7 +313,7 @@ async def _vote(body: ChatRequest, request: Request, svc: Services, tenant_name:
     result = _result_or_error(record)
     if isinstance(result, Response):
         return result
-    return JSONResponse(completion(result, body.model, spec.budget, params.n))
+    return JSONResponse(completion(result, body.model, spec.budget, created=int(time.time()), n=params.n))
 
 
 def _vote_stream(
@@ -298,13 +324,11 @@ def _vote_stream(
         try:
             try:
                 async for event in svc.feeds.follow(job_id):
-                    yield ServerSentEvent(
-                        comment=f"mars {event.kind} {json.dumps(dict(event.data), separators=(',', ':'))}"
-                    )
+                    yield ServerSentEvent(comment=progress_comment(event.kind, event.data))
                 record = await svc.store.get_job(job_id)
             except MarsError as exc:  # the store failed: say so and end the stream cleanly
                 finished = True
-                yield ServerSentEvent(data=json.dumps(error_payload(exc), separators=(",", ":")))
+                yield ServerSentEvent(data=compact(error_payload(exc)))
                 yield ServerSentEvent(data="[DONE]")
                 return
             finished = True
@@ -312,8 +336,9 @@ def _vote_stream(
             if isinstance(result, Response):
                 yield ServerSentEvent(data=bytes(result.body).decode())
             else:
-                for chunk in completion_chunks(result, model, budget, include_usage, n):
-                    yield ServerSentEvent(data=json.dumps(chunk, separators=(",", ":")))
+                created = int(time.time())
+                for chunk in completion_chunks(result, model, budget, include_usage, created=created, n=n):
+                    yield ServerSentEvent(data=compact(chunk))
             yield ServerSentEvent(data="[DONE]")
         finally:
             if not finished:
@@ -336,113 +361,6 @@ def _result_or_error(record: JobRecord | None) -> JobResult | Response:
     assert record is not None
     assert record.result is not None
     return record.result
-
-
-# --- building completions -------------------------------------------------------------------------
-
-
-def usage(result: JobResult) -> dict[str, Any]:
-    """Every token really spent, in OpenAI's terms: ``prompt_tokens`` are the trace prompts plus all
-    probe input (``cached_tokens`` of it were cache hits), ``completion_tokens`` everything generated
-    (traces up to and past the stop, warmup, shadow and restarted attempts, probe answers). So
-    ``total_tokens`` is the accounting's all-in ``total_tokens``."""
-    acc = result.accounting
-    prompt = acc.prompt_tokens + acc.probe_input_tokens
-    completion_tokens = max(0, acc.total_tokens - prompt)
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt + completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": acc.probe_cached_tokens},
-    }
-
-
-def mars_summary(result: JobResult, budget: int) -> dict[str, Any]:
-    acc = result.accounting
-    return {
-        "job_id": client_job_id(result.job_id),
-        "answer": result.answer,
-        "votes": dict(result.votes),
-        "stop_checkpoint": result.stop_checkpoint,
-        "stop_position_tokens": result.stop_position_tokens,
-        "reason": result.stop_reason,
-        "method": result.method,
-        "probe_strategy": result.probe_strategy,
-        "budget": budget,
-        "traces": len(result.traces),
-        "tokens_spent": acc.total_tokens,
-        "tokens_saved": acc.saved_tokens,  # all-in, against plain SC; negative: it cost more
-        "saved_fraction": acc.saved_fraction,
-        "verdict": verdict(acc.saved_fraction, budget),
-        "saved_fraction_paper_view": acc.saved_generated_fraction,
-        "price_profile": acc.price_profile,
-        "usd_spent": acc.cost_usd,
-        "usd_saved": acc.saved_usd,
-        "full_budget_estimate_tokens": acc.full_budget_estimate_tokens,
-        "usage_estimated": acc.estimated,
-        "accounting": acc.to_dict(),
-        "notes": list(result.notes),
-    }
-
-
-def answer_text(result: JobResult) -> str:
-    return result.supporting_text or result.answer or ""
-
-
-def answer_texts(result: JobResult, n: int = 1) -> list[str]:
-    """The top ``n`` voted answers, best first: the job's answer (with its supporting text), then the
-    runners-up by votes. Fewer than ``n`` when fewer distinct answers were voted for."""
-    runners_up = sorted((a for a in result.votes if a != result.answer), key=lambda a: -result.votes[a])
-    return [answer_text(result), *runners_up][:n]
-
-
-def completion(result: JobResult, model: str, budget: int, n: int = 1) -> dict[str, Any]:
-    return {
-        "id": f"chatcmpl-mars-{client_job_id(result.job_id)}",
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [
-            {
-                "index": i,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": "stop",
-                "logprobs": None,
-            }
-            for i, text in enumerate(answer_texts(result, n))
-        ],
-        "usage": usage(result),
-        "mars": mars_summary(result, budget),
-    }
-
-
-def completion_chunks(
-    result: JobResult, model: str, budget: int, include_usage: bool, n: int = 1
-) -> list[dict[str, Any]]:
-    base = {
-        "id": f"chatcmpl-mars-{client_job_id(result.job_id)}",
-        "object": "chat.completion.chunk",
-        "created": int(time.time()),
-        "model": model,
-    }
-    chunks: list[dict[str, Any]] = []
-    texts = answer_texts(result, n)
-    for index, text in enumerate(texts):
-        deltas: list[dict[str, Any]] = [{"role": "assistant", "content": ""}]
-        deltas += [
-            {"content": text[i : i + ANSWER_CHUNK_CHARS]} for i in range(0, len(text), ANSWER_CHUNK_CHARS)
-        ]
-        chunks += [{**base, "choices": [{"index": index, "delta": d, "finish_reason": None}]} for d in deltas]
-    chunks.append(
-        {
-            **base,
-            "choices": [{"index": i, "delta": {}, "finish_reason": "stop"} for i in range(len(texts))],
-            "mars": mars_summary(result, budget),
-        }
-    )
-    if include_usage:
-        chunks.append({**base, "choices": [], "usage": usage(result)})
-    return chunks
 
 
 # --- helpers --------------------------------------------------------------------------------------
@@ -472,26 +390,3 @@ def _max_tokens(extra: Mapping[str, Any]) -> dict[str, Any]:
 def _sampling(extra: Mapping[str, Any]) -> dict[str, Any]:
     keys = ("temperature", "top_p", "top_k", "seed")
     return {k: extra[k] for k in keys if extra.get(k) is not None}
-
-
-async def _until_disconnect(request: Request, work: Awaitable[T]) -> T:
-    """Await ``work``; if the client disconnects first, cancel it and raise :class:`_ClientGone`."""
-
-    async def watch() -> None:
-        while True:
-            message = await request.receive()
-            if message["type"] == "http.disconnect":
-                raise _ClientGone
-
-    try:
-        async with asyncio.TaskGroup() as group:
-            watcher = group.create_task(watch())
-            result = await work
-            watcher.cancel()
-    except BaseExceptionGroup as group_error:
-        if group_error.subgroup(_ClientGone) is not None:
-            raise _ClientGone from None
-        if len(group_error.exceptions) == 1:  # the work's own error: let it surface as itself
-            raise group_error.exceptions[0] from None
-        raise
-    return result

@@ -129,6 +129,13 @@ class JobView(BaseModel):
     budget: int
     max_tokens: int
     method: str
+    launched: int | None = Field(
+        default=None, description="Traces launched of `budget` (K is an upper bound), once finished."
+    )
+    never_launched: int | None = Field(
+        default=None, description="Traces never launched (never billed), once finished."
+    )
+    waves: int | None = Field(default=None, description="Launches that started traces, once finished.")
     vote: VoteView | None = None
     answer: str | None = None
     stop_reason: str | None = None
@@ -137,6 +144,7 @@ class JobView(BaseModel):
     accounting: dict[str, Any] | None = None
     traces: list[dict[str, Any]] | None = None
     error: str | None = None
+    notes: list[str] | None = None
     cancel_requested: bool = False
     links: JobLinks
 

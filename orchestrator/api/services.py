@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-import httpx
 from starlette.requests import HTTPConnection
 
 from orchestrator.api.feeds import Feeds
@@ -32,7 +31,6 @@ class Services:
     settings: Settings
     store: Store
     metrics: Metrics
-    http: httpx.AsyncClient  # the proxy's pass-through client
     feeds: Feeds  # live event feeds: one reader per watched job (feeds.py)
     providers: Mapping[str, Provider] = field(default_factory=dict)
     workers_alive: Callable[[], bool] = _always

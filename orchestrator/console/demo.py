@@ -5,11 +5,12 @@ loopback socket with the embedded store and workers; each question goes API → 
 coordinator → adapter over HTTP → replay server. Nothing is read from the environment and nothing
 outside the clone is touched.
 
-The flow is the product's own (STOPPING.md §5), with the ``mars`` rule named explicitly: the first
-question runs with a sequential warmup whose complete traces teach the store's prior switch model; the
-others then run concurrently on that prior, through the jobs API and one through the OpenAI-compatible
-proxy with the official SDK. (A job that names no method gets ``default``, the population stop
-``mars-pop``, which ships its own prior and does not learn from the store.)
+The rule is adaptive width (``width``, docs/adaptive.md; named explicitly, so the demo shows it whatever
+``default`` names): K is an upper bound, traces are launched in waves, and the job stops once the leader
+is certified against the vote of all K, so traces it never launched cost nothing. It ships its prior, so
+no question warms up: the questions run concurrently through the jobs API, one more through the
+OpenAI-compatible proxy with the official SDK. Each row shows how many of K the question launched, in
+how many waves.
 
 The table leads with the **all-in** figure (ARCHITECTURE.md, What is measured): everything the
 service spent (warmup, prompts, probe input and output, tokens past the stop) against plain
@@ -42,7 +43,7 @@ from orchestrator.settings import Settings
 
 DEMO_TOKENS_PER_S = 4000.0  # replayed speed per stream: a short demo, still slow enough to stop early
 DEMO_SEED = 0  # the replay server's trace order
-WARMUP_TRACES = 8
+DEMO_METHOD = "default"  # what a job with no method runs: adaptive width
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +64,8 @@ class DemoRow:
     estimate_basis: str = ""  # what that estimate rested on: complete | job | prior | lower_bound
     budget: int = 0
     sc_prompt_tokens: int = 0  # K plain prompts (the service's count), part of what SC costs
+    launched: int | None = None  # traces launched of ``budget`` (None: the service did not say)
+    waves: int = 0
 
     @property
     def sc_tokens(self) -> int:
@@ -72,6 +75,10 @@ class DemoRow:
     @property
     def saved_all_in_fraction(self) -> float:
         return (self.sc_tokens - self.spent_tokens) / self.sc_tokens if self.sc_tokens else 0.0
+
+    @property
+    def never_launched(self) -> int:
+        return self.budget - self.launched if self.launched is not None else 0
 
     @property
     def correct(self) -> bool:
@@ -104,10 +111,11 @@ async def run_demo(
     tokens_per_s: float | None = DEMO_TOKENS_PER_S,
     corpus: Corpus | None = None,
 ) -> list[DemoRow]:
+    """``questions`` through the jobs API and one more through the proxy, all at once."""
     corpus = corpus or load_demo_corpus()
     # The shortest questions keep the demo quick (ties keep the corpus order).
     by_length = sorted(corpus.questions, key=lambda q: sum(t.total_tokens for t in q.traces) / len(q.traces))
-    teacher, *chosen = by_length[: questions + 1]
+    chosen = by_length[: questions + 1]
     settings = Settings(max_budget=max(budget, 64), log_level="warning")
     configure_logging(settings)  # the table is the output; only warnings go to the log
     console.print(
@@ -122,27 +130,19 @@ async def run_demo(
         console.print(f"service on {service.url} (dashboard: {service.url}/dashboard)")
         model = replay_settings.providers[REPLAY_PROVIDER].models[0]
         console.print(
-            f"1. {teacher.qid}: sequential warmup ({WARMUP_TRACES} traces) teaches the prior of the mars rule"
-        )
-        rows = [await _via_api(client, corpus, teacher, model, budget, "sequential")]
-        console.print(
-            f"2. {len(chosen)} more questions at once on the learned prior (the last via the proxy)"
+            f"{len(chosen)} questions at once with method {DEMO_METHOD!r} (adaptive width: traces in "
+            f"waves, K = {budget} at most; the last question via the proxy)"
         )
         async with asyncio.TaskGroup() as group:
-            tasks = [
-                group.create_task(_via_api(client, corpus, q, model, budget, "prior")) for q in chosen[:-1]
-            ]
+            tasks = [group.create_task(_via_api(client, corpus, q, model, budget)) for q in chosen[:-1]]
             if chosen:
                 tasks.append(group.create_task(_via_proxy(service.url, corpus, chosen[-1], model, budget)))
-        rows += [t.result() for t in tasks]
+        rows = [t.result() for t in tasks]
     console.print(table(rows))
     return rows
 
 
-DEMO_METHOD = "mars"  # the rule that learns from the store's prior, which this demo shows
-
-
-def _body(question: CorpusQuestion, model: str, budget: int, warmup: str) -> dict[str, Any]:
+def _body(question: CorpusQuestion, model: str, budget: int) -> dict[str, Any]:
     return {
         "prompt": question.question,
         "model": model,
@@ -150,16 +150,15 @@ def _body(question: CorpusQuestion, model: str, budget: int, warmup: str) -> dic
         "max_tokens": max(t.total_tokens for t in question.traces) + 1024,
         "probe": {"interval_tokens": question.probe_interval_tokens},
         "method": DEMO_METHOD,
-        "warmup": warmup,
-        "warmup_traces": WARMUP_TRACES,
+        "warmup": "none",
     }
 
 
 async def _via_api(
-    client: JobsClient, corpus: Corpus, question: CorpusQuestion, model: str, budget: int, warmup: str
+    client: JobsClient, corpus: Corpus, question: CorpusQuestion, model: str, budget: int
 ) -> DemoRow:
     started = time.perf_counter()
-    body = _body(question, model, budget, warmup)
+    body = _body(question, model, budget)
     job_id = await client.submit(body)
     async for _event in client.events(job_id):
         pass
@@ -168,7 +167,7 @@ async def _via_api(
     return DemoRow(
         qid=question.qid,
         route="jobs API",
-        warmup=warmup,
+        warmup="none",
         gold=question.gold_answer,
         answer=job.get("answer"),
         status=job["status"],
@@ -179,6 +178,8 @@ async def _via_api(
         spent_tokens=int(acc.get("total_tokens", 0)),
         seconds=time.perf_counter() - started,
         budget=body["budget"],
+        launched=job.get("launched"),
+        waves=int(job.get("waves") or 0),
         **_service_estimate(acc),
     )
 
@@ -197,7 +198,7 @@ async def _via_proxy(url: str, corpus: Corpus, question: CorpusQuestion, model: 
     import openai
 
     started = time.perf_counter()
-    body = _body(question, model, budget, "prior")
+    body = _body(question, model, budget)
     async with openai.AsyncOpenAI(
         base_url=f"{url}/v1", api_key="not-needed-on-loopback", max_retries=0
     ) as sdk:
@@ -210,7 +211,7 @@ async def _via_proxy(url: str, corpus: Corpus, question: CorpusQuestion, model: 
                     "budget": body["budget"],
                     "method": DEMO_METHOD,
                     "probe": body["probe"],
-                    "warmup": "prior",
+                    "warmup": body["warmup"],
                 }
             },
         )
@@ -219,7 +220,7 @@ async def _via_proxy(url: str, corpus: Corpus, question: CorpusQuestion, model: 
     return DemoRow(
         qid=question.qid,
         route="proxy (openai SDK)",
-        warmup="prior",
+        warmup="none",
         gold=question.gold_answer,
         answer=mars.get("answer"),
         status="succeeded",
@@ -230,6 +231,8 @@ async def _via_proxy(url: str, corpus: Corpus, question: CorpusQuestion, model: 
         spent_tokens=int(mars.get("tokens_spent", 0)),
         seconds=time.perf_counter() - started,
         budget=body["budget"],
+        launched=mars.get("launched"),
+        waves=int(mars.get("waves") or 0),
         **_service_estimate(acc),
     )
 
@@ -246,6 +249,7 @@ def table(rows: list[DemoRow]) -> Table:
         ("gold", "left"),
         ("answer", "left"),
         ("stopped at", "right"),
+        ("launched", "right"),
         ("spent (all-in)", "right"),
         ("plain SC", "right"),
         ("all-in", "left"),
@@ -267,6 +271,7 @@ def table(rows: list[DemoRow]) -> Table:
             r.gold,
             f"{r.answer} {mark}",
             "–" if r.stop_position_tokens is None else f"{r.stop_position_tokens:,} tok",
+            launched_cell(r),
             f"{r.spent_tokens:,}",
             f"{r.sc_tokens:,}",
             f"[red]{words}[/red]" if r.saved_all_in_fraction < 0 else words,
@@ -282,13 +287,29 @@ def table(rows: list[DemoRow]) -> Table:
     headline = (
         f"saved {100 * all_in:.0f}%" if all_in >= 0 else f"cost {-100 * all_in:.0f}% more than plain SC"
     )
+    known = [r for r in rows if r.launched is not None]
+    waves = (
+        f"waves: launched {sum(r.launched or 0 for r in known):,} of {sum(r.budget for r in known):,} traces; "
+        f"{sum(r.never_launched for r in known):,} never launched (never billed)\n"
+        if known
+        else ""
+    )
     out.caption = (
         f"{sum(r.correct for r in rows)}/{len(rows)} correct · all-in: spent {spent:,} tokens against "
         f"{sc:,} for plain self-consistency over the same traces: {headline}\n"
+        f"{waves}"
         f"paper's view (generated tokens of the voting traces only): {generated:,} of {full:,} "
         f"({100 * (full - generated) / full if full else 0:.0f}% saved)\n"
-        "spent (all-in): warmup, prompts, probe input (cache hits included) and output, tokens past the "
+        "launched: traces started of K, in waves · spent (all-in): warmup, prompts, probe input (cache hits included) and output, tokens past the "
         "stop · plain SC: K prompts and the same K traces run to their end (exact, from the corpus) · "
         "service est.: the service's own estimate of the full generation, blind to the corpus, and its basis"
     )
     return out
+
+
+def launched_cell(r: DemoRow) -> str:
+    """``10 of 16 · 2 waves``: how many of K the question launched, in how many waves."""
+    if r.launched is None:
+        return "–"
+    waves = f" · {r.waves} wave{'s' if r.waves != 1 else ''}" if r.waves else ""
+    return f"{r.launched} of {r.budget}{waves}"

@@ -1,5 +1,6 @@
-"""The terminal view of one live job (``mars ask``): a progress bar per trace, the vote shares, and at the
-end the answer and the savings. It is fed the job's SSE events; it renders, it never decides.
+"""The terminal view of one live job (``mars ask``): the waves (launched N of K, running, finished, not
+launched), a progress bar per trace with its wave, the vote shares, and at the end the answer, the waves
+and the savings. It is fed the job's SSE events; it renders, it never decides.
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ class _Trace:
     tokens: int = 0
     state: str = "running"
     answer: str | None = None
+    wave: int = 0
+    launch_position_tokens: int = 0  # where it started on the job's token clock
 
 
 @dataclass
@@ -58,12 +61,16 @@ class LiveJob:
                 trace.tokens = int(t.get("tokens") or trace.tokens)
                 trace.state = str(t.get("state") or trace.state)
                 trace.answer = t.get("answer") or trace.answer
+                trace.wave = int(t.get("wave") or trace.wave)
+                trace.launch_position_tokens = int(
+                    t.get("launch_position_tokens") or trace.launch_position_tokens
+                )
         elif event.event == "checkpoint":
             self.checkpoint = int(data.get("checkpoint") or self.checkpoint)
             self.position_tokens = int(data.get("position_tokens") or self.position_tokens)
             for trace in self.traces.values():
-                if trace.state == "running":
-                    trace.tokens = max(trace.tokens, self.position_tokens)
+                if trace.state == "running":  # a later wave started later: it has generated that much less
+                    trace.tokens = max(trace.tokens, self.position_tokens - trace.launch_position_tokens)
         elif event.event == "vote":
             vote = vote_from_event(data)
             if vote is not None:
@@ -74,11 +81,29 @@ class LiveJob:
         elif event.event == "status":
             self.status = str(data.get("status") or self.status)
 
+    def waves_line(self) -> str:
+        """``launched 20 of 24 in 2 waves · running 6 · finished 14 · not launched yet 4``."""
+        voting = [t for i, t in self.traces.items() if i < self.budget]  # warmup traces come after K
+        launched = len(voting)
+        waves = len({t.wave for t in voting if t.wave})
+        states = [t.state for t in voting]
+        counts = " · ".join(f"{s} {states.count(s)}" for s in ("running", "finished", "cancelled", "failed"))
+        unlaunched = (
+            "never launched"
+            if self.stop or self.status in ("succeeded", "failed", "cancelled")
+            else "not launched yet"
+        )
+        in_waves = f" in {waves} wave{'s' if waves != 1 else ''}" if waves else ""
+        return f"launched {launched} of {self.budget}{in_waves} · {counts} · {unlaunched} {self.budget - launched}"
+
     def render(self) -> RenderableType:
         traces = Table(
-            title=f"job {self.job_id} · {self.status} · checkpoint {self.checkpoint}", expand=False
+            title=f"job {self.job_id} · {self.status} · checkpoint {self.checkpoint}",
+            caption=self.waves_line(),
+            expand=False,
         )
         traces.add_column("trace", justify="right")
+        traces.add_column("wave", justify="right")
         traces.add_column("progress")
         traces.add_column("tokens", justify="right")
         traces.add_column("state")
@@ -88,6 +113,7 @@ class LiveJob:
         for index, t in shown:
             traces.add_row(
                 str(index),
+                str(t.wave or "–"),
                 ProgressBar(
                     total=scale,
                     completed=t.tokens,
@@ -99,7 +125,7 @@ class LiveJob:
                 t.answer or "",
             )
         if len(self.traces) > MAX_TRACE_ROWS:
-            traces.add_row("…", Text(f"{len(self.traces) - MAX_TRACE_ROWS} more traces"), "", "", "")
+            traces.add_row("…", "", Text(f"{len(self.traces) - MAX_TRACE_ROWS} more traces"), "", "", "")
         return Group(traces, self.votes_table())
 
     def votes_table(self) -> Table:
@@ -129,6 +155,16 @@ def summary(job: dict[str, Any]) -> Panel:
         Text(
             f"stopped at checkpoint {job.get('stop_checkpoint')} · probe strategy {job.get('probe_strategy')}"
         ),
+    ]
+    if job.get("launched") is not None:
+        waves = int(job.get("waves") or 0)
+        lines.append(
+            Text(
+                f"waves   launched {job['launched']} of {job.get('budget')} traces in {waves} "
+                f"wave{'s' if waves != 1 else ''} · {job.get('never_launched') or 0} never launched (never billed)"
+            )
+        )
+    lines += [
         Text(
             f"all-in  {verdict(float(acc.get('saved_fraction') or 0), int(job.get('budget') or 0))}: "
             f"spent {acc.get('total_tokens', 0):,} tokens against ≈ {acc.get('full_budget_estimate_tokens', 0):,}",

@@ -28,6 +28,7 @@ from orchestrator.providers.factory import open_providers
 from orchestrator.settings import ProviderConfig, Settings
 from orchestrator.store.base import Store
 from orchestrator.store.factory import open_store
+from orchestrator.store.keys import Keys
 
 log = get_logger(__name__)
 REPLAY_PROVIDER = "replay"
@@ -88,7 +89,9 @@ async def running_service(
             if run_workers and settings.redis_url:  # the workers' own pool: never behind API reads
                 worker_store = await stack.enter_async_context(open_store(settings))
         if providers is None:
-            providers = await stack.enter_async_context(open_providers(settings))
+            providers = await stack.enter_async_context(
+                open_providers(settings, bucket_key=Keys(settings.redis_prefix).ratelimit)
+            )
         app = create_app(
             settings,
             store,

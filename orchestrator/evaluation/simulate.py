@@ -203,6 +203,14 @@ def _relabelled(tl: QuestionTimeline, voting: Sequence[int], probes: bool, warmu
     return Relabelled(slots, order, {v: c for c, v in order.items()}, tuple(seen))
 
 
+def run_class_ids(
+    tl: QuestionTimeline, voting: Sequence[int], *, probes: bool, warmup: int | None = None
+) -> dict[int, int]:
+    """Question class id -> the class id a run on ``voting`` shows its rule (launching every slot at the
+    start, pruning nothing): what a rule's answer is to be compared with in the run's own numbering."""
+    return _relabelled(tl, voting, probes, warmup).to_run
+
+
 class _Renumbering:
     """Checks that a run that launched late or pruned still reads classes in the relabelled order;
     once it does not, renumbers its views in its own order of first appearance (the live numbering).
@@ -289,7 +297,76 @@ class SimRun:
     slot_checkpoints: tuple[int, ...] = ()  # per slot: the last checkpoint it was read at
 
 
-def simulate(  # noqa: C901 - one event loop over the timing policy; split with the job-run stages
+class _Placement:
+    """The launch stage offline: where each slot stands on the run (launched at, pruned at, the
+    decision point its finish is seen at), the one writer of those, as ``launcher.Launcher`` live."""
+
+    __slots__ = ("finish_cp", "last_finish", "launched_at", "pruned_at", "slots", "together")
+
+    def __init__(self, slots: Sequence[TraceTimeline], initial: int) -> None:
+        n = len(slots)
+        self.slots = slots
+        self.launched_at: list[int | None] = [None] * n
+        self.pruned_at: list[int | None] = [None] * n
+        for s in launch_order(range(n), initial):
+            self.launched_at[s] = 0
+        self.together = all(at == 0 for at in self.launched_at)  # all launched at the start, none pruned
+        self.last_finish = max(t.finish_checkpoint for t in slots)
+        self.finish_cp = [
+            None if at is None else at + slots[s].finish_checkpoint for s, at in enumerate(self.launched_at)
+        ]
+
+    def next_point(self, cp: int, only_finishes: bool) -> int:
+        """The next decision point the rule is asked at (timing.py): a finishes-only rule jumps to the
+        next point where a live trace finishes."""
+        if not only_finishes:
+            return cp + 1
+        return min(
+            c for s, c in enumerate(self.finish_cp) if c is not None and c > cp and self.pruned_at[s] is None
+        )
+
+    def prune(self, indices: Sequence[int], cp: int) -> None:
+        n = len(self.slots)
+        for s in indices:
+            at = self.launched_at[s] if 0 <= s < n else None
+            if (
+                at is not None
+                and started(at, cp)
+                and self.pruned_at[s] is None
+                and running(self.slots[s], at, cp)
+            ):
+                self.pruned_at[s] = cp
+                self.together = False
+
+    def launch(self, n: int, cp: int) -> int:
+        launched = 0
+        if n > 0:
+            pending = [s for s in range(len(self.slots)) if self.launched_at[s] is None]
+            for s in launch_order(pending, n):
+                self.launched_at[s] = cp
+                self.finish_cp[s] = cp + self.slots[s].finish_checkpoint
+                launched += 1
+                self.together = False
+        return launched
+
+    def busy(self, cp: int) -> bool:
+        """Some launched, unpruned trace is still running at ``cp``."""
+        if self.together:
+            return cp < self.last_finish
+        return any(
+            at is not None and self.pruned_at[s] is None and running(self.slots[s], at, cp)
+            for s, at in enumerate(self.launched_at)
+        )
+
+    def read_to(self, cp: int) -> list[int | None]:
+        """Per slot: the own checkpoint it was last read at (None: never launched)."""
+        return [
+            None if at is None else own_checkpoint(at, self.pruned_at[s] or cp)
+            for s, at in enumerate(self.launched_at)
+        ]
+
+
+def simulate(
     rule: StoppingRule,
     tl: QuestionTimeline,
     voting: Sequence[int],
@@ -306,7 +383,9 @@ def simulate(  # noqa: C901 - one event loop over the timing policy; split with 
 
     The rule is asked at the decision points of :mod:`orchestrator.timing` (every grid checkpoint,
     launches in waves included), on views from :func:`orchestrator.snapshots.trace_view`: the same
-    policy and the same builder as the live coordinator.
+    policy and the same builder as the live coordinator. The run goes through the live stages: prepare
+    (the run's class numbering, the first launch), then launch and decide at every decision point
+    (:class:`_Placement`, :func:`_checkpoint`), then the stop's accounting (:func:`_settle`).
 
     ``cache`` shares trace views between rules run on the same ``voting`` order with default
     weights and eligibility (views are immutable, so sharing is safe); pass a fresh dict per order.
@@ -325,40 +404,23 @@ def simulate(  # noqa: C901 - one event loop over the timing policy; split with 
             cache[slot_key] = labels
     slots = labels.slots
     warmup = None if warmup_answer_class is None else labels.to_run[warmup_answer_class]
-    renumbering: _Renumbering | None = None
-    interval = tl.interval_tokens
-    k_classes = num_classes if num_classes is not None else budget
     w = list(weights) if weights is not None else [1.0] * n
     ok = list(eligible) if eligible is not None else [True] * n
-    launched_at: list[int | None] = [None] * n
-    for s in launch_order(range(n), rule.initial_traces(budget)):
-        launched_at[s] = 0
-    pruned_at: list[int | None] = [None] * n
-    together = all(at == 0 for at in launched_at)  # everyone launched at the start, nothing pruned
-    last_finish = max(t.finish_checkpoint for t in slots)
+    place = _Placement(slots, rule.initial_traces(budget))
+    shape = _Shape(tl.interval_tokens, budget, num_classes if num_classes is not None else budget, warmup)
+    renumbering: _Renumbering | None = None
     probe_calls = probe_out = probe_in = 0
     state: object = None
     decision: Decision | None = None
     only_finishes = finishes_only(rule)
-    finish_cp = [None if at is None else at + slots[s].finish_checkpoint for s, at in enumerate(launched_at)]
     cp = 0
     together_until = 0  # the last decision point before the run left the relabelled order
     while True:
-        if only_finishes:  # asked only where a trace finishes: jump there (timing.py)
-            cp = min(c for s, c in enumerate(finish_cp) if c is not None and c > cp and pruned_at[s] is None)
-        else:
-            cp += 1
-        shared = checkpoints if checkpoints is not None and together else None
-        key = (cp, probes, oracle, warmup)
-        hit = shared.get(key) if shared is not None else None
-        if hit is None:
-            hit = _views(slots, launched_at, pruned_at, cp, interval, w, ok, probes, oracle, warmup, cache)
-            if shared is not None:
-                # the rules that see this checkpoint share its views and their trace arrays
-                hit = (SharedViews(hit[0]), *hit[1:])
-                shared[key] = hit
-        traces, calls_cp, out_cp, in_cp = hit
-        if together:
+        cp = place.next_point(cp, only_finishes)
+        traces, calls_cp, out_cp, in_cp = _checkpoint(
+            place, cp, shape, w, ok, probes, oracle, cache, checkpoints if place.together else None
+        )
+        if place.together:
             together_until = cp
         else:
             if renumbering is None:  # the run read what the relabelled order read until then
@@ -368,57 +430,109 @@ def simulate(  # noqa: C901 - one event loop over the timing policy; split with 
         probe_calls += calls_cp
         probe_out += out_cp
         probe_in += in_cp
-        snapshot = Snapshot(
-            checkpoint=cp,
-            position_tokens=cp * interval,
-            traces=traces,
-            budget=budget,
-            num_classes=k_classes,
-            probe_interval_tokens=interval,
-            warmup_answer_class=warmup,
-            rule_state=state,
-        )
-        decision = rule.decide(snapshot)
+        decision = rule.decide(shape.snapshot(cp, traces, state))
         state = decision.state
         if decision.stop:
             break
-        for s in decision.prune:
-            at = launched_at[s] if 0 <= s < n else None
-            if at is not None and started(at, cp) and pruned_at[s] is None and running(slots[s], at, cp):
-                pruned_at[s] = cp
-                together = False
-        launched = 0
-        if decision.launch > 0:
-            for s in launch_order([s for s in range(n) if launched_at[s] is None], decision.launch):
-                launched_at[s] = cp
-                finish_cp[s] = cp + slots[s].finish_checkpoint
-                launched += 1
-                together = False
-        if together:
-            busy = cp < last_finish
-        else:
-            busy = any(
-                at is not None and pruned_at[s] is None and running(slots[s], at, cp)
-                for s, at in enumerate(launched_at)
-            )
-        if ends_idle(busy, launched):
+        place.prune(decision.prune, cp)
+        launched = place.launch(decision.launch, cp)
+        if ends_idle(place.busy(cp), launched):
             break
     assert decision is not None
-    read_to = [
-        None if at is None else own_checkpoint(at, pruned_at[s] or cp) for s, at in enumerate(launched_at)
-    ]
+    answer = decision.answer_class
+    if decision.stop and renumbering is not None:
+        answer = renumbering.back(answer)
+    return _settle(
+        place, cp, decision, answer, labels, w, ok, tl.interval_tokens, (probe_calls, probe_out, probe_in)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """What every snapshot of one run shares."""
+
+    interval_tokens: int
+    budget: int
+    num_classes: int
+    warmup_answer_class: int | None
+
+    def snapshot(self, cp: int, traces: tuple[TraceView, ...], state: object) -> Snapshot:
+        return Snapshot(
+            checkpoint=cp,
+            position_tokens=cp * self.interval_tokens,
+            traces=traces,
+            budget=self.budget,
+            num_classes=self.num_classes,
+            probe_interval_tokens=self.interval_tokens,
+            warmup_answer_class=self.warmup_answer_class,
+            rule_state=state,
+        )
+
+
+def _checkpoint(
+    place: _Placement,
+    cp: int,
+    shape: _Shape,
+    w: Sequence[float],
+    ok: Sequence[bool],
+    probes: bool,
+    oracle: bool,
+    cache: ViewCache | None,
+    shared: CheckpointCache | None,
+) -> tuple[tuple[TraceView, ...], int, int, int]:
+    """The views of decision point ``cp`` and the probes it charges; whole checkpoints are shared
+    (``shared``) while every trace was launched at the start and nothing is pruned."""
+    key = (cp, probes, oracle, shape.warmup_answer_class)
+    hit = shared.get(key) if shared is not None else None
+    if hit is None:
+        hit = _views(
+            place.slots,
+            place.launched_at,
+            place.pruned_at,
+            cp,
+            shape.interval_tokens,
+            w,
+            ok,
+            probes,
+            oracle,
+            shape.warmup_answer_class,
+            cache,
+        )
+        if shared is not None:
+            # the rules that see this checkpoint share its views and their trace arrays
+            hit = (SharedViews(hit[0]), *hit[1:])
+            shared[key] = hit
+    return hit
+
+
+def _settle(
+    place: _Placement,
+    cp: int,
+    decision: Decision,
+    answer: int | None,
+    labels: Relabelled,
+    w: Sequence[float],
+    ok: Sequence[bool],
+    interval: int,
+    probe_totals: tuple[int, int, int],
+) -> SimRun:
+    """The stop stage offline: what each slot generated for the vote, when it stopped on the token
+    clock, and the answer (the rule's, or the vote over what is left when the run ran out)."""
+    slots, launched_at = place.slots, place.launched_at
+    read_to = place.read_to(cp)
     spent = [0 if k is None else tr.tokens_at(k * interval) for k, tr in zip(read_to, slots, strict=True)]
     clock = [
         0 if at is None else at * interval + spent[s] for s, at in enumerate(launched_at)
     ]  # when each trace stopped generating for the vote, on the token clock
-    if decision.stop:
-        answer = decision.answer_class
-        if renumbering is not None:
-            answer = renumbering.back(answer)
-    else:  # ended without a stop: vote over the final answers of what is left
-        live = [s for s in range(n) if launched_at[s] is not None and pruned_at[s] is None and ok[s]]
+    if not decision.stop:  # ended without a stop: vote over the final answers of what is left
+        live = [
+            s
+            for s in range(len(slots))
+            if launched_at[s] is not None and place.pruned_at[s] is None and ok[s]
+        ]
         answer = exhausted_answer([slots[s].final_class for s in live], [w[s] for s in live])
     answer = None if answer is None else labels.to_question.get(answer, answer)
+    probe_calls, probe_out, probe_in = probe_totals
     return SimRun(
         answer=answer,
         stopped=decision.stop,

@@ -31,7 +31,7 @@ import numpy.typing as npt
 
 from orchestrator.domain import Decision, Snapshot, majority
 from orchestrator.evaluation.protocol_pp import permutation
-from orchestrator.evaluation.simulate import QuestionTimeline, simulate
+from orchestrator.evaluation.simulate import QuestionTimeline, run_class_ids, simulate
 from orchestrator.stopping.logistic import LogisticModel
 from orchestrator.stopping.population import (
     DOC_VERSION,
@@ -39,10 +39,18 @@ from orchestrator.stopping.population import (
     STOP_L2,
     LeaderState,
     PopulationStop,
+    certified,
     finished_guard,
     population_features,
 )
-from orchestrator.stopping.population_gbt import EXTRA_FEATURES, GBT_DOC_VERSION, TreeEnsemble, extra_features
+from orchestrator.stopping.population_gbt import (
+    EXTRA_FEATURES,
+    GBT_DOC_VERSION,
+    TreeEnsemble,
+    extra_features,
+    passes_in_a_row,
+    stops,
+)
 from orchestrator.stopping.population_gbt import FEATURES as GBT_FEATURES
 from orchestrator.stopping.switch_model import CONSERVATIVE_DEFAULT
 from orchestrator.stopping.tally import trace_arrays
@@ -53,6 +61,7 @@ TARGET_AGREEMENT = 0.995
 MIN_FINISHED_SUPPORT = 1
 
 FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +137,8 @@ def question_rows(
     for n, r in enumerate(reps):
         voting = permutation(r, len(tl.traces))[:budget]
         full = majority([tl.traces[i].final_class for i in voting])
+        if full is not None:  # the recorder reads the run's class ids (simulate numbers them per run)
+            full = run_class_ids(tl, voting, probes=True)[full]
         sc_tokens = sum(tl.traces[i].total_tokens for i in voting)
         rec = _Recorder(with_extra=with_extra)
         simulate(rec, tl, voting)
@@ -234,9 +245,20 @@ def gbt_matrix(rows: Rows) -> FloatArray:
     return np.hstack([rows.x, rows.extra])
 
 
-def export_trees(clf: Any) -> TreeEnsemble:
+def export_trees(clf: Any, check: FloatArray | None = None) -> TreeEnsemble:
     """A fitted scikit-learn ``HistGradientBoostingClassifier`` (binary, numeric features) as padded
-    arrays for :class:`TreeEnsemble` (leaves point to themselves)."""
+    arrays for :class:`TreeEnsemble` (leaves point to themselves).
+
+    scikit-learn offers no public route to these trees: the fitted predictors (``_predictors``, record
+    arrays of nodes) and the initial log-odds (``_baseline_prediction``) are private, and its
+    maintainers chose to keep them so (scikit-learn PR #12807 and issue #16063: the predictors "are not
+    traditional decision trees" and do not follow the estimator API; issue #29731 asks for their layout
+    to be documented). The public estimators that do expose trees (``GradientBoostingClassifier``'s
+    ``estimators_``) fit different trees (no binning, other splits), so they would change the shipped
+    numbers. We therefore read the private attributes, and guard the read with the public API: with
+    ``check`` rows, the exported ensemble must reproduce ``clf.decision_function`` on them, else this
+    raises (a scikit-learn release that changed the layout fails here, at training time, never ships
+    wrong trees)."""
     trees = [predictors[0].nodes for predictors in clf._predictors]
     width = max(len(t) for t in trees)
     n = len(trees)
@@ -257,7 +279,14 @@ def export_trees(clf: Any) -> TreeEnsemble:
         value[i, :m] = np.where(leaf, nodes["value"], 0.0)
         depth = max(depth, int(nodes["depth"].max()))
     baseline = float(np.ravel(clf._baseline_prediction)[0])
-    return TreeEnsemble(feature, threshold, left, right, value, baseline, depth)
+    trees_out = TreeEnsemble(feature, threshold, left, right, value, baseline, depth)
+    if check is not None and len(check):
+        expected = np.asarray(clf.decision_function(check), dtype=np.float64)
+        if not np.allclose(trees_out.raw_many(check), expected, rtol=1e-9, atol=1e-9):
+            raise ValueError(
+                "exported trees disagree with scikit-learn's decision_function: its layout changed"
+            )
+    return trees_out
 
 
 def fit_trees(rows: Rows) -> TreeEnsemble:
@@ -276,14 +305,14 @@ def fit_trees(rows: Rows) -> TreeEnsemble:
         random_state=0, early_stopping=False, monotonic_cst=list(GBT_MONOTONE), **GBT_PARAMS
     )
     clf.fit(x, y)
-    return export_trees(clf)
+    return export_trees(clf, check=x)
 
 
 def first_crossing_agreement_p(p: FloatArray, rows: Rows, threshold: float) -> float:
     """Agreement of the rule on these runs, given each row's stop probability ``p``: the label at the
     first row passing threshold and guard (a run that never passes ends at the full-budget vote and
     agrees). Rows of a run are contiguous (as :func:`question_rows` and :meth:`Rows.concat` lay them)."""
-    ok = (p >= threshold) & rows.guard
+    ok = certified(p, threshold, rows.guard)  # the rule's own test
     starts = np.flatnonzero(np.r_[True, rows.run[1:] != rows.run[:-1]])
     ends = np.r_[starts[1:], len(rows.run)]
     agree = []
@@ -293,41 +322,45 @@ def first_crossing_agreement_p(p: FloatArray, rows: Rows, threshold: float) -> f
     return float(np.mean(agree)) if agree else 1.0
 
 
+def first_stop_rows(p: FloatArray, rows: Rows, persistence: int, thresholds: FloatArray) -> IntArray:
+    """For every run (in order) and every threshold: the index in ``rows`` of the row where
+    ``mars-pop-gbt`` with that threshold and ``persistence`` stops, -1 where it never does. The pass count
+    is the rule's own (:func:`~orchestrator.stopping.population_gbt.passes_in_a_row`, run for every
+    threshold at once): a row passes when the guard holds and p >= threshold, and the count restarts
+    where the leader changed (its age is back to 1)."""
+    passed = certified(p[:, None], np.asarray(thresholds)[None, :], rows.guard[:, None])
+    same = rows.x[:, FEATURES.index("leader_age")] > 0.1 + 1e-9  # the leader of the previous checkpoint
+    starts = (
+        np.flatnonzero(np.r_[True, rows.run[1:] != rows.run[:-1]]) if rows.run.size else np.empty(0, np.int64)
+    )
+    ends = np.r_[starts[1:], len(rows.run)]
+    out = np.full((len(starts), len(thresholds)), -1, dtype=np.int64)
+    for n, (a, b) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
+        count = np.zeros(len(thresholds), dtype=np.int64)
+        stop = out[n]
+        for j in range(a, b):
+            count = passes_in_a_row(count, bool(same[j]), passed[j])
+            stop[(stop < 0) & stops(count, persistence)] = j
+    return out
+
+
 def _first_stops(
     p: FloatArray, rows: Rows, persistence: int, thresholds: FloatArray
 ) -> tuple[FloatArray, FloatArray, FloatArray]:
-    """For every threshold: how many runs agree at their first stop, the generated tokens up to the
-    stops and the runs' full tokens (a run that never stops ends at the full vote: agrees, all spent).
-    A checkpoint passes when the guard holds and p >= threshold; the rule stops at the first
-    ``persistence``-th pass in a row with the same leader (leader age > 1 within the streak)."""
-    score = np.where(rows.guard, p, 0.0)
-    fresh = rows.x[:, FEATURES.index("leader_age")] <= 0.1 + 1e-9  # the leader changed here
+    """For every threshold: the share of runs that agree at their first stop (:func:`first_stop_rows`),
+    the generated tokens up to the stops and the runs' full tokens (a run that never stops ends at the
+    full vote: agrees, all spent)."""
+    stop = first_stop_rows(p, rows, persistence, thresholds)
+    if not len(stop):
+        return np.zeros(len(thresholds)), np.zeros(len(thresholds)), np.zeros(len(thresholds))
     starts = np.flatnonzero(np.r_[True, rows.run[1:] != rows.run[:-1]])
-    ends = np.r_[starts[1:], len(rows.run)]
-    agree = np.zeros(len(thresholds))
-    spent = np.zeros(len(thresholds))
-    full = 0.0
-    for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
-        length = b - a
-        s = score[a:b].copy()
-        if persistence > 1:
-            cum = np.cumsum(fresh[a:b])
-            j = np.arange(length)
-            lo = j - persistence + 1  # the streak is rows lo..j; rows lo+1..j must keep the leader
-            ok = lo >= 0
-            changes = cum - cum[np.clip(lo, 0, None)]
-            for back in range(1, persistence):
-                s = np.minimum(s, np.r_[np.zeros(back), score[a:b][: length - back]][:length])
-            s = np.where(ok & (changes == 0), s, 0.0)
-        best = np.maximum.accumulate(s)
-        idx = np.searchsorted(best, thresholds, side="left")
-        hit = idx < (b - a)
-        safe = np.minimum(idx, b - a - 1)
-        agree += np.where(hit, rows.label[a + safe], True)
-        run_full = float(rows.full_tokens[a])
-        spent += np.where(hit, rows.tokens[a + safe], run_full)
-        full += run_full
-    return agree / max(len(starts), 1), spent, np.full(len(thresholds), full)
+    hit = stop >= 0
+    safe = np.where(hit, stop, 0)
+    run_full = rows.full_tokens[starts].astype(np.float64)[:, None]
+    agree = np.where(hit, rows.label[safe], True).sum(axis=0)
+    spent = np.where(hit, rows.tokens[safe], run_full).sum(axis=0)
+    full = float(run_full.sum())
+    return agree / len(starts), spent, np.full(len(thresholds), full)
 
 
 def train_gbt(

@@ -101,6 +101,8 @@ async def run_llamacpp_demo(
                 job = await client.get(job_id)
                 job["gold"] = gold
                 console.print(summary(job))
+                for note in job.get("notes") or ():
+                    console.print(f"note: {note}", markup=False)
                 jobs.append(job)
     console.print(results_table(jobs))
     return jobs

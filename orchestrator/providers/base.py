@@ -3,11 +3,15 @@
 Adapters are thin and use the official SDKs; retries, rate limits, concurrency caps and metrics wrap a
 ``Provider`` (``wrappers.py``) instead of being flags on it. Vendor exceptions never leave this package:
 they are translated into ``orchestrator.errors`` at the edge.
+
+``Forwarding`` is a capability beside the protocol: an adapter that speaks the OpenAI wire format
+(``openai_compat.py`` and its subclasses) forwards a client's request as sent (the proxy's pass-through)
+on the same client, with the same error translation, and through the same wrappers as every other call.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -22,6 +26,9 @@ class Capabilities:
     reasoning_visible: bool = True
     continue_prefix: bool = False  # can continue a stored prefix after a disconnect
     max_n: int = 1
+    # How long a probe holds an upstream slot, in tokens a trace generates in that time (measured by
+    # a slot-limited self-hosted upstream, llama.cpp); 0: unknown or not slot-limited. timing.probe_interval
+    probe_slot_tokens: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +69,9 @@ class StreamDelta:
     finish_reason: str | None = None
     usage: Usage | None = None
     tokens_estimated: bool = False
+    # The upstream's own count of the request's prompt, sent before its usage (llama.cpp's per-token
+    # timings): a stream cut before its usage (a stop) still counts its prompt exactly.
+    prompt_tokens: int | None = None
 
 
 ANSWER_FORCING_SUFFIX = (
@@ -91,6 +101,7 @@ class ProbeResult:
     cached_tokens: int = 0
     output_tokens: int = 0
     raw: str = ""
+    slot_ms: float | None = None  # how long the probe held an upstream slot, as the upstream timed it
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +109,44 @@ class ModelInfo:
     id: str
     owned_by: str = "mars"
     extra: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardRequest:
+    """A client's request passed through as sent: ``body`` goes byte for byte to ``path`` under the
+    provider's OpenAI base URL (``.../v1``). ``model`` and ``stream`` are read from the body by the caller
+    (rate limits are per model)."""
+
+    body: bytes
+    model: str
+    stream: bool
+    path: str = "/chat/completions"
+
+
+def _no_usage() -> Usage | None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Forwarded:
+    """The upstream's answer to a forwarded request, as it came: status, headers and the raw body bytes
+    (an error status included: a pass-through is the client's request, and the answer is theirs).
+    ``usage()`` is what the body said it used, once read (``None`` when it said nothing)."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: AsyncIterator[bytes]
+    usage: Callable[[], Usage | None] = _no_usage
+
+
+@runtime_checkable
+class Forwarding(Protocol):
+    """An upstream that can pass a client's OpenAI-format request through unchanged."""
+
+    def forward(self, request: ForwardRequest) -> AbstractAsyncContextManager[Forwarded]:
+        """``async with provider.forward(req) as answer: async for chunk in answer.body: ...``; leaving
+        the block closes the connection (an unfinished generation is abandoned upstream)."""
+        ...
 
 
 @runtime_checkable

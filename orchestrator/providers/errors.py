@@ -139,7 +139,9 @@ def translate(exc: BaseException, *, where: str = "upstream") -> errors.MarsErro
     if isinstance(exc, (*_sdk_types("APITimeoutError"), httpx2.TimeoutException)):
         return errors.UpstreamTimeout(f"{where}: timed out ({exc.__class__.__name__})")
     if isinstance(exc, (*_sdk_types("APIConnectionError"), httpx2.TransportError)):
-        return errors.UpstreamConnectionError(f"{where}: connection failed: {exc!r}")
+        return errors.UpstreamConnectionError(
+            f"{where}: connection failed: {exc!r}; check the provider's base URL and that it is up"
+        )
     if isinstance(exc, _sdk_types("APIResponseValidationError")):
         return errors.MalformedStream(f"{where}: response did not validate: {exc}")
     if isinstance(exc, _sdk_types("APIError")):

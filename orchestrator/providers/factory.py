@@ -18,7 +18,7 @@ from orchestrator.providers.base import Provider
 from orchestrator.providers.config import Timeouts
 from orchestrator.providers.openai_compat import CompatOptions, OpenAICompatProvider
 from orchestrator.providers.wrappers import (
-    DEFAULT_REDIS_PREFIX,
+    BucketKey,
     RateLimitedProvider,
     RateLimits,
     RedisBuckets,
@@ -72,12 +72,12 @@ def build_provider(
     config: ProviderConfig,
     *,
     redis: Any | None = None,
-    redis_prefix: str = DEFAULT_REDIS_PREFIX,
+    bucket_key: BucketKey | None = None,
     retry: RetryPolicy | None = None,
     compat_options: CompatOptions | None = None,
 ) -> Provider:
-    """Adapter wrapped in rate limits (shared through ``redis`` when given, under ``redis_prefix``) and
-    one retry layer."""
+    """Adapter wrapped in rate limits (shared through ``redis`` when given, each bucket under the key
+    ``bucket_key`` names: ``store.keys.Keys.ratelimit``) and one retry layer."""
     adapter = build_adapter(config, compat_options=compat_options)
     if config.probe_strategy:
         try:
@@ -99,18 +99,25 @@ def build_provider(
         tokens_per_minute=config.tokens_per_minute,
         max_concurrent_streams=config.max_concurrent_streams,
     )
-    shared = RedisBuckets(redis, prefix=redis_prefix) if redis is not None else None
+    shared = None
+    if redis is not None:
+        if bucket_key is None:
+            raise ValueError("shared rate limits need the key of each bucket (store.keys.Keys.ratelimit)")
+        shared = RedisBuckets(redis, key=bucket_key)
     limited = RateLimitedProvider(adapter, limits, shared=shared)
     policy = retry or RetryPolicy(max_attempts=config.max_retries + 1)
     return RetryingProvider(limited, policy)
 
 
 @asynccontextmanager
-async def open_providers(settings: Settings) -> AsyncIterator[Mapping[str, Provider]]:
+async def open_providers(
+    settings: Settings, *, bucket_key: BucketKey
+) -> AsyncIterator[Mapping[str, Provider]]:
     """Every configured upstream, wrapped (retries, rate limits), closed when the block ends. With
     ``REDIS_URL`` set, the request and token budgets (``requests_per_minute``, ``tokens_per_minute``) are
-    token buckets in Redis under ``{MARS_REDIS_PREFIX}:ratelimit:``, shared by every process that serves
-    the same upstream; without it they are per process. The stream cap stays per process."""
+    token buckets in Redis under the keys ``bucket_key`` names (``Keys(settings.redis_prefix).ratelimit``),
+    shared by every process that serves the same upstream; without it they are per process. The stream
+    cap stays per process."""
     built: dict[str, Provider] = {}
     shared_client = None
     try:
@@ -121,7 +128,7 @@ async def open_providers(settings: Settings) -> AsyncIterator[Mapping[str, Provi
 
             shared_client = aioredis.Redis.from_url(settings.redis_url)
         for name, config in settings.providers.items():
-            built[name] = build_provider(config, redis=shared_client, redis_prefix=settings.redis_prefix)
+            built[name] = build_provider(config, redis=shared_client, bucket_key=bucket_key)
         yield built
     finally:
         for provider in built.values():

@@ -5,7 +5,9 @@ Traces stream through the OpenAI-compatible adapter unchanged, with two llama.cp
 - **Token counts per chunk** come from the server's own ``timings.predicted_n`` (asked with
   ``timings_per_token``): llama-server sends no chunk for a token that adds no text (a partial UTF-8
   character, a held-back stop string), so counting chunks would drift. Usage is the server's final
-  chunk (``stream_options.include_usage``, with ``prompt_tokens_details.cached_tokens``).
+  chunk (``stream_options.include_usage``, with ``prompt_tokens_details.cached_tokens``). The prompt
+  count rides on every token chunk too (``timings.prompt_n + cache_n``), so a trace we cancel before
+  its usage chunk still counts its prompt exactly (``StreamDelta.prompt_tokens``), not by estimate.
 - **Slots.** The server runs ``-np`` requests at once and queues the rest inside itself, where we can
   neither see nor cancel them. Traces *and* probes therefore share one semaphore of the server's slot
   count (``/props`` ``total_slots``): whatever does not fit waits here, in our admission.
@@ -15,6 +17,12 @@ from ``/apply-template``, plus the trace prefix and a suffix that closes the rea
 ``\\boxed{``. A template with ``<think>`` gets the reasoning suffix of ``ProbeRequest``; an instruct
 template (no ``<think>``) gets :data:`INSTRUCT_SUFFIX`. Probes stream, so a cancelled probe hangs up and
 frees its slot at once (a non-streaming request runs to ``max_tokens`` after the client leaves).
+
+**Slot time.** A probe holds a slot while the server evaluates its prompt and decodes its answer, slot
+time a trace's tokens would otherwise use. :class:`SlotClock` keeps the server's own timings of probes
+and traces; :meth:`LlamaCppProvider.capabilities` reports a probe's slot time in trace tokens
+(``probe_slot_tokens``), and ``timing.probe_interval`` spaces a job's checkpoints so its probes take at
+most a bounded share of the slots.
 
 What the server supports is detected once, on first use (``/props``, ``/apply-template``,
 ``/v1/models``), not assumed: without ``/apply-template`` there is no ``continue`` probe.
@@ -68,6 +76,52 @@ def llamacpp_options() -> CompatOptions:
     )
 
 
+class SlotClock:
+    """Running means, from the server's own timings, of how long a probe holds a slot (prompt evaluation
+    plus decoding) and how fast a trace decodes; their product is a probe's slot time in trace tokens
+    (``Capabilities.probe_slot_tokens``, which ``timing.probe_interval`` spaces a job's probes by)."""
+
+    __slots__ = ("probe_ms", "trace_tokens_per_ms")
+
+    def __init__(self) -> None:
+        self.probe_ms: float | None = None
+        self.trace_tokens_per_ms: float | None = None
+
+    def probe(self, slot_ms: float) -> None:
+        self.probe_ms = _mean(self.probe_ms, slot_ms, 0.2)
+
+    def trace(self, timings: Mapping[str, Any]) -> None:
+        tokens, ms = int(timings.get("predicted_n") or 0), float(timings.get("predicted_ms") or 0.0)
+        if tokens >= 8 and ms > 0:  # the first tokens' rate says little
+            self.trace_tokens_per_ms = _mean(self.trace_tokens_per_ms, tokens / ms, 0.02)
+
+    @property
+    def probe_tokens(self) -> float:
+        if self.probe_ms is None or self.trace_tokens_per_ms is None:
+            return 0.0
+        return self.probe_ms * self.trace_tokens_per_ms
+
+
+def _mean(current: float | None, value: float, weight: float) -> float:
+    return value if current is None else current + weight * (value - current)
+
+
+def slot_ms(timings: Mapping[str, Any]) -> float | None:
+    """How long a request held its slot, as the server timed it (prompt evaluation plus decoding)."""
+    if "prompt_ms" not in timings and "predicted_ms" not in timings:
+        return None
+    return float(timings.get("prompt_ms") or 0.0) + float(timings.get("predicted_ms") or 0.0)
+
+
+def _prompt_count(timings: Mapping[str, Any]) -> int | None:
+    """The request's prompt as the server counted it: evaluated (``prompt_n``) plus reused from the
+    slot's cache (``cache_n``), on every chunk with ``timings_per_token``; equal to its final usage's
+    ``prompt_tokens`` and to ``/tokenize`` of the ``/apply-template`` prompt."""
+    if "prompt_n" not in timings:
+        return None
+    return int(timings["prompt_n"]) + int(timings.get("cache_n") or 0)
+
+
 class LlamaCppProvider(OpenAICompatProvider):
     """``llama-server`` (OpenAI-compatible, slot-limited, with prefix cache per slot)."""
 
@@ -103,6 +157,7 @@ class LlamaCppProvider(OpenAICompatProvider):
         self._detecting = asyncio.Lock()
         self._slots: asyncio.Semaphore | None = None
         self._templates: dict[tuple[tuple[str, str], ...], str] = {}
+        self.clock = SlotClock()
 
     # --- detection -----------------------------------------------------------------------------
 
@@ -158,6 +213,7 @@ class LlamaCppProvider(OpenAICompatProvider):
             logprobs=True,
             reasoning_visible=True,
             continue_prefix=False,  # no continue_final_message: a reclaimed trace restarts
+            probe_slot_tokens=self.clock.probe_tokens,
         )
 
     async def models(self) -> Sequence[ModelInfo]:
@@ -183,6 +239,8 @@ class LlamaCppProvider(OpenAICompatProvider):
 
     def _delta(self, obj: dict[str, Any], tally: _Tally) -> StreamDelta | None:
         choices = obj.get("choices")
+        prompt = _prompt_count(obj.get("timings") or {})
+        self.clock.trace(obj.get("timings") or {})
         if choices:
             timings = obj.get("timings") or {}
             if "predicted_n" in timings:
@@ -202,6 +260,8 @@ class LlamaCppProvider(OpenAICompatProvider):
             tally.last_usage_tokens += extra
             tally.completion += extra
             delta = replace(delta, tokens=extra)
+        if delta is not None and prompt is not None:
+            delta = replace(delta, prompt_tokens=prompt)
         return delta
 
     # --- probes --------------------------------------------------------------------------------
@@ -268,6 +328,7 @@ class LlamaCppProvider(OpenAICompatProvider):
             body["top_k"] = self.options.probe_top_k
         text: list[str] = []
         usage: dict[str, Any] = {}
+        timings: dict[str, Any] = {}
         async with open_stream(
             self._streams,
             f"{self._base_url}/completions",
@@ -279,8 +340,12 @@ class LlamaCppProvider(OpenAICompatProvider):
             async for chunk in chunks:
                 text.extend(choice.get("text") or "" for choice in chunk.get("choices") or ())
                 usage = chunk.get("usage") or usage
+                timings = chunk.get("timings") or timings
         completion = "".join(text)
         details = usage.get("prompt_tokens_details") or {}
+        held_ms = slot_ms(timings)
+        if held_ms is not None:
+            self.clock.probe(held_ms)
         return ProbeResult(
             answer=probe_answer(completion, request.suffix),
             strategy=request.strategy,
@@ -288,4 +353,5 @@ class LlamaCppProvider(OpenAICompatProvider):
             cached_tokens=int(details.get("cached_tokens") or 0),
             output_tokens=int(usage.get("completion_tokens") or 0),
             raw=completion,
+            slot_ms=held_ms,
         )

@@ -16,6 +16,13 @@ Probes (strategy ``continue``): the trace prefix is continued with the answer-fo
 chat (a final assistant message with ``continue_final_message: true, add_generation_prompt: false``) or
 on raw ``/v1/completions`` with a client-side chat template (the precise path when a reasoning parser
 would split a prefix that ends inside ``<think>``).
+
+Pass-through (``forward``, the proxy's plain requests): the client's body goes byte for byte to
+``{base_url}{path}`` on the stream client (its own connection, dropped when the caller leaves, so an
+abandoned generation stops upstream), with this adapter's key and the same error translation as every
+other call. It may be silent for up to ``request_s`` (streamed or not: it is the client's request, and a
+hosted reasoning model streams nothing while it thinks). The answer's ``usage`` (the JSON body's, or a stream's last usage chunk) is read on the way through, for the
+rate limiter's token budget.
 """
 
 from __future__ import annotations
@@ -33,6 +40,8 @@ from orchestrator.domain import ProbeStrategy
 from orchestrator.errors import UnsupportedCapability
 from orchestrator.providers.base import (
     Capabilities,
+    Forwarded,
+    ForwardRequest,
     ModelInfo,
     ProbeRequest,
     ProbeResult,
@@ -143,6 +152,9 @@ class OpenAICompatProvider:
         with translated(self._name):
             page = await self._sdk.models.list()
             return [ModelInfo(id=m.id, owned_by=m.owned_by or self._name) async for m in page]
+
+    def forward(self, request: ForwardRequest) -> AbstractAsyncContextManager[Forwarded]:
+        return self._forward(request)
 
     async def aclose(self) -> None:
         await self._sdk.close()
@@ -274,6 +286,37 @@ class OpenAICompatProvider:
             tokens_estimated=estimated,
         )
 
+    # --- pass-through --------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _forward(self, request: ForwardRequest) -> AsyncIterator[Forwarded]:
+        t = self._timeouts
+        # The client's own request: it may be silent as long as a whole answer may take (a hosted
+        # reasoning model streams nothing while it thinks), not only a trace's stall limit.
+        timeout = httpx2.Timeout(connect=t.connect_s, read=t.request_s, write=t.write_s, pool=t.pool_s)
+        headers = {**self._headers, "Accept": "application/json, text/event-stream"}
+        with translated(self._name):
+            sent = self._streams.build_request(
+                "POST", self._base_url + request.path, content=request.body, headers=headers, timeout=timeout
+            )
+            response = await self._streams.send(sent, stream=True)
+        try:
+            scan = UsageScan(request.stream)
+            body = self._relayed(response, scan)
+            try:
+                yield Forwarded(response.status_code, dict(response.headers.items()), body, scan.usage)
+            finally:
+                await body.aclose()
+        finally:
+            await response.aclose()  # an unfinished answer drops the connection: the upstream stops
+
+    async def _relayed(self, response: httpx2.Response, scan: UsageScan) -> AsyncGenerator[bytes, None]:
+        with translated(self._name):
+            async for chunk in response.aiter_raw():
+                scan.feed(chunk)
+                yield chunk
+        scan.finish()
+
     # --- probes --------------------------------------------------------------------------------
 
     async def _probe(self, request: ProbeRequest) -> ProbeResult:
@@ -360,6 +403,61 @@ def probe_result(text: str, request: ProbeRequest, usage: Any, *, answer: str | 
         output_tokens=usage.completion_tokens if usage is not None else estimate_tokens(text),
         raw=text,
     )
+
+
+class UsageScan:
+    """The ``usage`` an OpenAI-format answer carried, read from its raw bytes on the way through: the
+    JSON body's, or the last usage object of an SSE stream. Best effort: bytes that do not parse are the
+    client's business here, not an error."""
+
+    __slots__ = ("_buffer", "_stream", "_usage")
+
+    def __init__(self, stream: bool) -> None:
+        self._stream = stream
+        self._buffer = b""
+        self._usage: Usage | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        self._buffer += chunk
+        if not self._stream:
+            return
+        if b"\r" in self._buffer:
+            self._buffer = self._buffer.replace(b"\r\n", b"\n")
+        end = self._buffer.rfind(b"\n\n")
+        if end < 0:
+            return
+        complete, self._buffer = self._buffer[:end], self._buffer[end + 2 :]
+        if b'"usage"' in complete:
+            for block in complete.split(b"\n\n"):
+                self._take_event(block)
+
+    def finish(self) -> None:
+        """The body has ended: read what is left."""
+        if self._stream:
+            self._take_event(self._buffer)
+        else:
+            self._take(self._buffer)
+        self._buffer = b""
+
+    def usage(self) -> Usage | None:
+        """The last usage seen (``None`` until one was, e.g. a stream left early)."""
+        return self._usage
+
+    def _take_event(self, block: bytes) -> None:
+        if b'"usage"' not in block:
+            return
+        for line in block.split(b"\n"):
+            if line.startswith(b"data:"):
+                self._take(line[5:])
+
+    def _take(self, data: bytes) -> None:
+        try:
+            obj = json.loads(data)
+            usage = obj.get("usage") if isinstance(obj, dict) else None
+            if isinstance(usage, dict):
+                self._usage = _usage(usage)
+        except (ValueError, TypeError):
+            return
 
 
 def _confidence(entry: Mapping[str, Any]) -> float:

@@ -13,13 +13,19 @@ stream once a delta has been forwarded to the caller. Caller errors are never re
 locally), tokens per minute (a token bucket charged with the tokens each stream and probe actually
 used; a request waits while the bucket is in debt) and concurrent streams (a semaphore held for the
 stream's life). With a Redis client the request and token buckets are shared by every worker through
-a small Lua token bucket under ``{prefix}:ratelimit:{provider}:{model}:{requests|tokens}`` (``prefix``:
-``MARS_REDIS_PREFIX``, like every other key); concurrency caps stay per process.
+a small Lua token bucket under the key the caller's ``BucketKey`` names (``store/keys.py``: providers know
+no key pattern); concurrency caps stay per process.
+
+Pass-through (``forward``) goes through the same gates: admitted like a stream, holding a place under the
+stream cap for the answer's life (it is a whole generation), and charged with the usage the answer
+reported. It is not retried: a pass-through is the client's own request, sent once; its answer, an error
+status included, goes back as it came, and retrying is the client's call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import random
 import time
@@ -35,6 +41,9 @@ from orchestrator import errors
 from orchestrator.cancellation import delivered_cancel
 from orchestrator.providers.base import (
     Capabilities,
+    Forwarded,
+    Forwarding,
+    ForwardRequest,
     ModelInfo,
     ProbeRequest,
     ProbeResult,
@@ -45,7 +54,8 @@ from orchestrator.providers.base import (
 
 log = structlog.get_logger("mars.providers")
 T = TypeVar("T")
-DEFAULT_REDIS_PREFIX = "mars"  # store/keys.py; kept apart so that providers/ does not import store/
+BucketKey = Callable[[str, str, str], str]
+"""``(provider, model, bucket)`` → the shared bucket's key; ``bucket`` is ``requests`` or ``tokens``."""
 
 
 class WrapperProvider:
@@ -69,6 +79,14 @@ class WrapperProvider:
 
     async def models(self) -> Sequence[ModelInfo]:
         return await self.inner.models()
+
+    def forward(self, request: ForwardRequest) -> AbstractAsyncContextManager[Forwarded]:
+        """``inner``'s pass-through; ``UnsupportedCapability`` when it speaks no OpenAI wire format."""
+        if not isinstance(self.inner, Forwarding):
+            raise errors.UnsupportedCapability(
+                f"{self.name}: this provider does not speak the OpenAI wire format; nothing passes through"
+            )
+        return self.inner.forward(request)
 
     async def aclose(self) -> None:
         await self.inner.aclose()
@@ -182,26 +200,35 @@ class RateLimits:
     max_concurrent_streams: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """Which bucket: one provider's model, its ``requests`` or its ``tokens``."""
+
+    provider: str
+    model: str
+    kind: str
+
+
 class Buckets(Protocol):
-    """Token buckets by key. ``take`` waits until ``cost`` is available and takes it; ``charge``
-    takes ``cost`` at once, going into debt if needed (tokens are known only after the fact)."""
+    """Token buckets. ``take`` waits until ``cost`` is available and takes it; ``charge`` takes ``cost``
+    at once, going into debt if needed (tokens are known only after the fact)."""
 
-    async def take(self, key: str, cost: float, capacity: float, per_s: float) -> None: ...
+    async def take(self, key: Bucket, cost: float, capacity: float, per_s: float) -> None: ...
 
-    async def charge(self, key: str, cost: float, capacity: float, per_s: float) -> None: ...
+    async def charge(self, key: Bucket, cost: float, capacity: float, per_s: float) -> None: ...
 
 
 class LocalBuckets:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._state: dict[str, tuple[float, float]] = {}
+        self._state: dict[Bucket, tuple[float, float]] = {}
 
-    def _level(self, key: str, capacity: float, per_s: float) -> float:
+    def _level(self, key: Bucket, capacity: float, per_s: float) -> float:
         now = self._clock()
         level, ts = self._state.get(key, (capacity, now))
         return min(capacity, level + (now - ts) * per_s)
 
-    async def take(self, key: str, cost: float, capacity: float, per_s: float) -> None:
+    async def take(self, key: Bucket, cost: float, capacity: float, per_s: float) -> None:
         while True:
             level = self._level(key, capacity, per_s)
             if level >= min(cost, capacity):
@@ -209,7 +236,7 @@ class LocalBuckets:
                 return
             await asyncio.sleep((min(cost, capacity) - level) / per_s)
 
-    async def charge(self, key: str, cost: float, capacity: float, per_s: float) -> None:
+    async def charge(self, key: Bucket, cost: float, capacity: float, per_s: float) -> None:
         self._state[key] = (self._level(key, capacity, per_s) - cost, self._clock())
 
 
@@ -238,38 +265,40 @@ return tostring(wait)
 
 
 class RedisBuckets:
-    """Token buckets shared by every worker through Redis (one Lua script; Redis's own clock), under
-    ``{prefix}:ratelimit:``."""
+    """Token buckets shared by every worker through Redis (one Lua script; Redis's own clock), each
+    under the key ``key`` names for it (``store/keys.py``, ``Keys.ratelimit``)."""
 
-    def __init__(self, client: Any, *, prefix: str = DEFAULT_REDIS_PREFIX) -> None:
+    def __init__(self, client: Any, *, key: BucketKey) -> None:
         self._script = client.register_script(_LUA_BUCKET)
-        self._prefix = f"{prefix}:ratelimit:"
+        self._key = key
 
-    async def _run(self, key: str, cost: float, capacity: float, per_s: float, force: bool) -> float:
+    async def _run(self, key: Bucket, cost: float, capacity: float, per_s: float, force: bool) -> float:
         try:
             with delivered_cancel():  # redis-py can swallow a cancel (orchestrator/cancellation.py)
                 raw = await self._script(
-                    keys=[self._prefix + key], args=[capacity, per_s, cost, 1 if force else 0]
+                    keys=[self._key(key.provider, key.model, key.kind)],
+                    args=[capacity, per_s, cost, 1 if force else 0],
                 )
         except Exception as exc:  # redis.exceptions.* → our tree
             raise errors.StoreUnavailable(f"rate limiter: {exc!r}") from exc
         return float(raw.decode() if isinstance(raw, bytes) else raw)
 
-    async def take(self, key: str, cost: float, capacity: float, per_s: float) -> None:
+    async def take(self, key: Bucket, cost: float, capacity: float, per_s: float) -> None:
         while True:  # the wait comes from Redis; no local event can signal it
             wait = await self._run(key, cost, capacity, per_s, False)
             if wait <= 0:
                 return
             await asyncio.sleep(wait)
 
-    async def charge(self, key: str, cost: float, capacity: float, per_s: float) -> None:
+    async def charge(self, key: Bucket, cost: float, capacity: float, per_s: float) -> None:
         await self._run(key, cost, capacity, per_s, True)
 
 
 class _ModelGate:
     def __init__(self, limits: RateLimits, provider: str, model: str, shared: Buckets | None) -> None:
         self.limits = limits
-        self.key = f"{provider}:{model}"
+        self.request_bucket = Bucket(provider, model, "requests")
+        self.token_bucket = Bucket(provider, model, "tokens")
         self.shared = shared
         self.tokens: Buckets = shared or LocalBuckets()
         rpm = limits.requests_per_minute
@@ -279,20 +308,29 @@ class _ModelGate:
         n = limits.max_concurrent_streams
         self.streams = asyncio.Semaphore(n) if n else None
 
+    @asynccontextmanager
+    async def place(self) -> AsyncIterator[None]:
+        """A place under the stream cap, held for the block (none to hold without a cap)."""
+        if self.streams is None:
+            yield
+            return
+        async with self.streams:
+            yield
+
     async def admit(self) -> None:
         rpm = self.limits.requests_per_minute
         if rpm and self.shared is not None:
-            await self.shared.take(self.key + ":requests", 1.0, rpm, rpm / 60.0)
+            await self.shared.take(self.request_bucket, 1.0, rpm, rpm / 60.0)
         elif self.throttler is not None:
             await self.throttler.acquire()  # type: ignore[no-untyped-call]  # untyped library
         tpm = self.limits.tokens_per_minute
         if tpm:
-            await self.tokens.take(self.key + ":tokens", 0.0, tpm, tpm / 60.0)
+            await self.tokens.take(self.token_bucket, 0.0, tpm, tpm / 60.0)
 
     async def charge(self, tokens: int) -> None:
         tpm = self.limits.tokens_per_minute
         if tpm and tokens:
-            await self.tokens.charge(self.key + ":tokens", float(tokens), tpm, tpm / 60.0)
+            await self.tokens.charge(self.token_bucket, float(tokens), tpm, tpm / 60.0)
 
 
 class RateLimitedProvider(WrapperProvider):
@@ -314,9 +352,7 @@ class RateLimitedProvider(WrapperProvider):
     @asynccontextmanager
     async def _stream(self, request: TraceRequest) -> AsyncIterator[AsyncIterator[StreamDelta]]:
         gate = self._gate(request.model)
-        if gate.streams is not None:
-            await gate.streams.acquire()
-        try:
+        async with gate.place():
             await gate.admit()
             async with self.inner.stream(request) as deltas:
                 charged = self._charged(deltas, gate)
@@ -324,9 +360,28 @@ class RateLimitedProvider(WrapperProvider):
                     yield charged
                 finally:
                     await charged.aclose()
-        finally:
-            if gate.streams is not None:
-                gate.streams.release()
+
+    def forward(self, request: ForwardRequest) -> AbstractAsyncContextManager[Forwarded]:
+        return self._forward(request)
+
+    @asynccontextmanager
+    async def _forward(self, request: ForwardRequest) -> AsyncIterator[Forwarded]:
+        gate = self._gate(request.model)
+        async with gate.place():
+            await gate.admit()
+            async with super().forward(request) as answer:
+                body = self._charged_body(answer, gate)
+                try:
+                    yield dataclasses.replace(answer, body=body)
+                finally:
+                    await body.aclose()
+
+    async def _charged_body(self, answer: Forwarded, gate: _ModelGate) -> AsyncGenerator[bytes, None]:
+        async for chunk in answer.body:
+            yield chunk
+        usage = answer.usage()
+        if usage is not None:
+            await gate.charge(usage.prompt_tokens + usage.completion_tokens)
 
     async def _charged(
         self, deltas: AsyncIterator[StreamDelta], gate: _ModelGate

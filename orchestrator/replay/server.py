@@ -1,36 +1,33 @@
 """The replay server: an OpenAI- and Anthropic-compatible upstream that serves recorded traces.
 
-Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``POST /v1/messages``,
-``GET /v1/models`` (also without ``/v1`` and under ``/beta``, for DeepSeek-style base URLs), and the
-control plane ``GET /_replay/log``, ``POST /_replay/faults``, ``POST /_replay/reset``,
-``GET /_replay/health``.
+Routes: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``POST /v1/messages`` and
+``GET /v1/models``, each also without ``/v1``, and all of them again under a ``/beta`` mount (for
+DeepSeek-style base URLs); the control plane is mounted at ``/_replay`` (``control.py``). Any other path
+is served only by a recording made on it, else a 404 in the wire's error shape.
 
 Sources: wire-level recordings (``recordings.py``) are tried first and replayed byte for byte; else a
-corpus (``catalog.py`` says which trace or which probe position a request is). Token accounting on the
+corpus: ``replies.py`` chooses the reply (which trace, which probe position). Token accounting on the
 wire is documented in ``wire.py``; faults in ``faults.py``; the log in ``journal.py``.
 
 Timing: ``ttft_s`` before the first token, then ``tokens_per_s`` (chunk i is due at
 ``t0 + ttft_s + tokens_so_far / tokens_per_s``, so pacing does not drift); ``tokens_per_s=None`` is the
 no-delay mode. Recordings replay with their recorded timing unless ``recorded_timing=False``.
 
-The control plane and the ``x-replay-fault`` header change what every client gets, so they answer only
-loopback clients, or, with ``control_token`` set, requests bearing it (``Authorization: Bearer``);
-others get 403. Malformed input is a 400 in the wire's error shape, never a plain-text 500.
+The ``x-replay-fault`` header, like the control plane, is honoured only for the clients the control plane
+allows. Malformed input is a 400 in the wire's error shape, never a plain-text 500.
 
-Client disconnects are watched for concurrently with sending, so a disconnect is seen (and logged with
-its time) at once even while a stream is paced or stalled.
+Client disconnects are watched for concurrently with sending (``streaming.py``), so a disconnect is seen
+(and logged with its time) at once even while a stream is paced or stalled.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import ipaddress
 import itertools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -39,14 +36,16 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
 
-from orchestrator.corpus import NO_ANSWER, Corpus
+from orchestrator.corpus import Corpus
 from orchestrator.errors import InvalidRequest
-from orchestrator.replay.catalog import Catalog, PrefixMatch, TraceMatch
+from orchestrator.replay.catalog import Catalog
+from orchestrator.replay.control import ControlPlane
 from orchestrator.replay.faults import Fault, FaultPlan
 from orchestrator.replay.journal import Journal
 from orchestrator.replay.recordings import HOP_HEADERS, Exchange, Recordings
+from orchestrator.replay.replies import choose_reply, content_text, max_tokens_of
 from orchestrator.replay.streaming import Chunk, QuietAbort, StreamResponse, Timing
 from orchestrator.replay.wire import (
     ChatOptions,
@@ -61,10 +60,8 @@ from orchestrator.replay.wire import (
     openai_error,
 )
 from orchestrator.serving import serve_app
-from orchestrator.tokens import estimate_messages_tokens, estimate_tokens
 
 log = logging.getLogger("mars.replay")
-FINAL_SENTENCE_TOKENS = 8  # the synthetic "Therefore, the final answer is \boxed{x}." (synthetic.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,12 +78,17 @@ class ReplayOptions:
     control_token: str | None = None  # None: the control plane answers loopback clients only
 
 
-def _content_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        return "".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return ""
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One API request, past the common steps (body read, recording and fault chosen, logged)."""
+
+    rid: str
+    body: dict[str, Any]
+    headers: Mapping[str, str]
+    fault: Fault | None
+
+
+Handler = Callable[[Call], Response]
 
 
 class ReplayServer:
@@ -105,71 +107,62 @@ class ReplayServer:
         self.recordings = Recordings(recordings)
         self.faults = FaultPlan(self.options.faults, seed=self.options.seed)
         self.journal = Journal()
+        self.control = ControlPlane(
+            self.journal, self.faults, self.recordings, token=self.options.control_token
+        )
         self._timing = Timing(self.options.tokens_per_s, self.options.ttft_s)
         self._ids = itertools.count(1)
         self._created = int(time.time())
+        api = [
+            *self._api_routes(),
+            Route("/{path:path}", self._unrouted, methods=["GET", "POST", "PUT", "DELETE"]),
+        ]
         self.app = Starlette(
-            routes=[
-                Route("/_replay/log", self._log, methods=["GET"]),
-                Route("/_replay/faults", self._set_faults, methods=["POST"]),
-                Route("/_replay/reset", self._reset, methods=["POST"]),
-                Route("/_replay/health", self._health, methods=["GET"]),
-                Route("/{path:path}", self._dispatch, methods=["GET", "POST", "PUT", "DELETE"]),
-            ]
+            routes=[Mount("/_replay", routes=self.control.routes()), Mount("/beta", routes=api), *api]
         )
         uvicorn_log = logging.getLogger("uvicorn.error")
         if not any(isinstance(f, QuietAbort) for f in uvicorn_log.filters):
             uvicorn_log.addFilter(QuietAbort())
 
-    # --- control plane -------------------------------------------------------------------------
+    def _api_routes(self) -> list[BaseRoute]:
+        posts: dict[str, Handler] = {
+            "/chat/completions": self._chat,
+            "/completions": self._completion,
+            "/messages": self._messages,
+        }
+        routes: list[BaseRoute] = []
+        for base in ("/v1", ""):
+            routes.append(Route(f"{base}/models", self._models, methods=["GET"]))
+            for path, handler in posts.items():
+                routes.append(Route(base + path, self._api(handler, "/v1" + path), methods=["POST"]))
+        return routes
 
-    def _controller(self, request: Request) -> bool:
-        """May this request use the control plane (module docstring)?"""
-        token = self.options.control_token
-        if token is not None:
-            given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
-            return hmac.compare_digest(given.encode(), token.encode())
-        host = request.client.host if request.client else ""
-        try:
-            return host == "localhost" or ipaddress.ip_address(host).is_loopback
-        except ValueError:
-            return False
+    # --- the common steps of every request ------------------------------------------------------
 
-    def _forbidden(self) -> Response:
-        why = "the replay control plane needs its token (Authorization: Bearer ...) or a loopback client"
-        return JSONResponse(openai_error(403, why), status_code=403)
+    def _api(self, handler: Handler, api: str) -> Callable[[Request], Awaitable[Response]]:
+        anthropic = api == "/v1/messages"
 
-    async def _log(self, request: Request) -> Response:
-        if not self._controller(request):
-            return self._forbidden()
-        return JSONResponse(self.journal.entries(request.query_params.get("kind")))
+        async def endpoint(request: Request) -> Response:
+            call = await self._accept(request, anthropic=anthropic)
+            if isinstance(call, Response):
+                return call
+            if not isinstance(call.body, dict):
+                return JSONResponse(
+                    openai_error(404, f"no route for POST {request.url.path}"), status_code=404
+                )
+            try:
+                return handler(call)
+            except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
+                message = f"malformed request ({type(exc).__name__}: {exc}); send a well-formed {api} body"
+                if anthropic:
+                    return JSONResponse(anthropic_error(400, message), status_code=400)
+                return JSONResponse(openai_error(400, message), status_code=400)
 
-    async def _set_faults(self, request: Request) -> Response:
-        if not self._controller(request):
-            return self._forbidden()
-        try:
-            body = json.loads(await request.body())
-            script = (body.get("script") or []) if isinstance(body, dict) else None
-            if not isinstance(script, list) or not all(isinstance(f, str | None) for f in script):
-                raise ValueError('send {"script": ["429:0.2", "ok", ...]}')
-            self.faults.script(script)
-        except (ValueError, InvalidRequest) as exc:
-            return JSONResponse(openai_error(400, f"bad fault script: {exc}"), status_code=400)
-        return JSONResponse({"ok": True})
+        return endpoint
 
-    async def _reset(self, request: Request) -> Response:
-        if not self._controller(request):
-            return self._forbidden()
-        self.journal.clear()
-        self.faults.clear()
-        return JSONResponse({"ok": True})
-
-    async def _health(self, request: Request) -> Response:
-        return JSONResponse({"ok": True, "recordings": len(self.recordings)})
-
-    # --- API -----------------------------------------------------------------------------------
-
-    async def _dispatch(self, request: Request) -> Response:
+    async def _accept(self, request: Request, *, anthropic: bool = False) -> Call | Response:
+        """Read the body, then answer from a recording or an injected status fault when one applies;
+        else the :class:`Call` for the route's handler."""
         try:
             raw = await request.body()
         except ClientDisconnect:
@@ -183,45 +176,41 @@ class ReplayServer:
                 body = json.loads(raw)
             except ValueError:
                 return JSONResponse(openai_error(400, "body is not JSON"), status_code=400)
-        path = "/" + request.path_params["path"]
+        path = request.url.path
         rid = f"replay-{next(self._ids)}"
         exchange = self.recordings.take(request.method, path, body)
         asked = request.headers.get("x-replay-fault")
-        if asked and not self._controller(request):
-            return self._forbidden()
+        if asked and not self.control.allows(request):
+            return self.control.forbidden()
         try:
             fault = self.faults.next(asked)
         except InvalidRequest as exc:
             return JSONResponse(openai_error(400, f"x-replay-fault: {exc}"), status_code=400)
-        api = _normalise(path)
         self.journal.record("request", request_id=rid, method=request.method, path=path)
         if fault is not None and fault.kind.is_status:
             self.journal.record("fault", request_id=rid, fault=fault.describe(), path=path)
-            return _status_fault(fault, anthropic=api == "/v1/messages")
+            return _status_fault(fault, anthropic=anthropic)
         if exchange is not None:
             return self._replay_exchange(rid, exchange, fault)
-        if request.method == "GET" and api == "/v1/models":
-            models = [
-                {"id": m, "object": "model", "created": self._created, "owned_by": "mars-replay"}
-                for m in self.options.models
-            ]
-            return JSONResponse({"object": "list", "data": models})
-        if request.method != "POST" or not isinstance(body, dict):
-            return JSONResponse(openai_error(404, f"no route for {request.method} {path}"), status_code=404)
-        headers = request.headers
-        try:
-            if api == "/v1/chat/completions":
-                return self._chat(rid, body, headers, fault)
-            if api == "/v1/completions":
-                return self._completion(rid, body, headers, fault)
-            if api == "/v1/messages":
-                return self._messages(rid, body, headers, fault)
-        except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:
-            message = f"malformed request ({type(exc).__name__}: {exc}); send a well-formed {api} body"
-            if api == "/v1/messages":
-                return JSONResponse(anthropic_error(400, message), status_code=400)
-            return JSONResponse(openai_error(400, message), status_code=400)
-        return JSONResponse(openai_error(404, f"no route for POST {path}"), status_code=404)
+        return Call(rid, body, request.headers, fault)
+
+    async def _models(self, request: Request) -> Response:
+        call = await self._accept(request)
+        if isinstance(call, Response):
+            return call
+        models = [
+            {"id": m, "object": "model", "created": self._created, "owned_by": "mars-replay"}
+            for m in self.options.models
+        ]
+        return JSONResponse({"object": "list", "data": models})
+
+    async def _unrouted(self, request: Request) -> Response:
+        """Any other path or method: a recording made on it, else a 404 in the wire's shape."""
+        call = await self._accept(request)
+        if isinstance(call, Response):
+            return call
+        where = f"{request.method} {request.url.path}"
+        return JSONResponse(openai_error(404, f"no route for {where}"), status_code=404)
 
     def _replay_exchange(self, rid: str, ex: Exchange, fault: Fault | None) -> Response:
         self.journal.record("recording", request_id=rid, path=ex.path)
@@ -239,49 +228,6 @@ class ReplayServer:
             fault=fault,
             paced=self.options.tokens_per_s is not None or self.options.recorded_timing,
         )
-
-    # --- choosing the reply ----------------------------------------------------------------------
-
-    def _reply(
-        self,
-        messages: Sequence[Mapping[str, Any]],
-        max_tokens: int | None,
-        headers: Mapping[str, str],
-        *,
-        extra_text: str = "",
-    ) -> Reply:
-        texts = [_content_text(m.get("content")) for m in messages]
-        prompt_tokens = estimate_messages_tokens([{"content": t} for t in texts]) + estimate_tokens(
-            extra_text
-        )
-        if self.catalog is None:
-            return _fallback(prompt_tokens, "no corpus is loaded")
-        catalog = self.catalog
-        question = catalog.question_in([*texts, extra_text])
-        match: PrefixMatch | None = None
-        last = messages[-1] if messages else {}
-        if extra_text:
-            match = catalog.find_prefix_in(extra_text, question)
-        elif last.get("role") == "assistant":
-            match = catalog.find_prefix_in(texts[-1], question)
-        else:
-            for text in texts:
-                if "<partial_reasoning>" in text or "<think>" in text:
-                    match = catalog.find_prefix_in(text, question)
-                    if match is not None:
-                        break
-        if match is not None:
-            if match.is_probe:
-                return _probe_reply(match, prompt_tokens, max_tokens)
-            return _trace_reply(
-                match.question.qid, match, match.position_tokens, prompt_tokens, max_tokens, mode="continue"
-            )
-        if last.get("role") == "assistant" or question is None:
-            return _fallback(prompt_tokens, "no corpus question or trace prefix matches this request")
-        pinned_raw = headers.get("x-mars-trace-index")
-        pinned = int(pinned_raw) if pinned_raw and pinned_raw.isdigit() else None
-        served = catalog.next_trace(question, pinned=pinned, job=headers.get("x-mars-job-id", ""))
-        return _trace_reply(question.qid, served, 0, prompt_tokens, max_tokens, mode="trace")
 
     def _record_reply(self, rid: str, path: str, reply: Reply, fault: Fault | None) -> dict[str, str]:
         self.journal.record("reply", request_id=rid, path=path, tokens=len(reply.tokens), **reply.meta)
@@ -305,34 +251,33 @@ class ReplayServer:
             error_event=err,
         )
 
-    def _chat(
-        self, rid: str, body: dict[str, Any], headers: Mapping[str, str], fault: Fault | None
-    ) -> Response:
-        reply = self._reply(body.get("messages") or [], _max_tokens(body), headers)
+    # --- the API --------------------------------------------------------------------------------
+
+    def _chat(self, call: Call) -> Response:
+        rid, body, headers, fault = call.rid, call.body, call.headers, call.fault
+        reply = choose_reply(self.catalog, body.get("messages") or [], max_tokens_of(body), headers)
         opts = self._chat_options(rid, body)
         out = self._record_reply(rid, "/v1/chat/completions", reply, fault)
         if body.get("stream"):
             return self._openai_stream(rid, chat_stream(reply, opts), out, fault)
         return self._whole(rid, chat_body(reply, opts), out, fault)
 
-    def _completion(
-        self, rid: str, body: dict[str, Any], headers: Mapping[str, str], fault: Fault | None
-    ) -> Response:
+    def _completion(self, call: Call) -> Response:
+        rid, body, headers, fault = call.rid, call.body, call.headers, call.fault
         prompt = body.get("prompt") or ""
         prompt = prompt if isinstance(prompt, str) else "".join(map(str, prompt))
-        reply = self._reply([], _max_tokens(body), headers, extra_text=prompt)
+        reply = choose_reply(self.catalog, [], max_tokens_of(body), headers, extra_text=prompt)
         opts = self._chat_options(rid, body, completion=True)
         out = self._record_reply(rid, "/v1/completions", reply, fault)
         if body.get("stream"):
             return self._openai_stream(rid, completion_stream(reply, opts), out, fault)
         return self._whole(rid, completion_body(reply, opts), out, fault)
 
-    def _messages(
-        self, rid: str, body: dict[str, Any], headers: Mapping[str, str], fault: Fault | None
-    ) -> Response:
+    def _messages(self, call: Call) -> Response:
+        rid, body, headers, fault = call.rid, call.body, call.headers, call.fault
         model = str(body.get("model", "replay"))
         messages = list(body.get("messages") or [])
-        system = _content_text(body.get("system") or "")
+        system = content_text(body.get("system") or "")
         if system:
             messages = [{"role": "system", "content": system}, *messages]
         thinking = (body.get("thinking") or {}).get("type") in {"enabled", "adaptive"}
@@ -342,7 +287,7 @@ class ReplayServer:
             msg = f"prefilling the assistant message is not supported {why}"
             self.journal.record("rejected", request_id=rid, reason=msg)
             return JSONResponse(anthropic_error(400, msg), status_code=400)
-        reply = self._reply(messages, _max_tokens(body), headers)
+        reply = choose_reply(self.catalog, messages, max_tokens_of(body), headers)
         out = self._record_reply(rid, "/v1/messages", reply, fault)
         if body.get("stream"):
             chunks = (
@@ -412,17 +357,6 @@ def _json(payload: Any) -> bytes:
     return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def _normalise(path: str) -> str:
-    if path.startswith("/beta"):
-        path = path[len("/beta") :]
-    return path if path.startswith("/v1/") else "/v1" + path
-
-
-def _max_tokens(body: Mapping[str, Any]) -> int | None:
-    value = body.get("max_completion_tokens") or body.get("max_tokens")
-    return int(value) if value else None
-
-
 def _status_fault(fault: Fault, *, anthropic: bool) -> Response:
     status = fault.status
     message = {429: "replay fault: rate limited", 529: "replay fault: overloaded"}.get(
@@ -434,67 +368,6 @@ def _status_fault(fault: Fault, *, anthropic: bool) -> Response:
         headers["retry-after-ms"] = str(round(fault.retry_after_s * 1000))
     payload = anthropic_error(status, message) if anthropic else openai_error(status, message)
     return JSONResponse(payload, status_code=status, headers=headers)
-
-
-def _cap(tokens: tuple[str, ...], max_tokens: int | None) -> tuple[tuple[str, ...], str]:
-    if max_tokens is not None and len(tokens) > max_tokens:
-        return tokens[:max_tokens], "length"
-    return tokens, "stop"
-
-
-def _trace_reply(
-    qid: str,
-    match: TraceMatch | PrefixMatch,
-    start: int,
-    prompt_tokens: int,
-    max_tokens: int | None,
-    *,
-    mode: str,
-) -> Reply:
-    n = len(match.text)
-    stop = n if max_tokens is None else min(n, start + max_tokens)
-    tokens = match.text.tokens_between(start, stop)
-    finish = "length" if stop < n else "stop"
-    confs = match.trace.confidences
-    confidences = list(confs[start:stop]) if confs is not None and len(confs) >= n else None
-    meta: dict[str, Any] = {"mode": mode, "qid": qid, "trace": match.trace.index, "start_tokens": start}
-    if isinstance(match, TraceMatch):
-        meta["order_index"] = match.order_index
-    return Reply(
-        tokens=tokens,
-        reasoning_tokens=max(0, n - FINAL_SENTENCE_TOKENS - start),
-        finish=finish,
-        prompt_tokens=prompt_tokens + start,
-        cached_tokens=start,
-        confidences=confidences,
-        meta=meta,
-    )
-
-
-def _probe_reply(match: PrefixMatch, prompt_tokens: int, max_tokens: int | None) -> Reply:
-    p = match.position_tokens
-    answer = match.trace.answer_at(p)
-    box_open = match.remainder.rstrip().endswith("\\boxed{")
-    if answer == NO_ANSWER:
-        full: tuple[str, ...] = ("}",) if box_open else ("I", " cannot", " tell", " yet.")
-    else:
-        full = (answer, "}") if box_open else ("The", " answer", " is", " \\boxed{", answer, "}.")
-    tokens, finish = _cap(full, max_tokens)
-    meta = {
-        "mode": "probe",
-        "qid": match.question.qid,
-        "trace": match.trace.index,
-        "position_tokens": p,
-        "answer": answer,
-    }
-    return Reply(tokens=tokens, finish=finish, prompt_tokens=prompt_tokens, cached_tokens=p, meta=meta)
-
-
-def _fallback(prompt_tokens: int, why: str) -> Reply:
-    text = f"(replay) {why}."
-    tokens = tuple(text.split(" "))
-    tokens = (tokens[0], *(" " + t for t in tokens[1:]))
-    return Reply(tokens=tokens, prompt_tokens=prompt_tokens, meta={"mode": "fallback"})
 
 
 # --- running it ------------------------------------------------------------------------------------

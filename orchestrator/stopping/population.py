@@ -153,6 +153,13 @@ def finished_guard(arrays: TraceArrays, leader: int, min_support: int = 1) -> bo
     return support >= min_support and support == int(fin_votes.max())
 
 
+def certified(p: Any, threshold: Any, guard: Any) -> Any:
+    """The population rules' test at one checkpoint: P(leader is final) has reached the threshold and
+    the finished-evidence guard holds. Elementwise over numpy arrays as well: the threshold pickers
+    (``evaluation/train_stop.py``) run this very test over every row and candidate threshold."""
+    return np.logical_and(np.asarray(p) >= threshold, guard)
+
+
 @dataclass(frozen=True, slots=True)
 class PopulationStop:
     """Stop when the learned P(leader is final) reaches ``threshold`` with finished evidence."""
@@ -187,7 +194,7 @@ class PopulationStop:
         p = model.probability(x) if model is not None else 0.0
         details = {"p_final": p, "threshold": self.threshold}
         guard = finished_guard(arrays, leader, self.min_finished_support)
-        if p >= self.threshold and guard:
+        if certified(p, self.threshold, guard):
             return Decision.halt(leader, "population evidence certified", state=state, details=details)
         return Decision.cont(reason="evidence not yet sufficient", state=state, details=details)
 

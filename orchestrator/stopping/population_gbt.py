@@ -40,6 +40,7 @@ from orchestrator.stopping.population import (
 )
 from orchestrator.stopping.population import (
     PRIORS_DIR,
+    certified,
     finished_guard,
     population_features,
 )
@@ -237,6 +238,20 @@ class TreeStopState:
     passes: int = 0
 
 
+def passes_in_a_row(previous: Any, same_leader: Any, passed: Any) -> Any:
+    """The rule's count of checkpoints in a row, with the same leader, that passed its test (finished
+    evidence for the leader and P(final) >= threshold): ``previous + 1`` on a pass with the leader of
+    the previous checkpoint, 1 on a pass with a new leader, 0 on a miss. Elementwise over numpy arrays
+    as well: the threshold picker (``evaluation/train_stop.py``) runs this very function for every
+    candidate threshold at once."""
+    return np.where(passed, np.where(same_leader, np.asarray(previous) + 1, 1), 0)
+
+
+def stops(passes: Any, persistence: int) -> Any:
+    """The rule stops once ``persistence`` checkpoints in a row have passed (elementwise, too)."""
+    return np.asarray(passes) >= persistence
+
+
 @dataclass(frozen=True, slots=True)
 class PopulationTreeStop:
     """Stop when the trees' P(leader is final) has reached ``threshold`` with finished evidence at
@@ -265,14 +280,14 @@ class PopulationTreeStop:
         same = leader == prev.leader
         age = prev.age + 1 if same else 1
         if not finished_guard(arrays, leader, self.min_finished_support) or self.model is None:
-            state = TreeStopState(leader, age, 0)
+            state = TreeStopState(leader, age, int(passes_in_a_row(prev.passes, same, False)))
             return Decision.cont(reason="no finished evidence for the leader", state=state)
         x = snapshot_features(snapshot, self.switch_model or CONSERVATIVE_DEFAULT, age, leader, arrays)
         p = self.model.probability(x)
-        passes = (prev.passes + 1 if same else 1) if p >= self.threshold else 0
+        passes = int(passes_in_a_row(prev.passes, same, certified(p, self.threshold, True)))
         state = TreeStopState(leader, age, passes)
         details = {"p_final": p, "threshold": self.threshold, "passes": float(passes)}
-        if passes >= self.persistence:
+        if stops(passes, self.persistence):
             return Decision.halt(leader, "population evidence certified", state=state, details=details)
         return Decision.cont(reason="evidence not yet sufficient", state=state, details=details)
 

@@ -1,22 +1,23 @@
 """Every Redis key name of the project, in one place (ARCHITECTURE.md, Redis data model).
 
-============================  =========  ==========================================================
-key                           type       holds
-============================  =========  ==========================================================
-``{p}:jobs``                  stream     job ids to run; consumer group ``workers``
-``{p}:job:{id}``              hash       spec, status, owner, lease deadline, result, fingerprint
-``{p}:job:{id}:traces``       set        indices of the traces that have tokens
-``{p}:job:{id}:trace:{i}``    stream     token chunks of trace i (text, token count, confidences)
-``{p}:job:{id}:events``       stream     checkpoint, vote, stop, failure, trace, status events
-``{p}:prior:{scope}``         hash       a switch model (and γ) learned across jobs; ``scope`` is
-                                         tenant, provider, model and task (``PriorScope``)
-``{p}:serving:{provider}``    zset       ids of live workers serving ``provider``, scored by the
-                                         time (ms) their announcement expires
-``{p}:tenant:{t}:jobs``       zset       the tenant's job ids scored by creation time
-``{p}:tenant:{t}:active``     set        the tenant's jobs that are not terminal yet
-``{p}:ratelimit:{pr}:{m}:*``  hash       shared request/token buckets of provider pr, model m
-                                         (written by ``providers/wrappers.py``, ``RedisBuckets``)
-============================  =========  ==========================================================
+================================  =========  ==========================================================
+key                             type       holds
+================================  =========  ==========================================================
+``{p}:jobs``                    stream     job ids to run; consumer group ``workers``
+``{p}:job:{id}``                hash       spec, status, owner, lease deadline, result, fingerprint
+``{p}:job:{id}:traces``         set        indices of the traces that have tokens
+``{p}:job:{id}:trace:{i}``      stream     token chunks of trace i (text, token count, confidences)
+``{p}:job:{id}:events``         stream     checkpoint, vote, stop, failure, trace, status events
+``{p}:prior:{scope}``           hash       a switch model (and γ) learned across jobs; ``scope`` is
+                                             tenant, provider, model and task (``PriorScope``)
+``{p}:serving:{provider}``      zset       ids of live workers serving ``provider``, scored by the
+                                             time (ms) their announcement expires
+``{p}:tenant:{t}:jobs``         zset       the tenant's job ids scored by creation time
+``{p}:tenant:{t}:active``       set        the tenant's jobs that are not terminal yet
+``{p}:ratelimit:{pr}:{m}:{b}``  hash       shared bucket ``b`` (``requests`` or ``tokens``) of provider
+                                             pr, model m (``ratelimit``, handed to ``providers/wrappers.py``'s
+                                             ``RedisBuckets``: providers know no key pattern)
+================================  =========  ==========================================================
 
 Job ids here are the store's ids: the API scopes a client's job id by its tenant
 (``api/auth.py``, ``store_job_id``), so two tenants' jobs never share a key.
@@ -91,6 +92,10 @@ class Keys:
 
     def tenant_active(self, tenant: str) -> str:
         return f"{self.prefix}:tenant:{tenant}:active"
+
+    def ratelimit(self, provider: str, model: str, bucket: str) -> str:
+        """The shared rate-limit bucket ``bucket`` of ``provider``'s ``model`` (``providers.wrappers.BucketKey``)."""
+        return f"{self.prefix}:ratelimit:{part(provider)}:{part(model)}:{bucket}"
 
     def pattern(self) -> str:
         """A SCAN pattern that matches every key under this prefix (tests clean up with it)."""

@@ -1,5 +1,6 @@
 """The dashboard in headless Chromium (Debian's chromium + chromedriver, driven by Selenium with explicit
-paths, so nothing is downloaded): the page loads, updates as events arrive, and shows the decision."""
+paths, so nothing is downloaded): the page loads, updates as events arrive, shows a job's waves, and
+shows the decision."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import httpx
 import pytest
 
 from orchestrator.console.runner import RunningService, running_service
+from orchestrator.corpus import Corpus, CorpusQuestion, CorpusTrace
 from orchestrator.domain import Accounting, JobResult, JobStatus
+from orchestrator.replay.catalog import Catalog
 from orchestrator.replay.server import running_replay_server
 from orchestrator.settings import ProviderConfig
 from orchestrator.store.memory import MemoryStore
@@ -252,3 +255,87 @@ async def test_real_job_end_to_end_in_the_page(browser: Browser) -> None:
             assert await browser.count("#chart polyline") >= 1
             assert await browser.count(".trace") == 8
             assert int(await browser.text("#event-count")) > 5
+
+
+def wave_corpus(traces: int = 24, interval: int = 100) -> Corpus:
+    """One question whose served trace i (the replay server's seeded order) is 200-600 tokens long and
+    answers 42, except served trace 1 (41): ``width`` at K = 24 launches 10, then 10 more, and stops with
+    4 never launched."""
+    order = Catalog(small_corpus(traces=traces), seed=0).order(small_corpus(traces=traces).questions[0])
+    built: list[CorpusTrace] = [None] * traces  # type: ignore[list-item]
+    for served, stored in enumerate(order):
+        total = 200 + 100 * (served % 5)
+        final = "41" if served == 1 else "42"
+        positions = tuple(range(interval, total, interval))
+        built[stored] = CorpusTrace(
+            index=stored,
+            checkpoint_answers=tuple(final for _ in positions),
+            positions=positions,
+            total_tokens=total,
+            final_answer=final,
+        )
+    question = CorpusQuestion(
+        qid="q-waves",
+        question=QUESTION,
+        gold_answer="42",
+        probe_interval_tokens=interval,
+        traces=tuple(built),
+    )
+    return Corpus(name="waves-test", source="tests/api", questions=(question,), synthetic=True)
+
+
+async def test_a_width_job_shows_its_waves(browser: Browser) -> None:
+    """A live ``width`` job (workers, coordinator, replay server over HTTP): the job page counts launched
+    of K, finished and never launched, its timeline starts the second wave later than the first, and the
+    job list says "launched N of K"."""
+    async with running_replay_server(wave_corpus(), tokens_per_s=1500) as url:
+        replay = ProviderConfig(name="replay", kind="replay", base_url=f"{url}/v1", models=("replay",))
+        settings = make_settings(api_keys={}, providers={"replay": replay})
+        async with (
+            running_service(settings, sse_ping_s=0.5) as svc,
+            httpx.AsyncClient(base_url=svc.url) as http,
+        ):
+            body = {
+                "prompt": QUESTION,
+                "model": "replay",
+                "budget": 24,
+                "method": "width",
+                "max_tokens": 4096,
+                "probe": {"interval_tokens": 100},
+            }
+            job_id = (await http.post("/v1/jobs", json=body)).json()["id"]
+            await browser.get(f"{svc.url}/dashboard/jobs/{job_id}")
+            await browser.until(lambda: browser.text_now("#final-answer") == "42", timeout_s=30)
+            job = (await http.get(f"/v1/jobs/{job_id}")).json()
+            launched, never = job["launched"], job["never_launched"]
+            assert (launched, never, job["waves"]) == (20, 4, 2)
+            assert await browser.text("#launched") == "launched 20 of 24"
+            assert await browser.text("#never-launched") == "4"
+            assert await browser.text("#unlaunched-label") == "never launched"
+            assert await browser.text("#wave-count") == "2"
+            assert await browser.text("#running") == "0"
+            statuses = [t["status"] for t in job["traces"]]
+            finished = str(statuses.count("finished"))
+            assert await browser.text("#finished") == finished
+            assert await browser.text("#cancelled") == str(statuses.count("cancelled"))
+            starts = await browser.run(
+                "return [...document.querySelectorAll('#timeline rect')].map("
+                "r => [Number(r.dataset.wave), Number(r.getAttribute('x'))])"
+            )
+            assert len(starts) == 20
+            first = [x for wave, x in starts if wave == 1]
+            second = [x for wave, x in starts if wave == 2]
+            assert len(first) == len(second) == 10
+            assert min(second) > max(first)  # the second wave visibly starts later
+            assert await browser.count("#timeline line[data-wave-start]") == 2
+            assert await browser.count(".trace.pending") == 4
+            assert "never launched" in await browser.text(".trace.pending")
+            assert "wave 2" in await browser.text(f'.trace[data-index="{second_index(job)}"]')
+
+            await browser.get(f"{svc.url}/dashboard")
+            cell = f'tr[data-job="{job_id}"] .launched'
+            await browser.until(lambda: browser.text_now(cell) == "launched 20 of 24 in 2 waves")
+
+
+def second_index(job: dict[str, Any]) -> int:
+    return next(t["index"] for t in job["traces"] if t["wave"] == 2)

@@ -58,17 +58,21 @@ async def test_events_arrive_live_then_the_feed_closes(live: RunningService, sto
         arrivals: asyncio.Queue[Received] = asyncio.Queue()
         published: list[float] = []
 
+        opened = asyncio.Event()
+
         async def read() -> None:
             async with http.stream("GET", f"/v1/jobs/{job_id}/events", headers=auth(ALICE)) as resp:
                 assert resp.status_code == 200
                 assert resp.headers["content-type"].startswith("text/event-stream")
+                opened.set()
                 async for ev in sse_events(resp):
                     received.append(ev)
                     arrivals.put_nowait(ev)
 
         async with asyncio.TaskGroup() as group:
             reader = group.create_task(read())
-            await asyncio.sleep(0.2)
+            async with asyncio.timeout(5):
+                await opened.wait()  # the feed is open: what is published now is live
             for checkpoint in (1, 2, 3):
                 published.append(time.monotonic())
                 await store.publish(

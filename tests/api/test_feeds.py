@@ -14,6 +14,7 @@ from orchestrator.domain import Accounting, JobResult, JobStatus
 from orchestrator.errors import LimitExceeded
 from orchestrator.store.base import Event, request_fingerprint
 from orchestrator.store.memory import MemoryStore
+from tests.fakes import wait_until
 from tests.reliability.harness import job_spec
 
 pytestmark = pytest.mark.timeout(10)
@@ -53,6 +54,11 @@ async def _collect(feeds: Feeds, job_id: str, after: str | None = None) -> list[
     return [e.kind async for e in feeds.follow(job_id, after)]
 
 
+def _watchers(feeds: Feeds, job_id: str) -> int:
+    feed = feeds._feeds.get(job_id)
+    return 0 if feed is None else feed.watchers
+
+
 async def _job(store: MemoryStore, job_id: str) -> None:
     spec = job_spec(job_id)
     await store.create_job(spec, request_fingerprint(spec))
@@ -64,7 +70,7 @@ async def test_many_watchers_share_one_reader_and_see_the_whole_log() -> None:
     await _job(store, "j")
     async with Feeds(store, block_ms=5_000) as feeds:
         watchers = [asyncio.create_task(_collect(feeds, "j")) for _ in range(200)]
-        await asyncio.sleep(0.05)
+        await wait_until(lambda: _watchers(feeds, "j") == 200)
         await store.publish("j", "vote", {"counts": {"42": 1}})
         await store.store_result(finished("j"))
         logs = await asyncio.gather(*watchers)
@@ -80,9 +86,9 @@ async def test_a_late_watcher_resumes_after_its_last_event_id() -> None:
     await store.publish("j", "vote", {"counts": {"42": 1}})
     async with Feeds(store, block_ms=5_000) as feeds:
         early = asyncio.create_task(_collect(feeds, "j"))
-        await asyncio.sleep(0.05)
-        late = asyncio.create_task(_collect(feeds, "j", after=first))
-        await asyncio.sleep(0.05)
+        await wait_until(lambda: "j" in feeds._feeds and len(feeds._feeds["j"].events) == 2)
+        late = asyncio.create_task(_collect(feeds, "j", after=first))  # joins the buffered feed
+        await wait_until(lambda: _watchers(feeds, "j") == 2)
         await store.store_result(finished("j"))
         assert await early == ["checkpoint", "vote", "status"]
         assert await late == ["vote", "status"]
@@ -94,8 +100,7 @@ async def test_the_reader_stops_when_its_last_watcher_leaves() -> None:
     await _job(store, "j")
     async with Feeds(store, block_ms=60_000) as feeds:
         watcher = asyncio.create_task(_collect(feeds, "j"))
-        await asyncio.sleep(0.05)
-        assert "j" in feeds._feeds
+        await wait_until(lambda: _watchers(feeds, "j") == 1)
         watcher.cancel()
         with pytest.raises(asyncio.CancelledError):
             await watcher

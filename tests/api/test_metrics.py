@@ -7,9 +7,13 @@ from typing import cast
 import httpx
 import pytest
 
+from orchestrator.console.service import create_app
 from orchestrator.domain import Accounting, JobResult, JobSpec, JobStatus
 from orchestrator.metrics import MeteredStore, Metrics
+from orchestrator.providers.factory import open_providers
+from orchestrator.settings import Settings
 from orchestrator.store.base import Store
+from orchestrator.store.keys import Keys
 from orchestrator.store.memory import MemoryStore
 from tests.api.conftest import ALICE, MODEL, auth
 
@@ -74,17 +78,26 @@ async def test_results_and_failures_feed_the_metrics() -> None:
     assert (await inner.get_job("j1")) is not None
 
 
-async def test_unreachable_upstream_is_502_and_counted(client: httpx.AsyncClient) -> None:
-    """Pass-through to an upstream that refuses connections: a 502 naming the fix, counted by kind."""
-    resp = await client.post(
-        "/v1/chat/completions",
-        json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
-        headers=auth(ALICE),
-    )
+async def test_unreachable_upstream_is_502_and_counted(settings: Settings, store: MemoryStore) -> None:
+    """Pass-through to an upstream that refuses connections (through the provider, as the service
+    builds it): a 502 naming the fix, counted by its kind."""
+    async with open_providers(settings, bucket_key=Keys().ratelimit) as providers:
+        app = create_app(settings, store, providers=providers, run_workers=False)
+        transport = httpx.ASGITransport(app=app)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://mars.test") as client,
+        ):
+            resp = await client.post(
+                "/v1/chat/completions",
+                json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+                headers=auth(ALICE),
+            )
+            metrics = (await client.get("/metrics")).text
     assert resp.status_code == 502
     assert "base URL" in resp.json()["error"]["message"]
-    metrics = (await client.get("/metrics")).text
-    assert 'mars_upstream_errors_total{kind="ConnectError",where="passthrough"} 1.0' in metrics
+    assert resp.json()["error"]["code"] == "UpstreamConnectionError"
+    assert 'mars_upstream_errors_total{kind="UpstreamConnectionError",where="passthrough"} 1.0' in metrics
     assert 'mars_proxy_requests_total{mode="passthrough"} 1.0' in metrics
 
 
@@ -106,3 +119,29 @@ def test_a_job_that_cost_more_than_sc_is_counted_not_clamped() -> None:
     assert "mars_tokens_saved_net -600.0" in text
     assert "mars_jobs_over_sc_total 1.0" in text
     assert "mars_usd_spent_over_sc_total 0.25" in text
+
+
+async def test_waves_are_counted_from_a_live_width_job() -> None:
+    """A ``width`` job run by the coordinator through the metered store: traces launched and never
+    launched add up to K, and the job's waves land in the histogram; a job without launch counts
+    (stored before they existed) adds nothing."""
+    from orchestrator.coordinator import Coordinator, CoordinatorConfig
+    from orchestrator.store.base import request_fingerprint
+    from tests.coordinator.test_coordinator import job
+    from tests.coordinator.test_waves import BUDGET, two_waves
+
+    metrics = Metrics()
+    store = cast(Store, MeteredStore(MemoryStore(), metrics))
+    spec = job(budget=BUDGET, method="width")
+    await store.create_job(spec, request_fingerprint(spec))
+    result = await Coordinator(store, two_waves(), config=CoordinatorConfig(cancel_poll_s=0.02)).run(spec)
+    assert (result.launched, result.never_launched, result.waves) == (20, 4, 2)
+    legacy = JobResult("old", JobStatus.SUCCEEDED, "1", 1, 100, "sc", "sc", "none", (), Accounting())
+    metrics.observe_result(legacy, None)
+    text = metrics.render(queue_depth=None, jobs_in_flight=None).decode()
+    assert "mars_traces_launched_total 20.0" in text
+    assert "mars_traces_never_launched_total 4.0" in text
+    assert "mars_waves_per_job_count 1.0" in text
+    assert "mars_waves_per_job_sum 2.0" in text
+    assert 'mars_waves_per_job_bucket{le="1.0"} 0.0' in text
+    assert 'mars_waves_per_job_bucket{le="2.0"} 1.0' in text

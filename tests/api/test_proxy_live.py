@@ -103,13 +103,14 @@ async def test_plain_stream_passes_through_chunk_by_chunk_async_sdk() -> None:
 
 
 async def test_vote_request_answers_with_votes_usage_and_savings() -> None:
-    """`mars/<model>` runs a job: the voted answer, usage equal to the job's real spend, a mars object."""
+    """`mars/<model>` runs a probing job: the voted answer, usage equal to the job's real spend (probe
+    input and its cached part included), a mars object."""
     async with stack() as s, openai.AsyncOpenAI(base_url=s.base_url, api_key=ALICE, max_retries=0) as sdk:
         reply = await sdk.chat.completions.create(
             model="mars/replay",
             messages=MESSAGES,
             max_tokens=4096,
-            extra_body={"mars": {"budget": 8, "probe": {"interval_tokens": 100}}},
+            extra_body={"mars": {"budget": 8, "method": "mars", "probe": {"interval_tokens": 100}}},
         )
         mars = (reply.model_extra or {})["mars"]
         async with httpx.AsyncClient(base_url=s.service.url) as http:
@@ -144,6 +145,31 @@ async def test_vote_request_answers_with_votes_usage_and_savings() -> None:
     assert 'mars_proxy_requests_total{mode="vote"} 1.0' in metrics
     assert "mars_time_to_decision_seconds_count 1.0" in metrics
     assert "mars_jobs_in_flight 0.0" in metrics
+
+
+async def test_vote_request_by_default_launches_in_waves_and_bills_only_what_ran() -> None:
+    """The default method (adaptive width) launches only the traces the vote needs: upstream saw one
+    request per launched trace and no probe, and usage is exactly the job's all-in spend."""
+    async with stack() as s, openai.AsyncOpenAI(base_url=s.base_url, api_key=ALICE, max_retries=0) as sdk:
+        reply = await sdk.chat.completions.create(
+            model="mars/replay", messages=MESSAGES, max_tokens=4096, extra_body={"mars": {"budget": 8}}
+        )
+        mars = (reply.model_extra or {})["mars"]
+        async with httpx.AsyncClient(base_url=s.service.url) as http:
+            job = (await http.get(f"/v1/jobs/{mars['job_id']}", headers=auth(ALICE))).json()
+        trace_requests = requests_to(s.replay)
+    acc = job["accounting"]
+    launched = [t for t in job["traces"] if t["status"] != "pending"]
+    assert job["method"] == "default"
+    assert mars["answer"] == "42"
+    assert 0 < len(launched) < 8  # K is an upper bound: the rest were never launched
+    assert f"launched {len(launched)} of 8 traces" in mars["notes"]
+    assert len(trace_requests) == len(launched)  # one upstream request per launched trace, no probes
+    assert acc["probe_input_tokens"] == 0
+    assert reply.usage is not None
+    assert reply.usage.total_tokens == acc["total_tokens"] == mars["tokens_spent"]
+    assert mars["tokens_saved"] > 0
+    assert "saved" in mars["verdict"]
 
 
 async def test_vote_stream_sends_progress_comments_then_the_answer_sync_sdk() -> None:
@@ -234,11 +260,10 @@ async def test_client_disconnect_cancels_job_and_closes_upstream(stream: bool) -
 
         task = asyncio.create_task(client())
 
-        async def streams_open() -> bool:
-            return len(requests_to(s.replay)) >= 8
+        async def streams_open() -> bool:  # the first wave (adaptive width launches fewer than K)
+            return len(requests_to(s.replay)) >= 5
 
         await _wait_for(streams_open)
-        await asyncio.sleep(0.3)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
@@ -251,10 +276,12 @@ async def test_client_disconnect_cancels_job_and_closes_upstream(stream: bool) -
         metrics = (await http.get("/metrics")).text
         disconnects = s.replay.journal.entries("disconnect")
         ended = s.replay.journal.entries("stream_end")
+        opened = len(requests_to(s.replay))
     assert job["cancel_requested"] is True
     assert 'mars_cancels_total{source="proxy"} 1.0' in metrics
     assert 'mars_jobs_finished_total{status="cancelled"} 1.0' in metrics
-    assert len(disconnects) >= 8 - len(ended)
+    assert opened >= 5
+    assert len(disconnects) >= opened - len(ended)  # every stream opened was closed or had ended
     assert len(disconnects) >= 1
     assert all(e["tokens_sent"] < 1200 for e in disconnects)
 
@@ -269,3 +296,53 @@ async def test_pass_through_stream_disconnect_closes_the_upstream_stream() -> No
         async with asyncio.timeout(5):
             (entry,) = await s.replay.journal.wait_for("disconnect")
     assert entry["tokens_sent"] < 1200
+
+
+async def test_pass_through_waits_for_a_place_under_the_provider_stream_cap() -> None:
+    """With the provider's stream cap at 1, a second pass-through request reaches the upstream only
+    after the first one's stream has ended: pass-through goes through the provider's limits."""
+    corpus = small_corpus(traces=2, total_tokens=1200)
+    async with running_replay_server(corpus, tokens_per_s=1500) as url:
+        replay = ProviderConfig(
+            name="replay", kind="replay", base_url=f"{url}/v1", models=("replay",), max_concurrent_streams=1
+        )
+        settings = make_settings(providers={"replay": replay})
+        async with (
+            running_service(settings) as service,
+            httpx.AsyncClient(base_url=service.url, timeout=30, headers=auth(ALICE)) as http,
+        ):
+            body = {"model": "replay", "messages": MESSAGES, "max_tokens": 2000}
+            async with http.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as first:
+                lines = first.aiter_lines()
+                await anext(lines)  # the first stream is open upstream
+                second = asyncio.create_task(http.post("/v1/chat/completions", json=body))
+
+                async def both_arrived() -> bool:
+                    metrics = (await http.get("/metrics")).text
+                    return 'mars_proxy_requests_total{mode="passthrough"} 2.0' in metrics
+
+                await _wait_for(both_arrived)
+                async for _line in lines:
+                    pass
+            answer = await second
+        log = [(e["kind"], e.get("request_id")) for e in url.journal.entries() if e["kind"] != "reply"]
+    assert answer.status_code == 200
+    (first_id, second_id) = [rid for kind, rid in log if kind == "request"]
+    assert log.index(("stream_end", first_id)) < log.index(("request", second_id))
+
+
+async def test_pass_through_to_a_provider_without_the_openai_wire_is_refused() -> None:
+    """A plain request for an Anthropic provider is a 422 naming x-mars-provider; nothing is sent."""
+    claude = ProviderConfig(
+        name="claude", kind="anthropic", base_url="http://127.0.0.1:9", api_key="k", models=("claude",)
+    )
+    settings = make_settings(providers={"claude": claude}, default_provider="claude")
+    async with (
+        running_service(settings, run_workers=False) as service,
+        httpx.AsyncClient(base_url=service.url, timeout=10, headers=auth(ALICE)) as http,
+    ):
+        resp = await http.post("/v1/chat/completions", json={"model": "claude", "messages": MESSAGES})
+    assert resp.status_code == 422
+    error = resp.json()["error"]
+    assert error["param"] == "x-mars-provider"
+    assert "OpenAI wire format" in error["message"]

@@ -16,6 +16,7 @@ import pytest
 from orchestrator.api.limits import HttpLimits
 from orchestrator.console.runner import RunningService, running_service
 from tests.api.conftest import make_settings
+from tests.fakes import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 FAST = HttpLimits(header_timeout_s=0.5, body_timeout_s=0.5, max_header_bytes=32 * 1024, max_connections=500)
@@ -30,6 +31,10 @@ async def service(limits: HttpLimits) -> AsyncIterator[RunningService]:
 async def _connect(svc: RunningService) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     url = urlsplit(svc.url)
     return await asyncio.open_connection(url.hostname, url.port)
+
+
+def _open_connections(svc: RunningService) -> int:
+    return len(svc.server.server_state.connections)
 
 
 async def _until_closed(reader: asyncio.StreamReader) -> bytes:
@@ -112,12 +117,12 @@ async def test_connections_over_the_cap_get_503() -> None:
     limits = HttpLimits(header_timeout_s=30, body_timeout_s=30, max_connections=8)
     async with service(limits) as svc:
         conns = [await _connect(svc) for _ in range(8)]
-        await asyncio.sleep(0.1)
+        await wait_until(lambda: _open_connections(svc) == 8)  # the server holds all eight
         async with httpx.AsyncClient(base_url=svc.url) as http:
             over = await http.get("/healthz")
         for _, writer in conns:
             writer.close()
-        await asyncio.sleep(0.1)
+        await wait_until(lambda: _open_connections(svc) == 0)
         async with httpx.AsyncClient(base_url=svc.url) as http:
             after = await http.get("/healthz")
     assert over.status_code == 503

@@ -12,6 +12,7 @@ import pytest
 from orchestrator.console.service import create_app
 from orchestrator.store.factory import open_store
 from tests.api.conftest import ALICE, auth, job_body, make_settings, stored
+from tests.fakes import wait_until
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
 
@@ -47,7 +48,7 @@ async def test_reading_a_busy_job_does_not_follow_its_event_log(redis_url: str, 
 
             task = asyncio.create_task(publisher())
             try:
-                await asyncio.sleep(0.2)
+                await wait_until(lambda: checkpoint >= 50)  # the log is growing while we read
                 for _ in range(3):
                     started = time.monotonic()
                     view = (await client.get("/v1/jobs/busy", headers=auth(ALICE))).json()

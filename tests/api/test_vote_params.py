@@ -91,14 +91,16 @@ async def test_sdk_sees_422_naming_tools_and_response_format() -> None:
 
 
 async def test_n_returns_the_top_voted_answers_in_order() -> None:
-    """n = 3 on a corpus voting 42 over 41: choice 0 is the answer 42, choice 1 the runner-up 41, and
-    no third choice (only two answers had votes); streaming gives the same choices by index."""
+    """n = 3 on a corpus voting 42 over 41 (every trace voting: plain self-consistency): choice 0 is the
+    answer 42, choice 1 the runner-up 41, and no third choice (only two answers had votes); streaming
+    gives the same choices by index."""
+    every_trace = {"mars": {"budget": 8, "method": "sc"}}
     async with stack() as s, openai.AsyncOpenAI(base_url=s.base_url, api_key=ALICE, max_retries=0) as sdk:
         reply = await sdk.chat.completions.create(
-            model="mars/replay", messages=MESSAGES, max_tokens=4096, n=3, extra_body=VOTE
+            model="mars/replay", messages=MESSAGES, max_tokens=4096, n=3, extra_body=every_trace
         )
         stream = await sdk.chat.completions.create(
-            model="mars/replay", messages=MESSAGES, max_tokens=4096, n=2, stream=True, extra_body=VOTE
+            model="mars/replay", messages=MESSAGES, max_tokens=4096, n=2, stream=True, extra_body=every_trace
         )
         texts: dict[int, str] = {}
         async for chunk in stream:

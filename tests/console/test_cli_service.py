@@ -142,6 +142,7 @@ def test_ask_end_to_end_with_replay(corpus_file: Path) -> None:
     assert "vote shares" in result.stdout
     assert "answer  42" in result.stdout
     assert "saved" in result.stdout
+    assert re.search(r"launched [1-8] of 8 traces in [1-8] waves? · [0-7] never launched", result.stdout)
 
 
 def test_demo_runs_jobs_through_the_service_with_no_key() -> None:
@@ -156,7 +157,12 @@ def test_demo_runs_jobs_through_the_service_with_no_key() -> None:
     headline = re.search(r"[0-2]/2 correct · all-in: spent [0-9,]+ tokens against [0-9,]+ for plain", out)
     assert headline
     assert out.index("paper's view (generated tokens") > headline.start()
-    assert "sequential warmup" in out
+    # adaptive width: each question says how many of K it launched, and the caption sums them
+    assert "method 'default' (adaptive width" in out
+    assert re.search(r"\b\d+ of 8 · \d+ waves?\b", out)
+    waves = re.search(r"waves: launched \d+ of 16 traces; \d+ never launched", out)
+    assert waves
+    assert headline.start() < waves.start() < out.index("paper's view (generated tokens")
     assert "Traceback" not in result.stderr
 
 

@@ -1,5 +1,6 @@
 """`mars demo`'s table leads with the all-in figure, against plain SC over the same traces, and says
-when a question cost more than SC (issue 11: "listed as saved 9%" while it spent 163,665 against 65,251)."""
+when a question cost more than SC (issue 11: "listed as saved 9%" while it spent 163,665 against 65,251);
+each question shows how many of K it launched, in how many waves (issue 12)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from rich.console import Console
 from orchestrator.console.demo import DemoRow, table
 
 
-def _row(qid: str, spent: int, generated: int, warmup: str = "prior") -> DemoRow:
+def _row(
+    qid: str, spent: int, generated: int, warmup: str = "prior", launched: int | None = None, waves: int = 0
+) -> DemoRow:
     return DemoRow(
         qid=qid,
         route="jobs API",
@@ -26,6 +29,8 @@ def _row(qid: str, spent: int, generated: int, warmup: str = "prior") -> DemoRow
         estimate_basis="job",
         budget=16,
         sc_prompt_tokens=251,
+        launched=launched,
+        waves=waves,
     )
 
 
@@ -43,3 +48,21 @@ def test_a_question_that_cost_more_than_sc_says_so() -> None:
     assert f"all-in: spent {spent:,} tokens against {sc:,}" in text
     assert f"cost {100 * (spent - sc) / sc:.0f}% more than plain SC" in text
     assert text.index("all-in: spent") < text.index("paper's view (generated")
+
+
+def test_each_question_shows_its_waves_under_the_all_in_headline() -> None:
+    """ "10 of 16 · 2 waves" per question; the caption sums launched and never launched after the all-in
+    line; a row whose service did not report launches shows "–" and is left out of the sums."""
+    rows = [
+        _row("q1", 30_000, 28_000, launched=10, waves=2),
+        _row("q2", 40_000, 39_000, launched=16, waves=1),
+    ]
+    rows.append(_row("q3", 50_000, 49_000))
+    console = Console(width=300, record=True)
+    console.print(table(rows))
+    text = console.export_text()
+    assert "10 of 16 · 2 waves" in text
+    assert "16 of 16 · 1 wave " in text
+    assert rows[0].never_launched == 6
+    assert "waves: launched 26 of 32 traces; 6 never launched (never billed)" in text
+    assert text.index("all-in: spent") < text.index("waves: launched") < text.index("paper's view (generated")

@@ -187,6 +187,28 @@ async def test_budget_exhaustion_votes_over_final_answers() -> None:
     assert result.stop_checkpoint == 5
 
 
+@pytest.mark.parametrize("method", ["width", "sc", "mars"])
+async def test_a_trace_ending_exactly_on_a_checkpoint_is_read_as_finished_there(method: str) -> None:
+    """Traces exactly ``k * interval`` long whose end arrives in a chunk after their last token are
+    finished at k, as in the simulator: the rule is not asked until they are known to have ended, so
+    ``width`` certifies its first wave instead of seeing it running and running out of traces."""
+    provider = ScriptedProvider(
+        uniform(8, total=1000, answers=["42"] * 9), chunk_tokens=10, finish_delay_s=0.05
+    )
+    result, store = await run(provider, job(budget=8, method=method))
+    votes = [e.data for e in await events(store, "j1") if e.kind == "vote"]
+    assert result.answer == "42"
+    assert votes[-1]["details"].get("running", 0.0) == 0.0 or method == "mars"
+    if method == "width":
+        assert result.stop_reason == "leader certified"
+        assert provider.streams_started == 5  # the first wave at K = 8, unanimous: certified
+        assert votes[-1]["counts"] == {"42": 5}
+    if method == "sc":
+        assert result.stop_checkpoint == 10
+        assert result.stop_reason == "budget exhausted"
+        assert votes[-1]["counts"] == {"42": 8}
+
+
 async def test_external_cancel_stops_the_job_promptly() -> None:
     """request_cancel ends the job CANCELLED and closes every stream."""
     provider = ScriptedProvider(

@@ -5,7 +5,17 @@ confidence per trace); every rule of ``stopping/registry.py`` runs them live (th
 the embedded store) and offline (``simulate`` on the same traces as a recorded corpus), once as the rule
 launches them and once with staggered launches (one trace at the start, one more at every decision).
 Both runs must show the rule the same snapshots (every view, in answer strings), take the same decisions
-and end alike: the same stop checkpoint, answer, reason, generated tokens and probe reads.
+and end alike: the same stop checkpoint, answer, reason, generated tokens and probe reads, and the same
+all-in spend (``accounting.spend`` of both sides: every prompt, probe input and output, generated token)
+in tokens and in money under every price profile.
+
+The live upstream here bills as the offline model assumes (prompts and the probe suffix counted with the
+offline estimator, a probe's output its answer plus the closing brace) and never runs ahead of the
+decisions (:class:`LockstepProvider`): a trace streams one chunk past its own checkpoint k (the run
+reads a trace sitting exactly on k only once it moves on) and no further until the run has passed
+decision point ``launch + k``. So nothing is probed past the stop, and what was generated past it is
+one chunk per trace still running there: the live all-in total less those tokens past the stop (which
+the live result reports apart; the simulator's cancel is instant) is the simulator's to the token.
 """
 
 from __future__ import annotations
@@ -19,8 +29,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from orchestrator.answers import AnswerGrouper
-from orchestrator.coordinator import Coordinator, CoordinatorConfig
+from orchestrator import results
+from orchestrator.accounting import Spend
+from orchestrator.answers import AnswerGrouper, answer_or_none
+from orchestrator.coordinator import Coordinator, CoordinatorConfig, JobRun
 from orchestrator.corpus import NO_ANSWER, CorpusQuestion, CorpusTrace
 from orchestrator.domain import (
     Decision,
@@ -32,17 +44,27 @@ from orchestrator.domain import (
     TraceView,
     WarmupMode,
 )
-from orchestrator.evaluation.protocol_honest import honest_question
-from orchestrator.evaluation.simulate import SimRun, simulate
+from orchestrator.evaluation import protocol_honest
+from orchestrator.evaluation.protocol_honest import honest_question, run_spend, slot_spend
+from orchestrator.evaluation.simulate import PROBE_CLOSE_TOKENS, PROBE_NO_ANSWER_TOKENS, SimRun, simulate
+from orchestrator.pricing import PROFILES
+from orchestrator.providers.base import ProbeRequest, ProbeResult, TraceRequest
 from orchestrator.stopping.base import StoppingRule
 from orchestrator.stopping.registry import REGISTRY, build_rule
 from orchestrator.store.base import request_fingerprint
 from orchestrator.store.memory import MemoryStore
 from orchestrator.timing import finishes_only
-from tests.fakes import Script, ScriptedProvider
+from orchestrator.tokens import estimate_messages_tokens, estimate_tokens
+from tests.fakes import Script, ScriptedProvider, wait_until
 
 INTERVAL = 100
 ANSWERS = ("1", "2", "3", None)  # None: the probe reads no answer
+QUESTION = "What is 6*7?"
+MESSAGES = ({"role": "user", "content": QUESTION},)
+PROMPT_TOKENS = estimate_messages_tokens(list(MESSAGES))  # as the offline path counts the prompt
+PROFILE_NAMES = sorted(PROFILES)
+CHUNK_TOKENS = 10  # the scripted upstream's chunk
+SUFFIX_TOKENS = protocol_honest.PROBE_SUFFIX_TOKENS  # what the live upstream bills for the probe suffix
 
 # Parameters that let each rule act on a handful of short traces (prune, stop, launch waves).
 PARAMS: dict[str, dict[str, Any]] = {
@@ -135,7 +157,7 @@ def scripts(traces: Sequence[Trace], *, confidences: bool) -> dict[int, Script]:
 def corpus_question(traces: Sequence[Trace], *, confidences: bool) -> CorpusQuestion:
     return CorpusQuestion(
         qid="q",
-        question="What is 6*7?",
+        question=QUESTION,
         gold_answer="1",
         probe_interval_tokens=INTERVAL,
         traces=tuple(
@@ -152,10 +174,10 @@ def corpus_question(traces: Sequence[Trace], *, confidences: bool) -> CorpusQues
     )
 
 
-def spec(budget: int) -> JobSpec:
+def spec(budget: int, price_profile: str | None = None) -> JobSpec:
     return JobSpec(
         job_id="parity",
-        messages=({"role": "user", "content": "What is 6*7?"},),
+        messages=MESSAGES,
         provider="scripted",
         model="scripted-model",
         budget=budget,
@@ -164,7 +186,60 @@ def spec(budget: int) -> JobSpec:
         warmup=WarmupMode.NONE,
         warmup_traces=0,
         task="math",
+        price_profile=price_profile,
     )
+
+
+class LockstepProvider(ScriptedProvider):
+    """The scripted upstream, billing as the offline model does and never ahead of the decisions: a
+    trace launched at decision point l streams one chunk past its own checkpoint k, then waits until
+    the run has passed decision point l + k (asked the rule, or skipped it, without stopping)."""
+
+    run: JobRun | None = None
+
+    def allowed(self, index: int, position: int) -> bool:
+        run = self.run
+        assert run is not None
+        k = (position - 1) // INTERVAL if position > 0 else 0  # the chunk after k * INTERVAL may go
+        launched_at = run.voting[index].launched_at
+        return k == 0 or (launched_at is not None and run.decided >= launched_at + k)
+
+    async def _gate(self, index: int, position: int) -> None:
+        await wait_until(lambda: self.allowed(index, position), timeout_s=20, every_s=0.001)
+
+    def stream(self, request: TraceRequest) -> Any:
+        inner = super().stream(request)
+        provider = self
+
+        class Gated:
+            async def __aenter__(self) -> Any:
+                deltas = await inner.__aenter__()
+
+                async def gated() -> Any:
+                    position = 0  # tokens delivered before the delta in hand
+                    async for delta in deltas:
+                        await provider._gate(request.trace_index, position)
+                        yield delta
+                        position += delta.tokens
+
+                return gated()
+
+            async def __aexit__(self, *exc: object) -> bool | None:
+                return await inner.__aexit__(*exc)
+
+        return Gated()
+
+    async def probe(self, request: ProbeRequest) -> ProbeResult:
+        result = await super().probe(request)
+        raw = answer_or_none(result.answer)
+        answer_tokens = PROBE_NO_ANSWER_TOKENS if raw is None else estimate_tokens(raw)
+        return ProbeResult(
+            answer=result.answer,
+            strategy=result.strategy,
+            input_tokens=PROMPT_TOKENS + request.position_tokens + SUFFIX_TOKENS,
+            cached_tokens=0,
+            output_tokens=answer_tokens + PROBE_CLOSE_TOKENS,
+        )
 
 
 @dataclass
@@ -172,16 +247,20 @@ class Live:
     result: JobResult
     seen: list[tuple[Snapshot, Decision]]
     grouper: AnswerGrouper
+    spent: Spend
 
 
-async def run_live(rule: Recorder, traces: Sequence[Trace], *, confidences: bool) -> Live:
-    provider = ScriptedProvider(
+async def run_live(
+    rule: Recorder, traces: Sequence[Trace], *, confidences: bool, price_profile: str | None = None
+) -> Live:
+    provider = LockstepProvider(
         scripts(traces, confidences=confidences),
         strategies=frozenset({ProbeStrategy.CONTINUE}),
         logprobs=confidences,
+        prompt_tokens=PROMPT_TOKENS,
     )
     store = MemoryStore()
-    job = spec(len(traces))
+    job = spec(len(traces), price_profile)
     await store.create_job(job, request_fingerprint(job))
     groupers: list[AnswerGrouper] = []
 
@@ -196,15 +275,25 @@ async def run_live(rule: Recorder, traces: Sequence[Trace], *, confidences: bool
         rules=lambda _spec, _fit: rule,
         grouper_factory=grouper,
     )
-    result = await coordinator.run(job)
-    return Live(result, rule.seen, groupers[0])
+    run = provider.run = coordinator.job(job)
+    result = await run.run()
+    return Live(result, rule.seen, groupers[0], run.spend())
 
 
-def run_offline(
-    rule: Recorder, traces: Sequence[Trace], *, confidences: bool
-) -> tuple[SimRun, tuple[str, ...]]:
+@dataclass
+class Offline:
+    run: SimRun
+    answers: tuple[str, ...]
+    spent: Spend
+
+
+def run_offline(rule: Recorder, traces: Sequence[Trace], *, confidences: bool) -> Offline:
+    """The simulator on the same traces, charged as ``mars eval`` charges a run (Protocol B)."""
     hq = honest_question(corpus_question(traces, confidences=confidences), INTERVAL)
-    return simulate(rule, hq.timeline, list(range(len(traces)))), hq.answer_strings
+    voting = list(range(len(traces)))
+    sim = simulate(rule, hq.timeline, voting)
+    spent, counts = slot_spend(sim, hq.timeline, voting, probes=rule.needs_probes)
+    return Offline(sim, hq.answer_strings, run_spend(hq, voting, spent, counts, sim.probe_output_tokens))
 
 
 def described(seen: Sequence[tuple[Snapshot, Decision]], name: Any) -> list[Any]:
@@ -253,12 +342,19 @@ def probe_reads(seen: Sequence[tuple[Snapshot, Decision]]) -> list[tuple[int, in
 RULES = sorted(REGISTRY)
 
 
-def check_parity(name: str, traces: Sequence[Trace], *, staggered: bool) -> None:
+def check_parity(
+    name: str, traces: Sequence[Trace], *, staggered: bool, price_profile: str | None = None
+) -> None:
     confidences = name.startswith("deepconf")
     live_rule = Recorder(registered_rule(name), staggered)
     offline_rule = Recorder(registered_rule(name), staggered)
-    live = asyncio.run(asyncio.wait_for(run_live(live_rule, traces, confidences=confidences), 20))
-    sim, answers = run_offline(offline_rule, traces, confidences=confidences)
+    live = asyncio.run(
+        asyncio.wait_for(
+            run_live(live_rule, traces, confidences=confidences, price_profile=price_profile), 20
+        )
+    )
+    offline = run_offline(offline_rule, traces, confidences=confidences)
+    sim, answers = offline.run, offline.answers
 
     def offline_name(c: int | None) -> str | None:
         return None if c is None else answers[c]
@@ -273,18 +369,47 @@ def check_parity(name: str, traces: Sequence[Trace], *, staggered: bool) -> None
     assert generated == result.accounting.generated_tokens == sim.generated_tokens
     if live_rule.needs_probes:
         assert len(probe_reads(live.seen)) == sim.probe_calls
+    check_all_in(live, offline.spent)
+
+
+def check_all_in(live: Live, offline: Spend) -> None:
+    """The same all-in spend in both paths: part by part, in total, and in money under every profile;
+    and the live result charges exactly that spend."""
+    spent = live.spent
+    past = [t.tokens_past_stop for t in live.result.traces]
+    assert set(past) <= {0, CHUNK_TOKENS}  # at most the one chunk the lockstep lets past a checkpoint
+    assert spent.past_checkpoint == sum(past) == live.result.accounting.generated_past_checkpoint_tokens
+    assert (spent.generated, spent.prompt, spent.plain_prompt) == (
+        offline.generated,
+        offline.prompt,
+        offline.plain_prompt,
+    )
+    probes = (spent.probes.calls, spent.probes.input_tokens, spent.probes.output_tokens)
+    assert probes == (offline.probes.calls, offline.probes.input_tokens, offline.probes.output_tokens)
+    assert (spent.probes.prefix_tokens, spent.probes.last_prefix_tokens) == (
+        offline.probes.prefix_tokens,
+        offline.probes.last_prefix_tokens,
+    )
+    assert spent.total == live.result.accounting.total_tokens
+    for_the_vote = replace(spent, past_checkpoint=0)  # what the simulator's instant cancel spends
+    assert for_the_vote.total == offline.total
+    for profile in PROFILES.values():
+        assert for_the_vote.usd(profile) == pytest.approx(offline.usd(profile), rel=1e-12, abs=1e-15)
+    job_profile = PROFILES[live.result.accounting.price_profile]
+    assert live.result.accounting.cost_usd == pytest.approx(spent.usd(job_profile), rel=1e-12, abs=1e-15)
 
 
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("staggered", [False, True], ids=["as-launched", "staggered"])
 @pytest.mark.parametrize("name", RULES)
 def test_live_and_simulated_runs_agree(name: str, staggered: bool) -> None:
-    """Every registered rule: same snapshots, decisions, stop, answer, reason, tokens and probe reads."""
+    """Every registered rule: same snapshots, decisions, stop, answer, reason, tokens, probe reads and
+    all-in spend (tokens and money under every price profile)."""
 
     @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
-    @given(trace_sets())
-    def agree(traces: list[Trace]) -> None:
-        check_parity(name, traces, staggered=staggered)
+    @given(trace_sets(), st.sampled_from(PROFILE_NAMES))
+    def agree(traces: list[Trace], profile: str) -> None:
+        check_parity(name, traces, staggered=staggered, price_profile=profile)
 
     agree()
 
@@ -298,3 +423,28 @@ def test_deepconf_prunes_a_low_confidence_trace_at_checkpoint_1_in_both_paths() 
     first_snapshot, first_decision = rule.seen[0]
     assert first_snapshot.checkpoint == 1
     assert first_decision.prune == (1,)
+
+
+PROBED = [
+    Trace(400, ("1", "2", "1"), "1", 0.8),
+    Trace(300, ("2", "2"), "2", 0.8),
+    Trace(500, ("1",) * 4, "1", 0.8),
+]
+
+
+@pytest.mark.parametrize("side", ["live", "offline"])
+def test_parity_fails_when_one_side_charges_differently(side: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One token more charged by one path alone (a probe's output live, the probe suffix offline)
+    breaks the all-in parity; as shipped the two agree on the same traces."""
+    check_parity("mars", PROBED, staggered=False)
+    if side == "live":
+        real = results.probe_spend
+        monkeypatch.setattr(
+            results,
+            "probe_spend",
+            lambda traces: replace(real(traces), output_tokens=real(traces).output_tokens + 1),
+        )
+    else:
+        monkeypatch.setattr(protocol_honest, "PROBE_SUFFIX_TOKENS", SUFFIX_TOKENS + 1)
+    with pytest.raises(AssertionError):
+        check_parity("mars", PROBED, staggered=False)

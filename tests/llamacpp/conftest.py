@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -42,16 +43,23 @@ def llama_server(
         yield server
 
 
-def busy_slots(server: LlamaServer) -> list[int]:
-    """Ids of the slots the server says are processing right now (``/slots``)."""
+def busy_slots(server: LlamaServer, asking_more_than: int = 0) -> list[int]:
+    """Ids of the slots the server says are processing right now (``/slots``), optionally only those
+    whose request asks for more than ``asking_more_than`` tokens (traces, not 8-token probes)."""
     slots = httpx.get(f"{server.url}/slots", timeout=5.0).json()
-    return [int(s["id"]) for s in slots if s.get("is_processing")]
+    return [int(s["id"]) for s in slots if s.get("is_processing") and _asked_tokens(s) > asking_more_than]
 
 
-async def wait_idle(server: LlamaServer, within_s: float = 5.0) -> float:
-    """Seconds until ``/slots`` shows no slot processing (fails after ``within_s``)."""
+def _asked_tokens(slot: dict[str, Any]) -> int:
+    nxt = (slot.get("next_token") or [{}])[0]
+    return int(nxt.get("n_decoded") or 0) + int(nxt.get("n_remain") or 0)
+
+
+async def wait_idle(server: LlamaServer, within_s: float = 5.0, asking_more_than: int = 0) -> float:
+    """Seconds until ``/slots`` shows no slot processing (fails after ``within_s``); with
+    ``asking_more_than``, only slots whose request asks for more tokens than that count."""
     started = time.monotonic()
-    while busy_slots(server):
-        assert time.monotonic() - started < within_s, f"slots still busy: {busy_slots(server)}"
-        await asyncio.sleep(0.05)
+    while busy := await asyncio.to_thread(busy_slots, server, asking_more_than):
+        assert time.monotonic() - started < within_s, f"slots still busy: {busy}"
+        await asyncio.sleep(0.02)
     return time.monotonic() - started

@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+
+from orchestrator.llamacpp.server import LlamaServer
 from orchestrator.settings import ProviderConfig, Settings
 
 QUESTION = (
@@ -98,3 +101,11 @@ def recorded_usage(path: Path) -> RecordedUsage:
                 out.probe_cached += int(usage["prompt_tokens_details"]["cached_tokens"])
                 out.probe_completion += int(usage["completion_tokens"])
     return out
+
+
+def server_prompt_tokens(server: LlamaServer, question: str) -> int:
+    """The server's own count of a one-message prompt: its tokenizer on its chat template."""
+    messages = [{"role": "user", "content": question}]
+    prompt = httpx.post(f"{server.url}/apply-template", json={"messages": messages}, timeout=10).json()
+    tokens = httpx.post(f"{server.url}/tokenize", json={"content": prompt["prompt"]}, timeout=10).json()
+    return len(tokens["tokens"])

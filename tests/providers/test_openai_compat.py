@@ -10,8 +10,8 @@ import pytest
 from orchestrator.corpus import Corpus
 from orchestrator.domain import ProbeStrategy
 from orchestrator.errors import UnsupportedCapability
-from orchestrator.providers.base import ProbeRequest, StreamDelta, TraceRequest
-from orchestrator.providers.openai_compat import CompatOptions, OpenAICompatProvider
+from orchestrator.providers.base import ProbeRequest, StreamDelta, TraceRequest, Usage
+from orchestrator.providers.openai_compat import CompatOptions, OpenAICompatProvider, UsageScan
 from orchestrator.replay.fixtures import tiny_corpus
 from orchestrator.replay.server import ReplayURL, running_replay_server
 
@@ -236,3 +236,29 @@ async def test_models_lists_the_replay_model(url: ReplayURL) -> None:
         assert [m.id for m in await provider.models()] == ["replay"]
     finally:
         await provider.aclose()
+
+
+def test_usage_scan_reads_the_usage_a_pass_through_answer_carried() -> None:
+    """The JSON body's usage, or a stream's last usage event however the bytes are split (CRLF too);
+    bytes that do not parse are not an error, just no usage."""
+    whole = UsageScan(stream=False)
+    for part in (b'{"usage": {"prompt_tokens": 7, ', b'"completion_tokens": 3}}'):
+        whole.feed(part)
+    whole.finish()
+    assert whole.usage() == Usage(prompt_tokens=7, completion_tokens=3)
+
+    stream = UsageScan(stream=True)
+    sse = (
+        b'data: {"choices": [{"delta": {"content": "a"}}]}\r\n\r\n'
+        b'data: {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 1}}\r\n\r\n'
+        b'data: {"choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 2}}\r\n\r\ndata: [DONE]\r\n\r\n'
+    )
+    for i in range(0, len(sse), 7):  # split anywhere, even inside "\r\n"
+        stream.feed(sse[i : i + 7])
+    stream.finish()
+    assert stream.usage() == Usage(prompt_tokens=5, completion_tokens=2)
+
+    broken = UsageScan(stream=False)
+    broken.feed(b'{"usage": {"prompt_tokens": "many"}}')
+    broken.finish()
+    assert broken.usage() is None

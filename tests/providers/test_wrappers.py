@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 
@@ -10,10 +11,18 @@ import pytest
 from orchestrator import errors
 from orchestrator.corpus import Corpus
 from orchestrator.domain import ProbeStrategy
-from orchestrator.providers.base import ProbeRequest, ProbeResult, Provider, StreamDelta, TraceRequest
+from orchestrator.providers.base import (
+    ForwardRequest,
+    ProbeRequest,
+    ProbeResult,
+    Provider,
+    StreamDelta,
+    TraceRequest,
+)
 from orchestrator.providers.config import Timeouts
 from orchestrator.providers.openai_compat import OpenAICompatProvider
 from orchestrator.providers.wrappers import (
+    Bucket,
     LocalBuckets,
     RateLimitedProvider,
     RateLimits,
@@ -42,6 +51,18 @@ class FakeClock:
     async def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
         self.now += seconds
+
+
+class RecordingBuckets(LocalBuckets):
+    """Local buckets that note every charge (tokens known after the fact)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.charged: list[float] = []
+
+    async def charge(self, key: Bucket, cost: float, capacity: float, per_s: float) -> None:
+        self.charged.append(cost)
+        await super().charge(key, cost, capacity, per_s)
 
 
 @pytest.fixture
@@ -209,27 +230,24 @@ async def test_concurrent_stream_cap_and_request_rate(corpus: Corpus, url: Repla
     import asyncio
 
     adapter = OpenAICompatProvider(name="replay", base_url=url + "/v1")
-    charged: list[float] = []
-
-    class RecordingBuckets(LocalBuckets):
-        async def charge(self, key: str, cost: float, capacity: float, per_s: float) -> None:
-            charged.append(cost)
-            await super().charge(key, cost, capacity, per_s)
-
     buckets = RecordingBuckets()
+    charged = buckets.charged
     limited = RateLimitedProvider(
         adapter, RateLimits(max_concurrent_streams=2, tokens_per_minute=1e9), shared=None
     )
     limited._gate("replay").tokens = buckets  # observe the bucket
     open_now = peak = 0
+    two_open = asyncio.Event()  # the cap's worth of streams is open: each holds its place until then
 
     async def one(i: int) -> int:
         nonlocal open_now, peak
         async with limited.stream(_request(corpus, i)) as deltas:
             open_now += 1
             peak = max(peak, open_now)
+            if open_now == 2:
+                two_open.set()
             n = sum([d.tokens async for d in deltas])
-            await asyncio.sleep(0.01)
+            await two_open.wait()
             open_now -= 1
             return n
 
@@ -245,11 +263,16 @@ async def test_concurrent_stream_cap_and_request_rate(corpus: Corpus, url: Repla
 
 @pytest.mark.redis
 async def test_redis_buckets_are_shared(redis_client: object) -> None:
-    """Two limiters on one Redis share a bucket: the second taker must wait for the refill."""
+    """Two limiters on one Redis share a bucket: the second taker must wait for the refill. The bucket
+    lives under the key store/keys.py names for it."""
     import asyncio
 
-    key = f"marstest:ratelimit:{time.time_ns()}"
-    a, b = RedisBuckets(redis_client), RedisBuckets(redis_client)
+    from orchestrator.store.keys import Keys
+
+    keys = Keys(f"marstest:{time.time_ns()}")
+    key = Bucket("replay", "a:model", "requests")
+    a, b = RedisBuckets(redis_client, key=keys.ratelimit), RedisBuckets(redis_client, key=keys.ratelimit)
+    stored = keys.ratelimit(key.provider, key.model, key.kind)
     try:
         await a.take(key, 1.0, 2.0, 20.0)
         await b.take(key, 1.0, 2.0, 20.0)
@@ -263,8 +286,10 @@ async def test_redis_buckets_are_shared(redis_client: object) -> None:
         async with asyncio.timeout(10):
             await a.take(key, 1.0, 2.0, 20.0)
         assert time.monotonic() - started >= 2.0
+        assert stored.endswith(":ratelimit:replay:a%3Amodel:requests")
+        assert await redis_client.exists(stored) == 1  # type: ignore[attr-defined]
     finally:
-        await redis_client.delete(key)  # type: ignore[attr-defined]
+        await redis_client.delete(stored)  # type: ignore[attr-defined]
 
 
 async def test_wrapped_provider_from_factory_closes_on_break(corpus: Corpus) -> None:
@@ -334,3 +359,49 @@ async def test_only_upstream_errors_are_retried(error: BaseException) -> None:
         await provider.probe(probe)
     assert inner.probe_calls == 1
     assert clock.sleeps == []
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_pass_through_is_admitted_capped_and_charged(
+    corpus: Corpus, url: ReplayURL, stream: bool
+) -> None:
+    """A forwarded request holds a place under the stream cap while its answer is open, passes the
+    bytes as the upstream sent them, and charges the token bucket with the usage the answer reported."""
+    adapter = OpenAICompatProvider(name="replay", base_url=url + "/v1")
+    limited = RateLimitedProvider(adapter, RateLimits(max_concurrent_streams=1, tokens_per_minute=1e9))
+    gate = limited._gate("replay")
+    buckets = RecordingBuckets()
+    gate.tokens = buckets
+    body = {
+        "model": "replay",
+        "messages": [{"role": "user", "content": corpus.questions[0].question}],
+        "max_tokens": 40,
+        "stream": stream,
+        "stream_options": {"include_usage": True} if stream else None,
+    }
+    request = ForwardRequest(body=json.dumps(body).encode(), model="replay", stream=stream)
+    try:
+        async with limited.forward(request) as answer:
+            assert gate.streams is not None
+            assert gate.streams.locked()  # the one place is taken
+            raw = b"".join([chunk async for chunk in answer.body])
+        assert not gate.streams.locked()
+    finally:
+        await limited.aclose()
+    assert answer.status == 200
+    if stream:
+        events = [line[6:] for line in raw.decode().splitlines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        reported = json.loads(events[-2])["usage"]
+    else:
+        reported = json.loads(raw)["usage"]
+    assert buckets.charged == [reported["prompt_tokens"] + reported["completion_tokens"]]
+    assert reported["completion_tokens"] == 40
+
+
+async def test_pass_through_of_a_provider_without_the_openai_wire_is_refused() -> None:
+    """Wrappers over a provider that cannot forward say so (UnsupportedCapability), before any I/O."""
+    wrapped = RetryingProvider(RateLimitedProvider(ScriptedProvider(uniform(1, total=40)), RateLimits()))
+    with pytest.raises(errors.UnsupportedCapability, match="OpenAI wire format"):
+        async with wrapped.forward(ForwardRequest(body=b"{}", model="m", stream=False)):
+            pass

@@ -21,6 +21,18 @@ import redis.asyncio as aioredis
 REPO = Path(__file__).resolve().parents[2]
 
 
+async def blocked_in_xread(redis_url: str, *, at_least: int = 1) -> bool:
+    """Whether at least ``at_least`` clients of the Redis at ``redis_url`` are blocked in ``XREAD``
+    (a reader is waiting for events now: what a test waits on instead of sleeping)."""
+    client = aioredis.from_url(redis_url)
+    try:
+        clients = await client.client_list()
+    finally:
+        await client.aclose()
+    blocked = [c for c in clients if c.get("cmd", "").startswith("xread") and "b" in c.get("flags", "")]
+    return len(blocked) >= at_least
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

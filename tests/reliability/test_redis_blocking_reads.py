@@ -18,7 +18,9 @@ from orchestrator.errors import StoreUnavailable
 from orchestrator.settings import Settings
 from orchestrator.store.base import Event, Store, request_fingerprint
 from orchestrator.store.factory import open_store
+from tests.fakes import wait_until
 from tests.reliability.harness import job_spec
+from tests.reliability.processes import blocked_in_xread
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(30)]
 QUIET_S = 6.5  # longer than redis-py's default socket timeout (5 s), shorter than the block
@@ -60,7 +62,7 @@ async def test_an_event_read_blocking_longer_than_the_socket_timeout_still_gets_
     assert event.kind == "checkpoint"
 
 
-async def test_many_watchers_do_not_exhaust_the_store(store: Store) -> None:
+async def test_many_watchers_do_not_exhaust_the_store(store: Store, redis_url: str) -> None:
     """150 SSE-style watchers blocked on a quiet job (each holds a Redis connection while it blocks)
     neither fail themselves nor make other store calls fail: a job can be created and read meanwhile."""
     spec = job_spec("watched")
@@ -77,7 +79,7 @@ async def test_many_watchers_do_not_exhaust_the_store(store: Store) -> None:
     async with asyncio.TaskGroup() as tg:
         for _ in range(150):
             tg.create_task(watch())
-        await asyncio.sleep(0.5)  # let every watcher block
+        await wait_until(lambda: blocked_in_xread(redis_url, at_least=150))  # every watcher blocks
         try:
             other = job_spec("other")
             await store.create_job(other, request_fingerprint(other))

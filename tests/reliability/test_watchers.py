@@ -25,7 +25,8 @@ from orchestrator.settings import ProviderConfig, Settings
 from orchestrator.store.factory import open_store
 from tests.api.conftest import ALICE, BOB, auth, job_body, make_settings
 from tests.api.live import QUESTION, GatedUpstream, Received, small_corpus, sse_events
-from tests.reliability.processes import private_redis
+from tests.fakes import wait_until
+from tests.reliability.processes import blocked_in_xread, private_redis
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(180)]
 WATCHERS = 500
@@ -209,7 +210,7 @@ async def test_a_stream_that_meets_a_store_error_ends_with_an_error_event() -> N
             async with asyncio.timeout(10):
                 await arrivals.all_in.wait()
             assert arrivals.count == 20
-            await asyncio.sleep(0.3)  # the job's reader is blocked in XREAD now
+            await wait_until(lambda: blocked_in_xread(redis_server.url))  # the job's reader waits
             await asyncio.to_thread(redis_server.stop, keep_data=False)
             async with asyncio.timeout(30):
                 feeds = await asyncio.gather(*watchers)

@@ -14,6 +14,7 @@ from orchestrator.api.auth import store_job_id
 from orchestrator.domain import Accounting, JobResult, JobStatus
 from orchestrator.providers.base import TraceRequest
 from orchestrator.providers.wrappers import RateLimitedProvider, RateLimits, RedisBuckets
+from orchestrator.store.keys import Keys
 from tests.fakes import Script, ScriptedProvider, wait_until
 from tests.security.conftest import ALICE, BOB, MODEL, Api, auth, body
 
@@ -207,13 +208,14 @@ async def test_keys_are_checked_exactly(api: Api) -> None:
 
 
 async def test_shared_rate_limit_buckets_live_under_the_redis_prefix(api: Api) -> None:
-    """The shared rate-limit buckets are keyed under ``MARS_REDIS_PREFIX`` like every other key, so two
-    deployments on one Redis never share or reset each other's limits (they used ``mars:`` always)."""
+    """The shared rate-limit buckets are keyed under ``MARS_REDIS_PREFIX`` like every other key (their
+    names come from store/keys.py), so two deployments on one Redis never share or reset each other's
+    limits (they used ``mars:`` always)."""
     model = f"rl-{uuid.uuid4().hex[:8]}"
     limited = RateLimitedProvider(
         ScriptedProvider({0: Script(40, "42", ("42",))}),
         RateLimits(requests_per_minute=600, tokens_per_minute=100_000),
-        shared=RedisBuckets(api.redis, prefix=api.prefix),
+        shared=RedisBuckets(api.redis, key=Keys(api.prefix).ratelimit),
     )
     request = TraceRequest(messages=({"role": "user", "content": "q"},), model=model, max_tokens=40)
     async with limited.stream(request) as deltas:

@@ -43,8 +43,8 @@ def test_every_name_builds_a_pure_rule(name: str) -> None:
 def test_registry_contents_and_default() -> None:
     assert set(NAMES) <= set(REGISTRY)
     assert isinstance(build_rule("parallel-probe"), ParallelProbe)
-    assert build_rule("default").name == "mars-pop"  # the live default: population stop, shipped prior
-    assert build_rule("width").name == "width"  # adaptive width, by name
+    assert build_rule("default") == build_rule("width")  # the live default: adaptive width, shipped prior
+    assert build_rule("mars-pop").name == "mars-pop"  # the population stop, by name
     with pytest.raises(KeyError, match="unknown stopping rule"):
         build_rule("nope")
     with pytest.raises(TypeError):

@@ -16,6 +16,7 @@ from orchestrator.providers.factory import open_providers
 from orchestrator.replay.importers import load_corpus
 from orchestrator.replay.server import replay_server_process
 from orchestrator.settings import ProviderConfig, Settings
+from orchestrator.store.keys import Keys
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
 
@@ -43,7 +44,10 @@ async def test_two_processes_draw_on_one_request_budget(redis_url: str, prefix: 
             messages=({"role": "user", "content": question},), model="replay", max_tokens=100, seed=1
         )
         for _process in range(2):
-            async with open_providers(settings) as providers, providers["replay"].stream(request) as deltas:
+            async with (
+                open_providers(settings, bucket_key=Keys(prefix).ratelimit) as providers,
+                providers["replay"].stream(request) as deltas,
+            ):
                 assert sum([d.tokens async for d in deltas]) > 0
     client = aioredis.from_url(redis_url)
     try:

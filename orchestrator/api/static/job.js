@@ -1,13 +1,18 @@
 // One job, live: reads GET /v1/jobs/{id} once, then follows its SSE feed. Draws the vote share of each
-// answer class over checkpoints (hand-written SVG), the margin against the rule's threshold, each
-// trace's progress, and the decision when it comes.
+// answer class over checkpoints (hand-written SVG), the margin against the rule's threshold, the waves
+// (how many of K were launched, running, finished, never launched; a timeline of the traces on the job's
+// token clock, coloured by wave), each trace's progress, and the decision when it comes.
 "use strict";
 
 (() => {
   const jobId = decodeURIComponent(location.pathname.split("/").pop());
   const MAX_NAMED = 6;
   const COLORS = ["#2f5fd0", "#d0682f", "#1f8a4c", "#9b2fd0", "#b3261e", "#2fa7d0", "#c9a21d", "#555"];
-  const state = { history: [], traces: new Map(), classes: [], maxTokens: 1, events: 0, done: false, threshold: null };
+  const WAVE_COLORS = ["#2f5fd0", "#d0682f", "#1f8a4c", "#9b2fd0", "#c9a21d", "#2fa7d0"];
+  const state = {
+    history: [], traces: new Map(), classes: [], maxTokens: 1, events: 0, done: false, threshold: null,
+    budget: null, launched: null, neverLaunched: null,
+  };
   const $ = (id) => document.getElementById(id);
   $("job-id").textContent = jobId;
 
@@ -114,6 +119,7 @@
   function updateTrace(t) {
     if (t.index === undefined) return;
     const prev = state.traces.get(t.index) || { tokens: 0, status: "running", answer: null };
+    for (const key of Object.keys(t)) if (t[key] === undefined) delete t[key];
     const next = Object.assign(prev, t);
     state.traces.set(t.index, next);
     state.maxTokens = Math.max(state.maxTokens, Number(next.tokens) || 0);
@@ -129,22 +135,89 @@
       box.insertBefore(node, after || null);
     }
     node.className = "trace " + (next.status || "running");
-    node.querySelector(".label").textContent =
-      "#" + t.index + " " + Mars.fmt(next.tokens) + " tok" + (next.answer ? " → " + next.answer : "");
+    if (next.wave) node.dataset.wave = next.wave;
+    const launch = next.wave
+      ? " · wave " + next.wave + (typeof next.launched_s === "number" ? " @" + next.launched_s.toFixed(2) + "s" : "")
+      : "";
+    const label = next.status === "pending"
+      ? "#" + t.index + " never launched"
+      : "#" + t.index + " " + Mars.fmt(next.tokens) + " tok" + (next.answer ? " → " + next.answer : "") + launch;
+    node.querySelector(".label").textContent = (next.role === "warmup" ? "warmup " : "") + label;
     $("trace-count").textContent = "(" + state.traces.size + ")";
     for (const other of document.querySelectorAll(".trace")) {
       const tr = state.traces.get(Number(other.dataset.index));
       other.querySelector(".bar > span").style.width = (100 * (Number(tr.tokens) || 0) / state.maxTokens) + "%";
     }
+    drawWaves();
+  }
+
+  // Counts and the timeline of the voting traces (warmup traces are not part of K).
+  function drawWaves() {
+    // warmup traces are numbered after the K voting ones
+    const voting = [...state.traces.entries()].filter(([i, t]) => t.role !== "warmup" && (state.budget === null || i < state.budget));
+    const launched = voting.filter(([, t]) => t.status !== "pending");
+    const count = (status) => launched.filter(([, t]) => t.status === status).length;
+    const waves = new Set(launched.map(([, t]) => t.wave).filter((w) => w));
+    const n = state.launched !== null ? state.launched : launched.length;
+    $("launched").textContent = "launched " + n + (state.budget ? " of " + state.budget : "");
+    for (const status of ["running", "finished", "cancelled", "failed"]) $(status).textContent = count(status);
+    const never = state.neverLaunched !== null ? state.neverLaunched : (state.budget ? state.budget - n : null);
+    $("never-launched").textContent = never === null ? "–" : never;
+    $("unlaunched-label").textContent = state.done ? "never launched" : "not launched yet";
+    $("wave-count").textContent = waves.size;
+
+    const svg = $("timeline");
+    const ns = "http://www.w3.org/2000/svg";
+    const rows = launched.filter(([, t]) => typeof t.launch_position_tokens === "number").sort((a, b) => a[0] - b[0]);
+    const W = 1100, L = 40, R = 70, T = 16, B = 18, ROW = 6;
+    const H = T + B + Math.max(1, rows.length) * ROW;
+    svg.setAttribute("height", H);
+    svg.setAttribute("viewBox", "0 0 " + W + " " + H);
+    svg.replaceChildren();
+    const mk = (tag, attrs, text) => {
+      const node = document.createElementNS(ns, tag);
+      for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+      if (text !== undefined) node.textContent = text;
+      svg.appendChild(node);
+      return node;
+    };
+    if (!rows.length) return;
+    const end = Math.max(1, ...rows.map(([, t]) => t.launch_position_tokens + (Number(t.tokens) || 0)));
+    const x = (tokens) => L + (W - L - R) * tokens / end;
+    const starts = new Map();
+    for (const [, t] of rows) {
+      if (!starts.has(t.wave) || t.launch_position_tokens < starts.get(t.wave)) starts.set(t.wave, t.launch_position_tokens);
+    }
+    for (const [wave, at] of starts) {
+      const c = WAVE_COLORS[(wave - 1) % WAVE_COLORS.length];
+      mk("line", { x1: x(at), x2: x(at), y1: T - 4, y2: H - B, stroke: c, "stroke-dasharray": "3 2", "data-wave-start": wave });
+      mk("text", { x: x(at) + 2, y: T - 5 }, "wave " + wave);
+    }
+    rows.forEach(([index, t], i) => {
+      const c = WAVE_COLORS[((t.wave || 1) - 1) % WAVE_COLORS.length];
+      const x0 = x(t.launch_position_tokens);
+      const width = Math.max(1, x(t.launch_position_tokens + (Number(t.tokens) || 0)) - x0);
+      mk("rect", {
+        x: x0.toFixed(1), y: T + i * ROW, width: width.toFixed(1), height: ROW - 1, fill: c,
+        "fill-opacity": t.status === "running" ? 1 : 0.55, "data-index": index, "data-wave": t.wave || 0,
+        class: "span " + (t.status || "running"),
+      });
+    });
+    mk("text", { x: L, y: H - 4 }, "0");
+    mk("text", { x: W - R - 100, y: H - 4 }, Mars.fmt(end) + " tokens (token clock)");
   }
 
   function showResult(job) {
     setStatus(job.status);
+    state.budget = job.budget;
+    if (job.launched !== null && job.launched !== undefined) state.launched = job.launched;
+    if (job.never_launched !== null && job.never_launched !== undefined) state.neverLaunched = job.never_launched;
     $("spec").textContent = "provider " + job.provider + " · model " + job.model + " · K = " + job.budget + " · method " + job.method;
     if (job.vote) recordVote(job.vote);
+    if (["succeeded", "failed", "cancelled"].includes(job.status)) state.done = true;
     if (Array.isArray(job.traces)) job.traces.forEach(updateTrace);
-    if (["succeeded", "failed", "cancelled"].includes(job.status)) {
-      state.done = true;
+    drawWaves();
+    if (state.done) {
       $("answer").textContent = job.answer === null ? "–" : job.answer;
       $("reason").textContent = job.stop_reason || job.error || "–";
       $("stop-checkpoint").textContent = job.stop_checkpoint === null ? "–" : job.stop_checkpoint;
@@ -189,14 +262,17 @@
     if (ev.event === "vote") recordVote(data);
     else if (ev.event === "trace") {
       (Array.isArray(data.traces) ? data.traces : [data]).forEach((t) =>
-        updateTrace({ index: t.index, tokens: t.tokens, status: t.state || t.status, answer: t.answer }));
+        updateTrace({
+          index: t.index, tokens: t.tokens, status: t.state || t.status, answer: t.answer, wave: t.wave,
+          launch_position_tokens: t.launch_position_tokens, launched_s: t.launched_s,
+        }));
     } else if (ev.event === "checkpoint") {
-      // Every running trace has passed this position: move its bar (tokens are not sent per chunk).
+      // Every running trace has passed this position on the job's token clock: move its bar (tokens are
+      // not sent per chunk). A trace of a later wave started later, so it has generated that much less.
       $("checkpoint").textContent = data.checkpoint;
       for (const [index, t] of state.traces) {
-        if ((t.status || "running") === "running" && Number(data.position_tokens) > Number(t.tokens || 0)) {
-          updateTrace({ index, tokens: Number(data.position_tokens) });
-        }
+        const own = Number(data.position_tokens) - (Number(t.launch_position_tokens) || 0);
+        if ((t.status || "running") === "running" && own > Number(t.tokens || 0)) updateTrace({ index, tokens: own });
       }
     }
     else if (ev.event === "stop") {

@@ -15,6 +15,11 @@
     tr.appendChild(Mars.el("td", {}, job.provider + "/" + job.model));
     tr.appendChild(Mars.el("td", {}, job.method));
     tr.appendChild(Mars.el("td", {}, Mars.fmt(job.budget)));
+    // K is an upper bound: how many traces the job launched (known once it finished)
+    const launched = job.launched === null || job.launched === undefined
+      ? "–"
+      : "launched " + job.launched + " of " + job.budget + (job.waves > 1 ? " in " + job.waves + " waves" : "");
+    tr.appendChild(Mars.el("td", { class: "launched" }, launched));
     tr.appendChild(Mars.el("td", { class: "answer" }, job.answer === null ? "–" : job.answer));
     tr.appendChild(Mars.el("td", {}, job.stop_reason || "–"));
     // all-in saving against plain SC, signed: a job that cost more shows it

@@ -1,0 +1,157 @@
+"""Live vs ``mars eval`` through the real path, all-in (issue 11, acceptance): a job goes API-side job
+record → Redis queue → worker → coordinator → OpenAI-compatible adapter → paced replay server over HTTP,
+and the simulator runs the same question, permutation and method. They agree on the answer, the stop
+checkpoint and reason, the generated tokens, the prompts, the probe calls and the prefixes they carried,
+and the all-in total: what the live job spent minus what it generated past the stop (the simulator's
+cancel is instant; a real upstream's is not, and the live result reports that part on its own).
+
+One part does not agree yet, and a strict xfail says so: the replay server bills a probe's input by
+running the offline token estimator over the prompt, the prefix text and the suffix, and a probe that
+reads no answer at 1 to 4 output tokens; ``mars eval`` charges the prefix at its position in tokens and
+a no-answer probe at its 50-token cap. On aime25 question 5 (K = 8, mars-pop) that is 117,636 probe
+input tokens live against 103,460 offline, and 103 output tokens against 158."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.accounting import Spend
+from orchestrator.corpus import NO_ANSWER
+from orchestrator.domain import JobResult, JobSpec, ProbeSpec, WarmupMode
+from orchestrator.evaluation.protocol_honest import corpus_strings, honest_question, run_spend, slot_spend
+from orchestrator.evaluation.simulate import SimRun, simulate
+from orchestrator.providers.factory import build_provider
+from orchestrator.replay.server import replay_server_process
+from orchestrator.settings import ProviderConfig, Settings
+from orchestrator.stopping.registry import build_rule
+from orchestrator.store.base import request_fingerprint
+from orchestrator.store.factory import open_store
+from tests.workers.test_replay_e2e import EAGER, corpus
+from tests.workers.test_workers import wait_for_result
+from workers.pool import WorkerPool
+
+pytestmark = [pytest.mark.redis, pytest.mark.shared_data, pytest.mark.timeout(300)]
+
+BUDGET = 8
+# (file, question, repetition, method, params, tokens per second per stream)
+RUNS: list[tuple[str, int, int, str, dict[str, Any], float]] = [
+    ("aime24", 0, 0, "mars", {"switch_model": EAGER.to_dict(), "gamma": 1.0}, 1500.0),
+    ("aime24", 14, 0, "width", {}, 6000.0),
+    ("aime25", 5, 1, "mars-pop", {}, 1500.0),
+]
+
+
+async def run_both(
+    shared_data: Path,
+    redis_url: str,
+    prefix: str,
+    file: str,
+    question: int,
+    rep: int,
+    method: str,
+    params: dict[str, Any],
+    speed: float,
+) -> tuple[JobResult, SimRun, Spend, str | None]:
+    """The live job through the real path and the simulator's run, charged as ``mars eval`` does."""
+    data = corpus(shared_data, file)
+    q = data.questions[question]
+    exact = {s: (None if s == NO_ANSWER else s) for s in corpus_strings(data)}  # as the live path reads
+    hq = honest_question(q, None, exact)
+    order = list(range(len(q.traces)))
+    random.Random(rep).shuffle(order)
+    voting = order[:BUDGET]
+    rule = build_rule(method, **params)
+    sim = simulate(rule, hq.timeline, voting)
+    spent, counts = slot_spend(sim, hq.timeline, voting, probes=rule.needs_probes)
+    offline = run_spend(hq, voting, spent, counts, sim.probe_output_tokens)
+    expected_answer = None if sim.answer is None else hq.answer_strings[sim.answer]
+
+    settings = Settings(redis_url=redis_url, redis_prefix=prefix, lease_ms=5000, heartbeat_ms=1000)
+    path = shared_data / "parallel-probe-qwen3-8b" / f"{file}.json"
+    args = ("--seed", str(rep), "--chunk-tokens", "20", "--speed", str(speed))
+    async with replay_server_process(path, *args) as url:
+        provider = build_provider(ProviderConfig(name="replay", kind="replay", base_url=str(url)))
+        try:
+            async with open_store(settings) as store:
+                spec = JobSpec(
+                    job_id=f"all-in-{method}",
+                    messages=({"role": "user", "content": q.question},),
+                    provider="replay",
+                    model="replay",
+                    budget=BUDGET,
+                    method=method,
+                    method_params=params,
+                    probe=ProbeSpec(interval_tokens=q.probe_interval_tokens, timeout_s=30.0),
+                    warmup=WarmupMode.NONE,
+                    task="plain",
+                )
+                await store.create_job(spec, request_fingerprint(spec))
+                async with WorkerPool(settings, store, {"replay": provider}, poll_ms=50):
+                    record = await wait_for_result(store, spec.job_id, timeout_s=240)
+        finally:
+            await provider.aclose()
+    result = record.result
+    assert result is not None
+    assert result.error is None
+    return result, sim, offline, expected_answer
+
+
+@pytest.mark.parametrize(("file", "question", "rep", "method", "params", "speed"), RUNS)
+async def test_a_live_job_costs_what_mars_eval_says(
+    shared_data: Path,
+    redis_url: str,
+    prefix: str,
+    file: str,
+    question: int,
+    rep: int,
+    method: str,
+    params: dict[str, Any],
+    speed: float,
+) -> None:
+    """Same answer, stop, reason, generated tokens, prompts, probe calls and prefixes live as offline,
+    and the same all-in tokens but for the upstream's probe token bill (all of them when no probes)."""
+    result, sim, offline, answer = await run_both(
+        shared_data, redis_url, prefix, file, question, rep, method, params, speed
+    )
+    acc = result.accounting
+    assert (result.answer, result.stop_checkpoint, result.stop_reason) == (
+        answer,
+        sim.stop_checkpoint,
+        sim.reason,
+    )
+    assert acc.generated_tokens == offline.generated == sim.generated_tokens
+    assert acc.prompt_tokens == offline.prompt
+    assert acc.probe_calls == offline.probes.calls  # the pacing leaves no probe past the stop
+    assert acc.probe_cached_tokens == offline.probes.prefix_tokens  # the upstream saw the same prefixes
+    spent_for_the_vote = acc.total_tokens - acc.generated_past_checkpoint_tokens
+    probe_bill = acc.probe_input_tokens + acc.probe_output_tokens
+    assert (
+        spent_for_the_vote - probe_bill
+        == offline.total - offline.probes.input_tokens - offline.probes.output_tokens
+    )
+    if not rule_probes(method, params):
+        assert acc.probe_calls == 0
+        assert spent_for_the_vote == offline.total
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the replay server bills probe prefixes with the text estimator and a no-answer probe at 1-4 "
+    "tokens; mars eval charges prefix positions and the 50-token cap (module docstring)",
+)
+async def test_a_live_probe_costs_what_mars_eval_says(shared_data: Path, redis_url: str, prefix: str) -> None:
+    """The probe token bill of a probing job, live and offline: the last all-in part to agree."""
+    result, _, offline, _ = await run_both(shared_data, redis_url, prefix, *RUNS[2])
+    acc = result.accounting
+    assert (acc.probe_input_tokens, acc.probe_output_tokens) == (
+        offline.probes.input_tokens,
+        offline.probes.output_tokens,
+    )
+
+
+def rule_probes(method: str, params: dict[str, Any]) -> bool:
+    return build_rule(method, **params).needs_probes

@@ -82,6 +82,7 @@ from orchestrator.launcher import Launcher
 from orchestrator.logs import get_logger
 from orchestrator.preparation import DEEPCONF_METHODS, Preparation, RuleBuilder
 from orchestrator.pricing import job_price_profile
+from orchestrator.probe_value import probes_pay
 from orchestrator.providers.base import Capabilities, Provider
 from orchestrator.results import Outcome, job_spend
 from orchestrator.settings import Settings
@@ -123,6 +124,9 @@ def build_job_rule(spec: JobSpec, fit: WarmupFit) -> StoppingRule:
         params.setdefault("gamma", fit.gamma)
     if spec.method in DEEPCONF_METHODS and fit.deepconf_threshold is not None:
         params.setdefault("threshold", fit.deepconf_threshold)
+    if spec.method == "width-probe" and "probe" not in params:
+        # probes only when they pay under the job's named price profile (orchestrator/probe_value.py)
+        params["probe"] = probes_pay(spec.price_profile)
     try:
         return build_rule(spec.method, **params)
     except (KeyError, TypeError, ValueError) as exc:

@@ -348,7 +348,7 @@ def _run_honest_in(
                 priors[k]["mars-prior"] = kfold.get(k)
                 priors[k]["mars-prior-lodo"] = by_dataset.get(k, kfold.get(k))
     if any(m.startswith("width") for m in wanted):  # adaptive width's θ, whole questions held out
-        train_width.attach_priors(priors, {k: hq.timeline for k, hq in questions.items()})
+        train_width.attach_priors(priors, {k: hq.timeline for k, hq in questions.items()}, budget)
     if any(m.startswith("mars-pop") for m in wanted):
         with console.status("training population stop models (whole questions held out)"):
             if pending is not None:

@@ -220,6 +220,21 @@ SPECS: dict[str, MethodSpec] = {
             description="the registry's width: the shipped prior (trained on the bundled corpus)",
         ),
         MethodSpec(
+            "width-no-patience",
+            lambda ctx: _width_no_patience(ctx, "width"),
+            description="width without the learned patience (no time bound): the token side of the trade",
+        ),
+        MethodSpec(
+            "width-probe",
+            lambda ctx: _width_probe(ctx, "width"),
+            description="width with MARS as the probe stage (conservative q), trained as width",
+        ),
+        MethodSpec(
+            "width-hindsight",
+            _registry("sc"),
+            description="the limit of adaptive width: the fewest traces, in launch order, whose vote is the full vote's (uses the future)",
+        ),
+        MethodSpec(
             "mars-pop-gbt",
             lambda ctx: _population_gbt(ctx, "mars-pop"),
             description="population stop, boosted trees on 28 features, learned on other questions (k-fold)",
@@ -264,10 +279,31 @@ def _population_gbt(ctx: MethodContext, key: str) -> StoppingRule:
 def _width(ctx: MethodContext, key: str) -> StoppingRule:
     from orchestrator.stopping.width import AdaptiveWidth
 
-    theta = ctx.priors.get(key)
-    if not isinstance(theta, float):
-        raise KeyError(f"no adaptive-width prior {key!r} was prepared for this run")
-    return AdaptiveWidth(theta=theta)
+    rule = ctx.priors.get(key)
+    if not isinstance(rule, AdaptiveWidth):
+        raise KeyError(f"no adaptive-width rule {key!r} was trained for this run")
+    return rule
+
+
+def _width_no_patience(ctx: MethodContext, key: str) -> StoppingRule:
+    from dataclasses import replace
+
+    from orchestrator.stopping.width import AdaptiveWidth
+
+    rule = ctx.priors.get(key)
+    if not isinstance(rule, AdaptiveWidth):
+        raise KeyError(f"no adaptive-width rule {key!r} was trained for this run")
+    return replace(rule, patience_tokens=None)
+
+
+def _width_probe(ctx: MethodContext, key: str) -> StoppingRule:
+    from orchestrator.stopping.width import AdaptiveWidth
+    from orchestrator.stopping.width_probe import WidthProbe
+
+    base = ctx.priors.get(key)
+    if not isinstance(base, AdaptiveWidth):
+        raise KeyError(f"no adaptive-width rule {key!r} was trained for this run")
+    return WidthProbe(base=base)
 
 
 def method_spec(name: str) -> MethodSpec:

@@ -1,7 +1,11 @@
 """PNG plots of an evaluation (matplotlib, Agg backend: no display needed).
 
-1. ``savings_vs_agreement.png``: tokens saved versus SC@K (full view) against agreement with the
-   full-budget vote, one point per method and dataset; the 99 % agreement line is drawn.
+1. ``savings_vs_agreement.png``: all-in tokens saved versus SC@K against agreement with the
+   full-budget vote, one point per method and dataset; the 99.5 % agreement line is drawn. Methods
+   whose all-in saving is below ``SAVINGS_FLOOR`` (probe input re-sent at every checkpoint) are drawn
+   at the floor and labelled with their value.
+1b. ``time_to_answer.png``: time to answer over SC@K's against the all-in saving, one point per method
+   and dataset; the 1.0× line is drawn.
 2. ``stop_positions.png``: histograms of stop positions (tokens per trace at the stop), per method.
 3. ``trajectory_<dataset>_<qid>.png``: vote shares of the leading answers of one question (repetition 0)
    over checkpoints, with each method's stop marked. The question shown is the one whose leader
@@ -25,13 +29,17 @@ from orchestrator.evaluation.protocol_pp import permutation
 from orchestrator.evaluation.simulate import leader_trajectory
 
 SKIP_IN_HISTOGRAMS = ("sc", "esc", "asc")  # wave methods have no stop position on the grid
+SAVINGS_FLOOR = -100.0  # all-in savings below this are drawn at it (labelled with their value)
 
 
 def write_plots(
     doc: Mapping[str, Any], extra: Mapping[str, Any], folder: Path, qid: str | None = None
 ) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
-    written = [_savings_vs_agreement(doc, folder / "savings_vs_agreement.png")]
+    written = [
+        _savings_vs_agreement(doc, folder / "savings_vs_agreement.png"),
+        _time_to_answer(doc, folder / "time_to_answer.png"),
+    ]
     records = extra.get("records")
     questions = extra.get("questions")
     if records and questions:
@@ -40,32 +48,62 @@ def write_plots(
     return written
 
 
-def _savings_vs_agreement(doc: Mapping[str, Any], path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    markers = "os^Dv<>p*"
-    colours: dict[str, str] = {}
+def _points(doc: Mapping[str, Any], y_key: str) -> list[tuple[int, str, str, float, float]]:
+    """(dataset index, dataset, method, all-in saving, y) for every method with both figures."""
+    out = []
     for i, (name, figs) in enumerate(doc["datasets"].items()):
         for method, f in figs.items():
-            if f.get("savings_vs_sc") is None:
+            if f.get("savings_vs_sc") is None or f.get(y_key) is None:
                 continue
-            colour = colours.setdefault(method, f"C{len(colours) % 10}")
-            ax.scatter(
-                f["savings_vs_sc"], f["agreement"], marker=markers[i % len(markers)], s=45, color=colour
-            )
-            ax.annotate(
-                method,
-                (f["savings_vs_sc"], f["agreement"]),
-                fontsize=7,
-                xytext=(3, 3),
-                textcoords="offset points",
-            )
+            out.append((i, name, method, float(f["savings_vs_sc"]), float(f[y_key])))
+    return out
+
+
+def _scatter(ax: Any, doc: Mapping[str, Any], y_key: str, *, swap: bool = False) -> None:
+    """One point per (dataset, method): x the all-in saving (floored), y ``y_key``; ``swap`` puts the
+    saving on the y axis instead. Colours name methods and markers datasets, in the legend; only
+    floored points carry a label (their true value)."""
+    markers = "os^Dv<>p*"
+    colours: dict[str, Any] = {}
+    palette = plt.get_cmap("tab20")
+    names = list(doc["datasets"])
+    for i, _name, method, saved, y in _points(doc, y_key):
+        if method not in colours:
+            colours[method] = palette(len(colours) % 20)
+            ax.scatter([], [], marker="o", color=colours[method], label=method)
+        shown = max(saved, SAVINGS_FLOOR)
+        xy = (y, shown) if swap else (shown, y)
+        ax.scatter(*xy, marker=markers[i % len(markers)], s=45, color=colours[method], alpha=0.85)
+        if saved < SAVINGS_FLOOR:
+            ax.annotate(f"{saved:.0f} %", xy, fontsize=6, xytext=(4, -3), textcoords="offset points")
+    for i, name in enumerate(names):
         ax.scatter([], [], marker=markers[i % len(markers)], color="grey", label=name)
-    ax.axhline(99.0, color="red", lw=0.8, ls="--", label="99 % agreement")
-    ax.set_xlabel(f"tokens saved vs SC@{doc['budget']} (%, warmup and probe output charged)")
+
+
+def _savings_vs_agreement(doc: Mapping[str, Any], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(10, 5.5))
+    _scatter(ax, doc, "agreement")
+    ax.axhline(99.5, color="red", lw=0.8, ls="--", label="99.5 % agreement")
+    ax.set_xlabel(f"all-in tokens saved vs SC@{doc['budget']} (%; floored at {SAVINGS_FLOOR:.0f})")
     ax.set_ylabel("agreement with the full-budget vote (%)")
-    ax.set_title(f"{doc['protocol']} protocol: savings against safety")
+    ax.set_title(f"{doc['protocol']} protocol, K = {doc['budget']}: savings against agreement")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _time_to_answer(doc: Mapping[str, Any], path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(10, 5.5))
+    _scatter(ax, doc, "time_to_answer_ratio", swap=True)
+    ax.axvline(1.0, color="red", lw=0.8, ls="--", label=f"SC@{doc['budget']}'s time")
+    ax.set_xlabel(f"time to answer / SC@{doc['budget']}'s (mean over runs)")
+    ax.set_ylabel(f"all-in tokens saved vs SC@{doc['budget']} (%; floored at {SAVINGS_FLOOR:.0f})")
+    ax.set_title(f"{doc['protocol']} protocol, K = {doc['budget']}: time to answer")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

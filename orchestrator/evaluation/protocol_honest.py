@@ -247,6 +247,8 @@ def _run(
     sc = sc or Baseline.of(hq, ctx.voting, tuple(PROFILES.values()))
     if spec.name == "hindsight":
         return _hindsight(ctx, hq, full, sc)
+    if spec.name == "width-hindsight":
+        return _width_hindsight(ctx, hq, full, sc)
     rule = spec.build(ctx)
     warm_tokens = warm_seq = 0
     warmup_class = None
@@ -322,6 +324,37 @@ def _hindsight(ctx: MethodContext, hq: HonestQuestion, full: int | None, sc: Bas
         probe_input_tokens=s.probes.input_tokens,
         probe_calls=s.probes.calls,
         stop_checkpoint=cp,
+        stopped=True,
+        **sc.costs(s),
+    )
+
+
+def width_hindsight_traces(finals: Sequence[int | None], full: int | None) -> int:
+    """The fewest traces, in launch order, whose own vote already gives ``full`` (the vote of all)."""
+    for n in range(1, len(finals) + 1):
+        if majority(finals[:n]) == full:
+            return n
+    return len(finals)
+
+
+def _width_hindsight(ctx: MethodContext, hq: HonestQuestion, full: int | None, sc: Baseline) -> RunRecord:
+    """The limit of adaptive width: launch exactly the fewest traces (in launch order) whose vote is the
+    full vote's answer, all at once, and run them to their end; no probes (uses the future)."""
+    tl = ctx.timeline
+    n = width_hindsight_traces([tl.traces[i].final_class for i in ctx.voting], full)
+    spent = [tl.traces[i].total_tokens if s < n else 0 for s, i in enumerate(ctx.voting)]
+    s = run_spend(hq, ctx.voting, spent, [0] * len(spent), 0)
+    return _record(
+        hq,
+        full,
+        full,
+        tokens=sum(spent),
+        seq_tokens=max(spent),
+        warmup_tokens=0,
+        probe_output_tokens=0,
+        probe_input_tokens=0,
+        probe_calls=0,
+        stop_checkpoint=max(tl.traces[i].finish_checkpoint for i in ctx.voting[:n]),
         stopped=True,
         **sc.costs(s),
     )

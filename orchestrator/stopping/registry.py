@@ -22,6 +22,7 @@ from orchestrator.stopping.sac import SelfAdaptiveStop
 from orchestrator.stopping.sc import SelfConsistency
 from orchestrator.stopping.switch_model import SwitchModel
 from orchestrator.stopping.width import shipped as width_shipped
+from orchestrator.stopping.width_probe import shipped_probe as width_probe_shipped
 
 RuleFactory = Callable[..., StoppingRule]
 
@@ -74,6 +75,7 @@ REGISTRY: dict[str, RuleFactory] = {
     "mars-pop": population_shipped,  # population stop with the shipped prior (docs/methods.md)
     "mars-pop-gbt": population_gbt_shipped,  # population stop, boosted trees (docs/methods.md)
     "width": width_shipped,  # adaptive width with the shipped prior (docs/adaptive.md)
+    "width-probe": width_probe_shipped,  # width, MARS as the probe stage, probes when they pay
     "default": default,
 }
 

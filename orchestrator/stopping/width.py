@@ -1,24 +1,27 @@
 """Adaptive width (``width``): launch only the traces the vote needs (STOPPING.md §11, docs/adaptive.md).
 
-K is an upper bound, not a commitment. The rule starts a first wave, is asked whenever a trace
-finishes, and
+K is an upper bound, not a commitment. The rule starts a first wave and
 
 * **stops** when the certificate (:mod:`orchestrator.stopping.width_certificate`) gives the leader of
-  the finished answers at least ``1 − risk`` probability of winning the vote of all K traces — running
-  traces counted adversarially, never-launched traces as future exchangeable draws, the long-trace
-  share of those counted adversarially too (length bias);
+  the finished answers at least ``1 − risk`` probability of winning the vote of all K traces: a learned
+  mixture of Dirichlet processes over answer distributions, running and long never-launched traces
+  adversarial only as often as the learned long-trace model says (length bias), the rest future
+  exchangeable draws;
 * **launches** more traces, speculatively, as soon as the evidence says the launched ones cannot be
-  enough: if even the best case (every running trace finishes with the leader's answer) does not
-  certify, the next wave starts now, while the current one is still running. Its size is derived, not
-  tuned: the fewest further traces that, all agreeing with the leader, would certify — and never fewer
-  than the first wave;
+  enough: if the best case (every running trace agrees with the leader) or, once half a first wave
+  has finished, the likely case does not certify, the next wave starts now, while the current one is
+  still running. Its size is derived: the fewest further traces that would certify under that
+  projection, never fewer than a first wave or than the traces launched so far;
+* with a learned **patience**, starts every remaining trace once a launched one has run that long
+  while fewer than half a first wave has answered (such questions need nearly every trace; starting
+  them late is what makes waves slower than self-consistency);
 * the **first wave** is the fewest traces that, unanimous, could certify at all (it depends on K, the
   risk and the prior only).
 
 Probe-free: the certificate rests on finished traces alone, so the rule works on hidden-reasoning
-upstreams. The prior (the Dirichlet-process concentration θ over answer distributions) is learned
-across questions by ``python -m orchestrator.evaluation.train_width`` and shipped as JSON.
-Pure: no state, no I/O; the same snapshot always gives the same decision.
+upstreams (:mod:`orchestrator.stopping.width_probe` adds probes). Everything learned comes from
+``python -m orchestrator.evaluation.train_width`` and ships as JSON. Pure: no state, no I/O; the same
+snapshot always gives the same decision.
 """
 
 from __future__ import annotations
@@ -28,11 +31,11 @@ import math
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from orchestrator.domain import Decision, Snapshot
 from orchestrator.stopping.tally import vote_in_trace_order
-from orchestrator.stopping.width_certificate import Evidence, certify
+from orchestrator.stopping.width_certificate import Evidence, ShapePrior, certify
 
 PRIORS_DIR = Path(__file__).resolve().parent / "priors"
 SHIPPED_PRIOR = PRIORS_DIR / "qwen3-8b-math-width.json"
@@ -77,7 +80,7 @@ def _fewest_to_certify(
     leader: int,
     running: int,
     room: int,
-    theta: float,
+    prior: ShapePrior,
     risk: float,
     tail: float,
 ) -> int | None:
@@ -87,7 +90,7 @@ def _fewest_to_certify(
 
     def ok(n: int) -> bool:
         ev = Evidence(_project(counts, shares, leader, running + n), no_answer, 0, room - n)
-        return certify(ev, theta, tail, risk).p_win >= 1.0 - risk
+        return certify(ev, prior, tail, risk).p_win >= 1.0 - risk
 
     if ok(0):  # the common case while a wave runs: nothing more needed
         return 0
@@ -105,15 +108,17 @@ def _fewest_to_certify(
 
 @dataclass(frozen=True, slots=True)
 class AdaptiveWidth:
-    """Parameters: ``theta`` (the learned prior), ``risk`` (stop when P(leader wins) ≥ 1 − risk) and
-    ``tail_share`` (the part of the risk spent on the long-trace quantile)."""
+    """Parameters: ``theta`` (a single Dirichlet-process concentration) or ``shape`` (the learned
+    :class:`ShapePrior`, which wins when given), ``risk`` (stop when P(leader wins) ≥ 1 − risk) and
+    ``tail_share`` (the part of the risk spent on the long-trace quantiles)."""
 
     theta: float = 1.0
+    shape: ShapePrior | None = None
     risk: float = 0.05  # MARS's δ (STOPPING.md §2): the same risk budget as the seed method
     tail_share: float = 0.5
+    patience_tokens: int | None = None
     name: str = "width"
     needs_probes: bool = False
-    decides_on_finishes: ClassVar[bool] = True  # reads finished traces only (timing.py)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.risk < 1.0:
@@ -124,6 +129,16 @@ class AdaptiveWidth:
             raise ValueError("theta must be positive")
 
     @property
+    def decides_on_finishes(self) -> bool:
+        """Without a patience the rule reads finished traces only and is asked only where one
+        finished (timing.py); with one it also watches how long the running traces have run."""
+        return self.patience_tokens is None
+
+    @property
+    def prior(self) -> ShapePrior:
+        return self.shape if self.shape is not None else ShapePrior.single(self.theta)
+
+    @property
     def _tail(self) -> float:
         return self.risk * self.tail_share
 
@@ -131,12 +146,12 @@ class AdaptiveWidth:
         """The fewest traces that, unanimous, could certify (the whole budget if none can)."""
         if budget <= 1:
             return budget
-        n = _fewest_to_certify((0,), (1.0,), 0, 0, 0, budget, self.theta, self.risk, self._tail)
+        n = _fewest_to_certify((0,), (1.0,), 0, 0, 0, budget, self.prior, self.risk, self._tail)
         return budget if n is None else max(1, n)
 
     def certificate(self, snapshot: Snapshot) -> tuple[Evidence, int | None, float]:
         ev = evidence(snapshot)
-        cert = certify(ev, self.theta, self._tail, self.risk)
+        cert = certify(ev, self.prior, self._tail, self.risk)
         return ev, cert.leader, cert.p_win
 
     def decide(self, snapshot: Snapshot) -> Decision:
@@ -154,10 +169,29 @@ class AdaptiveWidth:
                 (t for t in snapshot.traces if t.started and not t.pruned), key=lambda t: t.index
             )
             return Decision.halt(vote_in_trace_order(started), "budget exhausted", details=details)
-        launch = self.wave(ev, snapshot.budget)
+        launch = self.launch(snapshot, ev)
         details["launch"] = float(launch)
         reason = "next wave" if launch else "waiting for the wave"
         return Decision.cont(reason=reason, launch=launch, details=details)
+
+    def launch(self, snapshot: Snapshot, ev: Evidence) -> int:
+        """How many traces to start now: the next wave (:meth:`wave`), or every one left once the
+        patience has run out."""
+        launch = self.wave(ev, snapshot.budget)
+        if not launch and self._out_of_patience(snapshot, ev):
+            launch = ev.unlaunched
+        return launch
+
+    def _out_of_patience(self, snapshot: Snapshot, ev: Evidence) -> bool:
+        """A launched trace has run ``patience_tokens`` while fewer than half a first wave has
+        finished: on this model and task such a question is one that needs (nearly) every trace
+        (learned, train_width), so the rest start now instead of after a late first answer."""
+        if self.patience_tokens is None or ev.unlaunched == 0:
+            return False
+        if 2 * ev.finished >= self.initial_traces(snapshot.budget):
+            return False
+        oldest = max((t.tokens for t in snapshot.traces if t.started and not t.finished), default=0)
+        return oldest >= self.patience_tokens
 
     def wave(self, ev: Evidence, budget: int) -> int:
         """How many traces to launch now (0: the launched ones may still be enough).
@@ -177,7 +211,7 @@ class AdaptiveWidth:
             leader = len(counts)
             counts.append(0)
         best = tuple(1.0 if i == leader else 0.0 for i in range(len(counts)))
-        args = (ev.no_answer, leader, ev.running, ev.unlaunched, self.theta, self.risk, self._tail)
+        args = (ev.no_answer, leader, ev.running, ev.unlaunched, self.prior, self.risk, self._tail)
         need = _fewest_to_certify(tuple(counts), best, *args)
         answered = sum(counts)
         if need == 0 and 2 * ev.finished >= first and answered > 0:
@@ -193,6 +227,16 @@ def from_document(doc: dict[str, Any], **params: Any) -> AdaptiveWidth:
     if doc.get("kind") != DOC_KIND:
         raise ValueError(f"not an adaptive-width prior: kind={doc.get('kind')!r}")
     params.setdefault("theta", float(doc["theta"]))
+    shape = doc.get("shape")
+    if shape is not None and "shape" not in params:
+        params["shape"] = ShapePrior(
+            tuple(float(t) for t in shape["thetas"]),
+            tuple(float(w) for w in shape["weights"]),
+            float(shape["long_a"]),
+            float(shape["long_b"]),
+        )
+    if doc.get("patience_tokens") is not None:
+        params.setdefault("patience_tokens", int(doc["patience_tokens"]))
     return AdaptiveWidth(**params)
 
 

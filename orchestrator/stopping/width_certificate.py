@@ -5,27 +5,33 @@ The K traces a job *could* run are exchangeable draws from one answer distributi
 point the job knows the final answers of F finished traces (counts ``n_c``, plus traces that finished
 with no answer), that R traces are running, and that U = K − F − R were never launched.
 
-**Prior and posterior.** ``p`` has a Dirichlet-process prior with concentration ``θ`` (learned across
-questions, :mod:`orchestrator.evaluation.train_width`): after the finished answers the posterior over
-(leader, challenger k, everything else) is Dirichlet(n_L, n_k, F − n_L − n_k + θ), where "everything
-else" includes answers never seen (an unseen challenger gets the new-class mass θ).
+**Prior and posterior.** ``p`` has a Dirichlet-process prior with concentration ``θ``, or a learned
+mixture of them (:class:`ShapePrior`, :mod:`orchestrator.evaluation.train_width`) whose weights the
+finished answers update by Bayes' rule: after the finished answers the posterior over (leader,
+challenger k, everything else) is Dirichlet(n_L, n_k, F − n_L − n_k + θ), where "everything else"
+includes answers never seen (an unseen challenger gets the new-class mass θ).
 
 **Length bias.** Traces that finish first are the short ones, and short and long traces can answer
 differently (aime25 q6: short traces say 271, long ones 821). So finished answers are evidence only
 about *short* draws, "short" meaning a length the launched traces have already had time to reach:
 
-* a running trace is long and its answer unknown: it is counted **adversarially** (it votes for the
-  challenger);
 * a never-launched trace is short with probability s, where s ~ Beta(f + 1, r + 1) from the f finished
   and r running launched traces (later, younger waves only lower this estimate: conservative). The
-  number J of long ones among U is Beta-binomial; its upper quantile J* (P(J > J*) ≤ ``tail_risk``) is
-  counted adversarially and the U − J* short ones are Dirichlet–multinomial draws from the posterior.
+  number J of long ones among U is Beta-binomial, with upper quantile J* (P(J > J*) ≤ its share of
+  ``tail_risk``);
+* the R running traces and the J* long ones are **adversarial** (they vote for the challenger): all of
+  them under a single-θ prior, and under a learned :class:`ShapePrior` each with probability ε,
+  ε ~ Beta(long_a, long_b) across questions (otherwise an exchangeable draw); then the upper quantile
+  A* of that Beta-binomial count (the other half of ``tail_risk``) is adversarial and the rest are
+  Dirichlet–multinomial draws from the posterior.
 
-Losing is monotone in J (a long draw is a short draw moved to the challenger), so
+Losing is monotone in J and in A (a long draw is a short draw moved to the challenger; A | J grows
+with J), so, with the adversarial count V = R + J* (single θ) or A* (learned),
 
-    P(leader loses) ≤ P(J > J*) + Σ_k P(n_L + X_L ≤ n_k + R + J* + X_k)
+    P(leader loses) ≤ P(J > J*) [+ P(A > A* | J*)] + Σ_g w_g Σ_k P_g(n_L + X_L ≤ n_k + V + X_k)
 
-with (X_L, X_k, X_rest) ~ DirMult(U − J*; n_L, n_k, rest). Ties count as losses. Challengers are the
+with (X_L, X_k, X_rest) ~ DirMult(unknown − V; n_L, n_k, rest + θ_g) and w_g the posterior mixture
+weights. Ties count as losses. Challengers are the
 strongest seen answers one by one and a pooled rest (all other answers plus the unseen mass, which
 upper-bounds every one of them). Each term is computed **exactly** by summing the trinomial
 Dirichlet–multinomial over the losing region (:func:`dirmult_lose_probability`); the certificate is
@@ -34,6 +40,7 @@ Dirichlet–multinomial over the losing region (:func:`dirmult_lose_probability`
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -45,8 +52,11 @@ FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 
 NEGLIGIBLE = 1e-13  # m-values below this probability are counted as lost, not summed
-MAX_CHALLENGERS = 3
-WINDOW = 96  # values of X_L summed per m below the losing boundary (exact below K ≈ 2·WINDOW)  # strongest seen challengers tested one by one; the rest are pooled
+# Mixture components lighter than this share of the risk are counted as lost, not computed (at most
+# six of them: the bound grows by < 0.6 % of the risk).
+NEGLIGIBLE_COMPONENT = 1e-3
+MAX_CHALLENGERS = 3  # strongest seen challengers tested one by one; the rest are pooled
+WINDOW = 96  # values of X_L summed per m below the losing boundary (exact below K ≈ 2·WINDOW)
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +130,7 @@ def dirmult_lose_probability(draws: int, a_lead: float, a_chal: float, a_rest: f
     m = np.arange(draws + 1)
     lf = _log_factorials(draws)
     # P(m): X_L + X_k ~ BetaBinomial(draws, a_lead + a_chal, a_rest)
-    if a_rest > 0.0:
+    if a_rest > NEGLIGIBLE:  # a vanishing rest mass (subnormal floats) is no rest at all
         log_pm = (
             lf[draws]
             - lf[m]
@@ -175,24 +185,140 @@ def dirmult_lose_probability(draws: int, a_lead: float, a_chal: float, a_rest: f
     return min(1.0, max(0.0, lose))
 
 
+@dataclass(frozen=True, slots=True)
+class ShapePrior:
+    """The learned prior over answer-distribution shapes (:mod:`orchestrator.evaluation.train_width`).
+
+    * A **mixture of Dirichlet processes**: concentration ``thetas[g]`` with prior weight
+      ``weights[g]``. Easy questions (one answer) sit at small θ, contested ones at large θ; the
+      finished answers move the weights (the Ewens likelihood of their partition), so a unanimous
+      start is recognised as an easy question instead of being judged by one average θ.
+    * The **long-trace model**: a trace that is still running, or a never-launched one that will be
+      long, votes adversarially (for the challenger) with probability ε and is otherwise one more
+      exchangeable draw; ε varies by question as Beta(``long_a``, ``long_b``), learned across
+      questions. ``long_a = 0`` means ε = 1: every long trace adversarial (the fully conservative
+      count).
+    """
+
+    thetas: tuple[float, ...]
+    weights: tuple[float, ...]
+    long_a: float = 0.0
+    long_b: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.thetas or len(self.thetas) != len(self.weights):
+            raise ValueError("thetas and weights must be non-empty and of equal length")
+        if any(t <= 0.0 for t in self.thetas) or any(w < 0.0 for w in self.weights) or sum(self.weights) <= 0:
+            raise ValueError("thetas must be positive and weights non-negative, not all zero")
+        if self.long_a < 0.0 or self.long_b < 0.0 or (self.long_a > 0.0) != (self.long_b > 0.0):
+            raise ValueError("long_a and long_b must both be positive (learned) or both 0 (adversarial)")
+
+    @classmethod
+    def single(cls, theta: float) -> ShapePrior:
+        return cls((float(theta),), (1.0,))
+
+    @property
+    def adversarial_long(self) -> bool:
+        return self.long_a <= 0.0
+
+    def posterior(self, counts: tuple[int, ...], no_answer: int) -> list[tuple[float, float]]:
+        """(θ, weight) after the finished answers, heaviest first: prior weight × the θ-dependent
+        Ewens factor θ^C Γ(θ) / Γ(θ + N) of their partition (no-answer finishes one more class)."""
+        if len(self.thetas) == 1:
+            return [(self.thetas[0], 1.0)]
+        classes = sum(1 for c in counts if c > 0) + (1 if no_answer > 0 else 0)
+        n = sum(counts) + no_answer
+        logs = [
+            math.log(w) + classes * math.log(t) + math.lgamma(t) - math.lgamma(t + n) if w > 0 else -math.inf
+            for t, w in zip(self.thetas, self.weights, strict=True)
+        ]
+        top = max(logs)
+        raw = [math.exp(v - top) for v in logs]
+        total = sum(raw)
+        return sorted(((t, r / total) for t, r in zip(self.thetas, raw, strict=True)), key=lambda tw: -tw[1])
+
+
+PriorLike = float | ShapePrior
+
+
+def as_prior(prior: PriorLike) -> ShapePrior:
+    return prior if isinstance(prior, ShapePrior) else ShapePrior.single(prior)
+
+
+@dataclass(frozen=True, slots=True)
+class LongTraces:
+    """How the traces whose answers are unknown are counted (module docstring, length bias)."""
+
+    j_star: int  # long never-launched traces (upper quantile)
+    adversarial: int  # votes counted for the challenger
+    draws: int  # exchangeable draws from the posterior
+    tail: float  # risk spent on the quantiles
+
+
+def long_traces(
+    shape: ShapePrior, unknown: int, running: int, finished: int, unlaunched: int, tail_risk: float
+) -> LongTraces:
+    """``unknown`` running traces of unknown answer (all running ones without probes, none with
+    them), ``running`` and ``finished`` launched traces (the long share), ``unlaunched`` never
+    launched: J*, then the adversarial count (all long traces, or the learned model's upper quantile)
+    and the exchangeable draws left."""
+    j_risk = tail_risk if shape.adversarial_long else tail_risk / 2.0
+    j_star = betabinom_upper_quantile(unlaunched, running + 1.0, finished + 1.0, j_risk)
+    tail = j_risk if unlaunched > 0 and j_star < unlaunched else 0.0
+    long = unknown + j_star
+    if shape.adversarial_long:
+        return LongTraces(j_star, long, unlaunched - j_star, tail)
+    adversarial = betabinom_upper_quantile(long, shape.long_a, shape.long_b, tail_risk / 2.0)
+    if adversarial < long:
+        tail += tail_risk / 2.0
+    # the long traces that are not adversarial are exchangeable draws like the short ones
+    return LongTraces(j_star, adversarial, unlaunched + unknown - adversarial, tail)
+
+
 def certify(
-    evidence: Evidence, theta: float, tail_risk: float, stop_risk: float | None = None
+    evidence: Evidence, prior: PriorLike, tail_risk: float, stop_risk: float | None = None
 ) -> Certificate:
-    """The certificate for the current leader (module docstring). ``stop_risk``, when given, lets the
-    computation end early once the bound exceeds it (the answer is then "cannot stop", p_win < 1 − risk)."""
+    """The certificate for the current leader (module docstring). ``prior`` is a :class:`ShapePrior`
+    or a single θ. ``stop_risk``, when given, lets the computation end early once the bound exceeds it
+    (the answer is then "cannot stop", p_win < 1 − risk)."""
+    shape = as_prior(prior)
     leader = evidence.leader()
     counts = evidence.counts
-    u = evidence.unlaunched
-    launched_finished = evidence.finished
-    j_star = betabinom_upper_quantile(u, evidence.running + 1.0, launched_finished + 1.0, tail_risk)
-    tail = tail_risk if u > 0 and j_star < u else 0.0
+    long = long_traces(
+        shape, evidence.running, evidence.running, evidence.finished, evidence.unlaunched, tail_risk
+    )
     if leader is None:
-        return Certificate(None, 0.0, j_star)
+        return Certificate(None, 0.0, long.j_star)
+    short, adversarial, tail = long.draws, long.adversarial, long.tail
+    budget = stop_risk if stop_risk is not None else None
+    bound = tail
+    posterior = shape.posterior(counts, evidence.no_answer)
+    for i, (theta, weight) in enumerate(posterior):
+        if budget is not None and bound > budget:
+            break
+        if weight < NEGLIGIBLE_COMPONENT * (stop_risk if stop_risk is not None else tail_risk):
+            # the rest of the (sorted) weights: counted as lost
+            bound += sum(w for _, w in posterior[i:])
+            break
+        left = None if budget is None else (budget - bound) / weight
+        bound += weight * _lose_bound(counts, leader, evidence.no_answer, theta, short, adversarial, left)
+    return Certificate(leader, max(0.0, 1.0 - min(1.0, bound)), long.j_star)
+
+
+def _lose_bound(
+    counts: tuple[int, ...],
+    leader: int,
+    no_answer: int,
+    theta: float,
+    short: int,
+    adversarial: int,
+    stop_risk: float | None,
+) -> float:
+    """P(leader loses) under one Dirichlet process: ``short`` exchangeable draws, ``adversarial``
+    votes for the challenger."""
     n_lead = counts[leader]
-    short = u - j_star
-    adversarial = evidence.running + j_star
     answered = sum(counts)
-    base_rest = answered - n_lead + evidence.no_answer
+    base_rest = answered - n_lead + no_answer
 
     def lose(votes: int, a_chal: float, a_rest: float) -> float:
         return dirmult_lose_probability(short, float(n_lead), a_chal, a_rest, votes + adversarial - n_lead)
@@ -200,19 +326,18 @@ def certify(
     # Every other answer pooled into one challenger (the unseen mass θ included): losing to anyone
     # means losing to the pool, so this alone bounds the risk, with one computation.
     pooled_all = answered - n_lead
-    bound = tail + lose(pooled_all, pooled_all + theta, float(evidence.no_answer))
+    bound = lose(pooled_all, pooled_all + theta, float(no_answer))
     if bound <= (stop_risk if stop_risk is not None else 0.0) or pooled_all == 0:
-        return Certificate(leader, max(0.0, 1.0 - bound), j_star)
+        return bound
     # Otherwise a union bound: the strongest seen challengers one by one, the rest (θ included) pooled.
     others = sorted(
         (c for c in range(len(counts)) if c != leader and counts[c] > 0), key=lambda c: -counts[c]
     )
     single, pooled = others[:MAX_CHALLENGERS], others[MAX_CHALLENGERS:]
     pooled_votes = sum(counts[c] for c in pooled)
-    union = tail + lose(pooled_votes, pooled_votes + theta, float(base_rest - pooled_votes))
+    union = lose(pooled_votes, pooled_votes + theta, float(base_rest - pooled_votes))
     for c in single:
         if union >= bound or (stop_risk is not None and union > stop_risk):
-            return Certificate(leader, max(0.0, 1.0 - bound), j_star)  # a partial sum bounds nothing
+            return bound  # a partial sum bounds nothing
         union += lose(counts[c], float(counts[c]), base_rest - counts[c] + theta)
-    bound = min(bound, union)
-    return Certificate(leader, max(0.0, 1.0 - bound), j_star)
+    return min(bound, union)

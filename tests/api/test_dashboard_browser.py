@@ -259,13 +259,13 @@ async def test_real_job_end_to_end_in_the_page(browser: Browser) -> None:
 
 def wave_corpus(traces: int = 24, interval: int = 100) -> Corpus:
     """One question whose served trace i (the replay server's seeded order) is 200-600 tokens long and
-    answers 42, except served trace 1 (41): ``width`` at K = 24 launches 10, then 10 more, and stops with
-    4 never launched."""
+    answers 42, except served trace 3 (41): ``width`` at K = 24 launches 6, then 6 more, and stops with
+    12 never launched."""
     order = Catalog(small_corpus(traces=traces), seed=0).order(small_corpus(traces=traces).questions[0])
     built: list[CorpusTrace] = [None] * traces  # type: ignore[list-item]
     for served, stored in enumerate(order):
         total = 200 + 100 * (served % 5)
-        final = "41" if served == 1 else "42"
+        final = "41" if served == 3 else "42"
         positions = tuple(range(interval, total, interval))
         built[stored] = CorpusTrace(
             index=stored,
@@ -308,9 +308,9 @@ async def test_a_width_job_shows_its_waves(browser: Browser) -> None:
             await browser.until(lambda: browser.text_now("#final-answer") == "42", timeout_s=30)
             job = (await http.get(f"/v1/jobs/{job_id}")).json()
             launched, never = job["launched"], job["never_launched"]
-            assert (launched, never, job["waves"]) == (20, 4, 2)
-            assert await browser.text("#launched") == "launched 20 of 24"
-            assert await browser.text("#never-launched") == "4"
+            assert (launched, never, job["waves"]) == (12, 12, 2)
+            assert await browser.text("#launched") == "launched 12 of 24"
+            assert await browser.text("#never-launched") == "12"
             assert await browser.text("#unlaunched-label") == "never launched"
             assert await browser.text("#wave-count") == "2"
             assert await browser.text("#running") == "0"
@@ -322,19 +322,19 @@ async def test_a_width_job_shows_its_waves(browser: Browser) -> None:
                 "return [...document.querySelectorAll('#timeline rect')].map("
                 "r => [Number(r.dataset.wave), Number(r.getAttribute('x'))])"
             )
-            assert len(starts) == 20
+            assert len(starts) == 12
             first = [x for wave, x in starts if wave == 1]
             second = [x for wave, x in starts if wave == 2]
-            assert len(first) == len(second) == 10
+            assert len(first) == len(second) == 6
             assert min(second) > max(first)  # the second wave visibly starts later
             assert await browser.count("#timeline line[data-wave-start]") == 2
-            assert await browser.count(".trace.pending") == 4
+            assert await browser.count(".trace.pending") == 12
             assert "never launched" in await browser.text(".trace.pending")
             assert "wave 2" in await browser.text(f'.trace[data-index="{second_index(job)}"]')
 
             await browser.get(f"{svc.url}/dashboard")
             cell = f'tr[data-job="{job_id}"] .launched'
-            await browser.until(lambda: browser.text_now(cell) == "launched 20 of 24 in 2 waves")
+            await browser.until(lambda: browser.text_now(cell) == "launched 12 of 24 in 2 waves")
 
 
 def second_index(job: dict[str, Any]) -> int:

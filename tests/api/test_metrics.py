@@ -128,11 +128,11 @@ async def test_waves_are_counted_from_a_live_width_job() -> None:
     from orchestrator.coordinator import Coordinator, CoordinatorConfig
     from orchestrator.store.base import request_fingerprint
     from tests.coordinator.test_coordinator import job
-    from tests.coordinator.test_waves import BUDGET, two_waves
+    from tests.coordinator.test_waves import BUDGET, TWO_WAVE_WIDTH, two_waves
 
     metrics = Metrics()
     store = cast(Store, MeteredStore(MemoryStore(), metrics))
-    spec = job(budget=BUDGET, method="width")
+    spec = job(budget=BUDGET, method="width", params=TWO_WAVE_WIDTH)
     await store.create_job(spec, request_fingerprint(spec))
     result = await Coordinator(store, two_waves(), config=CoordinatorConfig(cancel_poll_s=0.02)).run(spec)
     assert (result.launched, result.never_launched, result.waves) == (20, 4, 2)

@@ -12,7 +12,7 @@ from rich.console import Console
 from orchestrator.console.client import SseEvent
 from orchestrator.console.progress import LiveJob, summary
 from tests.coordinator.test_coordinator import events, job, run
-from tests.coordinator.test_waves import BUDGET, two_waves
+from tests.coordinator.test_waves import BUDGET, TWO_WAVE_WIDTH, two_waves
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -26,7 +26,7 @@ def text(renderable: Any) -> str:
 async def test_the_live_view_follows_the_waves() -> None:
     """After the first launch: 10 of 24, 14 not launched yet; at the end: 20 of 24 in 2 waves, 4 never
     launched; a wave-2 trace's tokens at a checkpoint are the position minus its launch point."""
-    result, store = await run(two_waves(), job(budget=BUDGET, method="width"))
+    result, store = await run(two_waves(), job(budget=BUDGET, method="width", params=TWO_WAVE_WIDTH))
     view = LiveJob(job_id=result.job_id, budget=BUDGET, max_tokens=4096)
     checked_own_tokens = checked_first = False
     for e in await events(store, result.job_id):

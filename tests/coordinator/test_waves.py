@@ -16,6 +16,10 @@ from tests.fakes import Script, ScriptedProvider
 pytestmark = pytest.mark.timeout(30)
 
 BUDGET = 24
+# ``width`` with one θ and neither the learned shape prior nor the patience: the rule these reporting
+# tests were scripted against (two waves, 20 of 24). The learned rule's own waves are covered by
+# tests/stopping/test_width.py and tests/workers/test_width_e2e.py.
+TWO_WAVE_WIDTH = {"shape": None, "patience_tokens": None}
 
 
 def two_waves(*, fail: dict[int, int] | None = None, long_trace: int | None = None) -> ScriptedProvider:
@@ -31,7 +35,7 @@ def two_waves(*, fail: dict[int, int] | None = None, long_trace: int | None = No
 async def test_a_width_job_reports_launched_of_k_and_each_traces_wave() -> None:
     """launched + never_launched = K; wave-2 traces start later on the token clock and the wall clock;
     never-launched traces have no wave and no launch point; launch events carry the wave."""
-    result, store = await run(two_waves(), job(budget=BUDGET, method="width"))
+    result, store = await run(two_waves(), job(budget=BUDGET, method="width", params=TWO_WAVE_WIDTH))
     assert result.status.value == "succeeded"
     assert (result.launched, result.never_launched, result.waves) == (20, 4, 2)
     assert "launched 20 of 24 traces" in result.notes
@@ -67,7 +71,9 @@ async def test_a_failed_trace_is_neither_running_nor_finished() -> None:
     and the job still stops (before, the rule waited on it as if it were running)."""
     provider = two_waves(fail={0: 50})
     config = CoordinatorConfig(cancel_poll_s=0.02, trace_retries=0)
-    result, store = await run(provider, job(budget=BUDGET, method="width"), config=config)
+    result, store = await run(
+        provider, job(budget=BUDGET, method="width", params=TWO_WAVE_WIDTH), config=config
+    )
     assert result.traces[0].status is TraceStatus.FAILED
     assert result.status.value == "succeeded"
     launched = failed = 0

@@ -5,15 +5,20 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 
 from orchestrator.domain import TraceView
-from orchestrator.evaluation.train_width import fit_theta, log_marginal
+from orchestrator.evaluation.protocol_honest import width_hindsight_traces
+from orchestrator.evaluation.train_width import fit_long_model, fit_theta, fit_weights, log_marginal
+from orchestrator.pricing import PROFILES
+from orchestrator.probe_value import ProbeValue, probes_pay, shipped_value
 from orchestrator.stopping.registry import build_rule
 from orchestrator.stopping.width import AdaptiveWidth, evidence, shipped
 from orchestrator.stopping.width_certificate import Evidence, certify
-from tests.stopping.builders import snapshot, trace
+from orchestrator.stopping.width_probe import WidthProbe, probe_votes
+from tests.stopping.builders import IDENTITY_Q, snapshot, trace
 
 K = 64
 RULE = AdaptiveWidth(theta=3.0)
@@ -128,3 +133,183 @@ def test_theta_fit_recovers_a_chinese_restaurant_process() -> None:
     assert theta == pytest.approx(2.0, rel=0.25)
     assert log_marginal(theta, questions) >= log_marginal(theta * 1.5, questions)
     assert math.isfinite(log_marginal(theta, questions))
+
+
+# --- launch policy: patience ---------------------------------------------------------------------
+
+
+def _running(views: list[TraceView], tokens: int) -> list[TraceView]:
+    return [replace(v, tokens=tokens) if v.started and not v.finished else v for v in views]
+
+
+def test_patience_launches_every_remaining_trace_once_the_first_wave_runs_long() -> None:
+    """No finish yet and a trace past the patience: the rest start now; before it, nothing does."""
+    rule = AdaptiveWidth(theta=3.0, patience_tokens=8000)
+    n = rule.initial_traces(K)
+    early = rule.decide(snapshot(_running(job([], running=n), 7999), budget=K))
+    late = rule.decide(snapshot(_running(job([], running=n), 8000), budget=K))
+    assert early.launch == 0
+    assert late.launch == K - n
+
+
+def test_patience_waits_once_half_a_first_wave_has_answered() -> None:
+    """Evidence has arrived (half a first wave finished and agreeing): the patience no longer fires."""
+    rule = AdaptiveWidth(theta=3.0, patience_tokens=1000)
+    n = rule.initial_traces(K)
+    half = (n + 1) // 2
+    d = rule.decide(snapshot(_running(job([0] * half, running=n - half), 50_000), budget=K))
+    assert d.launch == 0 or d.launch < K - n
+
+
+def test_only_a_patient_rule_is_asked_between_finishes() -> None:
+    assert AdaptiveWidth(theta=3.0).decides_on_finishes
+    assert not AdaptiveWidth(theta=3.0, patience_tokens=4000).decides_on_finishes
+
+
+def test_shipped_prior_carries_the_learned_shape_and_patience() -> None:
+    rule = shipped()
+    assert rule.shape is not None
+    assert len(rule.shape.thetas) == len(rule.shape.weights) > 1
+    assert not rule.shape.adversarial_long
+    assert rule.patience_tokens is None or rule.patience_tokens > 0
+
+
+# --- trainer -------------------------------------------------------------------------------------
+
+
+def _crp(rng: random.Random, theta: float, n: int) -> tuple[int, ...]:
+    labels: list[int] = []
+    for i in range(n):
+        if rng.random() < theta / (theta + i):
+            labels.append(len(set(labels)))
+        else:
+            labels.append(labels[rng.randrange(i)])
+    return tuple(Counter(labels).values())
+
+
+def test_mixture_weights_recover_the_share_of_easy_and_scattered_questions() -> None:
+    """Questions drawn 70/30 from θ = 0.05 and θ = 15 give EM weights near 0.7 on the small end and
+    0.3 on the large end of the grid."""
+    rng = random.Random(1)
+    questions = [_crp(rng, 0.05 if rng.random() < 0.7 else 15.0, 128) for _ in range(200)]
+    w = fit_weights(questions, (0.05, 1.5, 15.0))
+    assert w[0] == pytest.approx(0.7, abs=0.1)
+    assert w[2] == pytest.approx(0.3, abs=0.1)
+    assert sum(w) == pytest.approx(1.0)
+
+
+def test_long_model_recovers_the_excess_disagreement_of_long_traces() -> None:
+    """Observations drawn with ε ~ Beta(1, 4) over questions give a fit whose mean is near 0.2."""
+    rng = random.Random(2)
+    observations = []
+    for _ in range(300):
+        eps = rng.betavariate(1.0, 4.0)
+        off = rng.choice([0.0, 0.1])
+        obs = []
+        for _ in range(3):
+            k = sum(rng.random() < eps + (1 - eps) * off for _ in range(8))
+            obs.append((8, k, off))
+        observations.append(obs)
+    a, b = fit_long_model(observations)
+    assert a / (a + b) == pytest.approx(0.2, abs=0.06)
+
+
+# --- probe stage ---------------------------------------------------------------------------------
+
+
+def test_probe_votes_count_marss_adversarial_cost_against_the_pool() -> None:
+    """A running leader vote costs 2γq, a running challenger vote nothing, a running no-answer γ."""
+    pv = probe_votes((3, 1), [0, 0, 1, None], [0.5, 0.25, 0.9, 1.0], gamma=1.0)
+    assert pv.leader == 0
+    assert (pv.votes_lead, pv.votes_rest) == (5, 2)
+    assert pv.cost == math.ceil(2 * 0.5 + 2 * 0.25 + 1.0)
+    assert pv.pseudo_lead == pytest.approx(3 + 0.5 + 0.75)
+
+
+def _probed(finished: list[int], running: list[tuple[int, float]], budget: int) -> list[TraceView]:
+    views = [trace(i, a, finished=True) for i, a in enumerate(finished)]
+    views += [trace(len(views) + i, a, q=q) for i, (a, q) in enumerate(running)]
+    views += [trace(len(views) + i, None, started=False) for i in range(budget - len(views))]
+    return views
+
+
+def test_probe_stage_stops_on_settled_running_votes_and_not_on_volatile_ones() -> None:
+    """Every trace launched: running leader votes with q = 0 settle a lead; with q = 1 they could all
+    leave, so the same tally is not certified."""
+    base = AdaptiveWidth(theta=3.0)
+    rule = WidthProbe(base=base, switch_model=IDENTITY_Q)
+    settled = rule.decide(snapshot(_probed([0, 0, 1], [(0, 0.0)] * 4, 7), budget=7))
+    volatile = rule.decide(snapshot(_probed([0, 0, 1], [(0, 1.0)] * 4, 7), budget=7))
+    assert settled.stop
+    assert settled.answer_class == 0
+    assert not volatile.stop
+
+
+def test_probe_stage_keeps_the_length_bias_guard() -> None:
+    """aime25 q6's shape with probes: eight short finishers and eight running traces agree for now
+    (conservative q), 48 never launched: no stop."""
+    rule = WidthProbe(base=shipped())
+    d = rule.decide(snapshot(_probed([0] * 8, [(0, 0.5)] * 8, K), budget=K))
+    assert not d.stop
+
+
+def test_width_hindsight_is_the_fewest_traces_whose_vote_is_the_full_vote() -> None:
+    assert width_hindsight_traces([1, 0, 0, 0, 1], 0) == 3
+    assert width_hindsight_traces([0, 1, 1], 1) == 3
+    assert width_hindsight_traces([2, 2, 0], 2) == 1
+
+
+# --- probes only when they pay -------------------------------------------------------------------
+
+
+def _value(saved: float, calls: float = 100.0, prefix: float = 1e6) -> ProbeValue:
+    return ProbeValue(saved, calls, prefix + calls * 40, calls * 30, prefix, prefix / 10, calls * 2)
+
+
+def test_probing_pays_only_when_the_priced_saving_beats_the_probes_price() -> None:
+    """A modest saving pays on a self-hosted server (cache hits free) and not at an API's cached-input
+    and cache-write rates; a negative saving never pays."""
+    big = _value(saved=5_000.0)
+    assert big.pays(PROFILES["self-hosted"])
+    assert not big.pays(PROFILES["anthropic"])
+    assert not _value(saved=-1.0).pays(PROFILES["self-hosted"])
+    assert probes_pay(None, big)
+    assert probes_pay("configured:some-model", big)  # an unnamed profile: probe, as measured
+    assert not probes_pay("anthropic", big)
+
+
+def test_shipped_probe_value_says_probing_never_pays_on_the_bundled_corpus() -> None:
+    """The measured value (train_width) prices probing above its saving under every profile."""
+    value = shipped_value()
+    assert value is not None
+    assert not any(value.pays(p) for p in PROFILES.values())
+
+
+def test_a_job_that_does_not_probe_decides_exactly_as_width() -> None:
+    """probe=False: no probes requested, asked only on finishes, the same decisions as width."""
+    base = AdaptiveWidth(theta=3.0)
+    rule = WidthProbe(base=base, probe=False)
+    assert not rule.needs_probes
+    assert rule.decides_on_finishes
+    for views in (job([0] * 8, running=8), job([0, 1] * 3, running=7), job([1] * 14, running=0)):
+        s = snapshot(views, budget=K)
+        assert rule.decide(s) == base.decide(s)
+
+
+def test_the_job_rule_gets_the_gate_from_its_price_profile() -> None:
+    """The coordinator's rule builder turns probing off for a job priced where it does not pay."""
+    from orchestrator.coordinator import build_job_rule
+    from orchestrator.domain import JobSpec, WarmupMode
+    from orchestrator.warmup import WarmupFit
+
+    spec = JobSpec(
+        job_id="j", messages=(), provider="p", model="m", method="width-probe", price_profile="openai"
+    )
+    rule = build_job_rule(spec, WarmupFit(WarmupMode.NONE))
+    assert isinstance(rule, WidthProbe)
+    assert not rule.needs_probes
+    unpriced = build_job_rule(
+        JobSpec(job_id="k", messages=(), provider="p", model="m", method="width-probe"),
+        WarmupFit(WarmupMode.NONE),
+    )
+    assert unpriced.needs_probes

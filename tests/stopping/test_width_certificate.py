@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from orchestrator.stopping.width_certificate import (
     Evidence,
+    ShapePrior,
     betabinom_upper_quantile,
     certify,
     dirmult_lose_probability,
@@ -149,3 +150,128 @@ def test_windowed_sum_is_exact_or_conservative_at_large_k(
     full = dirmult_lose_probability(400, a_lead, a_chal, 6.0, deficit)
     assert windowed >= full - 1e-12
     assert windowed <= full + 0.01
+
+
+# --- the learned shape prior: a mixture of Dirichlet processes and the long-trace model -------------
+
+
+def _ewens_factor(theta: float, counts: tuple[int, ...], no_answer: int) -> float:
+    """P(the partition | θ) up to θ-free factors: θ^C Γ(θ) / Γ(θ + N), by the urn (independent)."""
+    sizes = [c for c in counts if c > 0] + ([no_answer] if no_answer else [])
+    p = theta ** len(sizes)
+    for i in range(sum(sizes)):
+        p /= theta + i
+    return p
+
+
+def _betabinom_pmf(n: int, a: float, b: float) -> list[float]:
+    if n == 0:
+        return [1.0]
+    return _betabinom(n, a, b)
+
+
+def _worst_case_win_shape(ev: Evidence, shape: ShapePrior) -> float:
+    """The model's exact P(leader wins): the long never-launched count J, the adversarial count A of
+    the running and long traces (Beta-binomial), the rest exchangeable draws, the DP mixture weighted by
+    Bayes' rule on the finished partition (brute force, new answers pooled: the worst grouping)."""
+    leader = ev.leader()
+    assert leader is not None
+    counts, u, r = ev.counts, ev.unlaunched, ev.running
+    raw = [
+        w * _ewens_factor(t, counts, ev.no_answer) for t, w in zip(shape.thetas, shape.weights, strict=True)
+    ]
+    total = sum(raw)
+    win = 0.0
+    for theta, w in zip(shape.thetas, (x / total for x in raw), strict=True):
+        alphas = (*map(float, counts), theta, float(ev.no_answer))
+        for j, pj in enumerate(_betabinom_pmf(u, r + 1.0, ev.finished + 1.0)):
+            for a, pa in enumerate(_betabinom_pmf(r + j, shape.long_a, shape.long_b)):
+                for xs in _compositions(u + r - a, len(alphas)):
+                    p = _dirmult_pmf(xs, alphas)
+                    if p == 0.0:
+                        continue
+                    lead = counts[leader] + xs[leader]
+                    rivals = [counts[c] + xs[c] for c in range(len(counts)) if c != leader]
+                    rivals.append(xs[len(counts)])
+                    if all(lead > v + a for v in rivals):
+                        win += w * pj * pa * p
+    return win
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    counts=st.lists(st.integers(0, 6), min_size=1, max_size=2).filter(lambda c: max(c) > 0),
+    no_answer=st.integers(0, 1),
+    running=st.integers(0, 2),
+    unlaunched=st.integers(0, 4),
+    weights=st.lists(st.floats(0.05, 1.0), min_size=2, max_size=2),
+    long_a=st.floats(0.3, 3.0),
+    long_b=st.floats(0.5, 6.0),
+)
+def test_learned_certificate_never_exceeds_the_models_win_probability(
+    counts: list[int],
+    no_answer: int,
+    running: int,
+    unlaunched: int,
+    weights: list[float],
+    long_a: float,
+    long_b: float,
+) -> None:
+    """With the θ mixture and the learned long-trace model, the certificate is still a lower bound
+    on the model's exact probability that the leader wins (brute-force enumeration, small K)."""
+    shape = ShapePrior((0.3, 3.0), tuple(weights), long_a, long_b)
+    ev = Evidence(tuple(counts), no_answer, running, unlaunched)
+    assert certify(ev, shape, tail_risk=0.02).p_win <= _worst_case_win_shape(ev, shape) + 1e-9
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    counts=st.lists(st.integers(0, 20), min_size=1, max_size=4),
+    no_answer=st.integers(0, 3),
+    weights=st.lists(st.floats(0.01, 1.0), min_size=3, max_size=3),
+)
+def test_mixture_posterior_is_bayes_rule_on_the_ewens_likelihood(
+    counts: list[int], no_answer: int, weights: list[float]
+) -> None:
+    """The mixture weights after the finished answers are prior × Ewens likelihood, normalised."""
+    thetas = (0.1, 1.0, 10.0)
+    shape = ShapePrior(thetas, tuple(weights))
+    raw = [w * _ewens_factor(t, tuple(counts), no_answer) for t, w in zip(thetas, weights, strict=True)]
+    expected = {t: x / sum(raw) for t, x in zip(thetas, raw, strict=True)}
+    got = dict(shape.posterior(tuple(counts), no_answer))
+    for t in thetas:
+        assert got[t] == pytest.approx(expected[t], rel=1e-9, abs=1e-12)
+
+
+def test_a_unanimous_start_moves_the_mixture_to_easy_questions() -> None:
+    """Five agreeing finishes make the small-θ (one-answer) component dominate; a split does the opposite."""
+    shape = ShapePrior((0.05, 15.0), (0.5, 0.5))
+    assert dict(shape.posterior((5,), 0))[0.05] > 0.99
+    assert dict(shape.posterior((1, 1, 1, 1, 1), 0))[15.0] > 0.99
+
+
+def test_fully_adversarial_long_traces_are_the_conservative_limit() -> None:
+    """The learned long-trace model never certifies less than counting every long trace adversarially."""
+    learned = ShapePrior((1.0,), (1.0,), 1.0, 4.0)
+    adversarial = ShapePrior((1.0,), (1.0,))
+    for ev in (Evidence((9,), 0, 3, 20), Evidence((12, 1), 0, 4, 30), Evidence((6,), 0, 0, 58)):
+        assert certify(ev, learned, 0.025).p_win >= certify(ev, adversarial, 0.025).p_win - 1e-12
+
+
+def test_short_early_finishers_are_not_certified_under_the_shipped_prior() -> None:
+    """aime25 q6's shape under the shipped, learned prior: eight short finishers agree, eight long
+    traces run, 48 never launched: no certificate."""
+    from orchestrator.stopping.width import shipped
+
+    rule = shipped()
+    ev = Evidence((8,), 0, 8, 48)
+    assert certify(ev, rule.prior, rule.risk * rule.tail_share).p_win < 1 - rule.risk
+
+
+def test_shape_prior_validates_its_parameters() -> None:
+    with pytest.raises(ValueError, match="non-empty"):
+        ShapePrior((), ())
+    with pytest.raises(ValueError, match="both"):
+        ShapePrior((1.0,), (1.0,), 1.0, 0.0)
+    with pytest.raises(ValueError, match="positive"):
+        ShapePrior((-1.0,), (1.0,))

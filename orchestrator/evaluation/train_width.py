@@ -251,9 +251,9 @@ def probe_value(
     training questions, first :data:`PATIENCE_PERMUTATIONS` permutations: the generated tokens it
     saved, and its probes' input sums (prompt, prefix positions on the grid, the answer-forcing suffix)
     and output."""
-    from orchestrator.evaluation.protocol_honest import PROBE_SUFFIX_TOKENS, slot_spend
+    from orchestrator.evaluation.protocol_honest import slot_spend
     from orchestrator.evaluation.protocol_pp import permutation
-    from orchestrator.evaluation.simulate import simulate
+    from orchestrator.evaluation.simulate import PROBE_SUFFIX_TOKENS, simulate
 
     probe = WidthProbe(base=rule)
     runs = 0

@@ -53,6 +53,7 @@ async def run_both(
     method: str,
     params: dict[str, Any],
     speed: float,
+    budget: int = BUDGET,
 ) -> tuple[JobResult, SimRun, Spend, str | None]:
     """The live job through the real path and the simulator's run, charged as ``mars eval`` does."""
     data = corpus(shared_data, file)
@@ -61,7 +62,7 @@ async def run_both(
     hq = honest_question(q, None, exact)
     order = list(range(len(q.traces)))
     random.Random(rep).shuffle(order)
-    voting = order[:BUDGET]
+    voting = order[:budget]
     rule = build_rule(method, **params)
     sim = simulate(rule, hq.timeline, voting)
     spent, counts = slot_spend(sim, hq.timeline, voting, probes=rule.needs_probes)
@@ -80,7 +81,7 @@ async def run_both(
                     messages=({"role": "user", "content": q.question},),
                     provider="replay",
                     model="replay",
-                    budget=BUDGET,
+                    budget=budget,
                     method=method,
                     method_params=params,
                     probe=ProbeSpec(interval_tokens=q.probe_interval_tokens, timeout_s=30.0),
@@ -148,3 +149,47 @@ async def test_a_live_probe_costs_what_mars_eval_says(shared_data: Path, redis_u
 
 def rule_probes(method: str, params: dict[str, Any]) -> bool:
     return build_rule(method, **params).needs_probes
+
+
+async def test_a_probing_width_job_probes_a_later_wave_at_its_own_positions(
+    shared_data: Path, redis_url: str, prefix: str
+) -> None:
+    """Adaptive width with MARS as the probe stage (``width-probe``, probing forced on) through the real
+    path: it launches a first wave, starts a second while the first runs, probes the second wave's traces
+    at their own checkpoints (counted from their own first token), stops on the certificate and hangs up
+    what still runs; answer, stop, launches, probe calls, the prefixes probed and the all-in bill are
+    the simulator's."""
+    budget, params = 16, {"probe": True}
+    result, sim, offline, answer = await run_both(
+        shared_data, redis_url, prefix, "aime24", 6, 1, "width-probe", params, 6000.0, budget
+    )
+    rule = build_rule("width-probe", **params)
+    first = rule.initial_traces(budget)
+    assert first < sim.traces_started < budget  # the scenario has a second wave and never-launched traces
+    data = corpus(shared_data, "aime24")
+    hq = honest_question(
+        data.questions[6], None, {s: (None if s == NO_ANSWER else s) for s in corpus_strings(data)}
+    )
+    order = list(range(len(data.questions[6].traces)))
+    random.Random(1).shuffle(order)
+    _, counts = slot_spend(sim, hq.timeline, order[:budget], probes=True)
+    assert sum(counts[first:]) > 0  # the later wave was probed (at its own checkpoints: slot_spend's grid)
+    acc = result.accounting
+    statuses = [t.status.value for t in result.traces]
+    assert (result.answer, result.stop_checkpoint, result.stop_reason) == (
+        answer,
+        sim.stop_checkpoint,
+        sim.reason,
+    )
+    assert result.launched == sim.traces_started
+    assert result.waves is not None
+    assert result.waves >= 2
+    assert statuses.count("pending") == budget - sim.traces_started  # never launched, never billed
+    assert statuses.count("cancelled") >= 1  # hung up while still running
+    assert acc.probe_calls == offline.probes.calls
+    assert acc.probe_cached_tokens == offline.probes.prefix_tokens  # the same prefixes, at the same positions
+    assert (acc.probe_input_tokens, acc.probe_output_tokens) == (
+        offline.probes.input_tokens,
+        offline.probes.output_tokens,
+    )
+    assert acc.total_tokens - acc.generated_past_checkpoint_tokens == offline.total

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 
@@ -30,6 +31,14 @@ def trace(server: LlamaServer, max_tokens: int = 48, seed: int = 1) -> TraceRequ
         max_tokens=max_tokens,
         temperature=0.7,
         seed=seed,
+    )
+
+
+def long_trace(server: LlamaServer, seed: int) -> TraceRequest:
+    """A trace that keeps its slot busy for seconds: a counting task the model does not end early."""
+    return replace(
+        trace(server, max_tokens=400, seed=seed),
+        messages=({"role": "user", "content": "Count from 1 to 500, one number per line."},),
     )
 
 
@@ -115,7 +124,7 @@ async def test_traces_and_probes_share_the_server_slots(llama_server: LlamaServe
     it) and runs as soon as a stream closes."""
     adapter = LlamaCppProvider(name="llamacpp", base_url=llama_server.url, slots=2)
     try:
-        async with adapter.stream(trace(llama_server, max_tokens=400, seed=2)) as first:
+        async with adapter.stream(long_trace(llama_server, seed=2)) as first:
             await anext(aiter(first))
             probe = ProbeRequest(
                 trace=trace(llama_server),
@@ -123,7 +132,7 @@ async def test_traces_and_probes_share_the_server_slots(llama_server: LlamaServe
                 position_tokens=8,
                 strategy=ProbeStrategy.CONTINUE,
             )
-            async with adapter.stream(trace(llama_server, max_tokens=400, seed=3)) as second:
+            async with adapter.stream(long_trace(llama_server, seed=3)) as second:
                 await anext(aiter(second))
                 waiting = asyncio.create_task(adapter.probe(probe))
                 await asyncio.sleep(0.5)

@@ -19,18 +19,12 @@ import pytest
 
 from orchestrator.accounting import Spend
 from orchestrator.corpus import NO_ANSWER
-from orchestrator.domain import JobResult, JobSpec, ProbeSpec, WarmupMode
+from orchestrator.domain import JobResult
 from orchestrator.evaluation.protocol_honest import corpus_strings, honest_question, run_spend, slot_spend
 from orchestrator.evaluation.simulate import SimRun, simulate
-from orchestrator.providers.factory import build_provider
-from orchestrator.replay.server import replay_server_process
-from orchestrator.settings import ProviderConfig, Settings
 from orchestrator.stopping.registry import build_rule
-from orchestrator.store.base import request_fingerprint
-from orchestrator.store.factory import open_store
+from tests.workers.live_path import run_live
 from tests.workers.test_replay_e2e import EAGER, corpus
-from tests.workers.test_workers import wait_for_result
-from workers.pool import WorkerPool
 
 pytestmark = [pytest.mark.redis, pytest.mark.shared_data, pytest.mark.timeout(300)]
 
@@ -69,33 +63,20 @@ async def run_both(
     offline = run_spend(hq, voting, spent, counts, sim.probe_output_tokens)
     expected_answer = None if sim.answer is None else hq.answer_strings[sim.answer]
 
-    settings = Settings(redis_url=redis_url, redis_prefix=prefix, lease_ms=5000, heartbeat_ms=1000)
-    path = shared_data / "parallel-probe-qwen3-8b" / f"{file}.json"
-    args = ("--seed", str(rep), "--chunk-tokens", "20", "--speed", str(speed))
-    async with replay_server_process(path, *args) as url:
-        provider = build_provider(ProviderConfig(name="replay", kind="replay", base_url=str(url)))
-        try:
-            async with open_store(settings) as store:
-                spec = JobSpec(
-                    job_id=f"all-in-{method}",
-                    messages=({"role": "user", "content": q.question},),
-                    provider="replay",
-                    model="replay",
-                    budget=budget,
-                    method=method,
-                    method_params=params,
-                    probe=ProbeSpec(interval_tokens=q.probe_interval_tokens, timeout_s=30.0),
-                    warmup=WarmupMode.NONE,
-                    task="plain",
-                )
-                await store.create_job(spec, request_fingerprint(spec))
-                async with WorkerPool(settings, store, {"replay": provider}, poll_ms=50):
-                    record = await wait_for_result(store, spec.job_id, timeout_s=240)
-        finally:
-            await provider.aclose()
-    result = record.result
-    assert result is not None
-    assert result.error is None
+    run = await run_live(
+        shared_data,
+        redis_url,
+        prefix,
+        file=file,
+        question=q,
+        job_id=f"all-in-{method}",
+        budget=budget,
+        method=method,
+        params=params,
+        server_args=("--seed", str(rep), "--chunk-tokens", "20", "--speed", str(speed)),
+        timeout_s=240,
+    )
+    result = run.result
     return result, sim, offline, expected_answer
 
 

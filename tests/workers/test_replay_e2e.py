@@ -23,7 +23,7 @@ from orchestrator.evaluation.simulate import simulate, timeline
 from orchestrator.providers.factory import build_provider
 from orchestrator.replay.importers import load_corpus
 from orchestrator.replay.server import replay_server_process
-from orchestrator.settings import ProviderConfig, Settings
+from orchestrator.settings import ProviderConfig
 from orchestrator.stopping.registry import build_rule
 from orchestrator.stopping.switch_model import CONSERVATIVE_DEFAULT, FEATURES_NO_CONFIDENCE, SwitchModel
 from orchestrator.store.base import request_fingerprint
@@ -31,6 +31,7 @@ from orchestrator.store.factory import open_store
 from orchestrator.tokens import estimate_messages_tokens
 from tests.fakes import wait_until
 from tests.workers import scenario
+from tests.workers.live_path import run_live
 from tests.workers.test_workers import REPO, tokens_at_least, wait_for_result
 from workers.pool import WorkerPool
 
@@ -80,33 +81,21 @@ async def test_live_path_matches_the_simulator(
     expected = simulate(rule, timeline(prepared), order[:BUDGET])
     expected_answer = None if expected.answer is None else prepared.answers[expected.answer]
 
-    settings = Settings(redis_url=redis_url, redis_prefix=prefix, lease_ms=5000, heartbeat_ms=1000)
-    path = shared_data / "parallel-probe-qwen3-8b" / f"{file}.json"
     # The replay server runs in its own process: its CPU (building trace texts) is not the coordinator's.
-    async with replay_server_process(path, "--seed", str(rep), "--chunk-tokens", "20") as url:
-        provider = build_provider(ProviderConfig(name="replay", kind="replay", base_url=str(url)))
-        try:
-            async with open_store(settings) as store:
-                spec = JobSpec(
-                    job_id=f"{file}-{question}-{rep}",
-                    messages=({"role": "user", "content": q.question},),
-                    provider="replay",
-                    model="replay",
-                    budget=BUDGET,
-                    method=method,
-                    method_params=params,
-                    probe=ProbeSpec(interval_tokens=q.probe_interval_tokens, timeout_s=30.0),
-                    warmup=WarmupMode.NONE,
-                    task="plain",
-                )
-                await store.create_job(spec, request_fingerprint(spec))
-                async with WorkerPool(settings, store, {"replay": provider}, poll_ms=50):
-                    record = await wait_for_result(store, spec.job_id, timeout_s=90)
-        finally:
-            await provider.aclose()
-    result = record.result
-    assert result is not None
-    assert result.error is None
+    run = await run_live(
+        shared_data,
+        redis_url,
+        prefix,
+        file=file,
+        question=q,
+        job_id=f"{file}-{question}-{rep}",
+        budget=BUDGET,
+        method=method,
+        params=params,
+        server_args=("--seed", str(rep), "--chunk-tokens", "20"),
+        timeout_s=90,
+    )
+    result = run.result
     assert result.stop_reason == expected.reason
     assert result.stop_checkpoint == expected.stop_checkpoint
     assert result.answer == expected_answer

@@ -10,18 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.domain import JobSpec, ProbeSpec, TraceStatus, WarmupMode
+from orchestrator.domain import TraceStatus
 from orchestrator.evaluation.prepared import prepare
 from orchestrator.evaluation.simulate import simulate, timeline
-from orchestrator.providers.factory import build_provider
-from orchestrator.replay.server import replay_server_process
-from orchestrator.settings import ProviderConfig, Settings
 from orchestrator.stopping.registry import build_rule
-from orchestrator.store.base import request_fingerprint
-from orchestrator.store.factory import open_store
+from tests.workers.live_path import run_live
 from tests.workers.test_replay_e2e import corpus, exact_or_none
-from tests.workers.test_workers import wait_for_result
-from workers.pool import WorkerPool
 
 pytestmark = [pytest.mark.redis, pytest.mark.shared_data, pytest.mark.timeout(240)]
 
@@ -44,37 +38,21 @@ async def test_width_job_launches_in_waves_stops_and_hangs_up(
     assert rule.initial_traces(BUDGET) < expected.traces_started < BUDGET  # the scenario has two waves
     expected_answer = None if expected.answer is None else prepared.answers[expected.answer]
 
-    settings = Settings(redis_url=redis_url, redis_prefix=prefix, lease_ms=5000, heartbeat_ms=1000)
-    path = shared_data / "parallel-probe-qwen3-8b" / f"{FILE}.json"
-    args = ("--seed", str(REP), "--chunk-tokens", "50", "--speed", str(SPEED))
-    async with replay_server_process(path, *args) as url:
-        provider = build_provider(ProviderConfig(name="replay", kind="replay", base_url=str(url)))
-        try:
-            async with open_store(settings) as store:
-                spec = JobSpec(
-                    job_id="width-waves",
-                    messages=({"role": "user", "content": q.question},),
-                    provider="replay",
-                    model="replay",
-                    budget=BUDGET,
-                    method="width",
-                    probe=ProbeSpec(interval_tokens=q.probe_interval_tokens, timeout_s=30.0),
-                    warmup=WarmupMode.NONE,
-                    task="plain",
-                )
-                await store.create_job(spec, request_fingerprint(spec))
-                async with WorkerPool(settings, store, {"replay": provider}, poll_ms=50):
-                    record = await wait_for_result(store, spec.job_id, timeout_s=200)
-                launches = [
-                    ev.data["launched"]
-                    async for ev in store.events(spec.job_id, block_ms=100)
-                    if ev.kind == "vote" and ev.data.get("launched")
-                ]
-        finally:
-            await provider.aclose()
-    result = record.result
-    assert result is not None
-    assert result.error is None
+    run = await run_live(
+        shared_data,
+        redis_url,
+        prefix,
+        file=FILE,
+        question=q,
+        job_id="width-waves",
+        budget=BUDGET,
+        method="width",
+        params={},
+        server_args=("--seed", str(REP), "--chunk-tokens", "50", "--speed", str(SPEED)),
+        timeout_s=200,
+    )
+    result = run.result
+    launches = [ev.data["launched"] for ev in run.events if ev.kind == "vote" and ev.data.get("launched")]
     statuses = [t.status for t in result.traces]
     launched = sum(s is not TraceStatus.PENDING for s in statuses)
     assert result.stop_reason == "leader certified"

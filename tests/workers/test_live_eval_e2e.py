@@ -12,6 +12,7 @@ at its estimated length plus the brace, or the whole 50-token cap for a probe th
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,15 @@ RUNS: list[tuple[str, int, int, str, dict[str, Any], float]] = [
 ]
 
 
+@dataclass(frozen=True)
+class Both:
+    result: JobResult
+    sim: SimRun
+    offline: Spend
+    answer: str | None
+    probe_counts: list[int]  # probes per voting slot in the simulator's run (its own checkpoints)
+
+
 async def run_both(
     shared_data: Path,
     redis_url: str,
@@ -48,7 +58,7 @@ async def run_both(
     params: dict[str, Any],
     speed: float,
     budget: int = BUDGET,
-) -> tuple[JobResult, SimRun, Spend, str | None]:
+) -> Both:
     """The live job through the real path and the simulator's run, charged as ``mars eval`` does."""
     data = corpus(shared_data, file)
     q = data.questions[question]
@@ -76,8 +86,7 @@ async def run_both(
         server_args=("--seed", str(rep), "--chunk-tokens", "20", "--speed", str(speed)),
         timeout_s=240,
     )
-    result = run.result
-    return result, sim, offline, expected_answer
+    return Both(run.result, sim, offline, expected_answer, list(counts))
 
 
 @pytest.mark.parametrize(("file", "question", "rep", "method", "params", "speed"), RUNS)
@@ -94,9 +103,8 @@ async def test_a_live_job_costs_what_mars_eval_says(
 ) -> None:
     """Same answer, stop, reason, generated tokens, prompts, probe calls and prefixes live as offline,
     and the same all-in tokens but for the upstream's probe token bill (all of them when no probes)."""
-    result, sim, offline, answer = await run_both(
-        shared_data, redis_url, prefix, file, question, rep, method, params, speed
-    )
+    both = await run_both(shared_data, redis_url, prefix, file, question, rep, method, params, speed)
+    result, sim, offline, answer = both.result, both.sim, both.offline, both.answer
     acc = result.accounting
     assert (result.answer, result.stop_checkpoint, result.stop_reason) == (
         answer,
@@ -120,7 +128,8 @@ async def test_a_live_job_costs_what_mars_eval_says(
 
 async def test_a_live_probe_costs_what_mars_eval_says(shared_data: Path, redis_url: str, prefix: str) -> None:
     """The probe token bill of a probing job, live and offline: input, output and their sum."""
-    result, _, offline, _ = await run_both(shared_data, redis_url, prefix, *RUNS[2])
+    both = await run_both(shared_data, redis_url, prefix, *RUNS[2])
+    result, offline = both.result, both.offline
     acc = result.accounting
     assert (acc.probe_input_tokens, acc.probe_output_tokens) == (
         offline.probes.input_tokens,
@@ -141,20 +150,15 @@ async def test_a_probing_width_job_probes_a_later_wave_at_its_own_positions(
     what still runs; answer, stop, launches, probe calls, the prefixes probed and the all-in bill are
     the simulator's."""
     budget, params = 16, {"probe": True}
-    result, sim, offline, answer = await run_both(
+    both = await run_both(
         shared_data, redis_url, prefix, "aime24", 6, 1, "width-probe", params, 6000.0, budget
     )
-    rule = build_rule("width-probe", **params)
-    first = rule.initial_traces(budget)
+    result, sim, offline, answer = both.result, both.sim, both.offline, both.answer
+    first = build_rule("width-probe", **params).initial_traces(budget)
     assert first < sim.traces_started < budget  # the scenario has a second wave and never-launched traces
-    data = corpus(shared_data, "aime24")
-    hq = honest_question(
-        data.questions[6], None, {s: (None if s == NO_ANSWER else s) for s in corpus_strings(data)}
-    )
-    order = list(range(len(data.questions[6].traces)))
-    random.Random(1).shuffle(order)
-    _, counts = slot_spend(sim, hq.timeline, order[:budget], probes=True)
-    assert sum(counts[first:]) > 0  # the later wave was probed (at its own checkpoints: slot_spend's grid)
+    assert (
+        sum(both.probe_counts[first:]) > 0
+    )  # the later wave was probed (at its own checkpoints: slot_spend's grid)
     acc = result.accounting
     statuses = [t.status.value for t in result.traces]
     assert (result.answer, result.stop_checkpoint, result.stop_reason) == (

@@ -16,7 +16,7 @@ The long-trace model: at the moments 4, 8 and 12 of 16 launched traces have fini
 per question), how many of the still-running traces end off the finished leader, beyond the finished
 traces' own off-leader share. The per-question excess ε is Beta(a, b) across questions, fitted by
 maximum marginal likelihood (each question weighs the same). Cross-fitting by whole question and
-leave-one-dataset-out go through :func:`cross_fitted_shapes`; the shipped prior is trained on every
+leave-one-dataset-out go through :func:`cross_fitted_rules`; the shipped prior is trained on every
 bundled question:
 
     python -m orchestrator.evaluation.train_width \\
@@ -278,46 +278,6 @@ def probe_value(
             output += probed.probe_output_tokens
     n = max(runs, 1)
     return ProbeValue(saved / n, calls / n, input_tokens / n, prompt / n, prefix / n, last / n, output / n)
-
-
-def cross_fitted_shapes(
-    timelines: Mapping[str, QuestionTimeline], folds: int = DEFAULT_FOLDS
-) -> tuple[dict[str, ShapePrior], dict[str, ShapePrior]]:
-    """:func:`fit_shape` for every question key, learned without it: k-fold by whole question, and
-    leave-one-dataset-out (a single dataset falls back to the k-fold value)."""
-    assignment = question_folds(sorted(timelines), folds)
-    by_fold = {
-        f: fit_shape([tl for k, tl in timelines.items() if assignment[k] != f])
-        for f in set(assignment.values())
-    }
-    kfold = {k: by_fold[assignment[k]] for k in timelines}
-    datasets = sorted({k.split("/", 1)[0] for k in timelines})
-    lodo = dict(kfold)
-    if len(datasets) > 1:
-        for d in datasets:
-            shape = fit_shape([tl for k, tl in timelines.items() if not k.startswith(d + "/")])
-            lodo.update({k: shape for k in timelines if k.startswith(d + "/")})
-    return kfold, lodo
-
-
-def cross_fitted_thetas(
-    timelines: Mapping[str, QuestionTimeline], folds: int = DEFAULT_FOLDS
-) -> tuple[dict[str, float], dict[str, float]]:
-    """θ for every question key, learned without it: k-fold by whole question, and leave-one-dataset-
-    out (keys are ``dataset/qid``; a single dataset falls back to the k-fold value)."""
-    sizes = {k: class_sizes(tl) for k, tl in timelines.items()}
-    assignment = question_folds(sorted(sizes), folds)
-    by_fold = {
-        f: fit_theta([s for k, s in sizes.items() if assignment[k] != f]) for f in set(assignment.values())
-    }
-    kfold = {k: by_fold[assignment[k]] for k in sizes}
-    datasets = sorted({k.split("/", 1)[0] for k in sizes})
-    lodo = dict(kfold)
-    if len(datasets) > 1:
-        for d in datasets:
-            theta = fit_theta([s for k, s in sizes.items() if not k.startswith(d + "/")])
-            lodo.update({k: theta for k in sizes if k.startswith(d + "/")})
-    return kfold, lodo
 
 
 def attach_priors(

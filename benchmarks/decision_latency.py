@@ -3,7 +3,8 @@ prediction included, features already in the snapshot), the service's ``default`
 ``width``, on wave snapshots: some traces finished, some running, the rest never launched — its
 certificate and its launch policy included), ``mars-pop`` (population features, the MARS slack under
 the prior q, the logistic stop model) and the opt-in ``mars-pop-gbt`` (tree ensemble). Prints one JSON
-object; target: median < 1 ms at K = 512 for MARS and for ``default``.
+object; target: median < 1 ms at K = 512 for MARS and for ``default``. ``default`` is also timed cold
+(``cold_k64``, ``cold_k512``: every cache emptied before each decision, a snapshot never seen).
 
 Run: .venv/bin/python benchmarks/decision_latency.py
 """
@@ -90,13 +91,18 @@ def measure(
     rng: random.Random,
     repeats: int = 2000,
     make: Callable[[int, random.Random], Snapshot] = make_snapshot,
+    clear: Callable[[], None] | None = None,
 ) -> dict[str, float]:
+    """Median and p99 over ``repeats`` decisions on 20 snapshots in turn; with ``clear``, every
+    decision first empties the rule's caches (a snapshot the job has not seen yet)."""
     snapshots = [make(k, rng) for _ in range(20)]
     for s in snapshots:  # warm-up
         rule.decide(s)
     samples = []
     for r in range(repeats):
         s = snapshots[r % len(snapshots)]
+        if clear is not None:
+            clear()
         start = time.perf_counter_ns()
         rule.decide(s)
         samples.append((time.perf_counter_ns() - start) / 1e6)
@@ -107,6 +113,20 @@ def measure(
     }
 
 
+def clear_width_caches() -> None:
+    """Forget every decision the adaptive-width rule has cached (certificates, losses, launch sizes)."""
+    from orchestrator.stopping import width, width_certificate
+
+    for fn in (
+        width._fewest_to_certify,
+        width_certificate.certify,
+        width_certificate._lose_bound,
+        width_certificate.adversarial_pmf,
+        width_certificate._betabinom_pmf,
+    ):
+        fn.cache_clear()
+
+
 def main() -> None:
     rng = random.Random(0)
     rule = Mars(gamma=0.8, use_epsilon=True, switch_model=fitted_model(rng))
@@ -115,6 +135,8 @@ def main() -> None:
     default, gbt, pop = build_rule("default"), build_rule("mars-pop-gbt"), build_rule("mars-pop")
     default_64 = measure(default, 64, rng, make=make_wave_snapshot)
     default_512 = measure(default, 512, rng, make=make_wave_snapshot)
+    cold_64 = measure(default, 64, rng, repeats=200, make=make_wave_snapshot, clear=clear_width_caches)
+    cold_512 = measure(default, 512, rng, repeats=200, make=make_wave_snapshot, clear=clear_width_caches)
     pop_64, pop_512 = measure(pop, 64, rng), measure(pop, 512, rng)
     gbt_64, gbt_512 = measure(gbt, 64, rng, repeats=500), measure(gbt, 512, rng, repeats=500)
     print(
@@ -122,7 +144,13 @@ def main() -> None:
             {
                 "k64": k64,
                 "k512": k512,
-                "default": {"rule": default.name, "k64": default_64, "k512": default_512},
+                "default": {
+                    "rule": default.name,
+                    "k64": default_64,
+                    "k512": default_512,
+                    "cold_k64": cold_64,
+                    "cold_k512": cold_512,
+                },
                 "mars_pop": {"k64": pop_64, "k512": pop_512},
                 "mars_pop_gbt": {"k64": gbt_64, "k512": gbt_512},
                 "target": "median < 1 ms at K=512 for mars and default",

@@ -15,8 +15,9 @@ K is an upper bound, not a commitment. The rule starts a first wave and
 * with a learned **patience**, starts every remaining trace once a launched one has run that long
   while fewer than half a first wave has answered (such questions need nearly every trace; starting
   them late is what makes waves slower than self-consistency);
-* the **first wave** is the fewest traces that, unanimous, could certify at all (it depends on K, the
-  risk and the prior only).
+* the **first wave** is the fewest traces that, unanimous, could certify at all under the quantile
+  bound (it depends on K, the risk and the prior only). Launch sizing uses that looser, cheaper bound
+  throughout (waves a little larger and sooner: time to answer); the stop uses the full certificate.
 
 Probe-free: the certificate rests on finished traces alone, so the rule works on hidden-reasoning
 upstreams (:mod:`orchestrator.stopping.width_probe` adds probes). Everything learned comes from
@@ -35,7 +36,7 @@ from typing import Any
 
 from orchestrator.domain import Decision, Snapshot
 from orchestrator.stopping.tally import vote_in_trace_order
-from orchestrator.stopping.width_certificate import Evidence, ShapePrior, certify
+from orchestrator.stopping.width_certificate import Evidence, ShapePrior, as_prior, certify, quantile_bound
 
 PRIORS_DIR = Path(__file__).resolve().parent / "priors"
 SHIPPED_PRIOR = PRIORS_DIR / "qwen3-8b-math-width.json"
@@ -86,11 +87,16 @@ def _fewest_to_certify(
 ) -> int | None:
     """The fewest n ≤ ``room`` further traces that certify ``leader`` once they and the ``running``
     ones have finished with answers split by ``shares``; None if even ``room`` do not. Binary search
-    (more traces split the same way only add to a lead the certificate already favours)."""
+    (more traces split the same way only add to a lead the certificate already favours).
+
+    Launch sizing asks the quantile bound (:func:`quantile_bound`), not the full certificate: it is
+    looser, so waves come a little larger and sooner, which is what bounds the time to answer, and it
+    is cheap enough for the search. Stopping asks the full certificate, whose marginal bound is
+    tighter, so the job still stops as soon as the evidence allows."""
 
     def ok(n: int) -> bool:
         ev = Evidence(_project(counts, shares, leader, running + n), no_answer, 0, room - n)
-        return certify(ev, prior, tail, risk).p_win >= 1.0 - risk
+        return quantile_bound(ev, as_prior(prior), tail, risk)[0] <= risk
 
     if ok(0):  # the common case while a wave runs: nothing more needed
         return 0

@@ -275,36 +275,169 @@ def long_traces(
     return LongTraces(j_star, adversarial, unlaunched + unknown - adversarial, tail)
 
 
+@lru_cache(maxsize=65536)
 def certify(
     evidence: Evidence, prior: PriorLike, tail_risk: float, stop_risk: float | None = None
 ) -> Certificate:
-    """The certificate for the current leader (module docstring). ``prior`` is a :class:`ShapePrior`
-    or a single θ. ``stop_risk``, when given, lets the computation end early once the bound exceeds it
-    (the answer is then "cannot stop", p_win < 1 − risk)."""
+    """The certificate for the current leader (module docstring): the smaller of the quantile bound
+    (:func:`quantile_bound`) and the marginal bound (:func:`marginal_bound`), which bound the same
+    probability. ``prior`` is a :class:`ShapePrior` or a single θ. ``stop_risk``, when given, lets the
+    computation end early once the bound exceeds it (the answer is then "cannot stop", p_win < 1 −
+    risk)."""
     shape = as_prior(prior)
+    leader = evidence.leader()
+    bound, j_star = quantile_bound(evidence, shape, tail_risk, stop_risk)
+    if leader is None:
+        return Certificate(None, 0.0, j_star)
+    if stop_risk is None or bound > stop_risk:
+        bound = min(bound, marginal_bound(evidence, shape, leader, tail_risk, stop_risk))
+    return Certificate(leader, max(0.0, 1.0 - min(1.0, bound)), j_star)
+
+
+def quantile_bound(
+    evidence: Evidence, shape: ShapePrior, tail_risk: float, stop_risk: float | None = None
+) -> tuple[float, int]:
+    """P(J > J*) [+ P(A > A* | J*)] + the loss with J* and A* counted adversarially (module
+    docstring), and J*. A bound of 1 when nothing has answered."""
     leader = evidence.leader()
     counts = evidence.counts
     long = long_traces(
         shape, evidence.running, evidence.running, evidence.finished, evidence.unlaunched, tail_risk
     )
     if leader is None:
-        return Certificate(None, 0.0, long.j_star)
+        return 1.0, long.j_star
     short, adversarial, tail = long.draws, long.adversarial, long.tail
-    budget = stop_risk if stop_risk is not None else None
     bound = tail
     posterior = shape.posterior(counts, evidence.no_answer)
     for i, (theta, weight) in enumerate(posterior):
-        if budget is not None and bound > budget:
+        if stop_risk is not None and bound > stop_risk:
             break
         if weight < NEGLIGIBLE_COMPONENT * (stop_risk if stop_risk is not None else tail_risk):
             # the rest of the (sorted) weights: counted as lost
             bound += sum(w for _, w in posterior[i:])
             break
-        left = None if budget is None else (budget - bound) / weight
+        left = None if stop_risk is None else (stop_risk - bound) / weight
         bound += weight * _lose_bound(counts, leader, evidence.no_answer, theta, short, adversarial, left)
-    return Certificate(leader, max(0.0, 1.0 - min(1.0, bound)), long.j_star)
+    return min(1.0, bound), long.j_star
 
 
+# Quantile levels at which the marginal bound cuts the distributions of J and A into bins. Below the
+# lowest level everything is one bin; above the highest one (a share ``TOP_SHARE`` of the risk) the
+# mass is counted as lost.
+BIN_LEVELS = (0.5, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
+TOP_SHARE = 0.004  # of the risk, at most, counted as lost above the last bin (J's and A's each)
+LOW_SHARE = 0.01  # of the risk: lower bins whose whole mass × loss is below this are one term
+
+
+@lru_cache(maxsize=4096)
+def _betabinom_pmf(n: int, a: float, b: float) -> FloatArray:
+    """The pmf of BetaBinomial(n, a, b) (``a = 0``: all mass at n, the fully adversarial count)."""
+    if n <= 0:
+        return np.ones(1)
+    if a <= 0.0:
+        out = np.zeros(n + 1)
+        out[n] = 1.0
+        return out
+    j = np.arange(n + 1, dtype=np.float64)
+    lf = _log_factorials(n)
+    logp = (
+        lf[n]
+        - lf
+        - lf[::-1]
+        + gammaln(j + a)
+        + gammaln(n - j + b)
+        - gammaln(n + a + b)
+        - (gammaln(a) + gammaln(b) - gammaln(a + b))
+    )
+    pmf: FloatArray = np.exp(logp)
+    pmf.flags.writeable = False
+    return pmf
+
+
+def _bins(pmf: FloatArray, top: float) -> tuple[list[tuple[int, float]], float]:
+    """Cut a pmf at its :data:`BIN_LEVELS` quantiles and at its ``1 − top`` quantile: the bins as
+    (largest value, mass), ascending, and the mass above the last bin."""
+    cdf = np.cumsum(pmf)
+    total = float(cdf[-1])
+    levels = sorted({*BIN_LEVELS, 1.0 - top})
+    uppers = sorted({min(int(np.searchsorted(cdf, lv * total)), len(pmf) - 1) for lv in levels})
+    out, below = [], 0.0
+    for u in uppers:
+        out.append((u, max(0.0, float(cdf[u]) - below)))
+        below = float(cdf[u])
+    return out, max(0.0, total - below)
+
+
+@lru_cache(maxsize=1024)
+def adversarial_pmf(
+    running: int, finished: int, unlaunched: int, long_a: float, long_b: float, top: float
+) -> tuple[FloatArray, float]:
+    """An upper bound, in the stochastic order, on the distribution of A, the number of unknown votes
+    counted for the challenger, and the mass counted as lost on the way (module docstring): J, the
+    long never-launched traces, is BetaBinomial(U, R + 1, F + 1); given J, A is BetaBinomial(R + J,
+    long_a, long_b) (``long_a = 0``: A = R + J). J is cut into bins, each at its largest value (A | J
+    grows with J, so this only moves A up)."""
+    size = running + unlaunched + 1
+    pa = np.zeros(size)
+    if unlaunched <= 0:
+        pa[: running + 1] = _betabinom_pmf(running, long_a, long_b)
+        pa.flags.writeable = False
+        return pa, 0.0
+    bins, lost = _bins(_betabinom_pmf(unlaunched, running + 1.0, finished + 1.0), top)
+    for j, mass in bins:
+        if mass > 0.0:
+            pa[: running + j + 1] += mass * _betabinom_pmf(running + j, long_a, long_b)
+    pa.flags.writeable = False
+    return pa, lost
+
+
+def marginal_bound(
+    evidence: Evidence, shape: ShapePrior, leader: int, tail_risk: float, stop_risk: float | None
+) -> float:
+    """P(leader loses) ≤ Σ over bins of A of P(A in bin) × the loss with A at the bin's top, plus the
+    mass counted as lost: the quantile bound's tails averaged over instead of charged whole. Valid
+    because the loss grows with A (module docstring). Bins are taken from the top down; once a bin's
+    loss times everything below it is negligible, that product bounds the rest. Ends early (returning
+    a partial sum above it) once the bound exceeds ``stop_risk``."""
+    risk = stop_risk if stop_risk is not None else tail_risk
+    top = TOP_SHARE * risk
+    pa, bound = adversarial_pmf(
+        evidence.running, evidence.finished, evidence.unlaunched, shape.long_a, shape.long_b, top
+    )
+    bins, lost = _bins(pa, top)
+    bound += lost
+    posterior = [(t, w) for t, w in shape.posterior(evidence.counts, evidence.no_answer)]
+    kept = [(t, w) for t, w in posterior if w >= NEGLIGIBLE_COMPONENT * risk]
+    bound += sum(w for _, w in posterior) - sum(w for _, w in kept)
+    unknown = evidence.running + evidence.unlaunched
+
+    def loss(a: int, mass: float) -> float:
+        # The union over challengers refines the pooled one only where it matters: where this bin's
+        # mass times the pooled loss is more than a negligible share of the risk.
+        refine = LOW_SHARE * risk / max(mass, 1e-300)
+        return sum(
+            w * _lose_bound(evidence.counts, leader, evidence.no_answer, t, unknown - a, a, refine)
+            for t, w in kept
+        )
+
+    below = float(pa.sum()) - lost
+    if stop_risk is not None:
+        # A lower bound on the sum from one term: every bin loses at least what the lowest one does.
+        floor = bound + below * loss(bins[0][0], below)
+        if floor > stop_risk:
+            return floor
+    for a, mass in reversed(bins):
+        if stop_risk is not None and bound > stop_risk:
+            return bound
+        la = loss(a, mass)
+        if below * la <= LOW_SHARE * risk:
+            return bound + below * la  # this bin and every one below it lose at most this
+        bound += mass * la
+        below -= mass
+    return bound
+
+
+@lru_cache(maxsize=65536)
 def _lose_bound(
     counts: tuple[int, ...],
     leader: int,

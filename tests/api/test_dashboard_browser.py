@@ -257,15 +257,15 @@ async def test_real_job_end_to_end_in_the_page(browser: Browser) -> None:
             assert int(await browser.text("#event-count")) > 5
 
 
-def wave_corpus(traces: int = 24, interval: int = 100) -> Corpus:
+def wave_corpus(traces: int = 32, interval: int = 100) -> Corpus:
     """One question whose served trace i (the replay server's seeded order) is 200-600 tokens long and
-    answers 42, except served trace 3 (41): ``width`` at K = 24 launches 6, then 6 more, and stops with
-    12 never launched."""
+    answers 42, except served traces 3 and 5 (41): ``width`` at K = 32 launches 6, then 6 more, then 12
+    more, and stops with 8 never launched (the simulator's run on the same order)."""
     order = Catalog(small_corpus(traces=traces), seed=0).order(small_corpus(traces=traces).questions[0])
     built: list[CorpusTrace] = [None] * traces  # type: ignore[list-item]
     for served, stored in enumerate(order):
         total = 200 + 100 * (served % 5)
-        final = "41" if served == 3 else "42"
+        final = "41" if served in (3, 5) else "42"
         positions = tuple(range(interval, total, interval))
         built[stored] = CorpusTrace(
             index=stored,
@@ -298,7 +298,7 @@ async def test_a_width_job_shows_its_waves(browser: Browser) -> None:
             body = {
                 "prompt": QUESTION,
                 "model": "replay",
-                "budget": 24,
+                "budget": 32,
                 "method": "width",
                 "max_tokens": 4096,
                 "probe": {"interval_tokens": 100},
@@ -308,11 +308,11 @@ async def test_a_width_job_shows_its_waves(browser: Browser) -> None:
             await browser.until(lambda: browser.text_now("#final-answer") == "42", timeout_s=30)
             job = (await http.get(f"/v1/jobs/{job_id}")).json()
             launched, never = job["launched"], job["never_launched"]
-            assert (launched, never, job["waves"]) == (12, 12, 2)
-            assert await browser.text("#launched") == "launched 12 of 24"
-            assert await browser.text("#never-launched") == "12"
+            assert (launched, never, job["waves"]) == (24, 8, 3)
+            assert await browser.text("#launched") == "launched 24 of 32"
+            assert await browser.text("#never-launched") == "8"
             assert await browser.text("#unlaunched-label") == "never launched"
-            assert await browser.text("#wave-count") == "2"
+            assert await browser.text("#wave-count") == "3"
             assert await browser.text("#running") == "0"
             statuses = [t["status"] for t in job["traces"]]
             finished = str(statuses.count("finished"))
@@ -322,19 +322,21 @@ async def test_a_width_job_shows_its_waves(browser: Browser) -> None:
                 "return [...document.querySelectorAll('#timeline rect')].map("
                 "r => [Number(r.dataset.wave), Number(r.getAttribute('x'))])"
             )
-            assert len(starts) == 12
+            assert len(starts) == 24
             first = [x for wave, x in starts if wave == 1]
             second = [x for wave, x in starts if wave == 2]
-            assert len(first) == len(second) == 6
-            assert min(second) > max(first)  # the second wave visibly starts later
-            assert await browser.count("#timeline line[data-wave-start]") == 2
-            assert await browser.count(".trace.pending") == 12
+            third = [x for wave, x in starts if wave == 3]
+            assert (len(first), len(second), len(third)) == (6, 6, 12)
+            assert min(second) > max(first)  # each wave visibly starts later
+            assert min(third) > max(second)
+            assert await browser.count("#timeline line[data-wave-start]") == 3
+            assert await browser.count(".trace.pending") == 8
             assert "never launched" in await browser.text(".trace.pending")
             assert "wave 2" in await browser.text(f'.trace[data-index="{second_index(job)}"]')
 
             await browser.get(f"{svc.url}/dashboard")
             cell = f'tr[data-job="{job_id}"] .launched'
-            await browser.until(lambda: browser.text_now(cell) == "launched 12 of 24 in 2 waves")
+            await browser.until(lambda: browser.text_now(cell) == "launched 24 of 32 in 3 waves")
 
 
 def second_index(job: dict[str, Any]) -> int:

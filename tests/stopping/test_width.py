@@ -16,7 +16,7 @@ from orchestrator.pricing import PROFILES
 from orchestrator.probe_value import ProbeValue, probes_pay, shipped_value
 from orchestrator.stopping.registry import build_rule
 from orchestrator.stopping.width import AdaptiveWidth, evidence, shipped
-from orchestrator.stopping.width_certificate import Evidence, certify
+from orchestrator.stopping.width_certificate import Evidence, certify, quantile_bound
 from orchestrator.stopping.width_probe import WidthProbe, probe_votes
 from tests.stopping.builders import IDENTITY_Q, snapshot, trace
 
@@ -43,12 +43,15 @@ def test_evidence_counts_finished_running_and_never_launched() -> None:
 
 
 def test_first_wave_is_the_fewest_unanimous_traces_that_can_certify() -> None:
-    """n unanimous finished traces certify and n - 1 do not, where n is the first wave."""
+    """n unanimous finished traces certify under the quantile bound (launch sizing) and n - 1 do not,
+    where n is the first wave; the full certificate (the stop) certifies those n too."""
     n = RULE.initial_traces(K)
     assert 1 < n < K
     tail = RULE.risk * RULE.tail_share
+    shape = RULE.prior
+    assert quantile_bound(Evidence((n,), 0, 0, K - n), shape, tail)[0] <= RULE.risk
+    assert quantile_bound(Evidence((n - 1,), 0, 0, K - n + 1), shape, tail)[0] > RULE.risk
     assert certify(Evidence((n,), 0, 0, K - n), RULE.theta, tail).p_win >= 1 - RULE.risk
-    assert certify(Evidence((n - 1,), 0, 0, K - n + 1), RULE.theta, tail).p_win < 1 - RULE.risk
 
 
 def test_waits_while_the_first_wave_could_still_settle_it() -> None:

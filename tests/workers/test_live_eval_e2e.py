@@ -150,8 +150,12 @@ async def test_a_probing_width_job_probes_a_later_wave_at_its_own_positions(
     what still runs; answer, stop, launches, probe calls, the prefixes probed and the all-in bill are
     the simulator's."""
     budget, params = 16, {"probe": True}
+    # 2,000 tokens/s per stream (a checkpoint every 250 ms): at 6,000 a fast trace can cross the next
+    # checkpoint, and have its probe sent, before the decision at this one lands; when that decision
+    # stops, the live bill holds 1-3 probes in flight that the simulator, deciding in lockstep, never
+    # sends (a known gap, docs/adaptive.md).
     both = await run_both(
-        shared_data, redis_url, prefix, "aime24", 6, 1, "width-probe", params, 6000.0, budget
+        shared_data, redis_url, prefix, "aime24", 6, 1, "width-probe", params, 2000.0, budget
     )
     result, sim, offline, answer = both.result, both.sim, both.offline, both.answer
     first = build_rule("width-probe", **params).initial_traces(budget)

@@ -19,8 +19,8 @@ from tests.workers.test_replay_e2e import corpus, exact_or_none
 
 pytestmark = [pytest.mark.redis, pytest.mark.shared_data, pytest.mark.timeout(240)]
 
-BUDGET = 24
-FILE, QUESTION, REP = "aime24", 15, 2  # a run the simulator stops in two waves, with traces cut
+BUDGET = 32
+FILE, QUESTION, REP = "aime24", 5, 2  # a run the simulator stops after more than one wave, with traces cut
 SPEED = 6000.0  # tokens per second per stream: the run here lasts about 5 s
 
 

@@ -97,18 +97,7 @@ def betabinom_upper_quantile(n: int, a: float, b: float, risk: float) -> int:
     """The smallest j with P(J > j) ≤ ``risk`` for J ~ BetaBinomial(n, a, b)."""
     if n <= 0:
         return 0
-    j = np.arange(n + 1, dtype=np.float64)
-    lf = _log_factorials(n)
-    logp = (
-        lf[n]
-        - lf
-        - lf[::-1]
-        + gammaln(j + a)
-        + gammaln(n - j + b)
-        - gammaln(n + a + b)
-        - (gammaln(a) + gammaln(b) - gammaln(a + b))
-    )
-    tail = np.cumsum(np.exp(logp)[::-1])[::-1]  # tail[j] = P(J >= j)
+    tail = np.cumsum(_betabinom_pmf(n, a, b)[::-1])[::-1]  # tail[j] = P(J >= j)
     above = np.append(tail[1:], 0.0)  # P(J > j)
     return int(np.argmax(above <= risk))
 

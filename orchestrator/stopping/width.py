@@ -36,7 +36,7 @@ from typing import Any
 
 from orchestrator.domain import Decision, Snapshot
 from orchestrator.stopping.tally import vote_in_trace_order
-from orchestrator.stopping.width_certificate import Evidence, ShapePrior, as_prior, certify, quantile_bound
+from orchestrator.stopping.width_certificate import Evidence, ShapePrior, certify, quantile_bound
 
 PRIORS_DIR = Path(__file__).resolve().parent / "priors"
 SHIPPED_PRIOR = PRIORS_DIR / "qwen3-8b-math-width.json"
@@ -96,7 +96,7 @@ def _fewest_to_certify(
 
     def ok(n: int) -> bool:
         ev = Evidence(_project(counts, shares, leader, running + n), no_answer, 0, room - n)
-        return quantile_bound(ev, as_prior(prior), tail, risk)[0] <= risk
+        return quantile_bound(ev, prior, tail, risk)[0] <= risk
 
     if ok(0):  # the common case while a wave runs: nothing more needed
         return 0

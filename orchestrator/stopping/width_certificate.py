@@ -395,7 +395,7 @@ def marginal_bound(
     )
     bins, lost = _bins(pa, top)
     bound += lost
-    posterior = [(t, w) for t, w in shape.posterior(evidence.counts, evidence.no_answer)]
+    posterior = shape.posterior(evidence.counts, evidence.no_answer)
     kept = [(t, w) for t, w in posterior if w >= NEGLIGIBLE_COMPONENT * risk]
     bound += sum(w for _, w in posterior) - sum(w for _, w in kept)
     unknown = evidence.running + evidence.unlaunched

@@ -25,6 +25,24 @@ class LiveRun:
     events: list[Event]
 
 
+def replay_spec(
+    job_id: str, question: CorpusQuestion, budget: int, method: str, params: dict[str, Any]
+) -> JobSpec:
+    """A plain job asking the replay provider one corpus question, probed on the corpus's grid."""
+    return JobSpec(
+        job_id=job_id,
+        messages=({"role": "user", "content": question.question},),
+        provider="replay",
+        model="replay",
+        budget=budget,
+        method=method,
+        method_params=params,
+        probe=ProbeSpec(interval_tokens=question.probe_interval_tokens, timeout_s=30.0),
+        warmup=WarmupMode.NONE,
+        task="plain",
+    )
+
+
 async def run_live(
     shared_data: Path,
     redis_url: str,
@@ -46,18 +64,7 @@ async def run_live(
         provider = build_provider(ProviderConfig(name="replay", kind="replay", base_url=str(url)))
         try:
             async with open_store(settings) as store:
-                spec = JobSpec(
-                    job_id=job_id,
-                    messages=({"role": "user", "content": question.question},),
-                    provider="replay",
-                    model="replay",
-                    budget=budget,
-                    method=method,
-                    method_params=params,
-                    probe=ProbeSpec(interval_tokens=question.probe_interval_tokens, timeout_s=30.0),
-                    warmup=WarmupMode.NONE,
-                    task="plain",
-                )
+                spec = replay_spec(job_id, question, budget, method, params)
                 await store.create_job(spec, request_fingerprint(spec))
                 async with WorkerPool(settings, store, {"replay": provider}, poll_ms=50):
                     record = await wait_for_result(store, spec.job_id, timeout_s=timeout_s)

@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 
 from orchestrator.corpus import NO_ANSWER, Corpus
-from orchestrator.domain import JobSpec, ProbeSpec, WarmupMode
 from orchestrator.evaluation.prepared import prepare
 from orchestrator.evaluation.simulate import simulate, timeline
 from orchestrator.providers.factory import build_provider
@@ -31,7 +30,7 @@ from orchestrator.store.factory import open_store
 from orchestrator.tokens import estimate_messages_tokens
 from tests.fakes import wait_until
 from tests.workers import scenario
-from tests.workers.live_path import run_live
+from tests.workers.live_path import replay_spec, run_live
 from tests.workers.test_workers import REPO, tokens_at_least, wait_for_result
 from workers.pool import WorkerPool
 
@@ -140,18 +139,7 @@ async def test_a_worker_killed_mid_job_over_http_resumes_to_the_simulators_answe
             assert victim.stdout is not None
             assert (await asyncio.wait_for(victim.stdout.readline(), 30)).strip() == b"ready"
             async with open_store(settings) as store:
-                spec = JobSpec(
-                    job_id="killed-http",
-                    messages=({"role": "user", "content": q.question},),
-                    provider="replay",
-                    model="replay",
-                    budget=BUDGET,
-                    method=method,
-                    method_params=params,
-                    probe=ProbeSpec(interval_tokens=q.probe_interval_tokens, timeout_s=30.0),
-                    warmup=WarmupMode.NONE,
-                    task="plain",
-                )
+                spec = replay_spec("killed-http", q, BUDGET, method, params)
                 await store.create_job(spec, request_fingerprint(spec))
                 await wait_until(lambda: tokens_at_least(store, spec.job_id, BUDGET * 600), timeout_s=60)
                 victim.send_signal(signal.SIGKILL)

@@ -50,7 +50,7 @@ with :func:`orchestrator.pricing.bill` under a named price profile. Views, all i
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from orchestrator.domain import Accounting
@@ -115,18 +115,25 @@ def grid_probes(
     prompt_tokens: int,
     suffix_tokens: int,
     output_tokens: int,
+    skipped: Sequence[Collection[int]] = (),
 ) -> ProbeSpend:
-    """Probes on the checkpoint grid: trace s probed at checkpoints 1..n_s (``probe_counts``), probe k
-    at prefix ``k * interval_tokens`` with the plain prompt before it and the answer-forcing suffix
-    after it (``mars eval``; the live path counts what the upstream reported)."""
-    calls = sum(probe_counts)
-    prefix = interval_tokens * sum(n * (n + 1) // 2 for n in probe_counts)
+    """Probes on the checkpoint grid: trace s probed at checkpoints 1..n_s (``probe_counts``) but those
+    in ``skipped[s]`` (a rule that gates its probes), probe k at prefix ``k * interval_tokens`` with the
+    plain prompt before it and the answer-forcing suffix after it (``mars eval``; the live path counts
+    what the upstream reported)."""
+    calls = prefix_steps = last_steps = 0
+    for s, n in enumerate(probe_counts):
+        gaps = [k for k in skipped[s] if k <= n] if s < len(skipped) else []
+        calls += n - len(gaps)
+        prefix_steps += n * (n + 1) // 2 - sum(gaps)
+        last_steps += next((k for k in range(n, 0, -1) if k not in gaps), 0)  # its last probe
+    prefix = interval_tokens * prefix_steps
     return ProbeSpend(
         calls=calls,
         input_tokens=calls * (prompt_tokens + suffix_tokens) + prefix,
         output_tokens=output_tokens,
         prefix_tokens=prefix,
-        last_prefix_tokens=interval_tokens * calls,
+        last_prefix_tokens=interval_tokens * last_steps,
     )
 
 

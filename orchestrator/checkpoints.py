@@ -70,7 +70,8 @@ def mean_confidence(values: Sequence[float]) -> float | None:
 
 @dataclass(frozen=True, slots=True)
 class ProbeOutcome:
-    """What the probe of one trace at one checkpoint gave. ``status``: ok | timeout | failed | none.
+    """What the probe of one trace at one checkpoint gave. ``status``: ok | timeout | failed | none |
+    skipped (the decision before it did not ask for it: no answer there, nothing sent).
     ``called``: the upstream answered a probe request (billed; an ``extract`` read sends none)."""
 
     answer: str | None

@@ -57,7 +57,8 @@ Events published on the job's stream (``Store.publish``; the API serves them as 
                 "stale": [indices whose probe timed out or failed], "generated_tokens": n}``
 ``vote``        ``{"checkpoint": t, "classes": {answer: weight}, "counts": {answer: traces},
                 "leader": answer|null, "margin": float, "threshold": float|null, "verdict":
-                "continue"|"stop", "reason": str, "details": {...}, "pruned": [...], "launched": n}``
+                "continue"|"stop", "reason": str, "details": {...}, "pruned": [...], "launched": n,
+                "probe": [indices whose probes the next point reads] | null (every running one)}``
 ``stop``        ``{"status", "answer", "checkpoint", "position_tokens", "reason", "generated_tokens",
                 "total_tokens", "saved_tokens", "saved_fraction", "cost_usd"}``
 ``failure``     ``{"kind": "trace"|"probe"|"probe_timeout"|"job", "trace": index|null, "checkpoint":
@@ -81,8 +82,9 @@ from orchestrator.errors import CallerError, InvalidRequest, MarsError, StoreUna
 from orchestrator.launcher import Launcher
 from orchestrator.logs import get_logger
 from orchestrator.preparation import DEEPCONF_METHODS, Preparation, RuleBuilder
-from orchestrator.pricing import job_price_profile
-from orchestrator.probe_value import probes_pay
+from orchestrator.pricing import PriceProfile, job_price_profile
+from orchestrator.probe_gate import ProbeGate
+from orchestrator.probe_value import probe_prices
 from orchestrator.providers.base import Capabilities, Provider
 from orchestrator.results import Outcome, job_spend
 from orchestrator.settings import Settings
@@ -91,7 +93,7 @@ from orchestrator.stopping.base import StoppingRule
 from orchestrator.stopping.registry import build_rule
 from orchestrator.store.base import Store, TokenChunk
 from orchestrator.streams import StreamConfig, TraceStreamer
-from orchestrator.timing import probe_interval
+from orchestrator.timing import initial_probe, probe_interval
 from orchestrator.warmup import WarmupFit, learn
 
 log = get_logger(__name__)
@@ -116,17 +118,19 @@ class CoordinatorConfig:
     supporting_text_chars: int = 100_000
 
 
-def build_job_rule(spec: JobSpec, fit: WarmupFit) -> StoppingRule:
-    """The job's rule from the registry, with q, γ and τ from the warmup unless the job sets them."""
+def build_job_rule(spec: JobSpec, fit: WarmupFit, profile: PriceProfile) -> StoppingRule:
+    """The job's rule from the registry, with q, γ and τ from the warmup unless the job sets them, and
+    the prices of the profile the job is billed under for a rule that weighs its probes against them."""
     params = dict(spec.method_params)
     if spec.method in MARS_METHODS:
         params.setdefault("switch_model", fit.switch_model)
         params.setdefault("gamma", fit.gamma)
     if spec.method in DEEPCONF_METHODS and fit.deepconf_threshold is not None:
         params.setdefault("threshold", fit.deepconf_threshold)
-    if spec.method == "width-probe" and "probe" not in params:
-        # probes only when they pay under the job's named price profile (orchestrator/probe_value.py)
-        params["probe"] = probes_pay(spec.price_profile)
+    if spec.method == "width-probe":
+        # each probe is sent only when its expected value exceeds its price under the job's prices
+        # (``"gate": false`` in the job's method_params probes every running trace at every point)
+        params["prices"] = probe_prices(profile)
     try:
         return build_rule(spec.method, **params)
     except (KeyError, TypeError, ValueError) as exc:
@@ -188,6 +192,7 @@ class JobRun:
                 f"as a trace takes for {self.caps.probe_slot_tokens:.0f} tokens",
             )
         self.spec = spec
+        self.profile = job_price_profile(spec, owner.settings)
         self.grouper = owner.grouper_factory(spec)
         self.started = time.monotonic()
         self.voting = [TraceState(i, spec.probe.interval_tokens) for i in range(spec.budget)]
@@ -205,12 +210,18 @@ class JobRun:
             changed=self.changed,
             streamer=self._streamer,
             rules=owner.rules,
+            profile=self.profile,
             worker_id=owner.worker_id,
             started=self.started,
         )
         self.decider: Decider | None = None
 
-    def _streamer(self, strategy: ProbeStrategy, stored: dict[int, Sequence[TokenChunk]]) -> TraceStreamer:
+    def _streamer(
+        self,
+        strategy: ProbeStrategy,
+        stored: dict[int, Sequence[TokenChunk]],
+        gate: ProbeGate | None = None,
+    ) -> TraceStreamer:
         config = self.config
         return TraceStreamer(
             spec=self.spec,
@@ -223,6 +234,7 @@ class JobRun:
             retrying=self.channel.retrying,
             strategy=strategy,
             stored=stored,
+            gate=gate,
         )
 
     def _results(self, strategy: ProbeStrategy) -> ResultBuilder:
@@ -234,7 +246,7 @@ class JobRun:
             voting=self.voting,
             warmup=self.prep.warmup,
             grouper=self.grouper,
-            profile=job_price_profile(self.spec, self.c.settings),
+            profile=self.profile,
             probe_strategy=strategy.value,
             notes=tuple(notes),
             supporting_text_chars=self.config.supporting_text_chars,
@@ -267,7 +279,9 @@ class JobRun:
         )
         warmup_class = self.grouper.classify(fit.warmup_answer) if fit.warmup_answer else None
         results = self._results(strategy)
-        streamer = self._streamer(strategy, self.prep.stored)
+        # the voting traces' probes wait on the decisions (orchestrator/probe_gate.py)
+        gate = ProbeGate(initial_probe(rule))
+        streamer = self._streamer(strategy, self.prep.stored, gate)
         result: JobResult | None = None
         try:
             async with asyncio.TaskGroup() as tg:
@@ -285,6 +299,7 @@ class JobRun:
                     cancel=self.cancel,
                     changed=self.changed,
                     warmup_class=warmup_class,
+                    gate=gate,
                 )
                 outcome = await decider.run()
                 stopper = Stopper(

@@ -7,7 +7,9 @@ that continues may prune traces and launch more (through the launcher); its ``ch
 events are published. A STOP is returned at once, before anything is published, so the stop stage
 issues every cancel first; it publishes the deciding vote afterwards (:meth:`publish_stop_vote`).
 
-It owns the rule's carried state, the last published vote and the deciding step.
+It owns the rule's carried state, the last published vote and the deciding step, and is the one writer
+of the run's :class:`~orchestrator.probe_gate.ProbeGate`: every decision point it passes, asked or
+not, releases the probes waiting for it, and it closes the gate when it stops deciding.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from orchestrator.checkpoints import CheckpointBook, TraceState
 from orchestrator.domain import Decision, JobSpec, JobStatus, Snapshot, TraceStatus
 from orchestrator.errors import common_kind, describe, kind_of
 from orchestrator.launcher import Launcher
+from orchestrator.probe_gate import ProbeGate
 from orchestrator.results import Outcome, decision_events
 from orchestrator.stopping.base import StoppingRule
 from orchestrator.timing import EXHAUSTED_REASON, ends_idle, exhausted_answer, finishes_only, running
@@ -41,6 +44,7 @@ class Decider:
         cancel: CancelWatch,
         changed: asyncio.Event,
         warmup_class: int | None,
+        gate: ProbeGate | None = None,
     ) -> None:
         self.spec = spec
         self.rule = rule
@@ -52,12 +56,19 @@ class Decider:
         self.cancel = cancel
         self.changed = changed
         self.warmup_class = warmup_class
+        self.gate = gate if gate is not None else ProbeGate()
         self.rule_state: Any = None
         self.last_votes: dict[str, float] = {}
         self.deciding: tuple[Snapshot, Decision] | None = None  # the step that stopped the job
 
     async def run(self) -> Outcome:
         """Decide until the job stops, is cancelled, fails or runs out of traces."""
+        try:
+            return await self._run()
+        finally:
+            self.gate.close()
+
+    async def _run(self) -> Outcome:
         while True:
             self.changed.clear()
             if self.cancel.requested:
@@ -81,6 +92,7 @@ class Decider:
                 return None
             if finishes_only(rule) and not book.any_finishing_at(t) and book.any_running_at(t):
                 book.skip(t)  # nothing it reads changed (timing.py)
+                self.gate.passed_over(t)
                 continue
             # Nothing runs at t and no finish falls on it: a finish landed on a point already passed.
             # Ask the rule (it has not seen that finish): skipping would walk the grid for ever.
@@ -98,6 +110,7 @@ class Decider:
                     t,
                     snapshot.position_tokens,
                 )
+            self.gate.decided(t, decision.probe)
             pruned = self._prune(snapshot, decision)
             launched = self.launcher.launch(self.voting, decision.launch, at=t) if decision.launch > 0 else []
             await self._publish_decision(snapshot, decision, pruned, len(launched))

@@ -124,7 +124,10 @@ class Verdict(enum.StrEnum):
 @dataclass(frozen=True, slots=True)
 class Decision:
     """What a rule decided. ``prune`` names traces to cancel now (they stop voting);
-    ``launch`` asks for that many more traces to be started (wave methods)."""
+    ``launch`` asks for that many more traces to be started (wave methods). ``probe`` names the traces
+    whose probes the next decision point is to read (``None``: every running trace's, as at the first
+    point): a trace left out is not probed there (nothing sent, nothing billed) and shows no answer
+    there, as without probes (orchestrator/timing.py, ``probed``)."""
 
     verdict: Verdict
     answer_class: int | None = None
@@ -133,6 +136,7 @@ class Decision:
     launch: int = 0
     state: Any = None
     details: Mapping[str, float] = field(default_factory=dict)
+    probe: frozenset[int] | None = None
 
     @property
     def stop(self) -> bool:
@@ -147,8 +151,9 @@ class Decision:
         launch: int = 0,
         state: Any = None,
         details: Mapping[str, float] | None = None,
+        probe: frozenset[int] | None = None,
     ) -> Decision:
-        return cls(Verdict.CONTINUE, None, reason, prune, launch, state, dict(details or {}))
+        return cls(Verdict.CONTINUE, None, reason, prune, launch, state, dict(details or {}), probe)
 
     @classmethod
     def halt(
@@ -408,6 +413,7 @@ class VoteEvent(TypedDict):
     details: dict[str, float | None]
     pruned: list[int]
     launched: int
+    probe: list[int] | None  # the traces whose probes the next decision point reads (None: every one)
 
 
 class StopEvent(TypedDict):

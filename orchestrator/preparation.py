@@ -23,6 +23,7 @@ from orchestrator.domain import JobSpec, ProbeStrategy, TraceStatus, WarmupMode
 from orchestrator.errors import StoreUnavailable, UnsupportedCapability
 from orchestrator.launcher import Launcher
 from orchestrator.logs import get_logger
+from orchestrator.pricing import PriceProfile
 from orchestrator.providers.base import Capabilities
 from orchestrator.stopping.base import StoppingRule
 from orchestrator.stopping.deepconf import lowest_window_confidence, warmup_threshold
@@ -47,7 +48,8 @@ STRATEGY_PREFERENCE = (
 )
 DEEPCONF_METHODS = frozenset({"deepconf", "deepconf_mars"})
 
-RuleBuilder = Callable[[JobSpec, WarmupFit], StoppingRule]
+# the job's spec, its warmup's fit and the price profile it is billed under -> its rule
+RuleBuilder = Callable[[JobSpec, WarmupFit, PriceProfile], StoppingRule]
 StreamerFactory = Callable[[ProbeStrategy, dict[int, Sequence[TokenChunk]]], TraceStreamer]
 
 
@@ -65,6 +67,7 @@ class Preparation:
         changed: asyncio.Event,
         streamer: StreamerFactory,
         rules: RuleBuilder,
+        profile: PriceProfile,
         worker_id: str,
         started: float,
     ) -> None:
@@ -78,6 +81,7 @@ class Preparation:
         self.changed = changed
         self.streamer = streamer
         self.rules = rules
+        self.profile = profile
         self.worker_id = worker_id
         self.started = started  # the run's start (time.monotonic)
         self.attempt = 1
@@ -93,7 +97,7 @@ class Preparation:
         self.attempt = max(1, record.attempts) if record else 1
         await self.channel.set_running(self.attempt, self.worker_id)
         fit = await self._fit()
-        rule = self.rules(spec, fit)
+        rule = self.rules(spec, fit, self.profile)
         self.strategy = self.probe_strategy(rule.needs_probes)
         return fit, rule, self.strategy
 

@@ -1,4 +1,5 @@
-"""Whether probing pays for a job: the gate of ``width-probe`` (STOPPING.md §11, docs/adaptive.md).
+"""Whether probing pays for a job: the per-job gate of ``width-probe`` (STOPPING.md §11, docs/adaptive.md),
+and the job's prices as its per-probe gate reads them (:func:`probe_prices`).
 
 A probe re-sends its whole prefix. :class:`ProbeValue` is what probing did per job on the training
 questions (``python -m orchestrator.evaluation.train_width`` measures ``width-probe`` against
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from orchestrator.pricing import PROFILES, PriceProfile, ProbeInput, probe_cache_split
 from orchestrator.stopping.width import SHIPPED_PRIOR
+from orchestrator.stopping.width_probe import ProbePrices
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,3 +84,14 @@ def probes_pay(profile_name: str | None, value: ProbeValue | None = None) -> boo
     if profile_name not in PROFILES or value is None:
         return True
     return value.pays(PROFILES[profile_name])
+
+
+def probe_prices(profile: PriceProfile) -> ProbePrices:
+    """A price profile as the per-probe gate of ``width-probe`` reads it (USD per token)."""
+    return ProbePrices(
+        input=profile.input / 1e6,
+        cached_input=profile.cached_input / 1e6,
+        cache_write=profile.cache_write / 1e6,
+        output=profile.output / 1e6,
+        caches_generated=profile.caches_generated,
+    )

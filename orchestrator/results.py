@@ -262,6 +262,7 @@ def decision_events(
         "details": {k: _finite(v) for k, v in decision.details.items()},
         "pruned": list(pruned),
         "launched": launched,
+        "probe": None if decision.probe is None else sorted(decision.probe),
     }
     return checkpoint, vote
 

@@ -14,6 +14,8 @@ The streamer writes only the trace's stream fields (``checkpoints.TraceState``) 
 stream ended (:class:`StreamEnd`): a permanent error that must end the job travels in it, not in a flag.
 What its probes cost is in the trace's probe outcomes (``results.probe_spend`` sums them). The probe
 strategy and what an earlier attempt left in the store are given at construction and never change.
+A voting trace's probe waits on the run's :class:`~orchestrator.probe_gate.ProbeGate` (when given) for
+the decision before its checkpoint's decision point, and is sent only if that decision asked for it.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from orchestrator.errors import (
     describe,
     kind_of,
 )
+from orchestrator.probe_gate import ProbeGate
 from orchestrator.providers.base import Capabilities, ProbeRequest, Provider, StreamDelta, TraceRequest
 from orchestrator.providers.extract import extract_answer
 from orchestrator.providers.hangup import Hangup
@@ -106,6 +109,7 @@ class TraceStreamer:
         retrying: Retrying,
         strategy: ProbeStrategy = ProbeStrategy.NONE,
         stored: Mapping[int, Sequence[TokenChunk]] | None = None,
+        gate: ProbeGate | None = None,
     ) -> None:
         self.spec = spec
         self.store = store
@@ -118,6 +122,7 @@ class TraceStreamer:
         self._retrying = retrying
         self.strategy = strategy
         self.stored: Mapping[int, Sequence[TokenChunk]] = stored or {}  # an earlier attempt's tokens
+        self.gate = gate  # the voting traces' probes wait on it (None: every crossing is probed at once)
         self.probe_slots = asyncio.Semaphore(config.probe_concurrency)
         self._hangups: dict[int, Hangup] = {}  # trace index -> its running task's upstream connections
         # the prompt of every trace, when its stream ends before the upstream counted it (a stop)
@@ -321,10 +326,28 @@ class TraceStreamer:
         t = crossing.checkpoint
         if self.strategy is ProbeStrategy.NONE:
             trace.probes[t] = ProbeOutcome(None, "none")
+        elif self.gate is not None and trace.role == "vote":
+            probes.create_task(self._gated(trace, crossing, self.gate), name=f"probe-{trace.index}-{t}")
+            return
         elif self.strategy is ProbeStrategy.EXTRACT:
             trace.probes[t] = ProbeOutcome(answer_or_none(extract_answer(crossing.prefix)))
         else:
             probes.create_task(self._probe(trace, crossing), name=f"probe-{trace.index}-{t}")
+            return
+        self.changed.set()
+
+    async def _gated(self, trace: TraceState, crossing: Crossing, gate: ProbeGate) -> None:
+        """Wait for the decision before this crossing's decision point; probe only if it asked (once the
+        run has stopped deciding, only a shadow trace goes on being probed)."""
+        t = crossing.checkpoint
+        assert trace.launched_at is not None
+        allowed = await gate.allows(trace.index, trace.launched_at + t)
+        if not (trace.shadow if allowed is None else allowed):
+            trace.probes[t] = ProbeOutcome(None, "skipped")
+        elif self.strategy is ProbeStrategy.EXTRACT:
+            trace.probes[t] = ProbeOutcome(answer_or_none(extract_answer(crossing.prefix)))
+        else:
+            await self._probe(trace, crossing)
             return
         self.changed.set()
 

@@ -15,6 +15,13 @@ two decision points is seen finished at the next one (finishes are batched onto 
 decision that neither stopped nor launched, the run ends ("budget exhausted") when nothing is left
 running; its answer is the plurality of the live traces' final answers in trace order.
 
+Which probes a decision point reads is the previous asked decision's to say (``Decision.probe``; at the
+first point the rule's ``initial_probe``, every running trace's by default): a trace it leaves out is not
+probed there and shows no answer there (:func:`probed`). So a trace's probe for decision point t is sent
+only once the decision at t - 1 has been made: live, a trace that crosses its checkpoint for t sooner
+waits for it (``orchestrator/probe_gate.py``), and a decision that stops the job at t - 1 leaves the
+probes for t unsent, as offline.
+
 Everything here is a pure function of (launch point, prune point, checkpoint, interval): the live
 :class:`~orchestrator.checkpoints.CheckpointBook` and :func:`orchestrator.evaluation.simulate.simulate`
 both call it, so the two cannot disagree about when, or on which prefix, a trace is read.
@@ -91,6 +98,17 @@ def launch_order(pending: Sequence[int], n: int) -> list[int]:
 def ends_idle(any_running: bool, launched: int) -> bool:
     """After a decision that did not stop: the run is over when nothing runs and nothing was launched."""
     return not any_running and launched <= 0
+
+
+def initial_probe(rule: object) -> frozenset[int] | None:
+    """The probes the first decision point reads (the rule's ``initial_probe``; None: every one)."""
+    probe: frozenset[int] | None = getattr(rule, "initial_probe", None)
+    return probe
+
+
+def probed(probe: frozenset[int] | None, index: int) -> bool:
+    """Trace ``index`` is probed at a decision point whose previous asked decision named ``probe``."""
+    return probe is None or index in probe
 
 
 def exhausted_answer(finals: Sequence[int | None], weights: Sequence[float] | None = None) -> int | None:

@@ -122,7 +122,7 @@ def run_eval(
     profiles = [price_profile(p) for p in dict.fromkeys(price_profiles or PROFILES)]
     n_workers = max(1, workers or os.cpu_count() or 1)
     if protocol == "parallel-probe":
-        datasets = _run_pp(loaded, names, chosen, budget, repetitions, console)
+        datasets = _run_pp(loaded, names, chosen, budget, repetitions, console, n_workers)
         extra: dict[str, Any] = {}
     else:
         datasets, extra = _run_honest(
@@ -195,6 +195,7 @@ def _run_pp(
     budget: int,
     repetitions: int,
     console: Console,
+    workers: int = 1,
 ) -> dict[str, dict[str, MethodFigures]]:
     params = protocol_pp.PPParams(budget=budget)
     wanted = list(dict.fromkeys(["sc", *methods]))
@@ -206,7 +207,9 @@ def _run_pp(
             def advance(k: int, task: Any = task) -> None:
                 progress.advance(task, k)
 
-            results = protocol_pp.evaluate_pp(corpus, wanted, params, repetitions, on_progress=advance)
+            results = protocol_pp.evaluate_pp(
+                corpus, wanted, params, repetitions, on_progress=advance, workers=workers
+            )
             out[name] = {m: pp_figures(r) for m, r in results.items()}
     return out
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from orchestrator.errors import InvalidRequest
 from orchestrator.evaluation.simulate import QuestionTimeline
+from orchestrator.pricing import PROFILES
 from orchestrator.stopping.base import StoppingRule
 from orchestrator.stopping.gamma import WarmupTrace, calibrate_gamma
 from orchestrator.stopping.mars import Mars
@@ -136,6 +137,11 @@ def _population(ctx: MethodContext, key: str) -> StoppingRule:
     return PopulationStop(stop_model=model, switch_model=CONSERVATIVE_DEFAULT, threshold=float(threshold))
 
 
+def _priced_width_probe(profile: str) -> Callable[[MethodContext], StoppingRule]:
+    """``width-probe`` gated probe by probe under ``profile``'s prices."""
+    return lambda ctx: _width_probe(ctx, "width", profile)
+
+
 SPECS: dict[str, MethodSpec] = {
     spec.name: spec
     for spec in (
@@ -229,6 +235,14 @@ SPECS: dict[str, MethodSpec] = {
             lambda ctx: _width_probe(ctx, "width"),
             description="width with MARS as the probe stage (conservative q), trained as width",
         ),
+        *(
+            MethodSpec(
+                f"width-probe-{profile}",
+                _priced_width_probe(profile),
+                description=f"width-probe, each probe sent only when its expected value exceeds its price under the {profile} profile",
+            )
+            for profile in PROFILES
+        ),
         MethodSpec(
             "width-hindsight",
             _registry("sc"),
@@ -296,14 +310,15 @@ def _width_no_patience(ctx: MethodContext, key: str) -> StoppingRule:
     return replace(rule, patience_tokens=None)
 
 
-def _width_probe(ctx: MethodContext, key: str) -> StoppingRule:
+def _width_probe(ctx: MethodContext, key: str, profile: str | None = None) -> StoppingRule:
+    from orchestrator.probe_value import probe_prices
     from orchestrator.stopping.width import AdaptiveWidth
     from orchestrator.stopping.width_probe import WidthProbe
 
     base = ctx.priors.get(key)
     if not isinstance(base, AdaptiveWidth):
         raise KeyError(f"no adaptive-width rule {key!r} was trained for this run")
-    return WidthProbe(base=base)
+    return WidthProbe(base=base, prices=None if profile is None else probe_prices(PROFILES[profile]))
 
 
 def method_spec(name: str) -> MethodSpec:

@@ -31,7 +31,7 @@ brace (a probe that extracted nothing is charged its 50-token cap, the brace inc
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -168,11 +168,19 @@ def _whole(lengths: Sequence[int], prompt_tokens: int) -> list[TraceSpend]:
     return [TraceSpend(tokens=n, complete=True, prompt_tokens=prompt_tokens) for n in lengths]
 
 
-def slot_spend(
-    run: SimRun, tl: QuestionTimeline, voting: Sequence[int], *, probes: bool
-) -> tuple[list[int], list[int]]:
-    """Per voting slot: tokens generated up to its own last checkpoint read (0: never launched) and
-    how many probes it got (one at each of its own checkpoints before it finished)."""
+@dataclass(frozen=True, slots=True)
+class SlotSpend:
+    """Per voting slot of one run: tokens generated up to its own last checkpoint read (0: never
+    launched), how many own checkpoints it ran past (probed at each, 1..n, when the rule probes) and
+    which of those a gating rule left unprobed (``SimRun.unprobed``)."""
+
+    spent: Sequence[int]
+    probe_counts: Sequence[int]
+    skipped: Sequence[Collection[int]] = ()
+
+
+def slot_spend(run: SimRun, tl: QuestionTimeline, voting: Sequence[int], *, probes: bool) -> SlotSpend:
+    """What each voting slot of ``run`` generated and was probed at."""
     slots = [tl.traces[i] for i in voting]
     interval = tl.interval_tokens
     spent = [t.tokens_at(k * interval) for t, k in zip(slots, run.slot_checkpoints, strict=True)]
@@ -180,35 +188,35 @@ def slot_spend(
         min(k, t.finish_checkpoint - 1) if probes else 0
         for t, k in zip(slots, run.slot_checkpoints, strict=True)
     ]
-    return spent, counts
+    return SlotSpend(spent, counts, run.unprobed)
 
 
 def run_spend(
     hq: HonestQuestion,
     voting: Sequence[int],
-    spent: Sequence[int],
-    probe_counts: Sequence[int],
+    slots: SlotSpend,
     probe_output_tokens: int,
     warmup: Sequence[int] = (),
 ) -> Spend:
-    """One simulated run through the live accounting: voting slot s generated ``spent[s]`` tokens
+    """One simulated run through the live accounting: voting slot s generated ``slots.spent[s]`` tokens
     (launched when positive; complete when that is the whole trace) and was probed at checkpoints
-    1..``probe_counts[s]``; ``warmup`` traces ran to their end."""
+    1..``slots.probe_counts[s]`` but those in ``slots.skipped[s]``; ``warmup`` traces ran to their end."""
     tl, prompt = hq.timeline, hq.prompt_tokens
     traces = [
         TraceSpend(tokens=n, complete=n >= tl.traces[i].total_tokens, prompt_tokens=prompt)
-        for i, n in zip(voting, spent, strict=True)
+        for i, n in zip(voting, slots.spent, strict=True)
         if n > 0
     ]
     probes = (
         grid_probes(
-            probe_counts,
+            slots.probe_counts,
             tl.interval_tokens,
             prompt_tokens=prompt,
             suffix_tokens=PROBE_SUFFIX_TOKENS,
             output_tokens=probe_output_tokens,
+            skipped=slots.skipped,
         )
-        if any(probe_counts)
+        if any(slots.probe_counts)
         else ProbeSpend()
     )
     warm = _whole([tl.traces[i].total_tokens for i in warmup], prompt)
@@ -279,9 +287,9 @@ def _run(
         )
         if runs is not None and key is not None:
             runs[key] = run
-    spent, counts = slot_spend(run, tl, ctx.voting, probes=rule.needs_probes)
+    slots = slot_spend(run, tl, ctx.voting, probes=rule.needs_probes)
     s = run_spend(
-        hq, ctx.voting, spent, counts, run.probe_output_tokens, ctx.warmup if spec.sequential_warmup else ()
+        hq, ctx.voting, slots, run.probe_output_tokens, ctx.warmup if spec.sequential_warmup else ()
     )
     return _record(
         hq,
@@ -312,7 +320,7 @@ def _hindsight(ctx: MethodContext, hq: HonestQuestion, full: int | None, sc: Bas
         for i, n in zip(ctx.voting, counts, strict=True)
         for k in range(1, n + 1)
     )
-    s = run_spend(hq, ctx.voting, spent, counts, out_tokens)
+    s = run_spend(hq, ctx.voting, SlotSpend(spent, counts), out_tokens)
     return _record(
         hq,
         full,
@@ -343,7 +351,7 @@ def _width_hindsight(ctx: MethodContext, hq: HonestQuestion, full: int | None, s
     tl = ctx.timeline
     n = width_hindsight_traces([tl.traces[i].final_class for i in ctx.voting], full)
     spent = [tl.traces[i].total_tokens if s < n else 0 for s, i in enumerate(ctx.voting)]
-    s = run_spend(hq, ctx.voting, spent, [0] * len(spent), 0)
+    s = run_spend(hq, ctx.voting, SlotSpend(spent, [0] * len(spent)), 0)
     return _record(
         hq,
         full,

@@ -21,7 +21,9 @@ in the tests (``tests/evaluation/pp_reference.py``).
 
 from __future__ import annotations
 
+import multiprocessing
 import random
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -235,24 +237,15 @@ def aggregate(
     return PPResult(float(round(acc, 2)), int(cost), int(seq), float(acc), cost, seq, agree, reads)
 
 
-def evaluate_pp(
-    corpus: Corpus,
-    methods: Sequence[str],
-    params: PPParams,
-    repetitions: int = 100,
-    on_progress: Callable[[int], None] | None = None,
-) -> dict[str, PPResult]:
-    """Run Protocol A for ``methods`` on every question of ``corpus``; one result per method."""
-    questions = [prepare(q) for q in corpus.questions]
-    gold = [q.gold_class for q in questions]
-    orders = [[permutation(r, len(q.traces)) for q in questions] for r in range(repetitions)]
-    full = [
-        [
-            majority([q.traces[i].final_class for i in o[: params.budget]])
-            for q, o in zip(questions, os, strict=True)
-        ]
-        for os in orders
-    ]
+PP_CHUNK_REPETITIONS = 10  # repetitions per task when spread over processes (progress granularity)
+
+
+def _pp_repetitions(
+    task: tuple[list[PreparedQuestion], list[str], PPParams, list[list[list[int]]]],
+) -> dict[str, list[list[RunOutcome]]]:
+    """Protocol A on some repetitions (one voting order per question each): per method, one row of
+    outcomes per repetition."""
+    questions, methods, params, orders = task
     runners = {method: runner(method, params) for method in methods}
     per_rep: dict[str, list[list[RunOutcome]]] = {method: [] for method in methods}
     for os in orders:
@@ -264,6 +257,46 @@ def evaluate_pp(
                 rows[method].append(runners[method](q, o, params, views, checkpoints))
         for method in methods:
             per_rep[method].append(rows[method])
-        if on_progress is not None:
-            on_progress(len(methods))
+    return per_rep
+
+
+def evaluate_pp(
+    corpus: Corpus,
+    methods: Sequence[str],
+    params: PPParams,
+    repetitions: int = 100,
+    on_progress: Callable[[int], None] | None = None,
+    workers: int = 1,
+) -> dict[str, PPResult]:
+    """Run Protocol A for ``methods`` on every question of ``corpus``; one result per method. With
+    ``workers`` > 1 the repetitions are spread over that many processes (each repetition is computed
+    alone, so the result does not depend on it)."""
+    questions = [prepare(q) for q in corpus.questions]
+    gold = [q.gold_class for q in questions]
+    orders = [[permutation(r, len(q.traces)) for q in questions] for r in range(repetitions)]
+    full = [
+        [
+            majority([q.traces[i].final_class for i in o[: params.budget]])
+            for q, o in zip(questions, os, strict=True)
+        ]
+        for os in orders
+    ]
+    per_rep: dict[str, list[list[RunOutcome]]] = {method: [] for method in methods}
+    chunk = max(1, min(PP_CHUNK_REPETITIONS, -(-repetitions // max(1, workers))))
+    tasks = [(questions, list(methods), params, orders[i : i + chunk]) for i in range(0, len(orders), chunk)]
+    pool = None
+    if workers > 1 and len(tasks) > 1:
+        # forkserver, as mars eval's pool: no fork of a process that may hold threads or OpenMP state
+        pool = multiprocessing.get_context("forkserver" if sys.platform == "linux" else "spawn").Pool(workers)
+    try:
+        done = pool.imap(_pp_repetitions, tasks) if pool is not None else map(_pp_repetitions, tasks)
+        for task, rows in zip(tasks, done, strict=True):
+            for method in methods:
+                per_rep[method].extend(rows[method])
+            if on_progress is not None:
+                on_progress(len(methods) * len(task[3]))
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
     return {method: aggregate(per_rep[method], gold, full) for method in methods}

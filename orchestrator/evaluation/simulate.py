@@ -6,7 +6,8 @@ point, each launched trace counting its own checkpoints from its first token) an
 coordinator shows (:func:`orchestrator.snapshots.trace_view`, with :class:`TraceTimeline` as the
 offline trace record). The rule's ``Decision.state`` comes back as ``Snapshot.rule_state``;
 ``Decision.prune`` freezes traces where they are. Probe calls are charged for every started, unpruned
-trace still running at its own checkpoint when the rule probes.
+trace still running at its own checkpoint when the rule probes, save those the previous decision left
+out of its ``Decision.probe``: such a trace shows no answer there (:class:`Unprobed`), as live.
 
 Everything that depends only on the question (not on the permutation) is computed once in
 :class:`TraceTimeline`: the class at every own checkpoint, the feature rows, the probe output tokens.
@@ -32,8 +33,10 @@ from orchestrator.timing import (
     ends_idle,
     exhausted_answer,
     finishes_only,
+    initial_probe,
     launch_order,
     own_checkpoint,
+    probed,
     running,
     started,
 )
@@ -100,6 +103,48 @@ class TraceTimeline:
 
     def confidence_at(self, k: int) -> float | None:
         return self.confidences[min(k, len(self.confidences)) - 1]
+
+    def stale_at(self, k: int) -> bool:
+        return False
+
+
+@dataclass(frozen=True, slots=True)
+class Unprobed:
+    """A slot's timeline as a run that left some of its own checkpoints unprobed shows it: no answer at
+    those (``skipped``), so its history has ``None`` there and its switch features are those of that
+    history, exactly as the live :class:`~orchestrator.checkpoints.CheckpointBook` records a trace whose
+    probe the previous decision did not ask for."""
+
+    record: TraceTimeline
+    skipped: frozenset[int]
+    interval_tokens: int
+
+    def finished_at(self, k: int) -> bool:
+        return self.record.finished_at(k)
+
+    def tokens_at(self, position: int) -> int:
+        return self.record.tokens_at(position)
+
+    def class_at(self, k: int) -> int | None:
+        return None if k in self.skipped else self.record.class_at(k)
+
+    def history_to(self, k: int) -> tuple[int | None, ...]:
+        history = self.record.history_to(k)
+        return tuple(None if i + 1 in self.skipped else c for i, c in enumerate(history))
+
+    def features_at(self, k: int) -> tuple[float, ...]:
+        row = self.record.features_at(k)
+        if not row or not any(j <= k for j in self.skipped):
+            return row
+        history, position = self.history_to(k), k * self.interval_tokens
+        if len(row) == 3:
+            return switch_features(history, position)
+        confidence = self.record.confidence_at(k) or 0.0
+        previous = None if k == 1 else (self.record.confidence_at(k - 1) or 0.0)
+        return switch_features(history, position, confidence, previous)
+
+    def confidence_at(self, k: int) -> float | None:
+        return self.record.confidence_at(k)
 
     def stale_at(self, k: int) -> bool:
         return False
@@ -313,6 +358,7 @@ class SimRun:
     traces_started: int
     reason: str = ""
     slot_checkpoints: tuple[int, ...] = ()  # per slot: the last checkpoint it was read at
+    unprobed: tuple[frozenset[int], ...] = ()  # per slot: own checkpoints a gating rule left unprobed
 
 
 class _Placement:
@@ -433,12 +479,18 @@ def simulate(
     only_finishes = finishes_only(rule)
     cp = 0
     together_until = 0  # the last decision point before the run left the relabelled order
+    probe = initial_probe(rule) if probes else None  # what the previous decision asked for (None: all)
+    # per slot, own checkpoints left unprobed, once the rule gates its probes
+    skipped: list[set[int]] | None = None if probe is None else [set() for _ in slots]
     while True:
         cp = place.next_point(cp, only_finishes)
-        traces, calls_cp, out_cp, in_cp = _checkpoint(
-            place, cp, shape, w, ok, probes, oracle, cache, checkpoints if place.together else None
-        )
-        if place.together:
+        if skipped is None:
+            traces, calls_cp, out_cp, in_cp = _checkpoint(
+                place, cp, shape, w, ok, probes, oracle, cache, checkpoints if place.together else None
+            )
+        else:
+            traces, calls_cp, out_cp, in_cp = _gated_views(place, cp, shape, w, ok, oracle, probe, skipped)
+        if place.together and skipped is None:
             together_until = cp
         else:
             if renumbering is None:  # the run read what the relabelled order read until then
@@ -452,6 +504,9 @@ def simulate(
         state = decision.state
         if decision.stop:
             break
+        probe = decision.probe if probes else None
+        if probe is not None and skipped is None:  # the rule gates its probes from here on
+            skipped = [set() for _ in slots]
         place.prune(decision.prune, cp)
         launched = place.launch(decision.launch, cp)
         if ends_idle(place.busy(cp), launched):
@@ -460,9 +515,10 @@ def simulate(
     answer = decision.answer_class
     if decision.stop and renumbering is not None:
         answer = renumbering.back(answer)
-    return _settle(
+    run = _settle(
         place, cp, decision, answer, labels, w, ok, tl.interval_tokens, (probe_calls, probe_out, probe_in)
     )
+    return run if skipped is None else replace(run, unprobed=tuple(frozenset(k) for k in skipped))
 
 
 @dataclass(frozen=True, slots=True)
@@ -619,6 +675,53 @@ def _views(
             if known is not None:
                 known[key] = view
         append(view)
+    return tuple(views), probe_calls, probe_out, probe_in
+
+
+def _gated_views(
+    place: _Placement,
+    cp: int,
+    shape: _Shape,
+    w: Sequence[float],
+    ok: Sequence[bool],
+    oracle: bool,
+    probe: frozenset[int] | None,
+    skipped: list[set[int]],
+) -> tuple[tuple[TraceView, ...], int, int, int]:
+    """:func:`_views` for a run whose rule gates its probes: a running trace the previous decision left
+    out of ``probe`` is not probed (not charged) and its own checkpoint joins ``skipped``; views are
+    built per run (no sharing: they depend on what this run probed)."""
+    interval = shape.interval_tokens
+    probe_calls = probe_out = probe_in = 0
+    views: list[TraceView] = []
+    for s, tr in enumerate(place.slots):
+        at, pruned = place.launched_at[s], place.pruned_at[s]
+        k = 0 if at is None or at >= cp else (cp if pruned is None or pruned > cp else pruned) - at
+        frozen = pruned is not None and k > 0
+        if k and not frozen and not tr.finished_at(k):
+            if probed(probe, s):
+                probe_calls += 1
+                probe_out += tr.probe_output_tokens[k - 1]
+                probe_in += k * interval + PROBE_SUFFIX_TOKENS
+            else:
+                skipped[s].add(k)
+        record: TraceTimeline | Unprobed = tr
+        if skipped[s]:
+            record = Unprobed(tr, frozenset(skipped[s]), interval)
+        views.append(
+            trace_view(
+                record,
+                s,
+                k,
+                interval_tokens=interval,
+                launched_at=None if k == 0 else 0,
+                pruned_at=k if frozen else None,
+                probes=True,
+                weight=w[s],
+                eligible=ok[s],
+                final_class=tr.final_class if oracle else None,
+            )
+        )
     return tuple(views), probe_calls, probe_out, probe_in
 
 

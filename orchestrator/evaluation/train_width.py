@@ -34,6 +34,8 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from orchestrator.evaluation.simulate import QuestionTimeline
 from orchestrator.evaluation.train_prior import DEFAULT_FOLDS, question_folds
 from orchestrator.probe_value import ProbeValue
@@ -56,6 +58,7 @@ EPS_GRID = 400  # ε grid for the Beta–mixture likelihood
 # time to answer is measured on.
 PATIENCE_GRID = tuple(range(4000, 42001, 2000))
 PATIENCE_PERMUTATIONS = 4
+LENGTH_QUANTILES = 20
 
 
 def class_sizes(tl: QuestionTimeline) -> tuple[int, ...]:
@@ -215,10 +218,24 @@ def fit_patience(shape: ShapePrior, timelines: Mapping[str, QuestionTimeline], b
     return PATIENCE_GRID[lo]
 
 
+def fit_lengths(timelines: Sequence[QuestionTimeline], n: int = LENGTH_QUANTILES) -> tuple[float, ...]:
+    """``n`` evenly spaced quantiles (midpoints) of the training traces' lengths, in tokens: what
+    ``width-probe`` reads a running trace's expected residual length from."""
+    lengths = np.array([t.total_tokens for tl in timelines for t in tl.traces], dtype=np.float64)
+    if lengths.size == 0:
+        return ()
+    return tuple(float(x) for x in np.quantile(lengths, (np.arange(n) + 0.5) / n))
+
+
 def fit_rule(timelines: Mapping[str, QuestionTimeline], budget: int) -> AdaptiveWidth:
-    """``width`` learned on training questions: the shape prior, then the patience under it."""
+    """``width`` learned on training questions: the shape prior, then the patience under it, and the
+    length quantiles."""
     shape = fit_shape(list(timelines.values()))
-    return AdaptiveWidth(shape=shape, patience_tokens=fit_patience(shape, timelines, budget))
+    return AdaptiveWidth(
+        shape=shape,
+        patience_tokens=fit_patience(shape, timelines, budget),
+        lengths=fit_lengths(list(timelines.values())),
+    )
 
 
 def cross_fitted_rules(
@@ -263,7 +280,7 @@ def probe_value(
         for r in range(PATIENCE_PERMUTATIONS):
             voting = permutation(r, len(tl.traces))[:budget]
             plain, probed = simulate(rule, tl, voting), simulate(probe, tl, voting)
-            _, counts = slot_spend(probed, tl, voting, probes=True)
+            counts = slot_spend(probed, tl, voting, probes=True).probe_counts  # probes every checkpoint
             interval = tl.interval_tokens
             runs += 1
             saved += plain.generated_tokens - probed.generated_tokens
@@ -298,6 +315,7 @@ def document(
     shape: ShapePrior | None = None,
     patience_tokens: int | None = None,
     value: ProbeValue | None = None,
+    lengths: Sequence[float] = (),
 ) -> dict[str, object]:
     doc: dict[str, object] = {
         "version": 2,
@@ -315,6 +333,8 @@ def document(
             "long_b": shape.long_b,
         }
         doc["patience_tokens"] = patience_tokens
+    if lengths:
+        doc["lengths"] = [round(x, 1) for x in lengths]
     if value is not None:
         doc["probe_value"] = value.to_dict()
     return doc
@@ -341,7 +361,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     theta = fit_theta(questions)
     rule = fit_rule(timelines, args.budget)
     value = probe_value(rule, timelines, args.budget, {k: hq.prompt_tokens for k, hq in prepared.items()})
-    doc = document(theta, questions, [p.name for p in args.corpus], rule.shape, rule.patience_tokens, value)
+    doc = document(
+        theta, questions, [p.name for p in args.corpus], rule.shape, rule.patience_tokens, value, rule.lengths
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1) + "\n")
     pays = {name: value.pays(profile) for name, profile in PROFILES.items()}

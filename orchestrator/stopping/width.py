@@ -116,13 +116,16 @@ def _fewest_to_certify(
 class AdaptiveWidth:
     """Parameters: ``theta`` (a single Dirichlet-process concentration) or ``shape`` (the learned
     :class:`ShapePrior`, which wins when given), ``risk`` (stop when P(leader wins) ≥ 1 − risk) and
-    ``tail_share`` (the part of the risk spent on the long-trace quantiles)."""
+    ``tail_share`` (the part of the risk spent on the long-trace quantiles); ``patience_tokens`` and
+    ``lengths`` (quantiles of the training traces' lengths, read by ``width-probe``'s per-probe gate)
+    are learned too."""
 
     theta: float = 1.0
     shape: ShapePrior | None = None
     risk: float = 0.05  # MARS's δ (STOPPING.md §2): the same risk budget as the seed method
     tail_share: float = 0.5
     patience_tokens: int | None = None
+    lengths: tuple[float, ...] = ()  # training traces' length quantiles: what width-probe values probes by
     name: str = "width"
     needs_probes: bool = False
 
@@ -243,6 +246,8 @@ def from_document(doc: dict[str, Any], **params: Any) -> AdaptiveWidth:
         )
     if doc.get("patience_tokens") is not None:
         params.setdefault("patience_tokens", int(doc["patience_tokens"]))
+    if doc.get("lengths"):
+        params.setdefault("lengths", tuple(float(x) for x in doc["lengths"]))
     return AdaptiveWidth(**params)
 
 

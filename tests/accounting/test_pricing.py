@@ -66,6 +66,21 @@ def test_grid_probes_equal_the_probes_enumerated() -> None:
     assert spend.output_tokens == 7
 
 
+def test_grid_probes_leave_out_the_checkpoints_a_gating_rule_skipped() -> None:
+    """Checkpoints a rule left unprobed (``skipped``) are neither calls nor prefixes, and a trace's last
+    probe is its last probed checkpoint; skipped checkpoints past its count do not matter."""
+    counts = [3, 0, 2, 5]
+    skipped = [{2}, set(), {1, 2}, {5, 7}]
+    spend = grid_probes(counts, 500, prompt_tokens=P, suffix_tokens=S, output_tokens=7, skipped=skipped)
+    positions = [
+        [500 * k for k in range(1, n + 1) if k not in gaps] for n, gaps in zip(counts, skipped, strict=True)
+    ]
+    assert spend.calls == sum(len(p) for p in positions) == 6
+    assert spend.prefix_tokens == sum(sum(p) for p in positions)
+    assert spend.last_prefix_tokens == sum(max(p, default=0) for p in positions)
+    assert spend.input_tokens == 6 * (P + S) + spend.prefix_tokens
+
+
 def test_bill_prices_every_rate() -> None:
     """Trace prompts are uncached input; hits, writes, misses and output at their own rates."""
     b = bill(prompt_tokens=1000, output_tokens=20_000, probes=ONE_TRACE, profile=ANTHROPIC)

@@ -5,15 +5,20 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import pytest
 
 from orchestrator.checkpoints import ProbeOutcome, TraceState
-from orchestrator.domain import JobStatus, ProbeStrategy, TraceStatus
+from orchestrator.coordinator import Coordinator, CoordinatorConfig
+from orchestrator.domain import Decision, JobStatus, ProbeStrategy, Snapshot, TraceStatus
 from orchestrator.errors import UpstreamRejected
-from orchestrator.providers.base import StreamDelta, TraceRequest
+from orchestrator.providers.base import ProbeRequest, ProbeResult, StreamDelta, TraceRequest
 from orchestrator.results import probe_spend
+from orchestrator.stopping.base import StoppingRule
+from orchestrator.stopping.registry import build_rule
+from orchestrator.store.base import request_fingerprint
+from orchestrator.store.memory import MemoryStore
 from tests.coordinator.test_coordinator import events, job, run
 from tests.fakes import Script, ScriptedProvider, uniform
 
@@ -104,3 +109,53 @@ async def test_an_extract_job_bills_no_probe() -> None:
     assert provider.probe_calls == 0
     assert result.accounting.probe_calls == 0
     assert result.accounting.probe_input_tokens == 0
+
+
+@dataclass
+class RecordingProvider(ScriptedProvider):
+    """Records which trace every probe request was for."""
+
+    probed: list[int] = field(default_factory=list)
+
+    async def probe(self, request: ProbeRequest) -> ProbeResult:
+        self.probed.append(request.trace.trace_index)
+        return await super().probe(request)
+
+
+@dataclass(frozen=True)
+class FirstTraceOnly:
+    """``mars`` asking, at every decision and at the start, for trace 0's probes alone."""
+
+    inner: StoppingRule = field(default_factory=lambda: build_rule("mars"))
+    name: str = "first-trace-only"
+    needs_probes: bool = True
+    initial_probe: frozenset[int] = frozenset({0})
+
+    def initial_traces(self, budget: int) -> int:
+        return budget
+
+    def decide(self, snapshot: Snapshot) -> Decision:
+        return replace(self.inner.decide(snapshot), probe=frozenset({0}))
+
+
+async def test_a_rule_that_gates_its_probes_gets_only_the_probes_it_asks_for() -> None:
+    """The upstream sees probe requests for trace 0 only; the others show no answer at their
+    checkpoints (their probes skipped, nothing billed), and every vote event names the probes asked."""
+    provider = RecordingProvider(uniform(4, total=1000, answers=("42",) * 9, delay_s=0.001))
+    store = MemoryStore()
+    spec = job(method="mars")
+    await store.create_job(spec, request_fingerprint(spec))
+    coordinator = Coordinator(
+        store, provider, config=CoordinatorConfig(cancel_poll_s=0.02), rules=lambda *_: FirstTraceOnly()
+    )
+    result = await coordinator.run(spec)
+    assert result.status is JobStatus.SUCCEEDED
+    assert provider.probed
+    assert set(provider.probed) == {0}
+    assert result.accounting.probe_calls == len(provider.probed)
+    votes = [e.data for e in await events(store, "j1") if e.kind == "vote"]
+    assert votes
+    assert all(v["probe"] == [0] for v in votes if v["verdict"] == "continue")
+    running_votes = [v for v in votes if v["verdict"] == "continue" and v["checkpoint"] > 1]
+    assert running_votes
+    assert all(v["counts"].get("42", 0) <= 1 for v in running_votes)  # trace 0's answer alone is read

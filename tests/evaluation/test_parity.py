@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -51,9 +51,12 @@ from orchestrator.pricing import PROFILES
 from orchestrator.providers.base import ProbeRequest, ProbeResult, TraceRequest
 from orchestrator.stopping.base import StoppingRule
 from orchestrator.stopping.registry import REGISTRY, build_rule
+from orchestrator.stopping.switch_model import FEATURES_NO_CONFIDENCE, SwitchModel
+from orchestrator.stopping.width import AdaptiveWidth
+from orchestrator.stopping.width_probe import ProbePrices, WidthProbe
 from orchestrator.store.base import request_fingerprint
 from orchestrator.store.memory import MemoryStore
-from orchestrator.timing import finishes_only
+from orchestrator.timing import finishes_only, initial_probe, probed
 from orchestrator.tokens import estimate_messages_tokens
 from tests.fakes import Script, ScriptedProvider, wait_until
 
@@ -80,7 +83,43 @@ PARAMS: dict[str, dict[str, Any]] = {
 }
 
 
+@dataclass(frozen=True)
+class Alternating:
+    """A probing rule (``mars``) that asks for the probes of every other trace, alternating by decision
+    point, and of trace 0 alone at the first: a rule that gates its probes, for the probe gate's parity
+    (unprobed traces show no answer, their histories have gaps, their probes are neither sent nor
+    billed)."""
+
+    inner: StoppingRule = field(default_factory=lambda: build_rule("mars"))
+    name: str = "alternating"
+    needs_probes: bool = True
+    initial_probe: frozenset[int] = frozenset({0})
+
+    def initial_traces(self, budget: int) -> int:
+        return self.inner.initial_traces(budget)
+
+    def decide(self, snapshot: Snapshot) -> Decision:
+        decision = self.inner.decide(snapshot)
+        parity = snapshot.checkpoint % 2
+        return replace(decision, probe=frozenset(i for i in range(snapshot.budget) if i % 2 == parity))
+
+
+# Rules that gate their probes, beside the registry's: a scripted one and width-probe priced (cheap
+# probes, a switch model that trusts a held answer), whose gate opens on these short traces.
+GATED: dict[str, Any] = {
+    "alternating": Alternating,
+    "width-probe-priced": lambda: WidthProbe(
+        base=AdaptiveWidth(theta=1.0, lengths=(600.0, 1000.0)),
+        switch_model=SwitchModel(FEATURES_NO_CONFIDENCE, (0.0,) * 3, (1.0,) * 3, (0.0, 0.0, -2.0), 1.0),
+        prices=ProbePrices(input=1.0, cached_input=0.0, cache_write=0.1, output=10.0, caches_generated=True),
+    ),
+}
+
+
 def registered_rule(name: str) -> StoppingRule:
+    if name in GATED:
+        rule: StoppingRule = GATED[name]()
+        return rule
     return build_rule(name, **PARAMS.get(name, {}))
 
 
@@ -106,6 +145,10 @@ class Recorder:
     @property
     def decides_on_finishes(self) -> bool:
         return finishes_only(self.rule)
+
+    @property
+    def initial_probe(self) -> frozenset[int] | None:
+        return initial_probe(self.rule)
 
     def initial_traces(self, budget: int) -> int:
         return min(1, budget) if self.staggered else self.rule.initial_traces(budget)
@@ -270,7 +313,7 @@ async def run_live(
         store,
         provider,
         config=CoordinatorConfig(cancel_poll_s=0.05),
-        rules=lambda _spec, _fit: rule,
+        rules=lambda _spec, _fit, _profile: rule,
         grouper_factory=grouper,
     )
     run = provider.run = coordinator.job(job)
@@ -290,8 +333,8 @@ def run_offline(rule: Recorder, traces: Sequence[Trace], *, confidences: bool) -
     hq = honest_question(corpus_question(traces, confidences=confidences), INTERVAL)
     voting = list(range(len(traces)))
     sim = simulate(rule, hq.timeline, voting)
-    spent, counts = slot_spend(sim, hq.timeline, voting, probes=rule.needs_probes)
-    return Offline(sim, hq.answer_strings, run_spend(hq, voting, spent, counts, sim.probe_output_tokens))
+    slots = slot_spend(sim, hq.timeline, voting, probes=rule.needs_probes)
+    return Offline(sim, hq.answer_strings, run_spend(hq, voting, slots, sim.probe_output_tokens))
 
 
 def described(seen: Sequence[tuple[Snapshot, Decision]], name: Any) -> list[Any]:
@@ -322,18 +365,23 @@ def described(seen: Sequence[tuple[Snapshot, Decision]], name: Any) -> list[Any]
             d.reason,
             d.prune,
             d.launch,
+            d.probe,
         )
         for s, d in seen
     ]
 
 
-def probe_reads(seen: Sequence[tuple[Snapshot, Decision]]) -> list[tuple[int, int]]:
-    """(trace, own position) of every probe a decision read."""
+def probe_reads(
+    seen: Sequence[tuple[Snapshot, Decision]], first: frozenset[int] | None
+) -> list[tuple[int, int]]:
+    """(trace, own position) of every probe a decision read: the running traces the decision before it
+    asked for (``first``: what the first point reads)."""
+    asked = [first, *(d.probe for _, d in seen)]
     return [
         (v.index, v.tokens)
-        for s, _ in seen
+        for (s, _), probe in zip(seen, asked, strict=False)
         for v in s.traces
-        if v.started and not v.finished and not v.pruned
+        if v.started and not v.finished and not v.pruned and probed(probe, v.index)
     ]
 
 
@@ -366,7 +414,7 @@ def check_parity(
     generated = sum(t.tokens - t.tokens_past_stop for t in result.traces)
     assert generated == result.accounting.generated_tokens == sim.generated_tokens
     if live_rule.needs_probes:
-        assert len(probe_reads(live.seen)) == sim.probe_calls
+        assert len(probe_reads(live.seen, live_rule.initial_probe)) == sim.probe_calls
     check_all_in(live, offline.spent)
 
 
@@ -410,6 +458,30 @@ def test_live_and_simulated_runs_agree(name: str, staggered: bool) -> None:
         check_parity(name, traces, staggered=staggered, price_profile=profile)
 
     agree()
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("staggered", [False, True], ids=["as-launched", "staggered"])
+@pytest.mark.parametrize("name", sorted(GATED))
+def test_a_rule_that_gates_its_probes_runs_alike_live_and_offline(name: str, staggered: bool) -> None:
+    """Rules that name the probes the next point reads: same snapshots (unprobed traces show no answer
+    there, with the gap in their history), decisions, probe reads and all-in spend; and the gate did
+    leave some running traces unprobed and probe others."""
+    gaps = probes = 0
+
+    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), database=None)
+    @given(trace_sets(), st.sampled_from(PROFILE_NAMES))
+    def agree(traces: list[Trace], profile: str) -> None:
+        nonlocal gaps, probes
+        check_parity(name, traces, staggered=staggered, price_profile=profile)
+        rule = Recorder(registered_rule(name), staggered)
+        run = run_offline(rule, traces, confidences=False).run
+        gaps += sum(len(k) for k in run.unprobed)
+        probes += run.probe_calls
+
+    agree()
+    assert gaps > 0
+    assert probes > 0
 
 
 def test_deepconf_prunes_a_low_confidence_trace_at_checkpoint_1_in_both_paths() -> None:

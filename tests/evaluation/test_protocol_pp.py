@@ -71,13 +71,13 @@ def test_esc_stops_on_first_unanimous_window() -> None:
 
 
 @pytest.mark.no_cover  # pure simulation, 3000 runs per rule: tracing would triple its time; covered elsewhere
-@pytest.mark.timeout(1800)  # 3000 runs of each shipped rule through the simulator (12-13 min at load 20)
+@pytest.mark.timeout(1800)  # 3000 runs of each shipped rule through the simulator, on two processes
 @pytest.mark.parametrize("dataset", ["aime24", "aime25"])
 def test_published_numbers_to_the_digit(shared_data: Path, dataset: str) -> None:
     """sc, esc, asc, sac and parallel-probe, decided by their shipped rules, match every published
     digit on the bundled corpus."""
     corpus = load_corpus(shared_data / "parallel-probe-qwen3-8b" / f"{dataset}.json")
-    results = pp.evaluate_pp(corpus, pp.PP_METHODS, pp.PPParams(), repetitions=100)
+    results = pp.evaluate_pp(corpus, pp.PP_METHODS, pp.PPParams(), repetitions=100, workers=2)
     for method, (acc, seq, cost) in PUBLISHED[dataset].items():
         got = results[method]
         assert (got.accuracy, got.seq_cost, got.cost) == (acc, seq, cost), method

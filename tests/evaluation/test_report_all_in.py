@@ -135,8 +135,9 @@ def test_the_all_in_spend_agrees_with_the_simulator_on_every_method() -> None:
             ctx = MethodContext(tl, voting, (), {})
             rule = spec.build(ctx)
             run = simulate(rule, tl, voting, oracle=spec.oracle)
-            spent, counts = slot_spend(run, tl, voting, probes=rule.needs_probes)
-            s = run_spend(hq, voting, spent, counts, run.probe_output_tokens)
+            s = run_spend(
+                hq, voting, slot_spend(run, tl, voting, probes=rule.needs_probes), run.probe_output_tokens
+            )
             assert s.generated == run.generated_tokens, name
             assert s.probes.calls == run.probe_calls, name
             assert s.probes.output_tokens == run.probe_output_tokens, name

@@ -249,11 +249,23 @@ def test_probe_stage_stops_on_settled_running_votes_and_not_on_volatile_ones() -
 
 
 def test_probe_stage_keeps_the_length_bias_guard() -> None:
-    """aime25 q6's shape with probes: eight short finishers and eight running traces agree for now
+    """aime25 q6's shape with probes: three short finishers and thirteen running traces agree for now
     (conservative q), 48 never launched: no stop."""
     rule = WidthProbe(base=shipped())
-    d = rule.decide(snapshot(_probed([0] * 8, [(0, 0.5)] * 8, K), budget=K))
+    d = rule.decide(snapshot(_probed([0] * 3, [(0, 0.5)] * 13, K), budget=K))
     assert not d.stop
+
+
+def test_probe_stage_never_stops_later_than_width() -> None:
+    """Where width's own certificate stops on the finished traces, width-probe stops too, whatever the
+    running traces' probes show (they can only add evidence)."""
+    rule = WidthProbe(base=shipped())
+    for running in ([(0, 0.5)] * 8, [(1, 1.0)] * 8, [(None, 1.0)] * 8):
+        s = snapshot(_probed([0] * 8, running, K), budget=K)  # type: ignore[arg-type]
+        assert shipped().decide(s).stop
+        d = rule.decide(s)
+        assert d.stop
+        assert d.answer_class == 0
 
 
 def test_width_hindsight_is_the_fewest_traces_whose_vote_is_the_full_vote() -> None:
@@ -299,20 +311,27 @@ def test_a_job_that_does_not_probe_decides_exactly_as_width() -> None:
         assert rule.decide(s) == base.decide(s)
 
 
-def test_the_job_rule_gets_the_gate_from_its_price_profile() -> None:
-    """The coordinator's rule builder turns probing off for a job priced where it does not pay."""
+def test_the_job_rule_gets_the_per_probe_gate_from_its_price_profile() -> None:
+    """The coordinator's rule builder hands ``width-probe`` the prices of the profile the job is billed
+    under (per token), so each probe is weighed against them; the first point then reads none."""
     from orchestrator.coordinator import build_job_rule
     from orchestrator.domain import JobSpec, WarmupMode
+    from orchestrator.probe_value import probe_prices
     from orchestrator.warmup import WarmupFit
 
     spec = JobSpec(
         job_id="j", messages=(), provider="p", model="m", method="width-probe", price_profile="openai"
     )
-    rule = build_job_rule(spec, WarmupFit(WarmupMode.NONE))
-    assert isinstance(rule, WidthProbe)
-    assert not rule.needs_probes
-    unpriced = build_job_rule(
-        JobSpec(job_id="k", messages=(), provider="p", model="m", method="width-probe"),
+    for profile in PROFILES.values():
+        rule = build_job_rule(spec, WarmupFit(WarmupMode.NONE), profile)
+        assert isinstance(rule, WidthProbe)
+        assert rule.prices == probe_prices(profile)
+        assert rule.prices.output == profile.output / 1e6
+        assert rule.needs_probes
+        assert rule.initial_probe == frozenset()
+    width = build_job_rule(
+        JobSpec(job_id="k", messages=(), provider="p", model="m", method="width"),
         WarmupFit(WarmupMode.NONE),
+        PROFILES["openai"],
     )
-    assert unpriced.needs_probes
+    assert not width.needs_probes

@@ -69,8 +69,8 @@ async def run_both(
     voting = order[:budget]
     rule = build_rule(method, **params)
     sim = simulate(rule, hq.timeline, voting)
-    spent, counts = slot_spend(sim, hq.timeline, voting, probes=rule.needs_probes)
-    offline = run_spend(hq, voting, spent, counts, sim.probe_output_tokens)
+    slots = slot_spend(sim, hq.timeline, voting, probes=rule.needs_probes)
+    offline = run_spend(hq, voting, slots, sim.probe_output_tokens)
     expected_answer = None if sim.answer is None else hq.answer_strings[sim.answer]
 
     run = await run_live(
@@ -86,7 +86,7 @@ async def run_both(
         server_args=("--seed", str(rep), "--chunk-tokens", "20", "--speed", str(speed)),
         timeout_s=240,
     )
-    return Both(run.result, sim, offline, expected_answer, list(counts))
+    return Both(run.result, sim, offline, expected_answer, list(slots.probe_counts))
 
 
 @pytest.mark.parametrize(("file", "question", "rep", "method", "params", "speed"), RUNS)
@@ -149,13 +149,12 @@ async def test_a_probing_width_job_probes_a_later_wave_at_its_own_positions(
     at their own checkpoints (counted from their own first token), stops on the certificate and hangs up
     what still runs; answer, stop, launches, probe calls, the prefixes probed and the all-in bill are
     the simulator's."""
-    budget, params = 16, {"probe": True}
-    # 2,000 tokens/s per stream (a checkpoint every 250 ms): at 6,000 a fast trace can cross the next
-    # checkpoint, and have its probe sent, before the decision at this one lands; when that decision
-    # stops, the live bill holds 1-3 probes in flight that the simulator, deciding in lockstep, never
-    # sends (a known gap, docs/adaptive.md).
+    budget, params = 16, {"probe": True, "gate": False}  # every running trace probed at every point
+    # 6,000 tokens/s per stream: a fast trace crosses its next checkpoint before the decision at this one
+    # lands; its probe waits for that decision (orchestrator/probe_gate.py), so when the decision stops
+    # the job that probe is never sent, live as in the simulator, and the bills agree to the token.
     both = await run_both(
-        shared_data, redis_url, prefix, "aime24", 6, 1, "width-probe", params, 2000.0, budget
+        shared_data, redis_url, prefix, "aime25", 21, 2, "width-probe", params, 6000.0, budget
     )
     result, sim, offline, answer = both.result, both.sim, both.offline, both.answer
     first = build_rule("width-probe", **params).initial_traces(budget)

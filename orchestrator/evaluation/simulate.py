@@ -660,18 +660,7 @@ def _views(
         key = (s << 21) | (k << 1) | (1 if frozen else 0)  # slot, own checkpoint read, pruned
         view = known.get(key) if known is not None else None
         if view is None:
-            view = trace_view(
-                tr,
-                s,
-                k,
-                interval_tokens=interval,
-                launched_at=None if k == 0 else 0,
-                pruned_at=k if frozen else None,
-                probes=probes,
-                weight=w[s],
-                eligible=ok[s],
-                final_class=tr.final_class if oracle else None,
-            )
+            view = _slot_view(tr, tr, s, k, frozen, interval, probes, w[s], ok[s], oracle)
             if known is not None:
                 known[key] = view
         append(view)
@@ -708,21 +697,36 @@ def _gated_views(
         record: TraceTimeline | Unprobed = tr
         if skipped[s]:
             record = Unprobed(tr, frozenset(skipped[s]), interval)
-        views.append(
-            trace_view(
-                record,
-                s,
-                k,
-                interval_tokens=interval,
-                launched_at=None if k == 0 else 0,
-                pruned_at=k if frozen else None,
-                probes=True,
-                weight=w[s],
-                eligible=ok[s],
-                final_class=tr.final_class if oracle else None,
-            )
-        )
+        views.append(_slot_view(record, tr, s, k, frozen, interval, True, w[s], ok[s], oracle))
     return tuple(views), probe_calls, probe_out, probe_in
+
+
+def _slot_view(
+    record: TraceTimeline | Unprobed,
+    tr: TraceTimeline,
+    s: int,
+    k: int,
+    frozen: bool,
+    interval: int,
+    probes: bool,
+    weight: float,
+    eligible: bool,
+    oracle: bool,
+) -> TraceView:
+    """Slot ``s``'s view at its own checkpoint ``k`` (0: not started), through the shared builder, with
+    the slot's run-independent placement (launched at 0; ``frozen``: pruned at ``k``)."""
+    return trace_view(
+        record,
+        s,
+        k,
+        interval_tokens=interval,
+        launched_at=None if k == 0 else 0,
+        pruned_at=k if frozen else None,
+        probes=probes,
+        weight=weight,
+        eligible=eligible,
+        final_class=tr.final_class if oracle else None,
+    )
 
 
 def leader_trajectory(tl: QuestionTimeline, voting: Sequence[int]) -> list[int | None]:

@@ -131,6 +131,9 @@ def build_job_rule(spec: JobSpec, fit: WarmupFit, profile: PriceProfile) -> Stop
         # each probe is sent only when its expected value exceeds its price under the job's prices
         # (``"gate": false`` in the job's method_params probes every running trace at every point)
         params["prices"] = probe_prices(profile)
+        if spec.probe.strategy is ProbeStrategy.EXTRACT:
+            # extract reads the streamed text and sends nothing: every probe is free, so read them all
+            params.setdefault("gate", False)
     try:
         return build_rule(spec.method, **params)
     except (KeyError, TypeError, ValueError) as exc:

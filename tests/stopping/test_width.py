@@ -315,7 +315,7 @@ def test_the_job_rule_gets_the_per_probe_gate_from_its_price_profile() -> None:
     """The coordinator's rule builder hands ``width-probe`` the prices of the profile the job is billed
     under (per token), so each probe is weighed against them; the first point then reads none."""
     from orchestrator.coordinator import build_job_rule
-    from orchestrator.domain import JobSpec, WarmupMode
+    from orchestrator.domain import JobSpec, ProbeSpec, ProbeStrategy, WarmupMode
     from orchestrator.probe_value import probe_prices
     from orchestrator.warmup import WarmupFit
 
@@ -329,6 +329,14 @@ def test_the_job_rule_gets_the_per_probe_gate_from_its_price_profile() -> None:
         assert rule.prices.output == profile.output / 1e6
         assert rule.needs_probes
         assert rule.initial_probe == frozenset()
+    free = build_job_rule(
+        replace(spec, probe=ProbeSpec(strategy=ProbeStrategy.EXTRACT)),
+        WarmupFit(WarmupMode.NONE),
+        PROFILES["openai"],
+    )
+    assert isinstance(free, WidthProbe)
+    assert free.initial_probe is None  # extract sends nothing: every probe is read, none gated
+    assert free.decide(snapshot(job([0] * 3, running=5), budget=K)).probe is None
     width = build_job_rule(
         JobSpec(job_id="k", messages=(), provider="p", model="m", method="width"),
         WarmupFit(WarmupMode.NONE),

@@ -45,6 +45,13 @@ def mars(**params: Any) -> Mars:
     return Mars(**params)
 
 
+def width_probe(**params: Any) -> StoppingRule:
+    """``width-probe`` on the shipped prior; ``switch_model`` as for ``mars`` (a model, JSON or a dict)."""
+    if "switch_model" in params:
+        params["switch_model"] = _switch_model(params["switch_model"])
+    return width_probe_shipped(**params)
+
+
 def deepconf_mars(**params: Any) -> DeepConfMars:
     """Flat parameters are routed by name: DeepConf's (threshold, consensus, weighting) and MARS's."""
     dc_names = {f.name for f in fields(DeepConf)} - {"name", "needs_probes"}
@@ -75,7 +82,7 @@ REGISTRY: dict[str, RuleFactory] = {
     "mars-pop": population_shipped,  # population stop with the shipped prior (docs/methods.md)
     "mars-pop-gbt": population_gbt_shipped,  # population stop, boosted trees (docs/methods.md)
     "width": width_shipped,  # adaptive width with the shipped prior (docs/adaptive.md)
-    "width-probe": width_probe_shipped,  # width, MARS as the probe stage, probes when they pay
+    "width-probe": width_probe,  # width, MARS as the probe stage, each probe only when it pays
     "default": default,
 }
 

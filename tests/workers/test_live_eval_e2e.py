@@ -23,13 +23,18 @@ from orchestrator.corpus import NO_ANSWER
 from orchestrator.domain import JobResult
 from orchestrator.evaluation.protocol_honest import corpus_strings, honest_question, run_spend, slot_spend
 from orchestrator.evaluation.simulate import SimRun, simulate
+from orchestrator.pricing import PROFILES
+from orchestrator.probe_value import probe_prices
 from orchestrator.stopping.registry import build_rule
+from orchestrator.stopping.switch_model import FEATURES_NO_CONFIDENCE, SwitchModel
 from tests.workers.live_path import run_live
 from tests.workers.test_replay_e2e import EAGER, corpus
 
 pytestmark = [pytest.mark.redis, pytest.mark.shared_data, pytest.mark.timeout(300)]
 
 BUDGET = 8
+# q = sigmoid(1 − 2 · streak): an answer that has held is trusted (the per-probe gate then finds plans)
+TRUSTING = SwitchModel(FEATURES_NO_CONFIDENCE, (0.0,) * 3, (1.0,) * 3, (0.0, 0.0, -2.0), 1.0)
 # (file, question, repetition, method, params, tokens per second per stream)
 RUNS: list[tuple[str, int, int, str, dict[str, Any], float]] = [
     ("aime24", 0, 0, "mars", {"switch_model": EAGER.to_dict(), "gamma": 1.0}, 1500.0),
@@ -58,6 +63,7 @@ async def run_both(
     params: dict[str, Any],
     speed: float,
     budget: int = BUDGET,
+    sim_params: dict[str, Any] | None = None,
 ) -> Both:
     """The live job through the real path and the simulator's run, charged as ``mars eval`` does."""
     data = corpus(shared_data, file)
@@ -67,7 +73,7 @@ async def run_both(
     order = list(range(len(q.traces)))
     random.Random(rep).shuffle(order)
     voting = order[:budget]
-    rule = build_rule(method, **params)
+    rule = build_rule(method, **params, **(sim_params or {}))  # + what the live coordinator adds itself
     sim = simulate(rule, hq.timeline, voting)
     slots = slot_spend(sim, hq.timeline, voting, probes=rule.needs_probes)
     offline = run_spend(hq, voting, slots, sim.probe_output_tokens)
@@ -181,3 +187,57 @@ async def test_a_probing_width_job_probes_a_later_wave_at_its_own_positions(
         offline.probes.output_tokens,
     )
     assert acc.total_tokens - acc.generated_past_checkpoint_tokens == offline.total
+
+
+async def test_a_width_job_gated_probe_by_probe_is_billed_what_mars_eval_says(
+    shared_data: Path, redis_url: str, prefix: str
+) -> None:
+    """``width-probe`` with its per-probe gate, through the real path: the coordinator hands the rule the
+    prices of the job's profile (self-hosted here) and, with a switch model that trusts a held answer,
+    the gate asks for some running traces' probes and leaves the rest unprobed. Answer, stop, launches,
+    probe calls, the prefixes probed and the all-in bill are the simulator's (which gets the same
+    prices), and it sent fewer probes than always-on probing would."""
+    budget = 16
+    params = {"switch_model": TRUSTING.to_json()}
+    prices = probe_prices(PROFILES["self-hosted"])
+    both = await run_both(
+        shared_data,
+        redis_url,
+        prefix,
+        "aime24",
+        17,
+        0,
+        "width-probe",
+        params,
+        6000.0,
+        budget,
+        {"prices": prices},
+    )
+    result, sim, offline, answer = both.result, both.sim, both.offline, both.answer
+    acc = result.accounting
+    assert acc.price_profile == "self-hosted"
+    assert sum(len(k) for k in sim.unprobed) > 0  # the gate left checkpoints unprobed
+    assert sim.probe_calls > 0
+    assert (result.answer, result.stop_checkpoint, result.stop_reason) == (
+        answer,
+        sim.stop_checkpoint,
+        sim.reason,
+    )
+    assert result.launched == sim.traces_started < budget
+    assert acc.probe_calls == offline.probes.calls == sim.probe_calls
+    assert acc.probe_cached_tokens == offline.probes.prefix_tokens
+    assert (acc.probe_input_tokens, acc.probe_output_tokens) == (
+        offline.probes.input_tokens,
+        offline.probes.output_tokens,
+    )
+    assert acc.total_tokens - acc.generated_past_checkpoint_tokens == offline.total
+    data = corpus(shared_data, "aime24")
+    order = list(range(len(data.questions[17].traces)))
+    random.Random(0).shuffle(order)
+    exact = {s: (None if s == NO_ANSWER else s) for s in corpus_strings(data)}  # as run_both reads them
+    always = simulate(
+        build_rule("width-probe", **params),
+        honest_question(data.questions[17], None, exact).timeline,
+        order[:budget],
+    )
+    assert acc.probe_calls < always.probe_calls

@@ -39,6 +39,7 @@ from orchestrator.timing import (
     probed,
     running,
     started,
+    visible_checkpoint,
 )
 from orchestrator.tokens import estimate_messages_tokens, estimate_tokens
 
@@ -685,7 +686,7 @@ def _gated_views(
     views: list[TraceView] = []
     for s, tr in enumerate(place.slots):
         at, pruned = place.launched_at[s], place.pruned_at[s]
-        k = 0 if at is None or at >= cp else (cp if pruned is None or pruned > cp else pruned) - at
+        k = 0 if at is None else visible_checkpoint(at, cp, pruned)
         frozen = pruned is not None and k > 0
         if k and not frozen and not tr.finished_at(k):
             if probed(probe, s):

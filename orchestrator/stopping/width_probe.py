@@ -50,7 +50,7 @@ from orchestrator.domain import Decision, Snapshot
 from orchestrator.stopping.mars import Mars
 from orchestrator.stopping.switch_model import SwitchModel, switch_features
 from orchestrator.stopping.tally import vote_in_trace_order
-from orchestrator.stopping.width import AdaptiveWidth, evidence, shipped
+from orchestrator.stopping.width import AdaptiveWidth, shipped
 from orchestrator.stopping.width_certificate import (
     NEGLIGIBLE_COMPONENT,
     Evidence,
@@ -203,12 +203,9 @@ class WidthProbe:
         q_by = self._q(snapshot, [i for i, a in zip(idx, answers, strict=True) if a is not None])
         return idx, answers, [q_by.get(i, 1.0) for i in idx]
 
-    def p_lose(self, snapshot: Snapshot) -> tuple[int | None, float]:
-        """The leader over finished and running votes, and the bound on P(it loses the vote of all K)."""
-        _, answers, qs = self._running(snapshot)
-        return self._bound(evidence(snapshot), answers, qs)
-
     def _bound(self, ev: Evidence, answers: list[int | None], qs: list[float]) -> tuple[int | None, float]:
+        """The leader over finished and running votes (``answers`` with their ``qs``), and the bound on
+        P(it loses the vote of all K)."""
         pv = probe_votes(ev.counts, answers, qs, self.gamma)
         if pv.leader is None:
             return None, 1.0
@@ -329,7 +326,7 @@ class WidthProbe:
                 lo = mid + 1
         return useful[:lo]
 
-    def _q_if_leader(self, snapshot: Snapshot, idx: list[int], leader: int, h: int = 1) -> list[float]:
+    def _q_if_leader(self, snapshot: Snapshot, idx: list[int], leader: int, h: int) -> list[float]:
         """q each running trace would have ``h`` decision points on if its probes there showed
         ``leader`` (its history extended by it ``h`` times, its position ``h`` intervals on)."""
         interval = snapshot.probe_interval_tokens
